@@ -1,0 +1,49 @@
+# Two commands set everything up on a fresh machine: `make test` and `make annotate MANIFEST=...`.
+# Each creates .venv on first use from pyproject.toml pinned by constraints.txt.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+
+MANIFEST ?= manifests/example.parquet
+MODEL ?=
+OUT ?=
+TASKS ?=
+JOB ?=
+WORKERS ?=
+TINY_MODEL_DIR ?= models/tiny-qwen2-audio
+PYTEST_ARGS ?=
+
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+TEST_STAMP := $(VENV)/.test-installed
+
+.PHONY: annotate test tiny-model bench example-manifest clean venv
+
+$(RUNTIME_STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=24"
+	$(PY) -m pip install --quiet -c constraints.txt -e .
+	touch $@
+
+$(TEST_STAMP): $(RUNTIME_STAMP)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $@
+
+venv: $(RUNTIME_STAMP)
+
+annotate: $(RUNTIME_STAMP)
+	$(PY) -m pipeline annotate $(MANIFEST) \
+		$(if $(MODEL),--model $(MODEL)) $(if $(OUT),--out $(OUT)) \
+		$(if $(TASKS),--tasks $(TASKS)) $(if $(JOB),--job $(JOB)) \
+		$(if $(WORKERS),--workers $(WORKERS))
+
+test: $(TEST_STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+tiny-model: $(RUNTIME_STAMP)
+	$(PY) -m pipeline tiny-model $(TINY_MODEL_DIR) --seed 0 --flavour instruct
+
+bench: $(TEST_STAMP)
+	$(PY) -m pipeline bench
+
+clean:
+	rm -rf $(VENV) outputs models .pytest_cache

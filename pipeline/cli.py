@@ -1,0 +1,118 @@
+"""Command line: `python -m pipeline COMMAND --help`.
+
+Handlers import their modules lazily so that `--help` and manifest commands never load MindSpore.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_manifest_build(args) -> int:
+    from pipeline.manifest_build import build_manifest
+
+    report = build_manifest(args.source, args.output)
+    print(report.summary())
+    return 0
+
+
+def _cmd_manifest_validate(args) -> int:
+    from pipeline.manifest import read_manifest
+
+    manifest = read_manifest(args.manifest)
+    print(f"{args.manifest}: {manifest.num_rows} rows, valid")
+    return 0
+
+
+def _cmd_tiny_model(args) -> int:
+    from pipeline.tiny_model import write_tiny_checkpoint
+
+    path = write_tiny_checkpoint(args.out_dir, seed=args.seed, flavour=args.flavour, size=args.size)
+    print(f"wrote tiny {args.flavour} checkpoint ({args.size}) to {path}")
+    return 0
+
+
+def _cmd_annotate(args) -> int:
+    from pipeline.annotate import annotate_from_args
+
+    return annotate_from_args(args)
+
+
+def _cmd_bench(args) -> int:
+    from pipeline.bench import run_benchmark
+
+    return run_benchmark(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Batch audio annotation with Qwen2-Audio (MindSpore graph mode, Ray, Parquet).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    annotate = commands.add_parser(
+        "annotate", help="annotate every row of a manifest and write Parquet",
+        description="Annotate every row of a manifest; rerun the same command to resume.",
+    )
+    annotate.add_argument("manifest", help="Parquet manifest (columns: id, audio, optional duration_s, language)")
+    annotate.add_argument("--job", help="YAML job file (see jobs/default.yaml); options below override it")
+    annotate.add_argument("--model", help="checkpoint folder or hub id")
+    annotate.add_argument("--out", help="output folder (default outputs/<manifest name>/)")
+    annotate.add_argument("--tasks", help="comma-separated task names, e.g. caption,events,transcript")
+    annotate.add_argument(
+        "--custom-task", action="append", default=[], metavar="NAME|PARSER|MAX_TOKENS|PROMPT",
+        help="add a task: name, parser (text or list), max new tokens, question; repeatable",
+    )
+    annotate.add_argument("--workers", type=int, help="CPU workers when there are no NPUs")
+    annotate.add_argument("--audio-root", help="resolve relative paths here and reject paths outside it")
+    annotate.add_argument("--device", choices=("auto", "ascend", "cpu"))
+    annotate.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"))
+    annotate.add_argument("--restart", action="store_true",
+                          help="discard committed work in --out from a run with other settings")
+    annotate.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    annotate.set_defaults(handler=_cmd_annotate)
+
+    manifest = commands.add_parser("manifest", help="build or validate manifests")
+    manifest_commands = manifest.add_subparsers(dest="manifest_command", required=True, metavar="ACTION")
+    build = manifest_commands.add_parser(
+        "build", help="write a manifest from a folder or glob of audio files",
+        description="Write a manifest from a folder or glob of audio files; durations come from headers.",
+    )
+    build.add_argument("source", help="a folder (searched recursively) or a glob such as 'data/**/*.flac'")
+    build.add_argument("-o", "--output", required=True, help="manifest to write (.parquet)")
+    build.set_defaults(handler=_cmd_manifest_build)
+    validate = manifest_commands.add_parser("validate", help="check a manifest without running anything")
+    validate.add_argument("manifest")
+    validate.set_defaults(handler=_cmd_manifest_validate)
+
+    tiny = commands.add_parser(
+        "tiny-model", help="write a tiny random Qwen2-Audio checkpoint for tests",
+        description="Write a randomly initialised Qwen2-Audio checkpoint in the Hugging Face layout.",
+    )
+    tiny.add_argument("out_dir", nargs="?", default="models/tiny-qwen2-audio")
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.add_argument("--flavour", choices=("base", "instruct"), default="instruct")
+    tiny.add_argument("--size", choices=("small", "odd"), default="small",
+                      help="small: even sizes; odd: grouped-query attention with odd sizes")
+    tiny.set_defaults(handler=_cmd_tiny_model)
+
+    bench = commands.add_parser(
+        "bench", help="measure encoder and decode-step speed against the transformers reference",
+        description="Measure speed and compile time on a tiny model; prints and saves figures.",
+    )
+    bench.add_argument("--out", default="bench/results", help="folder for the JSON figures")
+    bench.set_defaults(handler=_cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.errors import UserError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

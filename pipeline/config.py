@@ -1,0 +1,203 @@
+"""Run configuration: one frozen dataclass, loaded from a flat, commented YAML job file.
+
+Unknown keys are errors (a typo must not silently fall back to a default). YAML holds data only:
+no import paths, nothing executed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from pipeline.errors import UserError
+
+
+class ConfigError(UserError, ValueError):
+    """A job file or option that cannot be used; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class CustomTask:
+    """A user-defined task: a question about the audio and how to parse the answer."""
+
+    name: str
+    prompt: str
+    max_new_tokens: int = 64
+    parser: str = "text"  # "text" keeps the answer as a string, "list" splits it into tags
+
+
+@dataclass(frozen=True)
+class Config:
+    # --- model ---
+    # A Hugging Face checkpoint folder, or a hub id resolved to a local snapshot when a hub is reachable.
+    model: str = "Qwen/Qwen2-Audio-7B-Instruct"
+    # Hub revision to resolve (recorded in run.json); ignored for a local folder.
+    revision: str | None = None
+    # base: plain prompts after the audio; instruct: the chat template. auto: instruct when the
+    # checkpoint ships a chat template.
+    prompt_style: str = "auto"
+    # bf16 is Ascend's native type; the CPU backend cannot run bf16 graphs, so auto means fp32 there.
+    dtype: str = "auto"
+    # auto picks Ascend when MindSpore sees an NPU, else CPU.
+    device: str = "auto"
+    # MindSpore compiler cache; a subfolder per (model, shapes, MindSpore version) so nothing stale
+    # is reused. null disables it.
+    compile_cache_dir: str | None = ".ms_compile_cache"
+
+    # --- tasks ---
+    tasks: tuple[str, ...] = ("caption", "events", "transcript", "moderation")
+    # Replace a built-in task's prompt: {task name: question}. Applies to the chosen prompt style.
+    prompts: dict[str, str] = field(default_factory=dict)
+    # Labels the moderation task may return; anything else the model says is dropped.
+    moderation_labels: tuple[str, ...] = (
+        "hate speech", "harassment", "violence", "sexual content", "self-harm", "profanity",
+    )
+    custom_tasks: tuple[CustomTask, ...] = ()
+    # Per-task cap on generated tokens: {task name: tokens}; built-in defaults otherwise.
+    max_new_tokens: dict[str, int] = field(default_factory=dict)
+
+    # --- decoding ---
+    # 0 means greedy, which makes reruns byte-identical. Sampling is seeded per (row id, task).
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+    # --- shapes: the closed set of graphs each worker compiles ---
+    # Audio buckets in seconds; the last must be the 30 s window. Each clip goes to the smallest
+    # bucket that holds it with a margin.
+    buckets_s: tuple[float, ...] = (5.0, 10.0, 15.0, 20.0, 30.0)
+    # Per-worker memory the batch sizes are derived from (shorter buckets get bigger batches).
+    memory_budget_gb: float = 8.0
+    # Upper bound on clips per batch, whatever the budget allows.
+    max_batch: int = 16
+
+    # --- long audio ---
+    # Segment cuts may move this far from their nominal point to land in a pause.
+    segment_search_s: float = 2.0
+
+    # --- audio intake ---
+    # When set, relative manifest paths resolve against it and paths outside it are rejected.
+    audio_root: str | None = None
+    # Peak level (dBFS) under which a clip is flagged silent; silent clips are still annotated.
+    silence_dbfs: float = -60.0
+
+    # --- execution ---
+    # Workers: one per NPU when NPUs exist, else this many CPU workers (0 = one per 4 cores, min 1).
+    cpu_workers: int = 0
+    # Threads each CPU worker gives MindSpore's kernels (0 = cores / workers).
+    cpu_threads_per_worker: int = 0
+    # A batch is tried this many times before it is split to isolate a bad item; bounded so a
+    # poison input cannot loop forever (Ray's own default retries forever).
+    max_attempts: int = 2
+    # Batches each worker holds beyond the one it runs, so decoding overlaps the model.
+    prefetch_batches: int = 1
+
+    def with_overrides(self, **overrides) -> Config:
+        clean = {k: v for k, v in overrides.items() if v is not None}
+        return from_mapping({**dataclasses.asdict(self), **clean}, source="command line")
+
+
+def _coerce(name: str, value, annotation, source: str):
+    """Check one value against its field type; tuples accept YAML lists."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(name, value, inner[0], source)
+    if origin is tuple:
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: '{name}' must be a list, got {value!r}")
+        return tuple(_coerce(name, v, args[0], source) for v in value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{name}' must be a mapping, got {value!r}")
+        return {str(k): _coerce(f"{name}.{k}", v, args[1], source) for k, v in value.items()}
+    if annotation is CustomTask:
+        if isinstance(value, CustomTask):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: each of '{name}' must be a mapping")
+        known = {f.name for f in dataclasses.fields(CustomTask)}
+        unknown = set(value) - known
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)} in '{name}'")
+        if "name" not in value or "prompt" not in value:
+            raise ConfigError(f"{source}: each of '{name}' needs 'name' and 'prompt'")
+        return CustomTask(
+            name=_coerce(f"{name}.name", value["name"], str, source),
+            prompt=_coerce(f"{name}.prompt", value["prompt"], str, source),
+            max_new_tokens=_coerce(f"{name}.max_new_tokens", value.get("max_new_tokens", 64), int, source),
+            parser=_coerce(f"{name}.parser", value.get("parser", "text"), str, source),
+        )
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool) and (
+        not isinstance(value, annotation) or (annotation is int and isinstance(value, bool))
+    ):
+        raise ConfigError(f"{source}: '{name}' must be {annotation.__name__}, got {value!r}")
+    return value
+
+
+_CHOICES = {
+    "prompt_style": ("auto", "base", "instruct"),
+    "dtype": ("auto", "bf16", "fp16", "fp32"),
+    "device": ("auto", "ascend", "cpu"),
+}
+
+
+def _check(config: Config, source: str) -> None:
+    for key, allowed in _CHOICES.items():
+        if getattr(config, key) not in allowed:
+            raise ConfigError(f"{source}: '{key}' must be one of {allowed}, got {getattr(config, key)!r}")
+    if not config.buckets_s or list(config.buckets_s) != sorted(set(config.buckets_s)):
+        raise ConfigError(f"{source}: 'buckets_s' must be a non-empty increasing list")
+    if config.buckets_s[-1] != 30:
+        raise ConfigError(f"{source}: the last bucket must be the 30 s window, got {config.buckets_s[-1]}")
+    if not 0 < config.top_p <= 1 or config.temperature < 0:
+        raise ConfigError(f"{source}: need temperature >= 0 and 0 < top_p <= 1")
+    if config.max_batch < 1 or config.memory_budget_gb <= 0 or config.max_attempts < 1:
+        raise ConfigError(f"{source}: max_batch, memory_budget_gb and max_attempts must be positive")
+    if not config.tasks and not config.custom_tasks:
+        raise ConfigError(f"{source}: no tasks to run")
+    for task in config.custom_tasks:
+        if task.parser not in ("text", "list"):
+            raise ConfigError(f"{source}: custom task '{task.name}' parser must be 'text' or 'list'")
+        if task.max_new_tokens < 1:
+            raise ConfigError(f"{source}: custom task '{task.name}' needs max_new_tokens >= 1")
+        if not task.name.isidentifier():
+            raise ConfigError(f"{source}: custom task name '{task.name}' must be a plain identifier")
+
+
+def from_mapping(data: dict, source: str = "config") -> Config:
+    hints = typing.get_type_hints(Config)
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys are {sorted(known)}")
+    values = {k: _coerce(k, v, hints[k], source) for k, v in data.items()}
+    config = Config(**values)
+    _check(config, source)
+    return config
+
+
+def load(path: str | Path | None) -> Config:
+    """Load a job file; None gives the defaults."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read job file {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a job file is a mapping of keys to values")
+    return from_mapping(data, source=str(path))

@@ -1,0 +1,64 @@
+"""The units of work that flow through the pipeline, as plain frozen dataclasses.
+
+A manifest row becomes one Item (audio up to 30 s) or several (one per segment of longer audio).
+Items are grouped into Batches of one declared shape. Every Item ends as exactly one ItemResult.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Item:
+    """One clip or one segment of a long file, planned into a bucket."""
+
+    row: int  # position in the manifest, to join pass-through columns back
+    id: str  # the manifest id
+    path: str  # resolved audio path
+    segment: int  # 0-based segment index; 0 for a clip of at most 30 s
+    n_segments: int  # 1 for a clip of at most 30 s
+    # Nominal window within the file. For segments the actual cut points move up to the search
+    # radius toward a pause, and are decided from the audio when it is decoded.
+    start_s: float
+    end_s: float
+    bucket_s: float  # the audio bucket this item runs in
+
+    @property
+    def key(self) -> str:
+        """Unique and stable across runs: what resume uses to skip committed work."""
+        return f"{self.id}#{self.segment}"
+
+
+@dataclass(frozen=True)
+class Batch:
+    bucket_s: float
+    items: tuple[Item, ...]
+    attempt: int = 0  # how many times this exact batch already failed
+
+    @property
+    def batch_id(self) -> str:
+        """Derived from the content, so a part's file name says what it holds."""
+        digest = hashlib.sha256("\n".join(sorted(i.key for i in self.items)).encode()).hexdigest()
+        return f"b{int(self.bucket_s * 1000):06d}-{digest[:16]}"
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    """The outcome of one Item: annotations on success, a reason code and detail on failure."""
+
+    item: Item
+    status: str  # "ok" or "error"
+    error: str | None = None  # a Reason value when status is "error"
+    error_detail: str | None = None
+    start_s: float | None = None  # actual cut points (segments) or 0 and the decoded duration
+    end_s: float | None = None
+    silent: bool | None = None
+    # Raw decoded text of every task, keyed by task name.
+    raw: dict[str, str] = field(default_factory=dict)
+    # Parsed outputs keyed by output column (caption, events, transcript, language, moderation,
+    # custom task names): a string or a list of strings.
+    parsed: dict[str, object] = field(default_factory=dict)
+    # Tokens the model generated per task, for throughput figures.
+    generated_tokens: int = 0
