@@ -1,0 +1,201 @@
+"""Manifests: the Parquet table of audio to annotate, read and validated before any model loads.
+
+Schema (manifests/README.md is the user-facing description):
+    id          string, unique, not null, not empty
+    audio       string path; relative paths resolve against the manifest's folder, or against the
+                audio root when the run sets one
+    duration_s  optional: seconds as float or int, >= 0, or null (unknown: read from headers later)
+    language    optional: string (e.g. "en") or null
+Every other column is carried through to the output untouched.
+
+Validation is vectorised with pyarrow.compute, so a million rows check in about a second, and a
+bad manifest stops the run with one message naming the offending ids or rows, never a traceback.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.errors import UserError
+
+ID, AUDIO, DURATION, LANGUAGE = "id", "audio", "duration_s", "language"
+SCHEMA_COLUMNS = (ID, AUDIO, DURATION, LANGUAGE)
+_EXAMPLES = 10  # offending ids shown per problem; the message also gives the total count
+
+
+class ManifestError(UserError):
+    """A manifest that cannot be used; the message names the offending ids or rows."""
+
+
+@dataclass(frozen=True, eq=False)
+class Manifest:
+    """A validated manifest. `table` holds id, audio and language as string and duration_s as
+    float64 (cast from compatible types); other columns are exactly as read."""
+
+    path: Path
+    table: pa.Table
+
+    @property
+    def num_rows(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def base_dir(self) -> Path:
+        """Where relative audio paths resolve when no audio root is set."""
+        return self.path.parent
+
+    @cached_property
+    def ids(self) -> list[str]:
+        return self.table.column(ID).to_pylist()
+
+    @cached_property
+    def paths(self) -> list[str]:
+        return self.table.column(AUDIO).to_pylist()
+
+    @cached_property
+    def durations(self) -> list[float | None]:
+        return self._optional(DURATION)
+
+    @cached_property
+    def languages(self) -> list[str | None]:
+        return self._optional(LANGUAGE)
+
+    @property
+    def passthrough_columns(self) -> list[str]:
+        return [name for name in self.table.column_names if name not in SCHEMA_COLUMNS]
+
+    def _optional(self, name: str) -> list:
+        if name in self.table.column_names:
+            return self.table.column(name).to_pylist()
+        return [None] * self.num_rows
+
+
+def read_manifest(path: str | Path) -> Manifest:
+    """Read and validate a manifest; raises ManifestError listing every problem found."""
+    path = Path(path)
+    table = _read_table(path)
+    table = _normalise_types(table, path)
+    problems = _row_problems(table)
+    if problems:
+        raise ManifestError(f"{path} is not a valid manifest (rows count from 0):\n"
+                            + "\n".join(f"  - {p}" for p in problems))
+    return Manifest(path, table)
+
+
+def _read_table(path: Path) -> pa.Table:
+    if not path.exists():
+        raise ManifestError(f"manifest {path} does not exist")
+    if path.is_dir():
+        raise ManifestError(f"{path} is a folder; give the manifest's .parquet file")
+    try:
+        # ParquetFile, not read_table: a single file, no dataset or partition guessing from its path.
+        return pq.ParquetFile(path).read()
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ManifestError(f"{path} is not a readable Parquet file: {exc}") from None
+
+
+def _normalise_types(table: pa.Table, path: Path) -> pa.Table:
+    names = table.column_names
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ManifestError(f"{path}: column(s) {repeated} appear more than once")
+    missing = [c for c in (ID, AUDIO) if c not in names]
+    if missing:
+        near = [n for n in names if n.strip().lower() in missing]
+        hint = f" (column names are case-sensitive: found {near})" if near else ""
+        raise ManifestError(f"{path}: missing required column(s) {missing}; it has {names[:20]}{hint}")
+    problems = []
+    for name, target in ((ID, pa.string()), (AUDIO, pa.string()), (DURATION, pa.float64()),
+                         (LANGUAGE, pa.string())):
+        if name not in names:
+            continue
+        column = table.column(name)
+        if _castable(column.type, target):
+            table = table.set_column(names.index(name), name, column.cast(target))
+        else:
+            problems.append(_type_problem(name, column.type))
+    if problems:
+        raise ManifestError(f"{path} has columns of the wrong type:\n"
+                            + "\n".join(f"  - {p}" for p in problems))
+    return table
+
+
+def _castable(source: pa.DataType, target: pa.DataType) -> bool:
+    """Only lossless, unsurprising casts: string flavours to string, numbers to float seconds."""
+    if pa.types.is_dictionary(source):
+        source = source.value_type
+    if pa.types.is_null(source):  # a column that is entirely null
+        return True
+    if pa.types.is_string(target):
+        return any(check(source) for check in (pa.types.is_string, pa.types.is_large_string,
+                                                pa.types.is_string_view))
+    return pa.types.is_integer(source) or pa.types.is_floating(source)
+
+
+def _type_problem(name: str, found: pa.DataType) -> str:
+    if name == ID and pa.types.is_integer(found):
+        # Not cast silently: zero-padded ids ("00042") would already have lost their zeros, and
+        # the output's ids must equal what the user wrote.
+        return (f"column 'id' has type {found}; ids must be strings. Cast them before writing the "
+                f"manifest, e.g. pandas: df['id'] = df['id'].astype(str); pyarrow: "
+                f"table.set_column(table.schema.get_field_index('id'), 'id', table['id'].cast(pa.string()))")
+    if name == DURATION:
+        return f"column 'duration_s' has type {found}; it must hold seconds as numbers (float or int) or null"
+    what = {ID: "ids must be strings", AUDIO: "audio paths must be strings",
+            LANGUAGE: "languages must be strings (e.g. 'en') or null"}[name]
+    return f"column '{name}' has type {found}; {what}"
+
+
+def _row_problems(table: pa.Table) -> list[str]:
+    if table.num_rows == 0:
+        return ["it has no rows, so there is nothing to annotate"]
+    ids = table.column(ID)
+    problems = []
+
+    def report(mask, what, values=None):
+        rows = pc.indices_nonzero(pc.fill_null(mask, False).combine_chunks())
+        if len(rows):
+            problems.append(_describe(ids, rows, what, values))
+
+    report(pc.is_null(ids), "a null id")
+    report(pc.equal(pc.utf8_length(ids), 0), "an empty id")
+    counts = pc.value_counts(ids.drop_null())
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(repeated):
+        values = repeated.field("values")[:_EXAMPLES].to_pylist()
+        shown = ", ".join(f"{v!r} ({c} rows)" for v, c in zip(values, repeated.field("counts").to_pylist()))
+        more = f" and {len(repeated) - _EXAMPLES} more" if len(repeated) > _EXAMPLES else ""
+        problems.append(f"{_count(len(repeated), 'id')} appear{'s' if len(repeated) == 1 else ''} "
+                        f"more than once: {shown}{more}")
+    paths = table.column(AUDIO)
+    report(pc.is_null(paths), "a null audio path")
+    report(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(paths)), 0), "an empty audio path")
+    if DURATION in table.column_names:
+        durations = table.column(DURATION)
+        report(pc.invert(pc.is_finite(durations)),
+               "a duration_s that is NaN or infinite (use null for an unknown duration)", durations)
+        report(pc.less(durations, 0), "a negative duration_s", durations)
+    return problems
+
+
+def _describe(ids: pa.ChunkedArray, rows: pa.Array, what: str, values=None) -> str:
+    shown_rows = rows[:_EXAMPLES]
+    shown_ids = ids.take(shown_rows).to_pylist()
+    shown_values = values.take(shown_rows).to_pylist() if values is not None else [None] * len(shown_ids)
+    parts = []
+    for row, id_, value in zip(shown_rows.to_pylist(), shown_ids, shown_values):
+        where = f"row {row}" + (f": {value}" if values is not None else "")
+        parts.append(f"{id_!r} ({where})" if id_ else where)
+    more = f" and {len(rows) - _EXAMPLES} more" if len(rows) > _EXAMPLES else ""
+    verb = "has" if len(rows) == 1 else "have"
+    return f"{_count(len(rows), 'row')} {verb} {what}: {', '.join(parts)}{more}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
