@@ -1,0 +1,90 @@
+"""Qwen2-Audio's audio encoder (Whisper-style) and projector, for a bucket of any frame count.
+
+The reference always runs 3000 mel frames (30 s). Here the encoder runs the bucket's frame count F:
+the convolutions see F frames, only the first F/2 positional embeddings are added, and keys past
+each clip's length are masked exactly as the reference masks them. A clip's valid audio tokens then
+match the 30 s reference, for a fraction of the work (see shapes.BUCKET_MARGIN_FRAMES for why a
+clip needs a few frames of margin before the bucket edge).
+"""
+
+import mindspore as ms
+from mindspore import nn, ops
+
+from pipeline.model.layers import Conv1d, Embedding, LayerNorm, Linear
+
+
+class EncoderAttention(nn.Cell):
+    def __init__(self, dim: int, heads: int, dtype):
+        super().__init__()
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.scaling = self.head_dim**-0.5
+        self.q_proj = Linear(dim, dim, True, dtype)
+        self.k_proj = Linear(dim, dim, False, dtype)  # Whisper's key projection has no bias
+        self.v_proj = Linear(dim, dim, True, dtype)
+        self.out_proj = Linear(dim, dim, True, dtype)
+
+    def _split(self, x, b, t):
+        return x.reshape(b, t, self.heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def construct(self, x, key_mask):
+        b, t, _ = x.shape
+        # Scale q before the product, as the reference does (it matters for its numerics).
+        q = self._split(self.q_proj(x) * self.scaling, b, t)
+        k = self._split(self.k_proj(x), b, t)
+        v = self._split(self.v_proj(x), b, t)
+        scores = ops.matmul(q, k.transpose(0, 1, 3, 2)).astype(ms.float32) + key_mask
+        probs = ops.softmax(scores, -1).astype(x.dtype)
+        out = ops.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b, t, -1)
+        return self.out_proj(out)
+
+
+class EncoderLayer(nn.Cell):
+    def __init__(self, dim: int, heads: int, ffn: int, dtype):
+        super().__init__()
+        self.self_attn = EncoderAttention(dim, heads, dtype)
+        self.self_attn_layer_norm = LayerNorm(dim, dtype)
+        self.fc1 = Linear(dim, ffn, True, dtype)
+        self.fc2 = Linear(ffn, dim, True, dtype)
+        self.final_layer_norm = LayerNorm(dim, dtype)
+
+    def construct(self, x, key_mask):
+        x = x + self.self_attn(self.self_attn_layer_norm(x), key_mask)
+        h = ops.gelu(self.fc1(self.final_layer_norm(x)), approximate="none")
+        return x + self.fc2(h)
+
+
+class AudioEncoder(nn.Cell):
+    """features [B, n_mels, F] and an additive key mask [B, 1, 1, F/2] -> [B, F/4, audio_dim]."""
+
+    def __init__(self, spec, dtype):
+        super().__init__()
+        dim = spec.audio_dim
+        self.conv1 = Conv1d(spec.n_mels, dim, kernel_size=3, stride=1, padding=1, dtype=dtype)
+        self.conv2 = Conv1d(dim, dim, kernel_size=3, stride=2, padding=1, dtype=dtype)
+        self.embed_positions = Embedding(spec.max_source_positions, dim, dtype)
+        self.layers = nn.CellList(
+            [EncoderLayer(dim, spec.audio_heads, spec.audio_ffn, dtype) for _ in range(spec.audio_layers)]
+        )
+        self.layer_norm = LayerNorm(dim, dtype)
+
+    def construct(self, features, key_mask):
+        x = ops.gelu(self.conv1(features), approximate="none")
+        x = ops.gelu(self.conv2(x), approximate="none")
+        x = x.transpose(0, 2, 1)
+        b, t, d = x.shape
+        x = x + self.embed_positions.weight[:t]
+        for layer in self.layers:
+            x = layer(x, key_mask)
+        # AvgPool1d(kernel 2, stride 2) over time.
+        x = x.reshape(b, t // 2, 2, d).mean(2)
+        return self.layer_norm(x)
+
+
+class Projector(nn.Cell):
+    def __init__(self, spec, dtype):
+        super().__init__()
+        self.linear = Linear(spec.audio_dim, spec.hidden, True, dtype)
+
+    def construct(self, x):
+        return self.linear(x)

@@ -1,0 +1,71 @@
+"""Small MindSpore building blocks whose parameter names match the Hugging Face checkpoint
+(`weight`, `bias`), so a checkpoint loads by name with no translation table.
+
+Parameters start as zeros: the real values always come from a checkpoint, and random
+initialisation of 7B parameters would only cost time. Every block compiles on the CPU backend
+in graph mode (the fused `ops.layer_norm` does not, so LayerNorm uses the older primitive).
+"""
+
+import mindspore as ms
+from mindspore import Parameter, nn, ops
+
+
+def _zeros(shape, dtype) -> Parameter:
+    return Parameter(ops.zeros(shape, dtype), requires_grad=False)
+
+
+class Linear(nn.Cell):
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype):
+        super().__init__()
+        self.weight = _zeros((out_features, in_features), dtype)
+        self.bias = _zeros((out_features,), dtype) if bias else None
+
+    def construct(self, x):
+        return ops.dense(x, self.weight, self.bias)
+
+
+class LayerNorm(nn.Cell):
+    def __init__(self, dim: int, dtype, eps: float = 1e-5):
+        super().__init__()
+        self.weight = _zeros((dim,), dtype)
+        self.bias = _zeros((dim,), dtype)
+        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+
+    def construct(self, x):
+        return self.norm(x, self.weight, self.bias)[0]
+
+
+class RMSNorm(nn.Cell):
+    """Qwen2's RMSNorm: normalise in fp32, cast back, then scale (the reference's order)."""
+
+    def __init__(self, dim: int, dtype, eps: float):
+        super().__init__()
+        self.weight = _zeros((dim,), dtype)
+        self.eps = eps
+
+    def construct(self, x):
+        x32 = x.astype(ms.float32)
+        variance = ops.mean(x32 * x32, -1, keep_dims=True)
+        return self.weight * (x32 * ops.rsqrt(variance + self.eps)).astype(x.dtype)
+
+
+class Conv1d(nn.Cell):
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int, dtype):
+        super().__init__()
+        self.weight = _zeros((out_channels, in_channels, kernel_size), dtype)
+        self.bias = _zeros((out_channels,), dtype)
+        self.stride = stride
+        self.padding = padding
+
+    def construct(self, x):
+        y = ops.conv1d(x, self.weight, None, stride=self.stride, pad_mode="pad", padding=self.padding)
+        return y + self.bias.reshape(1, -1, 1)
+
+
+class Embedding(nn.Cell):
+    def __init__(self, num: int, dim: int, dtype):
+        super().__init__()
+        self.weight = _zeros((num, dim), dtype)
+
+    def construct(self, ids):
+        return ops.gather(self.weight, ids, 0)
