@@ -428,7 +428,7 @@ def _truncated(path: Path, rate: int, declared: int, present: int, error=None) -
     why = f" ({error})" if error else ""
     return Failure(Reason.TRUNCATED_AUDIO,
                    f"{path.name} is truncated: its header declares {declared / rate:.2f} s "
-                   f"({declared} frames) but decoding stops at {present / rate:.2f} s ({present} frames)"
+                   f"({declared} frames) but only {present / rate:.2f} s ({present} frames) could be read"
                    f"{why}")
 
 
