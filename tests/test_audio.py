@@ -16,13 +16,17 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import tone
 from pipeline import audio
 from pipeline.audio import AudioInfo, DecodedAudio, decode, probe, resolve_path
 from pipeline.reasons import Failure, Reason
 from pipeline.shapes import SAMPLE_RATE
 
 HAS_FFMPEG = shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+
+
+def tone(seconds: float, rate: int, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
 
 
 def dominant_hz(samples: np.ndarray, rate: int = SAMPLE_RATE) -> float:
