@@ -103,10 +103,7 @@ def probe(path: Path) -> AudioInfo | Failure:
     """Duration and format from headers only (no full decode): what manifest build and planning need."""
     path = Path(path)
     try:
-        head = _read_head(path)
-        if isinstance(head, Failure):
-            return head
-        opened = _open_sndfile(path, head)
+        opened = _open(path)
         if opened is _USE_FFMPEG:
             return _probe_ffmpeg(path)
         if isinstance(opened, Failure):
@@ -136,10 +133,7 @@ def decode(path: Path, start_s: float = 0.0, end_s: float | None = None,
     if end_s is not None and end_s <= start_s:
         return Failure(Reason.EMPTY_AUDIO, f"the region {start_s:.2f}-{end_s:.2f} s of {path.name} is empty")
     try:
-        head = _read_head(path)
-        if isinstance(head, Failure):
-            return head
-        opened = _open_sndfile(path, head)
+        opened = _open(path)
         if opened is _USE_FFMPEG:
             result = _decode_ffmpeg(path, start_s, end_s)
         elif isinstance(opened, Failure):
@@ -204,8 +198,11 @@ def _ffmpeg_only(path: Path, head: bytes) -> bool:
     )
 
 
-def _open_sndfile(path: Path, head: bytes):
+def _open(path: Path):
     """An open SoundFile, _USE_FFMPEG, or a Failure saying why neither can read the file."""
+    head = _read_head(path)
+    if isinstance(head, Failure):
+        return head
     try:
         return sf.SoundFile(str(path))
     except Exception as exc:  # LibsndfileError for every container it does not understand

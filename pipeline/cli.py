@@ -21,7 +21,10 @@ def _cmd_manifest_validate(args) -> int:
     from pipeline.manifest import read_manifest
 
     manifest = read_manifest(args.manifest)
-    print(f"{args.manifest}: {manifest.num_rows} rows, valid")
+    known = sum(d is not None for d in manifest.durations)
+    extra = ", ".join(manifest.passthrough_columns) or "none"
+    print(f"{args.manifest}: {manifest.num_rows} rows, valid ({known} with duration_s; "
+          f"pass-through columns: {extra})")
     return 0
 
 
