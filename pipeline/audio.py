@@ -225,8 +225,8 @@ def _open(path: Path):
 def _length_problem(f: sf.SoundFile, path: Path) -> Failure | None:
     """Truncation visible from the file's structure alone (cheap: no decode)."""
     if f.format in ("WAV", "WAVEX"):
-        declared = _wav_declared_frames(path)
-        if declared is not None and declared - f.frames > _tolerance(declared, f.samplerate):
+        declared = _wav_declared_frames(path)  # byte-exact: no codec padding to allow for
+        if declared is not None and declared - f.frames > _TRUNCATION_TOLERANCE_S * f.samplerate:
             return _truncated(path, f.samplerate, declared, f.frames)
     if f.format == "OGG" and not _ogg_ends_cleanly(path):
         return Failure(Reason.TRUNCATED_AUDIO,
@@ -300,7 +300,7 @@ def _decode_sndfile(f: sf.SoundFile, path: Path, start_s: float, end_s: float | 
                                            f"{path.name} ({f.frames / rate:.2f} s)")
     if start:
         f.seek(start)
-    # Streaming resampler: blocks come out exactly as a one-shot resample would, deterministic.
+    # Streaming resampler: the same samples as a one-shot resample, without holding the source.
     resampler = None
     if rate != SAMPLE_RATE:
         resampler = soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
