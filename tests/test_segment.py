@@ -115,6 +115,8 @@ def test_cut_is_within_search_range_and_window(nominal, search, start_shift, sec
         return
     assert nominal - search <= cut <= nominal + search
     assert window_start <= cut <= window_end
+    if min(nominal + search, window_end) - max(nominal - search, window_start) >= 0.01:
+        assert cut == round(cut * 100) / 100  # on the 10 ms grid
     assert find_cut(window, SR, window_start, nominal, search) == cut
 
 

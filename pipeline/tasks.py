@@ -1,0 +1,368 @@
+"""Tasks: what the model is asked about each clip, how its answers become output columns, and how
+the answers for the segments of a long file combine into that file's row.
+
+Built-in tasks and the columns they fill:
+    caption     -> caption (string)      one sentence describing the audio
+    events      -> events (list)         lowercase sound-event tags
+    transcript  -> transcript (string), language (string or null: ISO 639-1 code)
+    moderation  -> moderation (list)     labels from the configured list only
+Custom tasks (config.custom_tasks) fill one column named after the task: a string ("text") or a
+list ("list"). Parsers never raise: any text gives a value of the column's type.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from pipeline.config import Config, ConfigError
+
+STYLES = ("base", "instruct")
+LABELS_PLACEHOLDER = "{labels}"
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    base_prompt: str  # text right after <|audio_bos|><|AUDIO|><|audio_eos|> (base checkpoint)
+    instruct_prompt: str  # the user's question inside the chat template (instruct checkpoint)
+    max_new_tokens: int
+    parser: str  # "caption" | "events" | "transcript" | "moderation" | "text" | "list"
+
+    def prompt(self, style: str) -> str:
+        if style not in STYLES:
+            raise ValueError(f"prompt style must be one of {STYLES}, got {style!r}")
+        return self.base_prompt if style == "base" else self.instruct_prompt
+
+
+# Base prompts follow Qwen2-Audio's pre-training phrasing ("<task> in English:"); instruct prompts
+# ask for a bare answer in the shape the parser expects, because the chat model otherwise wraps
+# answers in sentences. The transcript cap covers 30 s of fast speech (~130 tokens) with room for
+# the language tag and for scripts that take more tokens per word.
+BUILTIN_TASKS: dict[str, Task] = {
+    "caption": Task(
+        "caption",
+        "Generate the caption in English:",
+        "Describe what you hear in this audio in one English sentence.",
+        64, "caption"),
+    "events": Task(
+        "events",
+        "Detect the sound events in the audio and list them in English, separated by commas:",
+        "List the sound events you hear in this audio as short English tags separated by commas, "
+        "for example: speech, dog barking. Answer with the tags only.",
+        48, "events"),
+    "transcript": Task(
+        "transcript",
+        "Detect the language and recognize the speech:",
+        "Detect the language of the speech in this audio and transcribe it word for word. Answer as "
+        "the two-letter language code, a colon and the transcript, for example: en: good morning. "
+        "If nobody speaks, answer: no speech.",
+        192, "transcript"),
+    "moderation": Task(
+        "moderation",
+        f"Classify the speech into these categories: {LABELS_PLACEHOLDER}. Matching categories "
+        "separated by commas, or none:",
+        f"Does the speech in this audio contain any of these: {LABELS_PLACEHOLDER}? Answer only "
+        "with the matching categories from that list, separated by commas, or none.",
+        32, "moderation"),
+}
+OUTPUT_COLUMNS: dict[str, str] = {
+    "caption": "string", "events": "list", "transcript": "string", "language": "string",
+    "moderation": "list",
+}
+_COLUMNS_BY_PARSER = {
+    "caption": ("caption",), "events": ("events",), "transcript": ("transcript", "language"),
+    "moderation": ("moderation",),
+}
+# Columns every output row has besides the annotations (the manifest's own and the run's); a
+# custom task must not shadow them.
+RESERVED_COLUMNS = frozenset({
+    "id", "audio", "path", "duration_s", "row", "segment", "segments", "n_segments", "start_s",
+    "end_s", "status", "error", "error_detail", "silent", "raw",
+})
+
+
+def _check_names(config: Config) -> None:
+    custom_names = [t.name for t in config.custom_tasks]
+    # Compared case-insensitively: some Parquet readers fold column names.
+    taken = {n.casefold() for n in (*BUILTIN_TASKS, *OUTPUT_COLUMNS, *RESERVED_COLUMNS)}
+    for name in custom_names:
+        if name.casefold() in taken:
+            raise ConfigError(f"custom_tasks: the name '{name}' is taken by a built-in task or output column")
+    for name in config.tasks:
+        if name in custom_names:
+            raise ConfigError(f"tasks: '{name}' is a custom task; custom tasks always run, leave it out of 'tasks'")
+        if name not in BUILTIN_TASKS:
+            raise ConfigError(
+                f"tasks: unknown task '{name}'; built-in tasks are {sorted(BUILTIN_TASKS)} "
+                "(define anything else under custom_tasks)"
+            )
+    for names, key in ((list(config.tasks), "tasks"), (custom_names, "custom_tasks")):
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ConfigError(f"{key}: {repeated} listed more than once")
+    for key, mapping in (("prompts", config.prompts), ("max_new_tokens", config.max_new_tokens)):
+        for name in mapping:
+            if key == "prompts" and name in custom_names:
+                raise ConfigError(f"prompts: '{name}' is a custom task; set its prompt in custom_tasks")
+            if name not in BUILTIN_TASKS and name not in custom_names:
+                raise ConfigError(f"{key}: unknown task '{name}'")
+
+
+def _labels_text(labels: Sequence[str]) -> str:
+    seen = set()
+    for label in labels:
+        if not label.strip() or re.search(r"[,;\n]", label):
+            raise ConfigError(f"moderation_labels: {label!r} must be non-empty with no commas, semicolons or newlines")
+        if label.casefold() in seen:
+            raise ConfigError(f"moderation_labels: {label!r} listed more than once")
+        seen.add(label.casefold())
+    if not labels:
+        raise ConfigError("moderation_labels: the moderation task needs at least one label")
+    return ", ".join(labels)
+
+
+def resolve_tasks(config: Config) -> list[Task]:
+    """The tasks to run, in order: config.tasks, then config.custom_tasks.
+
+    config.prompts replaces a built-in task's question for both prompt styles (a moderation
+    prompt must contain {labels}, which becomes the configured labels); config.max_new_tokens
+    replaces any task's cap. Unknown names, repeats and clashing custom names are ConfigErrors.
+    """
+    _check_names(config)
+    for name, prompt in config.prompts.items():
+        if not prompt.strip():
+            raise ConfigError(f"prompts: the prompt for '{name}' is empty")
+    for name, cap in config.max_new_tokens.items():
+        if cap < 1:
+            raise ConfigError(f"max_new_tokens: '{name}' needs at least 1 token, got {cap}")
+
+    tasks = []
+    for name in config.tasks:
+        builtin = BUILTIN_TASKS[name]
+        base, instruct = builtin.base_prompt, builtin.instruct_prompt
+        if name in config.prompts:
+            base = instruct = config.prompts[name]
+        if name == "moderation":
+            if LABELS_PLACEHOLDER not in base:
+                raise ConfigError("prompts: the moderation prompt must contain {labels}, where the labels go")
+            labels = _labels_text(config.moderation_labels)
+            base, instruct = base.replace(LABELS_PLACEHOLDER, labels), instruct.replace(LABELS_PLACEHOLDER, labels)
+        cap = config.max_new_tokens.get(name, builtin.max_new_tokens)
+        tasks.append(Task(name, base, instruct, cap, builtin.parser))
+    for custom in config.custom_tasks:
+        cap = config.max_new_tokens.get(custom.name, custom.max_new_tokens)
+        tasks.append(Task(custom.name, custom.prompt, custom.prompt, cap, custom.parser))
+    return tasks
+
+
+def output_columns(tasks: Sequence[Task]) -> dict[str, str]:
+    """Column name -> "string" | "list" for the columns these tasks fill, in task order."""
+    columns: dict[str, str] = {}
+    for task in tasks:
+        if task.parser in _COLUMNS_BY_PARSER:
+            columns.update({c: OUTPUT_COLUMNS[c] for c in _COLUMNS_BY_PARSER[task.parser]})
+        else:
+            columns[task.name] = "list" if task.parser == "list" else "string"
+    return columns
+
+
+# --- parsing -------------------------------------------------------------------------------------
+
+_SPECIAL_TOKEN = re.compile(r"<\|[^|<>]*\|>")
+_QUOTES = "\"'`\u201c\u201d\u2018\u2019\u00ab\u00bb"
+_LANGUAGE_NAMES = {
+    "english": "en", "chinese": "zh", "mandarin": "zh", "cantonese": "zh", "spanish": "es",
+    "french": "fr", "german": "de", "italian": "it", "portuguese": "pt", "russian": "ru",
+    "japanese": "ja", "korean": "ko", "arabic": "ar", "hindi": "hi", "dutch": "nl", "turkish": "tr",
+    "vietnamese": "vi", "indonesian": "id", "thai": "th", "polish": "pl", "ukrainian": "uk",
+}
+_LANGUAGE_CODES = frozenset(_LANGUAGE_NAMES.values())
+_NAMES_PATTERN = "|".join(_LANGUAGE_NAMES)
+_LANGUAGE_PREFIXES = (
+    re.compile(r"language\s*[:=]\s*([a-z]+)\b[\s.,;:]*", re.IGNORECASE),
+    re.compile(rf"({'|'.join(sorted(_LANGUAGE_CODES))})\s*:\s*"),  # lowercase only: not "It: ..."
+    re.compile(rf"({_NAMES_PATTERN})\s*:\s*", re.IGNORECASE),
+)
+_TRANSCRIPT_LABEL = re.compile(
+    r"(?:the\s+)?(?:original\s+)?(?:content|transcript(?:ion)?|text)"
+    r"(?:\s+of\s+(?:this|the)\s+(?:audio|speech|recording))?(?:\s+is)?\s*:\s*", re.IGNORECASE)
+_NO_SPEECH = re.compile(r"[\W_]*(?:no speech|there is no speech|no one speaks|nobody speaks)[\W_]*", re.IGNORECASE)
+_NEGATION = re.compile(r"\b(?:no|not|non|none|without|never|neither|nor|free of)\b|n't\b")
+_CLAUSE_BREAK = re.compile(r"[.;:!?\n]|\bbut\b|\bhowever\b")
+# Whole answers that mean "no label", after normalising ("n/a" reads "n a").
+_EMPTY_ANSWERS = {"", "none", "no", "clean", "nothing", "n a", "na", "none of them", "none of these", "none of the above"}
+_NULL_TAGS = {"none", "n/a", "nothing", "etc", "no sound events", "no events", "no sound"}
+_LIST_SPLIT = re.compile(r"[,;\n]|\s+and\s+", re.IGNORECASE)
+_BULLET = re.compile(r"^(?:[-*\u2022\u00b7\u2013\u2014>]+|\(?\d{1,3}[.)]|\d{1,3}\s+-)\s*")
+_TAG_LEAD_IN = re.compile(
+    r"^(?:(?:the|this) (?:audio|clip|recording) (?:contains|features|includes|has)|i (?:can )?hear|"
+    r"there (?:is|are)|(?:the )?sound(?:s)? of|an?|the)\s+")
+
+
+def _strip_tokens(text: str) -> str:
+    return _SPECIAL_TOKEN.sub(" ", text or "")
+
+
+def _squash(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
+        return text[1:-1].strip()
+    return text
+
+
+def _language_code(word: str) -> str | None:
+    word = word.lower()
+    if word in _LANGUAGE_NAMES:
+        return _LANGUAGE_NAMES[word]
+    return word if re.fullmatch(r"[a-z]{2}", word) else None
+
+
+def parse_transcript(raw: str) -> dict[str, object]:
+    """A leading <|xx|> tag (base checkpoint) or an "en:" / "English:" / "Language: English"
+    prefix (instruct checkpoint) gives the language; every other <|...|> token is removed."""
+    raw = raw or ""
+    leading = re.match(r"\s*(?:<\|[^|<>]*\|>\s*)*", raw).group()
+    tag = re.search(r"<\|([a-z]{2,3})\|>", leading)
+    language = tag.group(1) if tag else None
+    text = _squash(_strip_tokens(raw))
+    if language is None:
+        for prefix in _LANGUAGE_PREFIXES:
+            match = prefix.match(text)
+            if match:
+                language, text = _language_code(match.group(1)), text[match.end():]
+                break
+    text = _unquote(_TRANSCRIPT_LABEL.sub("", text, count=1) if _TRANSCRIPT_LABEL.match(text) else text)
+    if _NO_SPEECH.fullmatch(text):
+        text, language = "", None  # no speech has no language
+    return {"transcript": text, "language": language}
+
+
+def parse_caption(raw: str) -> dict[str, object]:
+    text = _squash(_strip_tokens(raw))
+    text = re.sub(r"^(?:audio\s+)?caption\s*:\s*", "", text, flags=re.IGNORECASE)
+    return {"caption": _unquote(text)}
+
+
+def split_list(raw: str, tags: bool) -> list[str]:
+    """Items of a list answer: split on commas, semicolons, newlines and " and "; bullets,
+    numbering, quotes, brackets and trailing punctuation removed; "none" and empties dropped;
+    repeats (compared case-insensitively) dropped, first spelling kept. tags=True (sound events)
+    also lowercases and drops lead-ins such as "the audio contains" and articles."""
+    text = _strip_tokens(raw).strip()
+    # A header before the list ("Sound events: ...", "The tags are:\n- ...") is not an item.
+    text = re.sub(r"^[^,;\n:]*:\s*", "", text, count=1)
+    items: list[str] = []
+    seen: set[str] = set()
+    for piece in _LIST_SPLIT.split(text):
+        item = _BULLET.sub("", piece.strip())
+        item = _squash(item.strip(_QUOTES + "[]{} ").rstrip(".!?:").strip(_QUOTES + " "))
+        if tags:
+            item = item.lower()
+            while (shorter := _TAG_LEAD_IN.sub("", item)) != item:
+                item = shorter
+        key = item.casefold()
+        if key and key not in _NULL_TAGS and key not in seen:
+            seen.add(key)
+            items.append(item)
+    return items
+
+
+def _mentions_unnegated(text: str, label: str) -> bool:
+    """True when some clause of text names label with no negation before it in that clause."""
+    phrase = r"\s+".join(re.escape(word) for word in _normalise(label).split())
+    pattern = re.compile(rf"(?<![a-z0-9]){phrase}(?![a-z0-9])")
+    for clause in _CLAUSE_BREAK.split(text):
+        # The clause's first mention is the least likely to be negated: check only that one.
+        mention = pattern.search(clause)
+        if mention:
+            negation = _NEGATION.search(clause, 0, mention.start())
+            if negation is None:
+                return True
+    return False
+
+
+def _normalise(text: str) -> str:
+    return _squash(re.sub(r"[-_/]", " ", text.casefold()))
+
+
+def parse_moderation(raw: str, labels: Sequence[str]) -> dict[str, object]:
+    """Configured labels the answer names, in the configured order. Matching is by whole phrase,
+    case-insensitive, with "-", "_" and "/" read as spaces; a label negated in its clause ("no
+    violence", "does not contain hate speech") does not count; "none", "no" or "clean" is []."""
+    text = _normalise(_strip_tokens(raw))
+    if text.strip(" .!\"'") in _EMPTY_ANSWERS:
+        return {"moderation": []}
+    return {"moderation": [label for label in labels if _mentions_unnegated(text, label)]}
+
+
+def parse(task: Task, raw: str, moderation_labels: Sequence[str] = ()) -> dict[str, object]:
+    """The output columns one task's raw answer fills (see output_columns)."""
+    if task.parser == "caption":
+        return parse_caption(raw)
+    if task.parser == "events":
+        return {"events": split_list(raw, tags=True)}
+    if task.parser == "transcript":
+        return parse_transcript(raw)
+    if task.parser == "moderation":
+        return parse_moderation(raw, moderation_labels)
+    if task.parser == "list":
+        return {task.name: split_list(raw, tags=False)}
+    return {task.name: _strip_tokens(raw).strip()}
+
+
+# --- combining a long file's segments ------------------------------------------------------------
+
+def _union(lists: Sequence[Sequence[str]], key=str.casefold) -> list[str]:
+    seen: set[str] = set()
+    merged = []
+    for value in (v for values in lists for v in values):
+        if key(value) not in seen:
+            seen.add(key(value))
+            merged.append(value)
+    return merged
+
+
+def _join_captions(captions: Sequence[str]) -> str:
+    # Two captions that differ only in case, spacing or the final full stop are the same caption.
+    distinct = _union([[c] for c in captions if c], key=lambda c: _squash(c.casefold()).rstrip(".!?"))
+    if len(distinct) == 1:
+        return distinct[0]
+    return " ".join(c if c[-1] in ".!?" else c + "." for c in distinct)
+
+
+def aggregate(column: str, values: Sequence[object], kind: str | None = None) -> object:
+    """Combine one column over a file's segments, given in segment order (None = no value).
+
+    - transcript: the segments' transcripts joined with single spaces.
+    - language: the most frequent language among segments; ties go to the earliest; None if none.
+    - caption: the distinct captions in order, joined as sentences. A long recording's segments
+      often get the same caption ("A man speaks."), which repeated reads like a bug; different
+      captions in order read as a short account of the recording.
+    - events, moderation: the union of the segments' lists, in first-seen order.
+    - custom columns (kind "string" or "list", as output_columns gives): text joined with
+      newlines, one line per segment that answered; lists as a union in first-seen order.
+    """
+    present = [v for v in values if v is not None]
+    kind = OUTPUT_COLUMNS.get(column, kind)
+    if column == "language":
+        counts = Counter(present)
+        return max(dict.fromkeys(present), key=counts.__getitem__) if present else None
+    if column == "caption":
+        return _join_captions([str(v).strip() for v in present])
+    if kind == "list":
+        return _union(present)
+    if kind != "string":
+        raise ValueError(f"aggregate: column {column!r} needs kind 'string' or 'list', got {kind!r}")
+    texts = [str(v).strip() for v in present if str(v).strip()]
+    return (" " if column == "transcript" else "\n").join(texts)
+
+
+def aggregate_row(segments: Sequence[Mapping[str, object]], columns: Mapping[str, str]) -> dict[str, object]:
+    """One row's columns from its segments' parsed outputs (in segment order)."""
+    return {c: aggregate(c, [s.get(c) for s in segments], kind) for c, kind in columns.items()}
