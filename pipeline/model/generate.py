@@ -21,20 +21,8 @@ from pipeline import shapes
 from pipeline.model.decoder import MASKED
 from pipeline.model.graph_shapes import BucketShape
 from pipeline.model.graphs import PrefixGraph, Qwen2Audio, StepGraph, TaskGraph, compiled_graph_count
+from pipeline.model.model_plan import Sampling
 from pipeline.model.prompts import PromptPlan
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """temperature 0 is greedy; otherwise top-p sampling with draws seeded per (row, task)."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
 
 
 @dataclass
@@ -61,6 +49,14 @@ class Generation:
     tokens: list[list[list[int]]]  # [clip][task] -> generated ids, end-of-sequence excluded
     stats: GenerationStats = field(default_factory=GenerationStats)
     first_logits: np.ndarray | None = None  # [clips * tasks, vocab], when asked for
+
+
+def encoder_key_mask(valid_frames: list[int], bucket_frames: int) -> np.ndarray:
+    """Additive mask [B, 1, 1, F/2] hiding encoder positions past each clip, as the reference does."""
+    positions = shapes.encoder_positions(bucket_frames)
+    valid = np.asarray([shapes.encoder_positions(x) for x in valid_frames])
+    mask = np.where(np.arange(positions)[None, :] < valid[:, None], 0.0, MASKED).astype(np.float32)
+    return mask.reshape(len(valid_frames), 1, 1, positions)
 
 
 def row_seed(key: str, task_index: int, seed: int) -> int:
@@ -101,9 +97,7 @@ class Generator:
         feats[:n] = features
         # Dummy rows see a full bucket so that no row's attention is entirely masked.
         frames = list(valid_frames) + [f] * (b - n)
-        positions = shapes.encoder_positions(f)
-        valid_positions = np.asarray([shapes.encoder_positions(x) for x in frames])
-        key_mask = np.where(np.arange(positions)[None, :] < valid_positions[:, None], 0.0, MASKED)
+        key_mask = encoder_key_mask(frames, f)
         ids = np.zeros((b, p), dtype=np.int32)
         audio_mask = np.zeros((b, p), dtype=bool)
         head, tail = list(self.plan.head), list(self.plan.tail)
@@ -116,7 +110,7 @@ class Generator:
             prefix_lens.append(len(prompt))
         return (
             ms.Tensor(feats).astype(self.dtype),
-            ms.Tensor(key_mask.reshape(b, 1, 1, positions).astype(np.float32)),
+            ms.Tensor(key_mask),
             ms.Tensor(ids),
             ms.Tensor(audio_mask),
         ), np.asarray(prefix_lens, dtype=np.int64)

@@ -114,3 +114,15 @@ class StepGraph(nn.Cell):
 def compiled_graph_count(graphs) -> int:
     """Graphs MindSpore actually compiled for these cells (one per distinct input signature)."""
     return sum(len(g.compile_cache) for g in graphs)
+
+
+class EncoderGraph(nn.Cell):
+    """Projected audio features alone, [B, F/4, hidden]: for encoder checks and benchmarks."""
+
+    def __init__(self, model: Qwen2Audio):
+        super().__init__(auto_prefix=False)
+        self.encoder = model.audio_tower
+        self.projector = model.multi_modal_projector
+
+    def construct(self, features, key_mask):
+        return self.projector(self.encoder(features, key_mask))
