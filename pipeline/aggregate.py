@@ -1,0 +1,95 @@
+"""From committed segment results to the final tables: one row per segment, one row per manifest id.
+
+The file-row rule (README quotes it): status is `ok` when every segment succeeded, `error` when
+none did, `partial` otherwise; `error` is the first failed segment's reason code and
+`error_detail` names every failed segment. Annotations combine the successful segments by
+tasks.aggregate: transcripts joined in order, language by majority, distinct captions in order,
+events and moderation labels as a union. `raw` keeps each task's raw text, segments joined by
+newlines. `language` is the detected language, or the manifest's `language` where none was detected.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pyarrow as pa
+
+from pipeline.manifest import Manifest
+from pipeline.tasks import aggregate_row
+
+SEGMENT_COLUMNS_DROPPED = ("key", "row")
+
+
+def segments_output(segments: pa.Table) -> pa.Table:
+    return segments.drop_columns(list(SEGMENT_COLUMNS_DROPPED))
+
+
+def _detail(failed: list[dict], n_segments: int) -> str:
+    if n_segments == 1:
+        return failed[0]["error_detail"]
+    return "; ".join(
+        f"segment {s['segment']} ({_span(s)}): {s['error']}: {s['error_detail']}" for s in failed
+    )
+
+
+def _span(segment: dict) -> str:
+    if segment["start_s"] is None or segment["end_s"] is None:
+        return "unknown span"
+    return f"{segment['start_s']:.1f}-{segment['end_s']:.1f} s"
+
+
+def _file_row(segments: list[dict], columns: dict[str, str], tasks: list[str], planned_s, hint) -> dict:
+    ok = [s for s in segments if s["status"] == "ok"]
+    failed = [s for s in segments if s["status"] != "ok"]
+    n = segments[0]["n_segments"]
+    ends = [s["end_s"] for s in segments if s["end_s"] is not None]
+    row = {
+        "status": "ok" if not failed else "error" if not ok else "partial",
+        "error": failed[0]["error"] if failed else None,
+        "error_detail": _detail(failed, n) if failed else None,
+        "duration_s": max(ends) if ends and max(ends) > 0 else planned_s,
+        "n_segments": n,
+        "silent": all(s["silent"] for s in ok) if ok else None,
+    }
+    if ok:
+        row.update(aggregate_row(ok, columns))
+        raws = [dict(s["raw"] or []) for s in ok]
+        row["raw"] = [(t, "\n".join(r[t] for r in raws if t in r)) for t in tasks]
+    else:
+        row.update({c: None for c in columns})
+        row["raw"] = None
+    if "language" in row and row["language"] is None:
+        row["language"] = hint
+    return row
+
+
+def annotations_output(segments: pa.Table, manifest: Manifest, planned_durations: list, columns: dict[str, str],
+                       tasks: list[str]) -> pa.Table:
+    """Exactly one row per manifest row, in manifest order, with its pass-through columns."""
+    by_row: dict[int, list[dict]] = defaultdict(list)
+    for segment in segments.to_pylist():
+        by_row[segment["row"]].append(segment)
+    hints = manifest.languages
+    rows = []
+    for index in range(manifest.num_rows):
+        found = by_row.get(index)
+        if not found:
+            raise RuntimeError(f"row {index} (id {manifest.ids[index]!r}) has no committed result")
+        indices = [s["segment"] for s in found]
+        if indices != list(range(found[0]["n_segments"])):
+            raise RuntimeError(f"id {manifest.ids[index]!r} has segments {indices}, expected each once")
+        rows.append(_file_row(found, columns, tasks, planned_durations[index], hints[index]))
+
+    fields = [
+        ("status", pa.string()), ("error", pa.string()), ("error_detail", pa.string()),
+        ("duration_s", pa.float64()), ("n_segments", pa.int32()), ("silent", pa.bool_()),
+    ]
+    fields += [(c, pa.list_(pa.string()) if kind == "list" else pa.string()) for c, kind in columns.items()]
+    fields += [("raw", pa.map_(pa.string(), pa.string()))]
+    body = pa.Table.from_pylist(rows, schema=pa.schema(fields))
+    table = manifest.table.select(["id", "audio"])
+    for name in body.column_names:
+        table = table.append_column(name, body.column(name))
+    for name in manifest.passthrough_columns:
+        table = table.append_column(name, manifest.table.column(name))
+    return table

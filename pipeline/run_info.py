@@ -1,0 +1,88 @@
+"""run.json: what ran (model, prompts, decoding, shapes, versions) and how it went (counts, time,
+throughput, padding efficiency, graphs compiled)."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections import Counter
+from dataclasses import asdict
+from importlib import metadata
+
+import pyarrow.compute as pc
+
+LIBRARIES = ("mindspore", "transformers", "tokenizers", "ray", "pyarrow", "pandas", "numpy", "librosa", "soundfile")
+
+
+def versions() -> dict:
+    found = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    return round(numerator / denominator, 4) if denominator else None
+
+
+def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest, out, annotations, segments,
+          part_stats, report, started, audio_s_this_run, items_this_run) -> dict:
+    finished = time.time()
+    stats = Counter()
+    for part in part_stats:
+        stats.update(part)
+    statuses = annotations.column("status").to_pylist()
+    errors = [e for e in annotations.column("error").to_pylist() if e]
+    ok_segments = segments.filter(pc.equal(segments.column("status"), "ok"))
+    ok_audio_s = pc.sum(pc.subtract(ok_segments.column("end_s"), ok_segments.column("start_s"))).as_py() or 0.0
+    wall = finished - started
+    return {
+        "manifest": {"path": str(manifest_path), "digest": manifest_digest},
+        "out": str(out),
+        "fingerprint": fingerprint,
+        "model": {"path": plan.model_dir, "revision": plan.revision, "style": plan.style, "dtype": plan.dtype,
+                  "device": plan.device, "dims": asdict(plan.spec)},
+        "tasks": [{"name": n, "prompt": p, "max_new_tokens": m}
+                  for n, p, m in zip(plan.task_names, plan.prompts.texts, plan.max_new_tokens)],
+        "decoding": asdict(plan.sampling),
+        "eos_token_ids": list(plan.prompts.eos_ids),
+        "shapes": [{**asdict(s), "cache_len": s.cache_len, "rows": s.rows, "graphs": list(s.graph_names())}
+                   for s in plan.declared.values()],
+        "settings": settings,
+        "config": asdict(config),
+        "versions": versions(),
+        "counts": {
+            "rows": annotations.num_rows,
+            "rows_by_status": dict(Counter(statuses)),
+            "rows_by_error": dict(Counter(errors)),
+            "segments": segments.num_rows,
+            "segments_by_status": dict(Counter(segments.column("status").to_pylist())),
+        },
+        "audio_hours_annotated": round(ok_audio_s / 3600, 4),
+        "this_run": {
+            "items": items_this_run,
+            "audio_hours": round(audio_s_this_run / 3600, 4),
+            "wall_s": round(wall, 2),
+            "throughput_audio_s_per_s": _ratio(audio_s_this_run, wall),
+            "workers": report.workers,
+            "graphs_compiled": report.graphs_compiled,
+            "graphs_declared_per_worker": 3 * len(plan.declared),
+            "retries": report.retries,
+            "splits": report.splits,
+            "worker_replacements": report.worker_replacements,
+        },
+        "padding_efficiency": {
+            "frames": _ratio(stats["valid_frames"], stats["computed_frames"]),
+            "tokens": _ratio(stats["valid_tokens"], stats["computed_tokens"]),
+        },
+        "generation": {
+            "generated_tokens": stats["generated_tokens"], "decode_steps": stats["decode_steps"],
+            "prefix_s": round(stats["prefix_s"], 3), "tasks_s": round(stats["tasks_s"], 3),
+            "steps_s": round(stats["steps_s"], 3),
+        },
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
+    }

@@ -1,0 +1,200 @@
+"""Ray execution: one worker actor per NPU (or a configurable number of CPU workers), each loading
+the model once and pulling batches until none are left. The only module that imports Ray.
+
+Each actor runs `1 + prefetch_batches` calls at once: a call decodes and extracts features for
+its batch without the model lock, so the next batch is ready when the model finishes the current
+one. Results come back to the driver, which alone commits them (a single writer keeps every row
+committed exactly once). A dead actor is replaced (a bounded number of times) and its batches are
+retried elsewhere under the RetryPolicy.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import ray
+
+from pipeline.errors import UserError
+from pipeline.items import Batch, ItemResult
+from pipeline.reasons import Reason
+from pipeline.scheduling import RetryPolicy
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a worker needs to build its BatchProcessor; shipped to every actor."""
+
+    plan: object  # model.model_plan.ModelPlan
+    tasks: list
+    moderation_labels: tuple[str, ...]
+    silence_dbfs: float
+    search_s: float
+    compile_cache_root: str | None
+    cpu_threads: int
+    # Builds the model from the spec; None means the MindSpore model. Tests pass fakes here.
+    model_factory: Callable | None = None
+
+
+class AnnotationWorker:
+    """The actor body (wrapped by ray.remote in start_workers)."""
+
+    def __init__(self, spec: WorkerSpec):
+        self.error = None
+        self.model_lock = threading.Lock()
+        try:
+            from transformers import WhisperFeatureExtractor
+
+            from pipeline.worker import BatchProcessor
+
+            if spec.model_factory is not None:
+                self.model = spec.model_factory(spec)
+            else:
+                from pipeline.model.engine import MindSporeModel
+
+                self.model = MindSporeModel(spec.plan, spec.compile_cache_root, spec.cpu_threads)
+            extractor = WhisperFeatureExtractor.from_pretrained(spec.plan.model_dir)
+            self.processor = BatchProcessor(self.model, extractor, spec.tasks, spec.moderation_labels,
+                                            spec.silence_dbfs, spec.search_s)
+        except Exception as exc:  # reported through ready(): a worker that cannot load stops the run
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def ready(self) -> dict:
+        return {"error": self.error, "pid": os.getpid(),
+                "npu": os.environ.get("ASCEND_RT_VISIBLE_DEVICES"), "node": ray.get_runtime_context().get_node_id()}
+
+    def process(self, batch: Batch):
+        if self.error:
+            raise RuntimeError(f"worker failed to start: {self.error}")
+        prepared = self.processor.prepare(batch)  # overlaps with another call's model work
+        with self.model_lock:
+            results, stats = self.processor.run(prepared)
+        return results, (asdict(stats) if stats is not None else None), self.model.graphs_compiled
+
+
+@dataclass
+class ExecutionReport:
+    workers: list[dict] = field(default_factory=list)
+    graphs_compiled: int = 0
+    retries: int = 0
+    splits: int = 0
+    worker_replacements: int = 0
+
+
+@contextmanager
+def ray_session(num_cpus: int):
+    """Join the cluster at RAY_ADDRESS, reuse a Ray already started in this process (tests share
+    one per session), or start a local one that ends with the run."""
+    if ray.is_initialized():
+        yield
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        # Ship this package to the cluster's workers; its dependencies must be installed there.
+        ray.init(runtime_env={"py_modules": [str(Path(__file__).parent)]}, logging_level="WARNING")
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def cluster_npus() -> int:
+    return int(ray.cluster_resources().get("NPU", 0))
+
+
+class WorkerPool:
+    def __init__(self, spec: WorkerSpec, count: int, use_npu: bool, prefetch: int):
+        options = {"num_cpus": 1, "max_restarts": 0, "max_concurrency": 1 + prefetch}
+        if use_npu:
+            options["resources"] = {"NPU": 1}
+        self.actor_class = ray.remote(**options)(AnnotationWorker)
+        self.spec = spec
+        self.slots = 1 + prefetch
+        # Replacing dead workers is bounded too, or a crash at load time would loop forever.
+        self.replacements_left = 2 * count + 2
+        self.replacements = 0
+        self.actors = [self.actor_class.remote(spec) for _ in range(count)]
+        self.info = [self._check(actor) for actor in self.actors]
+
+    @staticmethod
+    def _check(actor) -> dict:
+        info = ray.get(actor.ready.remote())
+        if info["error"]:
+            raise UserError(f"a worker could not load the model: {info['error']}")
+        return info
+
+    def replace(self, dead) -> None:
+        if dead not in self.actors:
+            return  # already replaced: its other in-flight calls fail the same way
+        self.actors.remove(dead)
+        ray.kill(dead, no_restart=True)
+        if self.replacements_left > 0:
+            self.replacements_left -= 1
+            self.replacements += 1
+            actor = self.actor_class.remote(self.spec)
+            self.info.append(self._check(actor))
+            self.actors.append(actor)
+        if not self.actors:
+            raise RuntimeError("every worker died and the replacement budget is spent; see the Ray logs. "
+                               "Committed work is kept: rerun the same command to resume.")
+
+    def shutdown(self) -> None:
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+
+
+def execute(batches: list[Batch], spec: WorkerSpec, workers: int, use_npu: bool, prefetch: int,
+            max_attempts: int, on_results: Callable[[list[ItemResult], dict | None], None]) -> ExecutionReport:
+    """Run every batch; on_results receives each batch's results (every item exactly once)."""
+    report = ExecutionReport()
+    policy = RetryPolicy(max_attempts)
+    pool = WorkerPool(spec, workers, use_npu, prefetch)
+    pending: deque[Batch] = deque(batches)
+    inflight: dict = {}
+    load = {id(actor): 0 for actor in pool.actors}
+    graphs: dict[int, int] = {}
+    try:
+        while pending or inflight:
+            for actor in list(pool.actors):
+                load.setdefault(id(actor), 0)
+                while pending and load[id(actor)] < pool.slots:
+                    batch = pending.popleft()
+                    inflight[actor.process.remote(batch)] = (actor, batch)
+                    load[id(actor)] += 1
+            done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            for ref in done:
+                actor, batch = inflight.pop(ref)
+                load[id(actor)] -= 1
+                try:
+                    results, stats, compiled = ray.get(ref)
+                except ray.exceptions.RayActorError as exc:
+                    pool.replace(actor)
+                    again, failed = policy.on_failure(batch, Reason.WORKER_LOST, _first_line(exc))
+                except ray.exceptions.RayTaskError as exc:
+                    again, failed = policy.on_failure(batch, Reason.MODEL_ERROR, _first_line(exc.cause or exc))
+                else:
+                    graphs[id(actor)] = compiled
+                    on_results(results, stats)
+                    continue
+                pending.extend(again)
+                if failed:
+                    on_results(failed, None)
+    finally:
+        pool.shutdown()
+    report.workers = pool.info
+    report.graphs_compiled = sum(graphs.values())
+    report.retries, report.splits = policy.retries, policy.splits
+    report.worker_replacements = pool.replacements
+    return report
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    message = next((line for line in reversed(text) if line.strip()), type(exc).__name__)
+    return f"{type(exc).__name__}: {message[:300]}"

@@ -1,0 +1,142 @@
+"""One batch, start to finish, on one worker: decode -> cut -> features -> model -> parse.
+
+No Ray here: the Ray actor in runner.py wraps a BatchProcessor, and tests drive it directly. The
+model is anything with the TextModel interface; the real one is model.engine.MindSporeModel.
+
+Bad input never fails a batch: an item whose audio cannot be used becomes an error result and the
+rest of the batch still runs. Only the model itself failing raises, so the runner can retry the
+batch and, if it keeps failing, split it to isolate the item that causes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from pipeline import audio, shapes
+from pipeline.features import bucket_features
+from pipeline.items import Batch, Item, ItemResult
+from pipeline.reasons import Failure, Reason
+from pipeline.segment import boundary_nominals, find_cut, search_window, segment_bounds
+from pipeline.tasks import Task, parse
+
+
+class TextModel(Protocol):
+    """What the worker needs from a model: one list of task texts per clip, in input order."""
+
+    graphs_compiled: int
+
+    def generate(self, bucket_s: float, features: np.ndarray, valid_frames: list[int], keys: list[str]):
+        """-> an object with .texts ([clip][task] raw text) and .stats (GenerationStats-like)."""
+
+
+@dataclass
+class ReadyClip:
+    item: Item
+    features: np.ndarray
+    valid_frames: int
+    start_s: float
+    end_s: float
+    silent: bool
+
+
+@dataclass
+class PreparedBatch:
+    batch: Batch
+    ready: list[ReadyClip] = field(default_factory=list)
+    failed: list[ItemResult] = field(default_factory=list)
+
+
+def failure_result(item: Item, failure: Failure, start_s=None, end_s=None) -> ItemResult:
+    return ItemResult(item=item, status="error", error=str(failure.reason), error_detail=failure.detail,
+                      start_s=start_s, end_s=end_s)
+
+
+class BatchProcessor:
+    def __init__(self, model: TextModel, extractor, tasks: list[Task], moderation_labels, silence_dbfs: float,
+                 search_s: float):
+        self.model = model
+        self.extractor = extractor
+        self.tasks = tasks
+        self.moderation_labels = tuple(moderation_labels)
+        self.silence_dbfs = silence_dbfs
+        self.search_s = search_s
+
+    # --- CPU side: runs while the model works on the previous batch ---------------------------
+
+    def _cut(self, path: Path, nominal_s: float | None) -> float | None | Failure:
+        """Where a boundary falls, decided from the audio around it alone, so both segments that
+        share it find the same cut however and wherever they are processed."""
+        if nominal_s is None:
+            return None
+        lo, hi = search_window(nominal_s, self.search_s)
+        window = audio.decode(path, lo, hi, self.silence_dbfs)
+        if isinstance(window, Failure):
+            return window
+        return find_cut(window.samples, shapes.SAMPLE_RATE, window.start_s, nominal_s, self.search_s)
+
+    def _decode(self, item: Item, bucket_frames: int) -> ReadyClip | ItemResult:
+        path = Path(item.path)
+        if item.n_segments == 1:
+            decoded = audio.decode(path, silence_dbfs=self.silence_dbfs)
+            start = 0.0
+        else:
+            before, after = (self._cut(path, nominal) for nominal in boundary_nominals(item))
+            for cut in (before, after):
+                if isinstance(cut, Failure):
+                    return failure_result(item, cut, item.start_s, item.end_s)
+            start, end = segment_bounds(item, before, after)
+            decoded = audio.decode(path, start, end, self.silence_dbfs)
+        if isinstance(decoded, Failure):
+            return failure_result(item, decoded, item.start_s, item.end_s)
+        end = start + decoded.duration_s
+        frames = shapes.frames_for_samples(len(decoded.samples))
+        if not shapes.fits_bucket(frames, bucket_frames):
+            planned = item.end_s - item.start_s
+            return failure_result(item, Failure(
+                Reason.DURATION_MISMATCH,
+                f"{path.name} decodes to {decoded.duration_s:.2f} s but was planned as {planned:.2f} s "
+                f"(from the manifest's duration_s or the file header); fix or drop duration_s for this row",
+            ), start, end)
+        features, valid = bucket_features(self.extractor, decoded.samples, bucket_frames)
+        return ReadyClip(item, features, valid, start, end, decoded.silent)
+
+    def prepare(self, batch: Batch) -> PreparedBatch:
+        bucket_frames = shapes.bucket_frames_for_seconds(batch.bucket_s)
+        prepared = PreparedBatch(batch)
+        for item in batch.items:
+            outcome = self._decode(item, bucket_frames)
+            (prepared.ready if isinstance(outcome, ReadyClip) else prepared.failed).append(outcome)
+        return prepared
+
+    # --- model side -----------------------------------------------------------------------------
+
+    def run(self, prepared: PreparedBatch):
+        """-> (results for every item of the batch, generation stats or None)."""
+        results = list(prepared.failed)
+        if not prepared.ready:
+            return results, None
+        clips = prepared.ready
+        output = self.model.generate(
+            prepared.batch.bucket_s,
+            np.stack([c.features for c in clips]),
+            [c.valid_frames for c in clips],
+            [c.item.key for c in clips],
+        )
+        if len(output.texts) != len(clips) or any(len(t) != len(self.tasks) for t in output.texts):
+            raise RuntimeError(
+                f"the model returned {len(output.texts)} results for {len(clips)} clips; "
+                "it must return one list of task texts per clip, in order"
+            )
+        for clip, texts in zip(clips, output.texts):
+            parsed: dict[str, object] = {}
+            for task, text in zip(self.tasks, texts):
+                parsed.update(parse(task, text, self.moderation_labels))
+            results.append(ItemResult(
+                item=clip.item, status="ok", start_s=clip.start_s, end_s=clip.end_s, silent=clip.silent,
+                raw={task.name: text for task, text in zip(self.tasks, texts)}, parsed=parsed,
+            ))
+        return results, output.stats
