@@ -52,7 +52,10 @@ def _file_row(segments: list[dict], columns: dict[str, str], tasks: list[str], p
         "silent": all(s["silent"] for s in ok) if ok else None,
     }
     if ok:
-        row.update(aggregate_row(ok, columns))
+        # A column no segment answered (its task did not run) stays null rather than empty.
+        answered = {c: kind for c, kind in columns.items() if any(s[c] is not None for s in ok)}
+        row.update({c: None for c in columns})
+        row.update(aggregate_row(ok, answered))
         raws = [dict(s["raw"] or []) for s in ok]
         row["raw"] = [(t, "\n".join(r[t] for r in raws if t in r)) for t in tasks]
     else:

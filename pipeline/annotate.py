@@ -27,12 +27,7 @@ from pipeline.sink import OutputDir
 from pipeline.tasks import OUTPUT_COLUMNS, output_columns, resolve_tasks
 from pipeline.worker import failure_result
 
-# Results are committed in parts of about this many items, or sooner when this much time passed:
-# big enough that a million-row run makes a few thousand files, small enough that a kill loses
-# little work.
-FLUSH_ITEMS = 512
-FLUSH_SECONDS = 30.0
-PROBE_THREADS = 16
+PROBE_THREADS = 16  # header reads are I/O-bound
 
 
 @dataclass
@@ -94,16 +89,18 @@ def intake(manifest: Manifest, config: Config, smallest_bucket: float) -> tuple[
 class Committer:
     """Buffers results and commits them as parts; also drives the progress bar."""
 
-    def __init__(self, sink: OutputDir, columns, total_items: int, total_audio_s: float, show: bool):
+    def __init__(self, sink: OutputDir, columns, total_items: int, total_audio_s: float, show: bool,
+                 commit_items: int, commit_seconds: float):
         from tqdm import tqdm
 
         self.sink, self.columns = sink, columns
+        self.commit_items, self.commit_seconds = commit_items, commit_seconds
         self.buffer: list[ItemResult] = []
         self.stats: dict | None = None
         self.last_flush = time.monotonic()
         self.items_done = self.errors = 0
         self.total_items = total_items
-        self.bar = tqdm(total=round(total_audio_s, 1), unit="audio-s", disable=not show, dynamic_ncols=True,
+        self.bar = tqdm(total=total_audio_s, unit="audio-s", disable=not show, dynamic_ncols=True,
                         bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}, {rate_fmt}]{postfix}")
 
     def __call__(self, results: list[ItemResult], stats: dict | None) -> None:
@@ -112,10 +109,10 @@ class Committer:
             self.stats = stats if self.stats is None else {k: self.stats[k] + stats[k] for k in stats}
         self.items_done += len(results)
         self.errors += sum(r.status != "ok" for r in results)
-        self.bar.update(round(sum(r.item.end_s - r.item.start_s for r in results), 1))
+        self.bar.update(sum(r.item.end_s - r.item.start_s for r in results))
         self.bar.set_postfix_str(f"items {self.items_done}/{self.total_items}, errors {self.errors}, "
                                  f"audio {self.bar.n / 3600:.2f} h", refresh=False)
-        if len(self.buffer) >= FLUSH_ITEMS or time.monotonic() - self.last_flush > FLUSH_SECONDS:
+        if len(self.buffer) >= self.commit_items or time.monotonic() - self.last_flush > self.commit_seconds:
             self.flush()
 
     def flush(self) -> None:
@@ -186,8 +183,8 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
         if todo or new_failures:
             sink.invalidate_final()
         batches = plan_batches(todo, plan.batch_sizes)
-        committer = Committer(sink, columns, len(todo) + len(new_failures),
-                              sum(i.end_s - i.start_s for i in todo), progress)
+        committer = Committer(sink, columns, len(todo) + len(new_failures), sum(i.end_s - i.start_s for i in todo),
+                              progress, config.commit_items, config.commit_seconds)
         report = runner.ExecutionReport()
         use_npu = device == "ascend"
         if new_failures:

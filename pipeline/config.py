@@ -77,7 +77,7 @@ class Config:
     max_batch: int = 16
 
     # --- long audio ---
-    # Segment cuts may move this far from their nominal point to land in a pause.
+    # Segment cuts may move this far from their nominal point to land in a pause (0 to < 5 s).
     segment_search_s: float = 2.0
 
     # --- audio intake ---
@@ -87,7 +87,8 @@ class Config:
     silence_dbfs: float = -60.0
 
     # --- execution ---
-    # Workers: one per NPU when NPUs exist, else this many CPU workers (0 = one per 4 cores, min 1).
+    # Workers: one per NPU when NPUs exist, else this many CPU workers (0 = a quarter of the
+    # cores, at least 2 and at most 8).
     cpu_workers: int = 0
     # Threads each CPU worker gives MindSpore's kernels (0 = cores / workers).
     cpu_threads_per_worker: int = 0
@@ -96,6 +97,11 @@ class Config:
     max_attempts: int = 2
     # Batches each worker holds beyond the one it runs, so decoding overlaps the model.
     prefetch_batches: int = 1
+    # Results are committed as a part every this many items (or commit_seconds, whichever first):
+    # large enough that a million-row run makes a few thousand files, small enough that a kill
+    # loses little work.
+    commit_items: int = 512
+    commit_seconds: float = 30.0
 
     def with_overrides(self, **overrides) -> Config:
         clean = {k: v for k, v in overrides.items() if v is not None}
@@ -164,6 +170,10 @@ def _check(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: need temperature >= 0 and 0 < top_p <= 1")
     if config.max_batch < 1 or config.memory_budget_gb <= 0 or config.max_attempts < 1:
         raise ConfigError(f"{source}: max_batch, memory_budget_gb and max_attempts must be positive")
+    if not 0 <= config.segment_search_s < 5:
+        raise ConfigError(f"{source}: 'segment_search_s' must be at least 0 and below 5 s")
+    if config.commit_items < 1 or config.commit_seconds <= 0 or config.prefetch_batches < 0:
+        raise ConfigError(f"{source}: commit_items and commit_seconds must be positive, prefetch_batches >= 0")
     if not config.tasks and not config.custom_tasks:
         raise ConfigError(f"{source}: no tasks to run")
     for task in config.custom_tasks:

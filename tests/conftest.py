@@ -1,5 +1,7 @@
 """Shared fixtures."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -21,3 +23,37 @@ def write_tone(tmp_path):
         return path
 
     return write
+
+
+CHECKPOINTS = {
+    # (size, flavour, seed): the instruct model with plain multi-head attention, and the base
+    # model with grouped-query attention and odd sizes.
+    "small-instruct": ("small", "instruct", 0),
+    "odd-base": ("odd", "base", 3),
+}
+
+
+@pytest.fixture(scope="session")
+def checkpoint_dir(tmp_path_factory):
+    from pipeline.tiny_model import write_tiny_checkpoint
+
+    made = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            size, flavour, seed = CHECKPOINTS[name]
+            made[name] = write_tiny_checkpoint(tmp_path_factory.mktemp(name), seed=seed, flavour=flavour, size=size)
+        return made[name]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One Ray for the whole session, with two fake NPUs: Ray sets ASCEND_RT_VISIBLE_DEVICES for
+    actors that ask for one exactly as on an Ascend host."""
+    import ray
+
+    ray.init(num_cpus=2, resources={"NPU": 2}, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.model.generate import GenerationStats
+from pipeline.model.stats import GenerationStats
 from pipeline.model.model_plan import ModelPlan
 
 

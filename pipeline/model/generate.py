@@ -22,26 +22,8 @@ from pipeline.model.decoder import MASKED
 from pipeline.model.graph_shapes import BucketShape
 from pipeline.model.graphs import PrefixGraph, Qwen2Audio, StepGraph, TaskGraph, compiled_graph_count
 from pipeline.model.model_plan import Sampling
+from pipeline.model.stats import GenerationStats
 from pipeline.model.prompts import PromptPlan
-
-
-@dataclass
-class GenerationStats:
-    """Counts for padding efficiency and timing; summed over batches by the runner."""
-
-    valid_frames: int = 0
-    computed_frames: int = 0
-    valid_tokens: int = 0
-    computed_tokens: int = 0
-    generated_tokens: int = 0
-    decode_steps: int = 0
-    prefix_s: float = 0.0
-    tasks_s: float = 0.0
-    steps_s: float = 0.0
-
-    def add(self, other: GenerationStats) -> None:
-        for name in self.__dataclass_fields__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
 @dataclass

@@ -9,28 +9,6 @@ import pytest
 from pipeline import shapes
 from pipeline.features import bucket_features
 
-CHECKPOINTS = {
-    # (size, flavour, seed): the instruct model with plain multi-head attention, and the base
-    # model with grouped-query attention and odd sizes.
-    "small-instruct": ("small", "instruct", 0),
-    "odd-base": ("odd", "base", 3),
-}
-
-
-@pytest.fixture(scope="session")
-def checkpoint_dir(tmp_path_factory):
-    from pipeline.tiny_model import write_tiny_checkpoint
-
-    made = {}
-
-    def get(name: str) -> Path:
-        if name not in made:
-            size, flavour, seed = CHECKPOINTS[name]
-            made[name] = write_tiny_checkpoint(tmp_path_factory.mktemp(name), seed=seed, flavour=flavour, size=size)
-        return made[name]
-
-    return get
-
 
 @pytest.fixture(scope="session")
 def mindspore_cpu():

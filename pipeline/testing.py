@@ -1,0 +1,63 @@
+"""A stand-in for the MindSpore model, for pipeline tests and fault injection.
+
+It honours the same contract as model.engine.MindSporeModel (one list of task texts per clip, in
+order) and answers deterministically from each clip's key and audio, so runs and reruns can be
+compared. Keys listed in `fail_keys` raise inside generate (a model error); keys in `crash_keys`
+kill the worker process outright (a lost worker). Lives in the package so Ray workers can import it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.model.stats import GenerationStats
+
+ANSWERS = {
+    "caption": "A sound recorded for {key}.",
+    "events": "speech, {key}",
+    "transcript": "<|en|>words of {key}",
+    "moderation": "none",
+}
+
+
+@dataclass
+class FakeOutput:
+    texts: list[list[str]]
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+class FakeModel:
+    def __init__(self, spec, fail_keys=(), crash_keys=()):
+        self.task_names = list(spec.plan.task_names)
+        self.fail_keys, self.crash_keys = set(fail_keys), set(crash_keys)
+        self.graphs_compiled = 0
+        self.calls = 0
+
+    def generate(self, bucket_s: float, features: np.ndarray, valid_frames: list[int], keys: list[str]) -> FakeOutput:
+        self.calls += 1
+        self.graphs_compiled = 3
+        for key in keys:
+            if key in self.crash_keys:
+                os._exit(17)
+            if key in self.fail_keys:
+                raise RuntimeError(f"injected model failure on {key}")
+        texts = []
+        for key, feats, frames in zip(keys, features, valid_frames):
+            level = float(np.round(feats[:, :frames].mean(), 3))
+            texts.append([ANSWERS.get(t, "{key} {level}").format(key=key, level=level) for t in self.task_names])
+        stats = GenerationStats(valid_frames=sum(valid_frames), computed_frames=len(keys) * features.shape[-1])
+        return FakeOutput(texts, stats)
+
+
+@dataclass(frozen=True)
+class FakeModelFactory:
+    """Picklable factory the runner calls on each worker: FakeModelFactory(fail_keys=...)(spec)."""
+
+    fail_keys: tuple[str, ...] = ()
+    crash_keys: tuple[str, ...] = ()
+
+    def __call__(self, spec) -> FakeModel:
+        return FakeModel(spec, self.fail_keys, self.crash_keys)

@@ -1,0 +1,159 @@
+"""The whole pipeline through Ray with a fake model: identity, error rows, resume, faults.
+
+The fake model answers deterministically from each clip's key, so these tests check what the
+pipeline does with answers (planning, decoding, retries, commits), not the model.
+"""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.annotate import annotate
+from pipeline.errors import UserError
+from pipeline.testing import FakeModelFactory
+from tests.pipeline.conftest import EXPECTED, LONG_S, fast_config
+
+
+def read(out, name="annotations.parquet"):
+    return pq.read_table(out / name).to_pylist()
+
+
+@pytest.fixture
+def model_dir(checkpoint_dir):
+    return checkpoint_dir("small-instruct")
+
+
+def run(manifest, out, model_dir, factory=FakeModelFactory(), **overrides):
+    config = fast_config(model_dir, manifest, **overrides)
+    return annotate(manifest, config, out=out, workers=2, progress=False, model_factory=factory)
+
+
+def test_every_row_once_with_status_and_reason(ray_cluster, mixed_manifest, model_dir, tmp_path):
+    out = tmp_path / "out"
+    summary = run(mixed_manifest, out, model_dir)
+    rows = read(out)
+    assert [r["id"] for r in rows] == list(EXPECTED)
+    for row in rows:
+        assert (row["status"], row["error"]) == EXPECTED[row["id"]], row
+        if row["status"] == "error":
+            assert row["error_detail"] and row["caption"] is None and row["raw"] is None
+        else:
+            assert row["caption"].startswith("A sound recorded for") and row["error_detail"] is None
+            assert dict(row["raw"])["events"].startswith("speech, ")
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["silent"]["silent"] is True and by_id["short"]["silent"] is False
+    assert by_id["short"]["language"] == "en" and by_id["short"]["transcript"] == "words of short#0"
+    assert [r["source"] for r in rows] == [f"src-{i}" for i in range(len(EXPECTED))]  # pass-through
+    assert summary.counts["rows_by_status"] == {"ok": 5, "error": 7}
+    assert (out / "_SUCCESS").is_file() and not list(out.glob(".tmp-*"))
+
+
+def test_long_audio_is_segmented_at_pauses_and_covered(ray_cluster, mixed_manifest, model_dir, tmp_path):
+    out = tmp_path / "out"
+    run(mixed_manifest, out, model_dir)
+    segments = [s for s in read(out, "segments.parquet") if s["id"] == "long"]
+    assert len(segments) >= 2 and all(s["status"] == "ok" for s in segments)
+    assert [s["segment"] for s in segments] == list(range(len(segments)))
+    assert segments[0]["start_s"] == 0 and segments[-1]["end_s"] == pytest.approx(LONG_S, abs=0.01)
+    for before, after in zip(segments, segments[1:]):
+        assert before["end_s"] == after["start_s"]  # contiguous: nothing lost, nothing twice
+        # The test audio has 0.6 s pauses after every 3 s of tone: each cut lands in one.
+        assert (after["start_s"] % 3.6) >= 3.0 - 0.03
+    assert all(s["end_s"] - s["start_s"] <= 30 for s in segments)
+    row = next(r for r in read(out) if r["id"] == "long")
+    assert row["n_segments"] == len(segments)
+    # Transcripts of the segments are joined in order.
+    assert row["transcript"] == " ".join(f"words of long#{s['segment']}" for s in segments)
+
+
+def test_rerun_of_a_finished_run_does_no_work(ray_cluster, mixed_manifest, model_dir, tmp_path):
+    out = tmp_path / "out"
+    run(mixed_manifest, out, model_dir)
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    # A factory that fails on every key: any model work would turn rows into errors.
+    summary = run(mixed_manifest, out, model_dir, factory=FakeModelFactory(fail_keys=tuple(f"{k}#0" for k in EXPECTED)))
+    assert summary.already_complete
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_resume_processes_only_uncommitted_items(ray_cluster, mixed_manifest, model_dir, tmp_path):
+    full = tmp_path / "full"
+    run(mixed_manifest, full, model_dir, commit_items=1)
+    resumed = tmp_path / "resumed"
+    run(mixed_manifest, resumed, model_dir, commit_items=1)
+    # As if killed after committing half of its parts: later parts and the final files are gone.
+    parts = sorted((resumed / "parts").glob("part-*.parquet"), key=lambda p: p.stat().st_mtime_ns)
+    lost = parts[len(parts) // 2:]
+    lost_keys = {k for p in lost for k in pq.read_table(p, columns=["key"]).column("key").to_pylist()}
+    for path in lost:
+        path.unlink()
+    for name in ("_SUCCESS", "annotations.parquet", "segments.parquet", "run.json"):
+        (resumed / name).unlink()
+    summary = run(mixed_manifest, resumed, model_dir, commit_items=1)
+    assert summary.run_info["this_run"]["items"] == len(lost_keys)
+    assert read(resumed) == read(full)
+    assert read(resumed, "segments.parquet") == read(full, "segments.parquet")
+    keys = pq.read_table(resumed / "parts").column("key").to_pylist()
+    assert len(keys) == len(set(keys))  # committed exactly once
+
+
+def test_new_manifest_rows_are_processed_on_rerun(ray_cluster, mixed_manifest, model_dir, tmp_path):
+
+    out = tmp_path / "out"
+    table = pq.read_table(mixed_manifest)
+    first = tmp_path / "data" / "first.parquet"
+    pq.write_table(table.slice(0, 3), first)
+    run(first, out, model_dir)
+    pq.write_table(table.slice(0, 5), first)  # a nightly job's manifest grows
+    summary = run(first, out, model_dir)
+    assert summary.run_info["this_run"]["items"] > 0
+    assert [r["id"] for r in read(out)] == list(EXPECTED)[:5]
+
+
+def test_model_failure_is_isolated_to_its_item(ray_cluster, mixed_manifest, model_dir, tmp_path):
+    out = tmp_path / "out"
+    summary = run(mixed_manifest, out, model_dir, factory=FakeModelFactory(fail_keys=("short#0",)), max_batch=4)
+    rows = {r["id"]: r for r in read(out)}
+    assert (rows["short"]["status"], rows["short"]["error"]) == ("error", "model_error")
+    assert "injected model failure" in rows["short"]["error_detail"]
+    assert all(rows[i]["status"] == status for i, (status, _) in EXPECTED.items() if i != "short")
+    assert summary.run_info["this_run"]["splits"] >= 1
+
+
+def test_crashing_worker_is_replaced_and_item_isolated(ray_cluster, mixed_manifest, model_dir, tmp_path):
+    out = tmp_path / "out"
+    summary = run(mixed_manifest, out, model_dir, factory=FakeModelFactory(crash_keys=("medium#0",)))
+    rows = {r["id"]: r for r in read(out)}
+    assert (rows["medium"]["status"], rows["medium"]["error"]) == ("error", "worker_lost")
+    assert all(rows[i]["status"] == status for i, (status, _) in EXPECTED.items() if i != "medium")
+    assert summary.run_info["this_run"]["worker_replacements"] >= 1
+
+
+def test_one_worker_per_fake_npu(ray_cluster, mixed_manifest, model_dir, tmp_path):
+    out = tmp_path / "out"
+    summary = run(mixed_manifest, out, model_dir, device="auto", dtype="auto")
+    workers = summary.run_info["this_run"]["workers"]
+    assert sorted(w["npu"] for w in workers) == ["0", "1"]
+    assert summary.run_info["model"]["device"] == "ascend" and summary.run_info["model"]["dtype"] == "bf16"
+
+
+def test_changed_settings_are_refused_unless_restarted(ray_cluster, mixed_manifest, model_dir, tmp_path):
+    out = tmp_path / "out"
+    run(mixed_manifest, out, model_dir, tasks=("caption",))
+    with pytest.raises(UserError, match="different settings"):
+        run(mixed_manifest, out, model_dir, tasks=("events",))
+    config = fast_config(model_dir, mixed_manifest, tasks=("events",))
+    annotate(mixed_manifest, config, out=out, workers=2, restart=True, progress=False, model_factory=FakeModelFactory())
+    rows = read(out)
+    assert all(r["caption"] is None for r in rows)
+    assert any(r["events"] for r in rows)
+    assert json.loads((out / "state.json").read_text())["settings"]["prompts"].keys() == {"events"}
+
+
+def test_manifest_column_clashing_with_output_is_refused(ray_cluster, mixed_manifest, model_dir, tmp_path):
+    table = pq.read_table(mixed_manifest).append_column("caption", pq.read_table(mixed_manifest).column("source"))
+    clash = tmp_path / "data" / "clash.parquet"
+    pq.write_table(table, clash)
+    with pytest.raises(UserError, match="caption"):
+        run(clash, tmp_path / "out", model_dir)
