@@ -1,0 +1,114 @@
+"""The real tiny MindSpore model through Ray, end to end, and a kill in the middle of a run.
+
+Slower than the fake-model tests (each worker loads the model and compiles its graphs), so the
+uninterrupted run is shared by the tests in this module.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from pipeline import audio
+from pipeline.annotate import annotate
+from tests.pipeline.conftest import EXPECTED, LONG_S, fast_config, write_mixed_manifest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def real_run(ray_cluster, checkpoint_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("real")
+    manifest = write_mixed_manifest(root / "data")
+    config = fast_config(checkpoint_dir("small-instruct"), manifest, commit_items=1)
+    summary = annotate(manifest, config, out=root / "out", workers=2, progress=False)
+    return manifest, config, root / "out", summary
+
+
+def test_rows_statuses_and_segments(real_run):
+    manifest, config, out, summary = real_run
+    rows = pq.read_table(out / "annotations.parquet").to_pylist()
+    assert [r["id"] for r in rows] == list(EXPECTED)
+    assert {r["id"]: (r["status"], r["error"]) for r in rows} == EXPECTED
+    long = [s for s in pq.read_table(out / "segments.parquet").to_pylist() if s["id"] == "long"]
+    assert long[0]["start_s"] == 0 and long[-1]["end_s"] == pytest.approx(LONG_S, abs=0.01)
+    assert all(a["end_s"] == b["start_s"] for a, b in zip(long, long[1:]))
+    info = summary.run_info
+    declared = info["this_run"]["graphs_declared_per_worker"]
+    assert 0 < info["this_run"]["graphs_compiled"] <= declared * len(info["this_run"]["workers"])
+    assert 0 < info["padding_efficiency"]["frames"] <= 1 and 0 < info["padding_efficiency"]["tokens"] <= 1
+
+
+def test_annotations_equal_the_reference_on_the_same_audio(real_run):
+    """Through planning, decoding, segmentation, Ray and parsing, a clip's raw answer is exactly the
+    transformers reference's greedy answer for that clip (and for one segment of the long file)."""
+    import torch
+    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
+
+    manifest, config, out, summary = real_run
+    info = summary.run_info
+    processor = AutoProcessor.from_pretrained(config.model)
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(config.model).eval()
+    prompts = {t["name"]: t for t in info["tasks"]}
+    segments = {(s["id"], s["segment"]): s for s in pq.read_table(out / "segments.parquet").to_pylist()}
+    audio_dir = manifest.parent / "audio"
+    for (item_id, index), path in [(("medium", 0), "medium.flac"), (("long", 1), "long.flac")]:
+        segment = segments[(item_id, index)]
+        clip = audio.decode(audio_dir / path, segment["start_s"], segment["end_s"])
+        for task in ("caption", "transcript"):
+            inputs = processor(text=[prompts[task]["prompt"]], audio=[clip.samples], sampling_rate=16_000,
+                               return_tensors="pt")
+            with torch.no_grad():
+                generated = model.generate(**inputs, max_new_tokens=prompts[task]["max_new_tokens"], do_sample=False,
+                                           eos_token_id=info["eos_token_ids"])
+            tokens = generated[0, inputs["input_ids"].shape[1]:].tolist()
+            tokens = [t for t in tokens if t not in info["eos_token_ids"]]
+            expected = processor.tokenizer.decode(tokens, skip_special_tokens=False)
+            assert dict(segment["raw"])[task] == expected, (item_id, index, task)
+
+
+def _cli(manifest, job, out):
+    return [sys.executable, "-m", "pipeline", "annotate", str(manifest), "--job", str(job), "--out", str(out),
+            "--workers", "2", "--no-progress"]
+
+
+def _committed(out: Path) -> int:
+    return len(list((out / "parts").glob("part-*.parquet"))) if (out / "parts").is_dir() else 0
+
+
+def test_kill_midway_then_resume_gives_the_uninterrupted_rows(real_run, tmp_path):
+    manifest, config, full_out, _ = real_run
+    job = tmp_path / "job.yaml"
+    keys = ("model", "audio_root", "device", "buckets_s", "max_batch", "cpu_threads_per_worker", "max_new_tokens",
+            "commit_items")
+    job.write_text(yaml.safe_dump({k: (list(v) if isinstance(v, tuple) else v)
+                                   for k, v in vars(config).items() if k in keys} | {"compile_cache_dir": None}))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # Its own session, so the kill takes the driver and the Ray it started down together.
+    job_process = subprocess.Popen(_cli(manifest, job, out), cwd=REPO, env=env, start_new_session=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 600
+    # The intake errors are the first part; wait until model results are committed as well.
+    while _committed(out) < 3 and job_process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert job_process.poll() is None, job_process.stdout.read().decode()[-3000:]
+    os.killpg(job_process.pid, signal.SIGKILL)
+    job_process.wait()
+    assert not (out / "_SUCCESS").exists()
+    committed_before = _committed(out)
+
+    resumed = subprocess.run(_cli(manifest, job, out), cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert _committed(out) > committed_before
+    for name in ("annotations.parquet", "segments.parquet"):
+        assert pq.read_table(out / name).to_pylist() == pq.read_table(full_out / name).to_pylist(), name
+    keys = pq.read_table(out / "parts").column("key").to_pylist()
+    assert len(keys) == len(set(keys))
