@@ -50,13 +50,18 @@ def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
 
 def read_safetensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], Callable[[], np.ndarray]]]:
     """Yield (name, shape, load) for each tensor; load() reads it as a numpy array (bf16 as fp32)."""
+    file_len = path.stat().st_size
     with open(path, "rb") as f:
         try:
             (header_len,) = struct.unpack("<Q", f.read(8))
+            # Any other file (an HTML error page saved as a shard) reads as an absurd header length.
+            if header_len > file_len - 8:
+                raise ValueError(f"header of {header_len} bytes in a file of {file_len}")
             header = json.loads(f.read(header_len))
         except (struct.error, ValueError) as exc:
             raise WeightError(f"{path} is not a safetensors file ({exc})") from None
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len)
+    data_len = file_len - 8 - header_len
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_len) if data_len > 0 else np.zeros(0, np.uint8)
     for name, info in header.items():
         if name == "__metadata__":
             continue
@@ -65,6 +70,12 @@ def read_safetensors(path: Path) -> Iterator[tuple[str, tuple[int, ...], Callabl
         dtype = info["dtype"]
         if dtype != "BF16" and dtype not in _NUMPY_DTYPES:
             raise WeightError(f"{path}: tensor {name} has unsupported dtype {dtype}")
+        # Checked before anything loads: a partly downloaded shard must fail here, by name,
+        # rather than as a numpy reshape error halfway through filling the model.
+        itemsize = 2 if dtype == "BF16" else np.dtype(_NUMPY_DTYPES[dtype]).itemsize
+        if end - begin != int(np.prod(shape, dtype=np.int64)) * itemsize or not 0 <= begin <= end <= data_len:
+            raise WeightError(f"{path} is truncated or corrupt: tensor {name} ({dtype} {list(shape)}) "
+                              f"claims bytes {begin}..{end} of {data_len}")
 
         def load(begin=begin, end=end, dtype=dtype, shape=shape) -> np.ndarray:
             raw = np.asarray(data[begin:end])
@@ -99,21 +110,27 @@ def load_weights(cell, model_dir: Path, tie_embeddings: bool) -> int:
 
     params = dict(cell.parameters_and_names())
     loaders: dict[str, Callable[[], np.ndarray]] = {}
-    unexpected, misshaped = [], []
+    unexpected, misshaped, duplicated = [], [], []
+    seen: set[str] = set()  # canonical names already found, misshaped ones included
     for path in checkpoint_files(model_dir):
         for raw_name, shape, load in read_safetensors(path):
             name = canonical_name(raw_name)
             if name.endswith(_IGNORED_SUFFIXES):
                 continue
+            if name in seen:  # in two shards, or under both naming layouts: which one is meant?
+                duplicated.append(raw_name)
+                continue
+            seen.add(name)
             if name not in params:
                 unexpected.append(raw_name)
             elif tuple(params[name].shape) != shape:
                 misshaped.append(f"{raw_name} (checkpoint {list(shape)}, model {list(params[name].shape)})")
             else:
                 loaders[name] = load
-    if tie_embeddings and "language_model.lm_head.weight" not in loaders:
+    if tie_embeddings and "language_model.lm_head.weight" not in seen:
         loaders["language_model.lm_head.weight"] = loaders.get("language_model.model.embed_tokens.weight")
-    missing = sorted(name for name in params if loaders.get(name) is None)
+    # A misshaped tensor is reported once, as misshaped, not also as missing.
+    missing = sorted(name for name in params if loaders.get(name) is None and name not in seen)
     problems = []
     if missing:
         problems.append(f"missing tensor(s): {_listing(missing)}")
@@ -121,6 +138,8 @@ def load_weights(cell, model_dir: Path, tie_embeddings: bool) -> int:
         problems.append(f"misshaped tensor(s): {_listing(sorted(misshaped))}")
     if unexpected:
         problems.append(f"unexpected tensor(s): {_listing(sorted(unexpected))}")
+    if duplicated:
+        problems.append(f"tensor(s) stored twice: {_listing(sorted(duplicated))}")
     if problems:
         raise WeightError(f"checkpoint {model_dir} does not match Qwen2-Audio: " + "; ".join(problems))
     for name, load in loaders.items():
