@@ -9,6 +9,7 @@ kill the worker process outright (a lost worker). Lives in the package so Ray wo
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,15 +31,17 @@ class FakeOutput:
 
 
 class FakeModel:
-    def __init__(self, spec, fail_keys=(), crash_keys=()):
+    def __init__(self, spec, fail_keys=(), crash_keys=(), delay_s=0.0):
         self.task_names = list(spec.plan.task_names)
         self.fail_keys, self.crash_keys = set(fail_keys), set(crash_keys)
+        self.delay_s = delay_s  # per batch, to make a run long enough to interrupt
         self.graphs_compiled = 0
         self.calls = 0
 
     def generate(self, bucket_s: float, features: np.ndarray, valid_frames: list[int], keys: list[str]) -> FakeOutput:
         self.calls += 1
         self.graphs_compiled = 3
+        time.sleep(self.delay_s)
         for key in keys:
             if key in self.crash_keys:
                 os._exit(17)
@@ -58,6 +61,7 @@ class FakeModelFactory:
 
     fail_keys: tuple[str, ...] = ()
     crash_keys: tuple[str, ...] = ()
+    delay_s: float = 0.0
 
     def __call__(self, spec) -> FakeModel:
-        return FakeModel(spec, self.fail_keys, self.crash_keys)
+        return FakeModel(spec, self.fail_keys, self.crash_keys, self.delay_s)

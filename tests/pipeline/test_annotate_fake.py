@@ -157,3 +157,52 @@ def test_manifest_column_clashing_with_output_is_refused(ray_cluster, mixed_mani
     pq.write_table(table, clash)
     with pytest.raises(UserError, match="caption"):
         run(clash, tmp_path / "out", model_dir)
+
+
+INTERRUPTIBLE_RUN = """
+import sys
+from pathlib import Path
+from pipeline.annotate import annotate
+from pipeline.testing import FakeModelFactory
+from tests.pipeline.conftest import fast_config
+manifest, out, model = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+config = fast_config(model, manifest, commit_items=1, max_batch=1)
+try:
+    annotate(manifest, config, out=out, workers=1, progress=False, model_factory=FakeModelFactory(delay_s=1.0))
+except KeyboardInterrupt:
+    sys.exit(130)
+"""
+
+
+def test_ctrl_c_stops_cleanly_and_the_rerun_completes(mixed_manifest, model_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-c", INTERRUPTIBLE_RUN, str(mixed_manifest), str(out), str(model_dir)],
+                               cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)}, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(list(out.glob("parts/part-*.parquet"))) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "rerun the same command to resume" in stderr
+    assert not (out / "_SUCCESS").exists() and not list(out.rglob(".tmp-*"))
+    committed = pq.read_table(out / "parts").column("key").to_pylist()
+    # The reruns are in this process: Ray starts here on first use.
+    full = tmp_path / "full"
+    config = fast_config(model_dir, mixed_manifest, commit_items=1, max_batch=1)
+    options = dict(workers=1, progress=False, model_factory=FakeModelFactory())
+    annotate(mixed_manifest, config, out=full, **options)
+    total = pq.read_table(full / "segments.parquet").num_rows
+    assert 0 < len(committed) < total
+    summary = annotate(mixed_manifest, config, out=out, **options)
+    assert summary.run_info["this_run"]["items"] == total - len(committed)
+    assert read(out) == read(full)
