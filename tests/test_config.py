@@ -1,0 +1,67 @@
+"""Job files and options: typos are errors, every shipped job file loads, overrides apply."""
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.annotate import parse_custom_task
+from pipeline.config import Config, ConfigError, load
+from pipeline.tasks import resolve_tasks
+
+JOBS = sorted((Path(__file__).resolve().parents[1] / "jobs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("job", JOBS, ids=[j.name for j in JOBS])
+def test_every_shipped_job_file_loads(job):
+    config = load(job)
+    assert resolve_tasks(config)
+
+
+def test_default_job_file_lists_every_key_with_its_default():
+    import dataclasses
+
+    import yaml
+
+    data = yaml.safe_load((Path(__file__).resolve().parents[1] / "jobs" / "default.yaml").read_text())
+    assert set(data) == {f.name for f in dataclasses.fields(Config)}
+    assert load(Path(__file__).resolve().parents[1] / "jobs" / "default.yaml") == Config()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("bogus: 1", "unknown key"),
+    ("max_batch: many", "must be int"),
+    ("tasks: caption", "must be a list"),
+    ("buckets_s: [5, 10]", "last bucket must be the 30 s window"),
+    ("buckets_s: [10, 5, 30]", "increasing"),
+    ("dtype: int8", "must be one of"),
+    ("segment_search_s: 7", "below 5 s"),
+    ("custom_tasks: [{name: x}]", "needs 'name' and 'prompt'"),
+    ("custom_tasks: [{name: x, prompt: y, parser: json}]", "parser"),
+    ("- a list", "mapping"),
+    ("key: [unclosed", "not valid YAML"),
+])
+def test_bad_job_files_name_the_problem(tmp_path, text, message):
+    job = tmp_path / "job.yaml"
+    job.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load(job)
+
+
+def test_missing_job_file():
+    with pytest.raises(ConfigError, match="cannot read job file"):
+        load("no/such/job.yaml")
+
+
+def test_overrides_are_checked_like_the_file():
+    config = Config().with_overrides(tasks=["caption"], model="models/x", device=None)
+    assert config.tasks == ("caption",) and config.model == "models/x" and config.device == "auto"
+    with pytest.raises(ConfigError):
+        Config().with_overrides(top_p=0)
+
+
+def test_custom_task_option():
+    task = parse_custom_task("speakers|text|8|How many people speak? Answer | briefly.")
+    assert (task.name, task.parser, task.max_new_tokens) == ("speakers", "text", 8)
+    assert task.prompt == "How many people speak? Answer | briefly."
+    with pytest.raises(ConfigError, match="NAME\\|PARSER"):
+        parse_custom_task("speakers|text|many|How many?")
