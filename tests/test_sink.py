@@ -1,0 +1,62 @@
+"""The output folder: atomic writes, one commit per key set, settings guard, readable files."""
+
+import os
+import stat
+
+import pyarrow as pa
+import pytest
+
+from pipeline.errors import UserError
+from pipeline.items import Item, ItemResult
+from pipeline.sink import OutputDir, atomic_write_table
+
+
+def result(i):
+    item = Item(i, f"id{i}", "/a.wav", 0, 1, 0.0, 1.0, 5.0)
+    return ItemResult(item, "ok", start_s=0.0, end_s=1.0, silent=False, raw={"caption": "x"},
+                      parsed={"caption": "x"})
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    path = tmp_path / "t.parquet"
+    atomic_write_table(path, pa.table({"a": [1]}))
+    before = path.read_bytes()
+
+    class Broken:
+        def __getattr__(self, name):
+            raise RuntimeError("disk on fire")
+
+    with pytest.raises(Exception):
+        atomic_write_table(path, Broken())
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["t.parquet"]
+    assert stat.S_IMODE(os.stat(path).st_mode) & 0o044  # readable by others, not 0600
+
+
+def test_commit_and_committed_keys(tmp_path):
+    out = OutputDir(tmp_path / "out")
+    out.open("fp", {"tasks": ["caption"]}, restart=False)
+    out.commit([result(0), result(1)], {"caption": "string"}, {"valid_frames": 3})
+    assert out.committed_keys() == {"id0#0", "id1#0"}
+    assert list(out.part_stats()) == [{"valid_frames": 3}]
+    with pytest.raises(RuntimeError, match="planned twice"):
+        out.commit([result(1), result(0)], {"caption": "string"}, None)
+
+
+def test_other_settings_are_refused_and_restart_discards(tmp_path):
+    out = OutputDir(tmp_path / "out")
+    out.open("fp1", {"tasks": ["caption"], "model": "m"}, restart=False)
+    out.commit([result(0)], {"caption": "string"}, None)
+    with pytest.raises(UserError, match="changed: tasks"):
+        OutputDir(tmp_path / "out").open("fp2", {"tasks": ["events"], "model": "m"}, restart=False)
+    again = OutputDir(tmp_path / "out")
+    again.open("fp2", {"tasks": ["events"], "model": "m"}, restart=True)
+    assert again.committed_keys() == set()
+
+
+def test_open_sweeps_temporaries_of_a_killed_run(tmp_path):
+    out = OutputDir(tmp_path / "out")
+    out.open("fp", {}, restart=False)
+    (out.parts / ".tmp-part-abc.parquet-xyz").write_bytes(b"half")
+    OutputDir(tmp_path / "out").open("fp", {}, restart=False)
+    assert not list(out.parts.glob(".tmp-*"))
