@@ -1,17 +1,18 @@
 """Ray execution: one worker actor per NPU (or a configurable number of CPU workers), each loading
 the model once and pulling batches until none are left. The only module that imports Ray.
 
-Each actor runs `1 + prefetch_batches` calls at once: a call decodes and extracts features for
-its batch without the model lock, so the next batch is ready when the model finishes the current
-one. Results come back to the driver, which alone commits them (a single writer keeps every row
-committed exactly once). A dead actor is replaced (a bounded number of times) and its batches are
-retried elsewhere under the RetryPolicy.
+Decoding and feature extraction run as separate Ray tasks (other processes), submitted
+`prefetch_batches` ahead of each actor: while the model works on one batch, the next ones are
+being decoded, and the actor receives them ready (Ray passes the features through its shared-memory
+object store). Results come back to the driver, which alone commits them (a single writer keeps
+every row committed exactly once). A dead actor is replaced (a bounded number of times) and its
+batches are retried elsewhere under the RetryPolicy.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-import threading
 from collections import deque
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -41,16 +42,37 @@ class WorkerSpec:
     model_factory: Callable | None = None
 
 
+@functools.lru_cache(maxsize=4)
+def _preparer(model_dir: str, silence_dbfs: float, search_s: float):
+    """One feature extractor per process and checkpoint, reused by every prepare task there."""
+    from transformers import WhisperFeatureExtractor
+
+    from pipeline.worker import BatchPreparer
+
+    return BatchPreparer(WhisperFeatureExtractor.from_pretrained(model_dir), silence_dbfs, search_s)
+
+
+def prepare_batch(spec: WorkerSpec, batch: Batch):
+    """Decode, cut and extract features for one batch (a Ray task, in its own process)."""
+    return _preparer(spec.plan.model_dir, spec.silence_dbfs, spec.search_s).prepare(batch)
+
+
+@functools.cache
+def _remote_prepare():
+    # No logical CPUs: how many prepare tasks run at once is bounded by the prefetch depth the
+    # driver keeps, and on a small CPU machine the model workers hold every logical CPU.
+    # Retries are the RetryPolicy's business, not Ray's. Made once per driver so Ray can reuse
+    # the processes that already imported the feature extractor.
+    return ray.remote(num_cpus=0, max_retries=0)(prepare_batch)
+
+
 class AnnotationWorker:
-    """The actor body (wrapped by ray.remote in start_workers)."""
+    """The actor body: holds the model and runs prepared batches one at a time."""
 
     def __init__(self, spec: WorkerSpec):
         self.error = None
-        self.model_lock = threading.Lock()
         try:
-            from transformers import WhisperFeatureExtractor
-
-            from pipeline.worker import BatchProcessor
+            from pipeline.worker import BatchAnnotator
 
             if spec.model_factory is not None:
                 self.model = spec.model_factory(spec)
@@ -58,9 +80,7 @@ class AnnotationWorker:
                 from pipeline.model.engine import MindSporeModel
 
                 self.model = MindSporeModel(spec.plan, spec.compile_cache_root, spec.cpu_threads)
-            extractor = WhisperFeatureExtractor.from_pretrained(spec.plan.model_dir)
-            self.processor = BatchProcessor(self.model, extractor, spec.tasks, spec.moderation_labels,
-                                            spec.silence_dbfs, spec.search_s)
+            self.annotator = BatchAnnotator(self.model, spec.tasks, spec.moderation_labels)
         except Exception as exc:  # reported through ready(): a worker that cannot load stops the run
             self.error = f"{type(exc).__name__}: {exc}"
 
@@ -68,12 +88,10 @@ class AnnotationWorker:
         return {"error": self.error, "pid": os.getpid(),
                 "npu": os.environ.get("ASCEND_RT_VISIBLE_DEVICES"), "node": ray.get_runtime_context().get_node_id()}
 
-    def process(self, batch: Batch):
+    def run(self, prepared):
         if self.error:
             raise RuntimeError(f"worker failed to start: {self.error}")
-        prepared = self.processor.prepare(batch)  # overlaps with another call's model work
-        with self.model_lock:
-            results, stats = self.processor.run(prepared)
+        results, stats = self.annotator.run(prepared)
         return results, (asdict(stats) if stats is not None else None), self.model.graphs_compiled
 
 
@@ -110,24 +128,33 @@ def cluster_npus() -> int:
 
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, count: int, use_npu: bool, prefetch: int):
-        options = {"num_cpus": 1, "max_restarts": 0, "max_concurrency": 1 + prefetch}
+        options = {"num_cpus": 1, "max_restarts": 0}
         if use_npu:
             options["resources"] = {"NPU": 1}
         self.actor_class = ray.remote(**options)(AnnotationWorker)
+        self.prepare = _remote_prepare()
         self.spec = spec
+        self.spec_ref = ray.put(spec)
         self.slots = 1 + prefetch
         # Replacing dead workers is bounded too, or a crash at load time would loop forever.
         self.replacements_left = 2 * count + 2
         self.replacements = 0
+        self.nodes = {}
         self.actors = [self.actor_class.remote(spec) for _ in range(count)]
         self.info = [self._check(actor) for actor in self.actors]
 
-    @staticmethod
-    def _check(actor) -> dict:
+    def _check(self, actor) -> dict:
         info = ray.get(actor.ready.remote())
         if info["error"]:
             raise UserError(f"a worker could not load the model: {info['error']}")
+        self.nodes[actor._actor_id] = info["node"]
         return info
+
+    def near(self, actor):
+        """Prepare a batch on its actor's node, so its features travel through shared memory."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return NodeAffinitySchedulingStrategy(node_id=self.nodes[actor._actor_id], soft=True)
 
     def replace(self, dead) -> None:
         if dead not in self.actors:
@@ -165,7 +192,8 @@ def execute(batches: list[Batch], spec: WorkerSpec, workers: int, use_npu: bool,
                 load.setdefault(id(actor), 0)
                 while pending and load[id(actor)] < pool.slots:
                     batch = pending.popleft()
-                    inflight[actor.process.remote(batch)] = (actor, batch)
+                    prepared = pool.prepare.options(scheduling_strategy=pool.near(actor)).remote(pool.spec_ref, batch)
+                    inflight[actor.run.remote(prepared)] = (actor, batch)
                     load[id(actor)] += 1
             done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
             for ref in done:
@@ -178,6 +206,8 @@ def execute(batches: list[Batch], spec: WorkerSpec, workers: int, use_npu: bool,
                     again, failed = policy.on_failure(batch, Reason.WORKER_LOST, _first_line(exc))
                 except ray.exceptions.RayTaskError as exc:
                     again, failed = policy.on_failure(batch, Reason.MODEL_ERROR, _first_line(exc.cause or exc))
+                except ray.exceptions.RayError as exc:  # a prepare task's process died (e.g. a decoder crash)
+                    again, failed = policy.on_failure(batch, Reason.WORKER_LOST, _first_line(exc))
                 else:
                     graphs[id(actor)] = compiled
                     on_results(results, stats)

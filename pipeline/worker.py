@@ -1,7 +1,10 @@
-"""One batch, start to finish, on one worker: decode -> cut -> features -> model -> parse.
+"""One batch, start to finish: decode -> cut -> features (BatchPreparer, CPU) then model -> parse
+(BatchAnnotator, next to the model).
 
-No Ray here: the Ray actor in runner.py wraps a BatchProcessor, and tests drive it directly. The
-model is anything with the TextModel interface; the real one is model.engine.MindSporeModel.
+No Ray here. The runner runs the two halves in different processes, so that the next batch is
+decoded while the model works on the current one (MindSpore holds the GIL while a graph runs, so
+a thread beside the model would not overlap). The model is anything with the TextModel interface;
+the real one is model.engine.MindSporeModel.
 
 Bad input never fails a batch: an item whose audio cannot be used becomes an error result and the
 rest of the batch still runs. Only the model itself failing raises, so the runner can retry the
@@ -55,17 +58,13 @@ def failure_result(item: Item, failure: Failure, start_s=None, end_s=None) -> It
                       start_s=start_s, end_s=end_s)
 
 
-class BatchProcessor:
-    def __init__(self, model: TextModel, extractor, tasks: list[Task], moderation_labels, silence_dbfs: float,
-                 search_s: float):
-        self.model = model
+class BatchPreparer:
+    """The CPU side: runs while the model works on the previous batch."""
+
+    def __init__(self, extractor, silence_dbfs: float, search_s: float):
         self.extractor = extractor
-        self.tasks = tasks
-        self.moderation_labels = tuple(moderation_labels)
         self.silence_dbfs = silence_dbfs
         self.search_s = search_s
-
-    # --- CPU side: runs while the model works on the previous batch ---------------------------
 
     def _cut(self, path: Path, nominal_s: float | None) -> float | None | Failure:
         """Where a boundary falls, decided from the audio around it alone, so both segments that
@@ -112,7 +111,14 @@ class BatchProcessor:
             (prepared.ready if isinstance(outcome, ReadyClip) else prepared.failed).append(outcome)
         return prepared
 
-    # --- model side -----------------------------------------------------------------------------
+
+class BatchAnnotator:
+    """The model side: generate for the ready clips, parse, and pass the failed ones through."""
+
+    def __init__(self, model: TextModel, tasks: list[Task], moderation_labels):
+        self.model = model
+        self.tasks = tasks
+        self.moderation_labels = tuple(moderation_labels)
 
     def run(self, prepared: PreparedBatch):
         """-> (results for every item of the batch, generation stats or None)."""
