@@ -20,6 +20,21 @@ from pipeline.tasks import aggregate_row
 SEGMENT_COLUMNS_DROPPED = ("key", "row")
 
 
+def current_segments(segments: pa.Table, manifest: Manifest) -> pa.Table:
+    """The committed segments of this manifest's ids, in manifest order. Ids, not row positions,
+    are the identity: a manifest that gained, lost or reordered rows since a part was committed
+    still joins correctly."""
+    import pyarrow.compute as pc
+
+    position = pc.index_in(segments.column("id"), value_set=pa.array(manifest.ids, pa.string()))
+    segments = segments.set_column(segments.schema.get_field_index("row"), "row", position.cast(pa.int64()))
+    segments = segments.filter(pc.is_valid(position))
+    keys = segments.column("key")
+    if pc.count_distinct(keys).as_py() != len(keys):
+        raise RuntimeError("a key was committed twice; the output folder is inconsistent")
+    return segments.sort_by([("row", "ascending"), ("segment", "ascending")])
+
+
 def segments_output(segments: pa.Table) -> pa.Table:
     return segments.drop_columns(list(SEGMENT_COLUMNS_DROPPED))
 
@@ -68,7 +83,8 @@ def _file_row(segments: list[dict], columns: dict[str, str], tasks: list[str], p
 
 def annotations_output(segments: pa.Table, manifest: Manifest, planned_durations: list, columns: dict[str, str],
                        tasks: list[str]) -> pa.Table:
-    """Exactly one row per manifest row, in manifest order, with its pass-through columns."""
+    """Exactly one row per manifest row, in manifest order, with its pass-through columns.
+    segments must come from current_segments (rows renumbered to this manifest)."""
     by_row: dict[int, list[dict]] = defaultdict(list)
     for segment in segments.to_pylist():
         by_row[segment["row"]].append(segment)

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline import audio
-from pipeline.aggregate import annotations_output, segments_output
+from pipeline.aggregate import annotations_output, current_segments, segments_output
 from pipeline.config import Config, ConfigError, CustomTask, load
 from pipeline.errors import UserError
 from pipeline.items import Item, ItemResult
@@ -207,7 +207,7 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
             raise
         committer.close()
 
-        segments = sink.segments(columns)
+        segments = current_segments(sink.segments(columns), manifest)
         annotations = annotations_output(segments, manifest, planned, columns, list(plan.task_names))
         info = run_info.build(
             plan=plan, config=config, settings=settings, fingerprint=fingerprint, manifest_path=manifest_path,

@@ -108,7 +108,15 @@ def test_new_manifest_rows_are_processed_on_rerun(ray_cluster, mixed_manifest, m
     pq.write_table(table.slice(0, 5), first)  # a nightly job's manifest grows
     summary = run(first, out, model_dir)
     assert summary.run_info["this_run"]["items"] > 0
-    assert [r["id"] for r in read(out)] == list(EXPECTED)[:5]
+    grown = read(out)
+    assert [r["id"] for r in grown] == list(EXPECTED)[:5]
+    # Reordered, with a row gone: ids are the identity, so rows follow the new order, no work.
+    order = [4, 2, 0, 1]
+    pq.write_table(table.take(order), first)
+    summary = run(first, out, model_dir)
+    assert summary.run_info["this_run"]["items"] == 0
+    assert read(out) == [grown[i] for i in order]
+    assert [s["id"] for s in read(out, "segments.parquet")][0] == grown[4]["id"]
 
 
 def test_model_failure_is_isolated_to_its_item(ray_cluster, mixed_manifest, model_dir, tmp_path):
