@@ -100,6 +100,7 @@ class TextModel(nn.Cell):
         self.cos_table = Tensor(cos, dtype)
         self.sin_table = Tensor(sin, dtype)
         self.kv_heads, self.head_dim = spec.kv_heads, spec.head_dim
+        self.groups = spec.heads // spec.kv_heads
 
     def construct(self, embeds, positions, k_caches, v_caches):
         n, c = positions.shape
@@ -108,7 +109,9 @@ class TextModel(nn.Cell):
         s = k_caches[0].shape[2]
         visible = ops.arange(0, s, 1, dtype=ms.int32).reshape(1, 1, s) <= positions.reshape(n, c, 1)
         mask = ops.select(visible, ops.zeros((n, c, s), ms.float32), ops.fill(ms.float32, (n, c, s), MASKED))
-        mask = mask.reshape(n, 1, 1, c, s)
+        # Broadcast once to the scores' shape (see AudioEncoder: per-layer broadcasting adds defeat
+        # memory reuse on the CPU backend).
+        mask = ops.broadcast_to(mask.reshape(n, 1, 1, c, s), (n, self.kv_heads, self.groups, c, s))
         slots = ops.broadcast_to(positions.reshape(n, 1, c, 1), (n, self.kv_heads, c, self.head_dim))
         x = embeds
         new_k = ()

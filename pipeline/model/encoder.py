@@ -67,6 +67,7 @@ class AudioEncoder(nn.Cell):
             [EncoderLayer(dim, spec.audio_heads, spec.audio_ffn, dtype) for _ in range(spec.audio_layers)]
         )
         self.layer_norm = LayerNorm(dim, dtype)
+        self.heads = spec.audio_heads
 
     def construct(self, features, key_mask):
         x = ops.gelu(self.conv1(features), approximate="none")
@@ -74,6 +75,9 @@ class AudioEncoder(nn.Cell):
         x = x.transpose(0, 2, 1)
         b, t, d = x.shape
         x = x + self.embed_positions.weight[:t]
+        # Broadcast the mask to the scores' shape once: on MindSpore's CPU backend a broadcasting
+        # add inside every layer defeats memory reuse, and each layer's scores would stay alive.
+        key_mask = ops.broadcast_to(key_mask, (b, self.heads, t, t))
         for layer in self.layers:
             x = layer(x, key_mask)
         # AvgPool1d(kernel 2, stride 2) over time.
