@@ -3,7 +3,9 @@ checkpoint written to a temporary folder; prints a table and saves the figures a
 
 Speed is measured here and nowhere else (tests assert behaviour, never timings). Each figure is
 the median of several runs after a warm-up call, so compile time never leaks into it; compile time
-is measured separately, in fresh processes, with an empty and then a filled compile cache.
+is measured separately, in fresh processes (no cache, an empty cache, the filled cache), as the
+first call of each bucket minus its fastest later call. Other work on the machine shows up in the
+figures: the load average is saved with them.
 The checkpoint is bigger than the test ones so that matrix products, not per-call overhead, make up
 most of the time, but its widths are still ~10x below the 7B model: read ratios, not absolutes.
 """
