@@ -28,7 +28,8 @@ class MindSporeModel:
         cache_dir = None
         if compile_cache_root:
             cache_dir = Path(compile_cache_root) / plan.compile_cache_key(ms.__version__)
-        runtime.configure(plan.device, cache_dir, cpu_threads)
+        # With a compile cache, every graph compiles at load in a fixed order (see precompile).
+        runtime.configure(plan.device, cache_dir, cpu_threads, compile_order_fixed=cache_dir is not None)
 
         from transformers import AutoTokenizer
 
@@ -43,6 +44,8 @@ class MindSporeModel:
         self.tokenizer = AutoTokenizer.from_pretrained(plan.model_dir)
         self.generator = Generator(self.model, plan.spec, plan.prompts, plan.declared, list(plan.max_new_tokens),
                                    dtype, plan.sampling)
+        if cache_dir is not None:
+            self.generator.precompile()
 
     @property
     def graphs_compiled(self) -> int:

@@ -97,6 +97,44 @@ class Generator:
             ms.Tensor(audio_mask),
         ), np.asarray(prefix_lens, dtype=np.int64)
 
+    def _task_inputs(self, shape: BucketShape, prefix_lens: np.ndarray):
+        """Row r serves clip r // tasks and task r % tasks; its suffix starts after its clip's prefix."""
+        rows = shape.rows
+        clip_of_row = np.arange(rows) // shape.tasks
+        task_of_row = np.arange(rows) % shape.tasks
+        suffix_lens = np.asarray([len(self.plan.suffixes[t]) for t in task_of_row])
+        ids = np.zeros((rows, shape.suffix_len), dtype=np.int32)
+        for row, task in enumerate(task_of_row):
+            ids[row, : suffix_lens[row]] = self.plan.suffixes[task]
+        starts = prefix_lens[clip_of_row]
+        positions = (starts[:, None] + np.arange(shape.suffix_len)[None, :]).astype(np.int32)
+        tensors = (ms.Tensor(clip_of_row.astype(np.int32)), ms.Tensor(ids), ms.Tensor(positions),
+                   ms.Tensor((suffix_lens - 1).astype(np.int32)))
+        return tensors, (clip_of_row, task_of_row, suffix_lens, starts)
+
+    def _empty_caches(self, rows: int, length: int):
+        zeros = tuple(ms.Tensor(np.zeros((rows, self.spec.kv_heads, length, self.spec.head_dim), np.float32))
+                      .astype(self.dtype) for _ in range(self.spec.layers))
+        return ms.mutable(zeros)
+
+    def precompile(self) -> None:
+        """Compile every declared graph now, bucket by bucket in declared order, with inputs built by
+        the same code generate() uses. A fixed order is what lets MindSpore's compile cache (keyed
+        by compile position) serve later processes; compiling up front also keeps compile time out
+        of the first batches."""
+        for bucket_s, shape in self.declared.items():
+            prefix_graph, task_graph, step_graph = self.graphs_for(bucket_s)
+            features = np.zeros((1, self.spec.n_mels, shape.frames), dtype=np.float32)
+            prefix_inputs, prefix_lens = self._prefix_inputs(shape, features, [shape.frames])
+            prefix_graph.compile(*prefix_inputs)
+            task_inputs, _ = self._task_inputs(shape, prefix_lens)
+            sampling = self._sampling_inputs(None, shape.rows)
+            prefix_caches = self._empty_caches(shape.batch, shape.prefix_len)
+            task_graph.compile(prefix_caches, prefix_caches, *task_inputs, *sampling)
+            ids = ms.Tensor(np.zeros((shape.rows, 1), np.int32))
+            caches = self._empty_caches(shape.rows, shape.cache_len)
+            step_graph.compile(ids, ids, caches, caches, *sampling)
+
     def _draws(self, keys: list[str], shape: BucketShape):
         """Per-row random streams for sampling; None when greedy."""
         if self.sampling.greedy:
@@ -134,23 +172,12 @@ class Generator:
         k_prefix, v_prefix = prefix_graph(*prefix_inputs)
         stats.prefix_s = time.perf_counter() - t0
 
-        # Row r serves clip r // tasks and task r % tasks.
-        clip_of_row = np.arange(rows) // k_tasks
-        task_of_row = np.arange(rows) % k_tasks
-        suffix_lens = np.asarray([len(self.plan.suffixes[t]) for t in task_of_row])
-        ids = np.zeros((rows, shape.suffix_len), dtype=np.int32)
-        for row, task in enumerate(task_of_row):
-            ids[row, : suffix_lens[row]] = self.plan.suffixes[task]
-        starts = prefix_lens[clip_of_row]
-        positions = (starts[:, None] + np.arange(shape.suffix_len)[None, :]).astype(np.int32)
         streams = self._draws(keys, shape)
-
         t0 = time.perf_counter()
+        task_inputs, rows_info = self._task_inputs(shape, prefix_lens)
+        clip_of_row, task_of_row, suffix_lens, starts = rows_info
         tokens, logits, k_cache, v_cache = task_graph(
-            ms.mutable(k_prefix), ms.mutable(v_prefix), ms.Tensor(clip_of_row.astype(np.int32)), ms.Tensor(ids),
-            ms.Tensor(positions), ms.Tensor((suffix_lens - 1).astype(np.int32)),
-            *self._sampling_inputs(streams, rows),
-        )
+            ms.mutable(k_prefix), ms.mutable(v_prefix), *task_inputs, *self._sampling_inputs(streams, rows))
         next_ids = tokens.asnumpy()
         stats.tasks_s = time.perf_counter() - t0
         first_logits = logits.asnumpy()[: n * k_tasks] if keep_first_logits else None
