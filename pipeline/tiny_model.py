@@ -82,8 +82,8 @@ def build_processor(flavour: str):
         bos_token=None,
         additional_special_tokens=list(SPECIAL_TOKENS[1:] + LANGUAGE_TAGS),
         clean_up_tokenization_spaces=False,
+        padding_side="left",  # batched generation in the reference needs left padding; saved with it
     )
-    tokenizer.padding_side = "left"  # batched generation in the reference needs left padding
     extractor = WhisperFeatureExtractor(feature_size=128, sampling_rate=16_000, return_attention_mask=True)
     processor = Qwen2AudioProcessor(feature_extractor=extractor, tokenizer=tokenizer)
     return processor
