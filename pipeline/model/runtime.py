@@ -14,23 +14,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def ascend_available() -> bool:
-    import mindspore as ms
-
-    try:
-        return bool(ms.device_context.ascend.is_available()) and ms.device_context.ascend.device_count() > 0
-    except Exception:  # the CPU wheel has no Ascend plugin; any failure means no NPU
-        return False
-
-
-def resolve_device(requested: str) -> str:
-    if requested != "auto":
-        return requested
-    if os.environ.get("ASCEND_RT_VISIBLE_DEVICES"):
-        return "ascend"
-    return "ascend" if ascend_available() else "cpu"
-
-
 def graph_code_fingerprint() -> str:
     """Hash of this package's source, which defines the graphs and the inputs they are called with.
 
