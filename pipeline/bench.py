@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import shapes
+from pipeline.bench_memory import measure_memory, print_memory
 
 AUDIO = dict(d_model=256, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=1024)
 TEXT = dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8,
@@ -352,7 +353,10 @@ def run_benchmark(args) -> int:
                    "compile": compile_figures, "encoder_ms_per_clip": bench.encoder_ms_per_clip()}
         results["end_to_end"] = bench.end_to_end()  # before the decode step: it warms the reference up
         results["decode_step_ms"] = bench.decode_step_ms()
+        print("peak memory per bucket (fresh processes) ...", flush=True)
+        results["memory"] = measure_memory(model_dir)
     print_table(results)
+    print_memory(results["memory"])
     print(f"saved {write_json(results, Path(args.out))} and latest.json")
     return 0
 
