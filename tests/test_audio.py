@@ -270,7 +270,8 @@ M4A_HEADER = b"\x00\x00\x00\x20ftypM4A \x00\x00\x02\x00M4A isommp42" + bytes(64)
 
 
 def test_decoder_unavailable_without_ffmpeg(tmp_path, monkeypatch):
-    monkeypatch.setattr(audio.shutil, "which", lambda name: None)
+    # shutil itself: audio (choosing a reader) and audio_ffmpeg (running it) both look ffmpeg up.
+    monkeypatch.setattr(shutil, "which", lambda name: None)
     (tmp_path / "clip.m4a").write_bytes(M4A_HEADER)
     assert "install ffmpeg" in failed(decode(tmp_path / "clip.m4a"), Reason.DECODER_UNAVAILABLE).detail
     failed(probe(tmp_path / "clip.m4a"), Reason.DECODER_UNAVAILABLE)
