@@ -34,6 +34,8 @@ def test_caption(raw, caption):
     ("Speech, music, and applause!<|endoftext|>", ["speech", "music", "applause"]),
     ("None", []),
     ("none.", []),
+    ("No sound.", []),
+    ("speech, n/a, etc", ["speech"]),
     ("", []),
     (" , ;\n", []),
 ])
