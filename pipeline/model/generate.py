@@ -63,7 +63,7 @@ class Generator:
             shape = self.declared[bucket_s]
             self._graphs[bucket_s] = (
                 PrefixGraph(self.model, self.spec, len(self.plan.head), self.dtype),
-                TaskGraph(self.model, shape.cache_len, not self.sampling.greedy),
+                TaskGraph(self.model, self.spec, shape.own_len, self.dtype, not self.sampling.greedy),
                 StepGraph(self.model, not self.sampling.greedy),
             )
         return self._graphs[bucket_s]
@@ -107,9 +107,10 @@ class Generator:
         for row, task in enumerate(task_of_row):
             ids[row, : suffix_lens[row]] = self.plan.suffixes[task]
         starts = prefix_lens[clip_of_row]
-        positions = (starts[:, None] + np.arange(shape.suffix_len)[None, :]).astype(np.int32)
-        tensors = (ms.Tensor(clip_of_row.astype(np.int32)), ms.Tensor(ids), ms.Tensor(positions),
-                   ms.Tensor((suffix_lens - 1).astype(np.int32)))
+        offsets = np.broadcast_to(np.arange(shape.suffix_len, dtype=np.int32), (rows, shape.suffix_len))
+        positions = (starts[:, None] + offsets).astype(np.int32)
+        tensors = (ms.Tensor(starts.astype(np.int32)), ms.Tensor(ids), ms.Tensor(positions),
+                   ms.Tensor(np.ascontiguousarray(offsets)), ms.Tensor((suffix_lens - 1).astype(np.int32)))
         return tensors, (clip_of_row, task_of_row, suffix_lens, starts)
 
     def _empty_caches(self, rows: int, length: int):
@@ -132,8 +133,8 @@ class Generator:
             prefix_caches = self._empty_caches(shape.batch, shape.prefix_len)
             task_graph.compile(prefix_caches, prefix_caches, *task_inputs, *sampling)
             ids = ms.Tensor(np.zeros((shape.rows, 1), np.int32))
-            caches = self._empty_caches(shape.rows, shape.cache_len)
-            step_graph.compile(ids, ids, caches, caches, *sampling)
+            own = self._empty_caches(shape.rows, shape.own_len)
+            step_graph.compile(ids, ids, ids, own, own, task_inputs[0], prefix_caches, prefix_caches, *sampling)
 
     def _draws(self, keys: list[str], shape: BucketShape):
         """Per-row random streams for sampling; None when greedy."""
@@ -176,8 +177,9 @@ class Generator:
         t0 = time.perf_counter()
         task_inputs, rows_info = self._task_inputs(shape, prefix_lens)
         clip_of_row, task_of_row, suffix_lens, starts = rows_info
-        tokens, logits, k_cache, v_cache = task_graph(
-            ms.mutable(k_prefix), ms.mutable(v_prefix), *task_inputs, *self._sampling_inputs(streams, rows))
+        k_prefix, v_prefix = ms.mutable(k_prefix), ms.mutable(v_prefix)
+        tokens, logits, k_own, v_own = task_graph(k_prefix, v_prefix, *task_inputs,
+                                                  *self._sampling_inputs(streams, rows))
         next_ids = tokens.asnumpy()
         stats.tasks_s = time.perf_counter() - t0
         first_logits = logits.asnumpy()[: n * k_tasks] if keep_first_logits else None
@@ -185,8 +187,9 @@ class Generator:
         generated = [[] for _ in range(rows)]
         done = clip_of_row >= n  # padding clips never count
         budgets = self.budgets[task_of_row]
-        position = starts + suffix_lens  # where each row's next input token goes
-        last_slot = shape.cache_len - 1
+        slot = suffix_lens.copy()  # where each row's next input token goes in its own cache
+        last_slot = shape.own_len - 1
+        row_prefix_lens = task_inputs[0]
         t0 = time.perf_counter()
         step = 0
         while True:
@@ -201,14 +204,15 @@ class Generator:
             if done.all():
                 break
             step_ids = np.where(done, self.eos[0], next_ids).astype(np.int32).reshape(rows, 1)
-            step_positions = np.minimum(position, last_slot).astype(np.int32).reshape(rows, 1)
+            step_slots = np.minimum(slot, last_slot).astype(np.int32).reshape(rows, 1)
             stats.valid_tokens += int((~done).sum())
-            tokens, _, k_cache, v_cache = step_graph(
-                ms.Tensor(step_ids), ms.Tensor(step_positions), ms.mutable(k_cache), ms.mutable(v_cache),
+            tokens, _, k_own, v_own = step_graph(
+                ms.Tensor(step_ids), ms.Tensor(starts.reshape(rows, 1).astype(np.int32) + step_slots),
+                ms.Tensor(step_slots), ms.mutable(k_own), ms.mutable(v_own), row_prefix_lens, k_prefix, v_prefix,
                 *self._sampling_inputs(streams, rows),
             )
             next_ids = tokens.asnumpy()
-            position = position + 1
+            slot = slot + 1
             step += 1
         stats.steps_s = time.perf_counter() - t0
         stats.decode_steps = step

@@ -34,14 +34,20 @@ class BucketShape:
         return self.batch * self.tasks
 
     @property
+    def own_len(self) -> int:
+        """Slots of a task row's own cache: its suffix and the tokens it generates."""
+        return self.suffix_len + self.new_tokens
+
+    @property
     def cache_len(self) -> int:
-        return self.prefix_len + self.suffix_len + self.new_tokens
+        """Positions a row spans: the clip's prefix plus its own cache."""
+        return self.prefix_len + self.own_len
 
     def graph_names(self) -> tuple[str, str, str]:
         return (
             f"prefix[B={self.batch},F={self.frames},P={self.prefix_len}]",
-            f"tasks[N={self.rows},C={self.suffix_len},S={self.cache_len}]",
-            f"step[N={self.rows},S={self.cache_len}]",
+            f"tasks[N={self.rows},C={self.suffix_len},T={self.own_len},P={self.prefix_len}]",
+            f"step[N={self.rows},T={self.own_len},P={self.prefix_len}]",
         )
 
 
@@ -75,9 +81,9 @@ def clip_bytes(spec: ModelSpec, bucket_s: float, tasks: int, text_len: int, dtyp
     encoder = positions * (spec.audio_dim * 6 + spec.audio_ffn * 2) * size + 4 * spec.audio_heads * positions**2 * 4
     prefix_len = text_len + shapes.audio_tokens(frames)
     prefill = prefix_len * (spec.hidden * 6 + spec.intermediate * 3) * size + 4 * spec.heads * prefix_len**2 * 4
-    # Keys and values for every task row; x2 because a functional cache update briefly holds the
-    # old and the new cache.
-    cache = 2 * 2 * spec.layers * tasks * spec.kv_heads * prefix_len * spec.head_dim * size
+    # Keys and values: the clip's prefix once, and each task row's own slots; x2 because a
+    # functional cache update briefly holds the old and the new cache.
+    cache = 2 * 2 * spec.layers * spec.kv_heads * spec.head_dim * size * (prefix_len + tasks * text_len)
     # The task rows' suffix prefill attends over the whole cache (text_len bounds the suffix).
     suffix = 4 * spec.heads * tasks * text_len * (prefix_len + text_len) * 4
     logits = tasks * spec.vocab * 4 * 2

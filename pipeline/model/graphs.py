@@ -2,9 +2,9 @@
 
 - PrefixGraph (B clips): encode the audio, project it, splice it into the shared prompt prefix
   (everything up to and including <|audio_eos|>) and prefill that prefix once per clip.
-- TaskGraph (N = B x tasks rows): copy each clip's prefix cache to its task rows, extend it with
-  the task's prompt suffix, and pick the first new token.
-- StepGraph (N rows): one decode step.
+- TaskGraph (N = B x tasks rows): prefill each row's task suffix into the row's own cache,
+  attending over its clip's prefix cache (read in place, never copied), and pick the first token.
+- StepGraph (N rows): one decode step over the prefix caches and the rows' own caches.
 
 Each graph instance serves exactly one declared shape, so the number of compiled graphs is the
 number of instances used (counted from MindSpore's own per-cell compile cache).
@@ -72,31 +72,35 @@ class PrefixGraph(nn.Cell):
 
 
 class TaskGraph(nn.Cell):
-    """Prefix caches [B, ...], row_map [N] (row -> clip), suffix ids/positions [N, C], index of each
-    row's last valid suffix token [N] -> first tokens [N], their logits [N, V], caches [N, ..., S]."""
+    """Prefix caches [B, kv, P, d] per layer, each row's clip prefix length [N], suffix ids and
+    positions [N, C], own-cache slots [N, C], index of each row's last valid suffix token [N]
+    -> first tokens [N], their logits [N, V], the rows' own caches [N, kv, T, d]."""
 
-    def __init__(self, model: Qwen2Audio, cache_len: int, sampling: bool):
+    def __init__(self, model: Qwen2Audio, spec, own_len: int, dtype, sampling: bool):
         super().__init__(auto_prefix=False)
         self.text = model.language_model.model
         self.lm_head = model.language_model.lm_head
-        self.cache_len = cache_len
+        self.own_len = own_len
+        self.kv_heads, self.head_dim = spec.kv_heads, spec.head_dim
+        self.dtype = dtype
         self.sampling = sampling
 
-    def construct(self, k_prefix, v_prefix, row_map, ids, positions, last_index, temperature, top_p, u):
-        grow = self.cache_len - k_prefix[0].shape[2]
-        k_caches = ()
-        v_caches = ()
-        for i in range(len(k_prefix)):
-            k_caches = k_caches + (ops.pad(ops.gather(k_prefix[i], row_map, 0), (0, 0, 0, grow)),)
-            v_caches = v_caches + (ops.pad(ops.gather(v_prefix[i], row_map, 0), (0, 0, 0, grow)),)
-        hidden, k_caches, v_caches = self.text(self.text.embed_tokens(ids), positions, k_caches, v_caches)
+    def construct(self, k_prefix, v_prefix, prefix_lens, ids, positions, own_slots, last_index, temperature, top_p,
+                  u):
+        n = ids.shape[0]
+        empty = ()
+        for _ in range(len(k_prefix)):
+            empty = empty + (ops.zeros((n, self.kv_heads, self.own_len, self.head_dim), self.dtype),)
+        hidden, k_own, v_own = self.text.with_prefix(self.text.embed_tokens(ids), positions, own_slots, empty, empty,
+                                                     prefix_lens, k_prefix, v_prefix)
         last = ops.gather(hidden, last_index, 1, 1)
         logits = self.lm_head(last).astype(ms.float32)
-        return _choose(logits, temperature, top_p, u, self.sampling), logits, k_caches, v_caches
+        return _choose(logits, temperature, top_p, u, self.sampling), logits, k_own, v_own
 
 
 class StepGraph(nn.Cell):
-    """One decode step: ids/positions [N, 1] and caches [N, ..., S] -> next tokens, logits, caches."""
+    """One decode step: ids, positions and own-cache slots [N, 1], the rows' own caches and the
+    clips' prefix caches -> next tokens, logits, updated own caches."""
 
     def __init__(self, model: Qwen2Audio, sampling: bool):
         super().__init__(auto_prefix=False)
@@ -104,11 +108,13 @@ class StepGraph(nn.Cell):
         self.lm_head = model.language_model.lm_head
         self.sampling = sampling
 
-    def construct(self, ids, positions, k_caches, v_caches, temperature, top_p, u):
-        hidden, k_caches, v_caches = self.text(self.text.embed_tokens(ids), positions, k_caches, v_caches)
+    def construct(self, ids, positions, own_slots, k_own, v_own, prefix_lens, k_prefix, v_prefix, temperature,
+                  top_p, u):
+        hidden, k_own, v_own = self.text.with_prefix(self.text.embed_tokens(ids), positions, own_slots, k_own, v_own,
+                                                     prefix_lens, k_prefix, v_prefix)
         n, _, h = hidden.shape
         logits = self.lm_head(hidden.reshape(n, h)).astype(ms.float32)
-        return _choose(logits, temperature, top_p, u, self.sampling), logits, k_caches, v_caches
+        return _choose(logits, temperature, top_p, u, self.sampling), logits, k_own, v_own
 
 
 def compiled_graph_count(graphs) -> int:
