@@ -1,5 +1,9 @@
-"""Peak memory of one batch per bucket, measured in a fresh process, against the estimate
-(graph_shapes.clip_bytes) that sizes batches. Part of `python -m pipeline bench`."""
+"""Memory per clip in a batch, measured, against the estimate (graph_shapes.clip_bytes) that sizes
+batches. Part of `python -m pipeline bench`.
+
+Each measurement is the peak RSS of a fresh process that compiles and runs one batch of one bucket;
+the per-clip figure is the slope between two batch sizes, so that weights and compiling (paid once
+per worker, not per clip) cancel out."""
 
 from __future__ import annotations
 
@@ -10,12 +14,12 @@ import sys
 from pathlib import Path
 
 BUCKETS = (5.0, 30.0)
-BATCH = 8
+BATCHES = (2, 8)
 TASKS = ("caption", "events", "transcript", "moderation")
 NEW_TOKENS = 8
 
 
-def probe(model_dir: str, bucket_s: float) -> None:
+def probe(model_dir: str, bucket_s: float, batch: int) -> None:
     """In a fresh process: peak RSS of compiling and running one full batch of one bucket."""
     import numpy as np
 
@@ -27,7 +31,7 @@ def probe(model_dir: str, bucket_s: float) -> None:
     from pipeline.tasks import resolve_tasks
 
     config = Config(model=model_dir, device="cpu", buckets_s=(bucket_s,) if bucket_s == 30 else (bucket_s, 30.0),
-                    max_batch=BATCH, memory_budget_gb=1000.0, tasks=TASKS,
+                    max_batch=batch, memory_budget_gb=1000.0, tasks=TASKS,
                     max_new_tokens={t: NEW_TOKENS for t in TASKS}, compile_cache_dir=None)
     tasks = resolve_tasks(config)
     plan = plan_model(config, tasks, "cpu", lambda buckets, _cost, _budget, cap: {b: cap for b in buckets})
@@ -35,37 +39,45 @@ def probe(model_dir: str, bucket_s: float) -> None:
     runtime.configure("cpu", None, 0)
     model = MindSporeModel(plan)
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    frames = [shape.frames - 8] * BATCH
-    model.generate(bucket_s, np.zeros((BATCH, plan.spec.n_mels, shape.frames), np.float32), frames,
-                   [str(i) for i in range(BATCH)])
+    frames = [shape.frames - 8] * batch
+    model.generate(bucket_s, np.zeros((batch, plan.spec.n_mels, shape.frames), np.float32), frames,
+                   [str(i) for i in range(batch)])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     text_len = len(plan.prompts.head) + len(plan.prompts.tail) + plan.prompts.suffix_len + NEW_TOKENS
-    estimate = clip_bytes(plan.spec, bucket_s, len(tasks), text_len, plan.dtype)
-    print("RESULT" + json.dumps({
-        "bucket_s": bucket_s, "batch": BATCH, "tasks": len(tasks), "loaded_mb": round(loaded / 1024),
-        "peak_mb": round(peak / 1024), "measured_per_clip_mb": round((peak - loaded) / 1024 / BATCH, 1),
-        "estimated_per_clip_mb": round(estimate / 2**20, 1),
-    }))
+    estimate = clip_bytes(plan.spec, bucket_s, len(tasks), text_len, plan.dtype, reuses_layer_memory=False)
+    print("RESULT" + json.dumps({"loaded_mb": loaded / 1024, "peak_mb": peak / 1024,
+                                 "estimated_per_clip_mb": estimate / 2**20}))
+
+
+def _probe_in_fresh_process(model_dir: Path, bucket_s: float, batch: int) -> dict:
+    done = subprocess.run([sys.executable, "-m", "pipeline.bench_memory", str(model_dir), str(bucket_s), str(batch)],
+                          capture_output=True, text=True, check=True)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT"))
+    return json.loads(line[len("RESULT"):])
 
 
 def measure_memory(model_dir: Path) -> list[dict]:
     figures = []
     for bucket_s in BUCKETS:
-        done = subprocess.run([sys.executable, "-m", "pipeline.bench_memory", str(model_dir), str(bucket_s)],
-                              capture_output=True, text=True, check=True)
-        line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT"))
-        figures.append(json.loads(line[len("RESULT"):]))
+        small, large = (_probe_in_fresh_process(model_dir, bucket_s, b) for b in BATCHES)
+        figures.append({
+            "bucket_s": bucket_s, "batches": list(BATCHES), "tasks": len(TASKS),
+            "peak_mb": [round(small["peak_mb"]), round(large["peak_mb"])],
+            "measured_per_clip_mb": round((large["peak_mb"] - small["peak_mb"]) / (BATCHES[1] - BATCHES[0]), 1),
+            "estimated_per_clip_mb": round(large["estimated_per_clip_mb"], 1),
+        })
     return figures
 
 
 def print_memory(figures: list[dict]) -> None:
-    print(f"peak memory, one batch of {BATCH} clips x {len(TASKS)} tasks (fresh process, includes compiling)")
-    print(f"  {'bucket':<8}{'loaded MB':>10}{'peak MB':>9}{'per clip MB':>13}{'estimate MB':>13}")
+    print(f"memory per clip x {len(TASKS)} tasks: slope of peak RSS between batches of {BATCHES[0]} and "
+          f"{BATCHES[1]} (fresh processes)")
+    print(f"  {'bucket':<8}{'peak MB':>16}{'per clip MB':>13}{'estimate MB':>13}")
     for f in figures:
-        print(f"  {f['bucket_s']:<8g}{f['loaded_mb']:>10}{f['peak_mb']:>9}{f['measured_per_clip_mb']:>13}"
-              f"{f['estimated_per_clip_mb']:>13}")
+        peaks = f"{f['peak_mb'][0]} / {f['peak_mb'][1]}"
+        print(f"  {f['bucket_s']:<8g}{peaks:>16}{f['measured_per_clip_mb']:>13}{f['estimated_per_clip_mb']:>13}")
     print()
 
 
 if __name__ == "__main__":
-    probe(sys.argv[1], float(sys.argv[2]))
+    probe(sys.argv[1], float(sys.argv[2]), int(sys.argv[3]))

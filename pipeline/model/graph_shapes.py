@@ -69,22 +69,37 @@ def declare_shapes(buckets_s, batch_sizes: dict[float, int], head_len: int, tail
     return declared
 
 
-def clip_bytes(spec: ModelSpec, bucket_s: float, tasks: int, text_len: int, dtype: str) -> int:
+def clip_bytes(spec: ModelSpec, bucket_s: float, tasks: int, text_len: int, dtype: str,
+               reuses_layer_memory: bool) -> int:
     """Rough peak memory one clip adds to a batch in this bucket, for sizing batches (weights are
-    per worker, not per clip, and excluded). Attention dominates: at its peak a layer holds about
-    four score-sized fp32 tensors (the broadcast mask, the scores, the masked scores, the
-    probabilities). Measured on the CPU backend with the tiny model, the estimate is within
-    about 20% of the real per-clip peak."""
+    per worker, not per clip, and excluded).
+
+    Attention dominates: a layer holds about three score-sized fp32 tensors (the scores, the masked
+    scores, the probabilities) beside the mask broadcast once per graph. Whether layers reuse each
+    other's memory depends on the backend: MindSpore's CPU backend measurably keeps most of every
+    layer's intermediates until the graph ends (bench, 4-layer model: 1293 MB per 30 s clip
+    measured, 1.3 GB estimated), while Ascend's graph compiler plans memory reuse across layers (an assumption
+    from MindSpore's documentation, not measured here), so only one layer's worth counts there.
+    `python -m pipeline bench` prints measured against estimated per-clip memory.
+    """
     size = DTYPE_BYTES[dtype]
     frames = shapes.bucket_frames_for_seconds(bucket_s)
     positions = shapes.encoder_positions(frames)
-    encoder = positions * (spec.audio_dim * 6 + spec.audio_ffn * 2) * size + 4 * spec.audio_heads * positions**2 * 4
     prefix_len = text_len + shapes.audio_tokens(frames)
-    prefill = prefix_len * (spec.hidden * 6 + spec.intermediate * 3) * size + 4 * spec.heads * prefix_len**2 * 4
+    encoder_layers = 1 if reuses_layer_memory else spec.audio_layers
+    text_layers = 1 if reuses_layer_memory else spec.layers
+    encoder_scores = spec.audio_heads * positions**2 * 4
+    encoder = (encoder_scores * (1 + 3 * encoder_layers)
+               + encoder_layers * positions * (spec.audio_dim * 6 + spec.audio_ffn * 2) * size)
+    # Per token and layer: projections, rotary temporaries, residuals and the MLP's activations.
+    token_activations = (spec.hidden * 12 + spec.intermediate * 3) * size
+    prefill_scores = spec.heads * prefix_len**2 * 4
+    prefill = prefill_scores * (1 + 3 * text_layers) + text_layers * prefix_len * token_activations
     # Keys and values: the clip's prefix once, and each task row's own slots; x2 because a
     # functional cache update briefly holds the old and the new cache.
     cache = 2 * 2 * spec.layers * spec.kv_heads * spec.head_dim * size * (prefix_len + tasks * text_len)
-    # The task rows' suffix prefill attends over the whole cache (text_len bounds the suffix).
-    suffix = 4 * spec.heads * tasks * text_len * (prefix_len + text_len) * 4
+    # The task rows' suffix prefill attends over the prefix and their own slots.
+    suffix = ((1 + 3 * text_layers) * spec.heads * tasks * text_len * (prefix_len + text_len) * 4
+              + text_layers * tasks * text_len * token_activations)
     logits = tasks * spec.vocab * 4 * 2
     return int(encoder + prefill + cache + suffix + logits)

@@ -103,7 +103,8 @@ def plan_model(config, tasks, device: str, batch_sizes_for_budget) -> ModelPlan:
     text_len = len(prompts.head) + len(prompts.tail) + prompts.suffix_len + max(max_new_tokens)
     batch_sizes = batch_sizes_for_budget(
         config.buckets_s,
-        lambda bucket_s: clip_bytes(spec, bucket_s, len(tasks), text_len, dtype),
+        lambda bucket_s: clip_bytes(spec, bucket_s, len(tasks), text_len, dtype,
+                                    reuses_layer_memory=device == "ascend"),
         int(config.memory_budget_gb * 2**30),
         config.max_batch,
     )
