@@ -174,22 +174,15 @@ def test_rotary_inverse_frequencies_in_old_exports_are_ignored(source, tmp_path)
 
 # --- dtypes ------------------------------------------------------------------------------------
 
-def test_bf16_checkpoint_converts_exactly(source, tmp_path):
+@pytest.mark.parametrize("file_dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_checkpoints_convert_exactly(source, tmp_path, file_dtype):
     _, spec, tensors, _ = source
-    bf16 = {k: v.to(torch.bfloat16) for k, v in tensors.items()}
-    params = load_params(write_variant(tmp_path, bf16), spec)
-    for name, value in bf16.items():
+    stored = {k: v.to(file_dtype) for k, v in tensors.items()}
+    params = load_params(write_variant(tmp_path, stored), spec)
+    for name, value in stored.items():
         np.testing.assert_array_equal(params[name], value.to(torch.float32).numpy(), err_msg=name)
-    # The values really were rounded: the test would not notice a loader that skipped bf16.
+    # The values really were rounded: the test would not notice a loader that skipped the conversion.
     assert not np.array_equal(params[EMBED], tensors[EMBED].numpy())
-
-
-def test_fp16_checkpoint_loads(source, tmp_path):
-    _, spec, tensors, _ = source
-    fp16 = {k: v.to(torch.float16) for k, v in tensors.items()}
-    params = load_params(write_variant(tmp_path, fp16), spec)
-    for name, value in fp16.items():
-        np.testing.assert_array_equal(params[name], value.to(torch.float32).numpy(), err_msg=name)
 
 
 @pytest.mark.parametrize("file_dtype", [torch.float32, torch.bfloat16])
