@@ -13,19 +13,31 @@ from __future__ import annotations
 from collections import defaultdict
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.manifest import Manifest
+from pipeline.sink import column_type
 from pipeline.tasks import aggregate_row
 
 SEGMENT_COLUMNS_DROPPED = ("key", "row")
+# annotations.parquet's own columns, between the manifest's id and audio and the annotation
+# columns; raw comes after the annotations, pass-through columns last.
+FILE_COLUMNS = (
+    ("status", pa.string()), ("error", pa.string()), ("error_detail", pa.string()),
+    ("duration_s", pa.float64()), ("n_segments", pa.int32()), ("silent", pa.bool_()),
+)
+RAW_COLUMN = ("raw", pa.map_(pa.string(), pa.string()))
+
+
+def output_column_names(columns: dict[str, str]) -> set[str]:
+    """Every column annotations.parquet writes besides the manifest's own."""
+    return {name for name, _ in FILE_COLUMNS} | set(columns) | {RAW_COLUMN[0]}
 
 
 def current_segments(segments: pa.Table, manifest: Manifest) -> pa.Table:
     """The committed segments of this manifest's ids, in manifest order. Ids, not row positions,
     are the identity: a manifest that gained, lost or reordered rows since a part was committed
     still joins correctly."""
-    import pyarrow.compute as pc
-
     position = pc.index_in(segments.column("id"), value_set=pa.array(manifest.ids, pa.string()))
     segments = segments.set_column(segments.schema.get_field_index("row"), "row", position.cast(pa.int64()))
     segments = segments.filter(pc.is_valid(position))
@@ -99,12 +111,7 @@ def annotations_output(segments: pa.Table, manifest: Manifest, planned_durations
             raise RuntimeError(f"id {manifest.ids[index]!r} has segments {indices}, expected each once")
         rows.append(_file_row(found, columns, tasks, planned_durations[index], hints[index]))
 
-    fields = [
-        ("status", pa.string()), ("error", pa.string()), ("error_detail", pa.string()),
-        ("duration_s", pa.float64()), ("n_segments", pa.int32()), ("silent", pa.bool_()),
-    ]
-    fields += [(c, pa.list_(pa.string()) if kind == "list" else pa.string()) for c, kind in columns.items()]
-    fields += [("raw", pa.map_(pa.string(), pa.string()))]
+    fields = [*FILE_COLUMNS, *((c, column_type(kind)) for c, kind in columns.items()), RAW_COLUMN]
     body = pa.Table.from_pylist(rows, schema=pa.schema(fields))
     table = manifest.table.select(["id", "audio"])
     for name in body.column_names:

@@ -7,6 +7,7 @@ matching this manifest and these settings) does no model work at all.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline import audio
-from pipeline.aggregate import annotations_output, current_segments, segments_output
+from pipeline.aggregate import annotations_output, current_segments, output_column_names, segments_output
 from pipeline.config import Config, ConfigError, CustomTask, load
 from pipeline.errors import UserError
 from pipeline.items import Item, ItemResult
@@ -34,8 +35,11 @@ PROBE_THREADS = 16  # header reads are I/O-bound
 class RunSummary:
     out: Path
     already_complete: bool = False
-    counts: dict = field(default_factory=dict)
     run_info: dict = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict:
+        return self.run_info.get("counts", {})
 
 
 def file_digest(path: Path) -> str:
@@ -53,37 +57,38 @@ def annotation_columns(tasks) -> dict[str, str]:
 
 
 def check_passthrough(manifest: Manifest, columns: dict[str, str]) -> None:
-    reserved = {"status", "error", "error_detail", "n_segments", "silent", "raw", *columns}
-    clashes = sorted(set(manifest.passthrough_columns) & reserved)
+    clashes = sorted(set(manifest.passthrough_columns) & output_column_names(columns))
     if clashes:
         raise UserError(f"manifest column(s) {clashes} would be overwritten by output columns; rename them")
 
 
-def intake(manifest: Manifest, config: Config, smallest_bucket: float) -> tuple[list[Item], list[ItemResult], list]:
-    """Resolve paths and find durations (manifest first, else file headers); rows that fail here
-    become error results straight away, everything else is planned into items.
+def intake(manifest: Manifest, config: Config, smallest_bucket: float,
+           done_ids: set[str]) -> tuple[list[Item], list[ItemResult], list]:
+    """Resolve paths and find durations (manifest first, else file headers) for every row not
+    already fully committed (done_ids: a resume reads no header twice); rows that fail here become
+    error results straight away, everything else is planned into items.
     -> (items, error results, each row's planned duration or None)."""
     audio_root = Path(config.audio_root) if config.audio_root else None
-    resolved = [audio.resolve_path(p, manifest.base_dir, audio_root) for p in manifest.paths]
     durations = list(manifest.durations)
-    to_probe = [i for i, (p, d) in enumerate(zip(resolved, durations)) if d is None and not isinstance(p, Failure)]
+    rows = [r for r, item_id in enumerate(manifest.ids) if item_id not in done_ids]
+    resolved = {r: audio.resolve_path(manifest.paths[r], manifest.base_dir, audio_root) for r in rows}
+    to_probe = [r for r in rows if durations[r] is None and not isinstance(resolved[r], Failure)]
     with ThreadPoolExecutor(PROBE_THREADS) as pool:
-        for index, info in zip(to_probe, pool.map(lambda i: audio.probe(resolved[i]), to_probe)):
-            durations[index] = info if isinstance(info, Failure) else info.duration_s
+        for row, info in zip(to_probe, pool.map(lambda r: audio.probe(resolved[r]), to_probe)):
+            durations[row] = info if isinstance(info, Failure) else info.duration_s
     good, failed = [], []
-    for row, (item_id, path, duration) in enumerate(zip(manifest.ids, resolved, durations)):
+    for row in rows:
+        path, duration = resolved[row], durations[row]
         problem = path if isinstance(path, Failure) else duration if isinstance(duration, Failure) else None
         if problem is None:
             good.append(row)
             continue
-        item = Item(row, item_id, str(manifest.paths[row]), 0, 1, 0.0, 0.0, smallest_bucket)
+        durations[row] = None
+        item = Item(row, manifest.ids[row], str(manifest.paths[row]), 0, 1, 0.0, 0.0, smallest_bucket)
         failed.append(failure_result(item, problem))
     items = plan_items(good, [manifest.ids[r] for r in good], [str(resolved[r]) for r in good],
                        [durations[r] for r in good], config.buckets_s, config.segment_search_s)
-    planned = [None] * manifest.num_rows
-    for row in good:
-        planned[row] = durations[row]
-    return items, failed, planned
+    return items, failed, durations
 
 
 class Committer:
@@ -141,6 +146,8 @@ def run_settings(plan, config: Config, tasks) -> dict:
         "buckets_s": list(config.buckets_s), "batch_sizes": {str(k): v for k, v in plan.batch_sizes.items()},
         "segment_search_s": config.segment_search_s, "silence_dbfs": config.silence_dbfs,
         "audio_root": config.audio_root, "moderation_labels": list(config.moderation_labels),
+        # The weights, by file names and sizes (and hub revision): new files mean a new run.
+        "checkpoint": plan.checkpoint_identity(), "dims": asdict(plan.spec),
     }
 
 
@@ -169,21 +176,22 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         settings = run_settings(plan, config, tasks)
-        fingerprint = hashlib.sha256(repr(sorted(settings.items())).encode()).hexdigest()[:8] + plan.fingerprint()
+        fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         sink = OutputDir(out)
         sink.open(fingerprint, settings, restart)
         if sink.completed_for(digest, fingerprint):
             print(f"{out} is already complete for this manifest and settings; nothing to do.")
             return RunSummary(out=out, already_complete=True)
 
-        items, intake_failures, planned = intake(manifest, config, min(config.buckets_s))
-        committed = sink.committed_keys()
+        committed, done_ids = sink.committed()
+        items, intake_failures, planned = intake(manifest, config, min(config.buckets_s), done_ids)
         todo = [i for i in items if i.key not in committed]
         new_failures = [r for r in intake_failures if r.item.key not in committed]
+        todo_audio_s = sum(i.end_s - i.start_s for i in todo)
         if todo or new_failures:
             sink.invalidate_final()
         batches = plan_batches(todo, plan.batch_sizes)
-        committer = Committer(sink, columns, len(todo) + len(new_failures), sum(i.end_s - i.start_s for i in todo),
+        committer = Committer(sink, columns, len(todo) + len(new_failures), todo_audio_s,
                               progress, config.commit_items, config.commit_seconds)
         report = runner.ExecutionReport()
         use_npu = device == "ascend"
@@ -213,11 +221,11 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
             plan=plan, config=config, settings=settings, fingerprint=fingerprint, manifest_path=manifest_path,
             manifest_digest=digest, out=out, annotations=annotations, segments=segments,
             part_stats=list(sink.part_stats()), report=report, started=started,
-            audio_s_this_run=sum(i.end_s - i.start_s for i in todo), items_this_run=len(todo) + len(new_failures),
+            audio_s_this_run=todo_audio_s, items_this_run=len(todo) + len(new_failures),
         )
         sink.write_final(annotations, segments_output(segments), info,
                          {"manifest_digest": digest, "fingerprint": fingerprint, "finished": info["finished"]})
-    return RunSummary(out=out, counts=info["counts"], run_info=info)
+    return RunSummary(out=out, run_info=info)
 
 
 def parse_custom_task(text: str) -> CustomTask:

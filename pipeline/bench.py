@@ -114,8 +114,8 @@ class Bench:
         load_weights(self.model, model_dir, self.spec.tie_embeddings)
         eos = eos_token_ids(model_dir, self.processor.tokenizer, "instruct")
         self.plan = build_prompt_plan(self.processor, "instruct", list(QUESTIONS), eos)
-        self.declared = declare_shapes(BUCKETS, dict.fromkeys(BUCKETS, CLIPS), len(self.plan.head), len(self.plan.tail),
-                                       self.plan.suffix_len, NEW_TOKENS, len(QUESTIONS), self.spec.max_positions)
+        self.declared = declare_shapes(BUCKETS, dict.fromkeys(BUCKETS, CLIPS), self.plan, NEW_TOKENS,
+                                       self.spec.max_positions)
         self.generator = Generator(self.model, self.spec, self.plan, self.declared, [NEW_TOKENS] * len(QUESTIONS),
                                    ms.float32, Sampling())
         self.clips = {b: [clip(s, seed=i) for i, s in enumerate(clip_seconds(b))] for b in BUCKETS}

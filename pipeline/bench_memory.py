@@ -43,8 +43,7 @@ def probe(model_dir: str, bucket_s: float, batch: int) -> None:
     model.generate(bucket_s, np.zeros((batch, plan.spec.n_mels, shape.frames), np.float32), frames,
                    [str(i) for i in range(batch)])
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    text_len = len(plan.prompts.head) + len(plan.prompts.tail) + plan.prompts.suffix_len + NEW_TOKENS
-    estimate = clip_bytes(plan.spec, bucket_s, len(tasks), text_len, plan.dtype, reuses_layer_memory=False)
+    estimate = clip_bytes(plan.spec, shape, plan.dtype, reuses_layer_memory=False)
     print("RESULT" + json.dumps({"loaded_mb": loaded / 1024, "peak_mb": peak / 1024,
                                  "estimated_per_clip_mb": estimate / 2**20}))
 

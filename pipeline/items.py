@@ -60,5 +60,3 @@ class ItemResult:
     # Parsed outputs keyed by output column (caption, events, transcript, language, moderation,
     # custom task names): a string or a list of strings.
     parsed: dict[str, object] = field(default_factory=dict)
-    # Tokens the model generated per task, for throughput figures.
-    generated_tokens: int = 0

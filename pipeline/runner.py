@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections import deque
+from collections import defaultdict, deque
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -184,12 +184,11 @@ def execute(batches: list[Batch], spec: WorkerSpec, workers: int, use_npu: bool,
     pool = WorkerPool(spec, workers, use_npu, prefetch)
     pending: deque[Batch] = deque(batches)
     inflight: dict = {}
-    load = {id(actor): 0 for actor in pool.actors}
+    load: dict[int, int] = defaultdict(int)  # calls in flight per actor
     graphs: dict[int, int] = {}
     try:
         while pending or inflight:
             for actor in list(pool.actors):
-                load.setdefault(id(actor), 0)
                 while pending and load[id(actor)] < pool.slots:
                     batch = pending.popleft()
                     prepared = pool.prepare.options(scheduling_strategy=pool.near(actor)).remote(pool.spec_ref, batch)

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -75,6 +76,11 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def column_type(kind: str) -> pa.DataType:
+    """Arrow type of an annotation column: "list" -> list<string>, "string" -> string."""
+    return pa.list_(pa.string()) if kind == "list" else pa.string()
+
+
 def segment_schema(columns: dict[str, str]) -> pa.Schema:
     """Part and segments.parquet schema; columns maps each annotation column to string or list."""
     fields = [
@@ -85,7 +91,7 @@ def segment_schema(columns: dict[str, str]) -> pa.Schema:
         pa.field("silent", pa.bool_()), pa.field("raw", pa.map_(pa.string(), pa.string())),
     ]
     for name, kind in columns.items():
-        fields.append(pa.field(name, pa.list_(pa.string()) if kind == "list" else pa.string()))
+        fields.append(pa.field(name, column_type(kind)))
     return pa.schema(fields)
 
 
@@ -159,9 +165,16 @@ class OutputDir:
         files = sorted(str(p) for p in self.parts.glob("part-*.parquet"))
         return ds.dataset(files, format="parquet") if files else None
 
-    def committed_keys(self) -> set[str]:
+    def committed(self) -> tuple[set[str], set[str]]:
+        """-> (committed keys, ids whose every segment is committed), from one read of the parts."""
         dataset = self._dataset()
-        return set(dataset.to_table(columns=["key"]).column("key").to_pylist()) if dataset else set()
+        if dataset is None:
+            return set(), set()
+        table = dataset.to_table(columns=["key", "id", "n_segments"])
+        keys = set(table.column("key").to_pylist())
+        counts = Counter(table.column("id").to_pylist())
+        ids_segments = zip(table.column("id").to_pylist(), table.column("n_segments").to_pylist())
+        return keys, {item_id for item_id, n in ids_segments if counts[item_id] == n}
 
     # --- committing -----------------------------------------------------------------------------
 

@@ -33,12 +33,15 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) & 0o044  # readable by others, not 0600
 
 
-def test_commit_and_committed_keys(tmp_path):
+def test_commit_and_committed(tmp_path):
     out = OutputDir(tmp_path / "out")
     out.open("fp", {"tasks": ["caption"]}, restart=False)
     out.commit([result(0), result(1)], {"caption": "string"}, {"valid_frames": 3})
-    assert out.committed_keys() == {"id0#0", "id1#0"}
-    assert list(out.part_stats()) == [{"valid_frames": 3}]
+    # id2 has one of its two segments committed: its key counts, the id is not finished.
+    half = Item(2, "id2", "/a.wav", 1, 2, 1.0, 2.0, 5.0)
+    out.commit([ItemResult(half, "error", error="empty_audio", error_detail="x")], {"caption": "string"}, None)
+    assert out.committed() == ({"id0#0", "id1#0", "id2#1"}, {"id0", "id1"})
+    assert list(out.part_stats()) == [{"valid_frames": 3}]  # the part without stats yields none
     with pytest.raises(RuntimeError, match="planned twice"):
         out.commit([result(1), result(0)], {"caption": "string"}, None)
 
@@ -51,7 +54,7 @@ def test_other_settings_are_refused_and_restart_discards(tmp_path):
         OutputDir(tmp_path / "out").open("fp2", {"tasks": ["events"], "model": "m"}, restart=False)
     again = OutputDir(tmp_path / "out")
     again.open("fp2", {"tasks": ["events"], "model": "m"}, restart=True)
-    assert again.committed_keys() == set()
+    assert again.committed() == (set(), set())
 
 
 def test_open_sweeps_temporaries_of_a_killed_run(tmp_path):

@@ -56,7 +56,8 @@ class Generator:
         self.dtype = dtype
         self.sampling = sampling
         self._graphs: dict[float, tuple[PrefixGraph, TaskGraph, StepGraph]] = {}
-        self.eos = np.asarray(plan.eos_ids, dtype=np.int32)
+        self.eos = frozenset(plan.eos_ids)
+        self.filler = plan.eos_ids[0]  # the input fed to rows that have already stopped
 
     def graphs_for(self, bucket_s: float):
         if bucket_s not in self._graphs:
@@ -203,7 +204,7 @@ class Generator:
                     done[row] = True
             if done.all():
                 break
-            step_ids = np.where(done, self.eos[0], next_ids).astype(np.int32).reshape(rows, 1)
+            step_ids = np.where(done, self.filler, next_ids).astype(np.int32).reshape(rows, 1)
             step_slots = np.minimum(slot, last_slot).astype(np.int32).reshape(rows, 1)
             stats.valid_tokens += int((~done).sum())
             tokens, _, k_own, v_own = step_graph(

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline import shapes
+from pipeline.model.prompts import PromptPlan
 from pipeline.model.spec import ModelSpec
 
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
@@ -24,10 +25,6 @@ class BucketShape:
     prefix_len: int  # prompt head + audio tokens + tail
     suffix_len: int  # longest task suffix
     new_tokens: int  # most tokens any task may generate
-
-    @property
-    def audio_tokens(self) -> int:
-        return shapes.audio_tokens(self.frames)
 
     @property
     def rows(self) -> int:
@@ -51,15 +48,16 @@ class BucketShape:
         )
 
 
-def declare_shapes(buckets_s, batch_sizes: dict[float, int], head_len: int, tail_len: int,
-                   suffix_len: int, new_tokens: int, tasks: int, max_positions: int) -> dict[float, BucketShape]:
+def declare_shapes(buckets_s, batch_sizes: dict[float, int], prompts: PromptPlan, new_tokens: int,
+                   max_positions: int) -> dict[float, BucketShape]:
+    """One shape per bucket: its batch size, and text lengths from the prompts (one task per suffix)."""
     declared = {}
     for bucket_s in buckets_s:
         frames = shapes.bucket_frames_for_seconds(bucket_s)
         shape = BucketShape(
-            bucket_s=bucket_s, frames=frames, batch=batch_sizes[bucket_s], tasks=tasks,
-            prefix_len=head_len + shapes.audio_tokens(frames) + tail_len,
-            suffix_len=suffix_len, new_tokens=new_tokens,
+            bucket_s=bucket_s, frames=frames, batch=batch_sizes[bucket_s], tasks=len(prompts.suffixes),
+            prefix_len=prompts.prefix_len(shapes.audio_tokens(frames)),
+            suffix_len=prompts.suffix_len, new_tokens=new_tokens,
         )
         if shape.cache_len > max_positions:
             raise ValueError(
@@ -69,23 +67,21 @@ def declare_shapes(buckets_s, batch_sizes: dict[float, int], head_len: int, tail
     return declared
 
 
-def clip_bytes(spec: ModelSpec, bucket_s: float, tasks: int, text_len: int, dtype: str,
-               reuses_layer_memory: bool) -> int:
-    """Rough peak memory one clip adds to a batch in this bucket, for sizing batches (weights are
-    per worker, not per clip, and excluded).
+def clip_bytes(spec: ModelSpec, shape: BucketShape, dtype: str, reuses_layer_memory: bool) -> int:
+    """Rough peak memory one clip adds to a batch of this shape (its batch size plays no part), for
+    sizing batches (weights are per worker, not per clip, and excluded).
 
     Attention dominates: a layer holds about three score-sized fp32 tensors (the scores, the masked
     scores, the probabilities) beside the mask broadcast once per graph. Whether layers reuse each
     other's memory depends on the backend: MindSpore's CPU backend measurably keeps most of every
-    layer's intermediates until the graph ends (bench, 4-layer model: 1293 MB per 30 s clip
-    measured, 1.3 GB estimated), while Ascend's graph compiler plans memory reuse across layers (an assumption
-    from MindSpore's documentation, not measured here), so only one layer's worth counts there.
-    `python -m pipeline bench` prints measured against estimated per-clip memory.
+    layer's intermediates until the graph ends, while Ascend's graph compiler plans memory reuse
+    across layers (an assumption from MindSpore's documentation, not measured here), so only one
+    layer's worth counts there. `python -m pipeline bench` prints measured against estimated
+    per-clip memory (4-layer bench model: 451 vs 287 MB at 5 s, 1294 vs 1412 MB at 30 s).
     """
     size = DTYPE_BYTES[dtype]
-    frames = shapes.bucket_frames_for_seconds(bucket_s)
-    positions = shapes.encoder_positions(frames)
-    prefix_len = text_len + shapes.audio_tokens(frames)
+    positions = shapes.encoder_positions(shape.frames)
+    prefix_len, own_len, suffix_len, tasks = shape.prefix_len, shape.own_len, shape.suffix_len, shape.tasks
     encoder_layers = 1 if reuses_layer_memory else spec.audio_layers
     text_layers = 1 if reuses_layer_memory else spec.layers
     encoder_scores = spec.audio_heads * positions**2 * 4
@@ -97,9 +93,11 @@ def clip_bytes(spec: ModelSpec, bucket_s: float, tasks: int, text_len: int, dtyp
     prefill = prefill_scores * (1 + 3 * text_layers) + text_layers * prefix_len * token_activations
     # Keys and values: the clip's prefix once, and each task row's own slots; x2 because a
     # functional cache update briefly holds the old and the new cache.
-    cache = 2 * 2 * spec.layers * spec.kv_heads * spec.head_dim * size * (prefix_len + tasks * text_len)
-    # The task rows' suffix prefill attends over the prefix and their own slots.
-    suffix = ((1 + 3 * text_layers) * spec.heads * tasks * text_len * (prefix_len + text_len) * 4
-              + text_layers * tasks * text_len * token_activations)
+    cache = 2 * 2 * spec.layers * spec.kv_heads * spec.head_dim * size * (prefix_len + tasks * own_len)
+    # The task rows' suffix prefill attends over the prefix and their own slots: folding the task
+    # rows onto the shared prefix costs transposed copies, a concatenation and slices of the scores,
+    # about seven score-sized tensors per layer instead of three.
+    suffix = ((1 + 7 * text_layers) * spec.heads * tasks * suffix_len * (prefix_len + own_len) * 4
+              + text_layers * tasks * suffix_len * token_activations)
     logits = tasks * spec.vocab * 4 * 2
     return int(encoder + prefill + cache + suffix + logits)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pipeline.model.checkpoint import resolve_checkpoint
@@ -58,21 +58,6 @@ class ModelPlan:
         files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
         return {"revision": self.revision, "files": {p.name: p.stat().st_size for p in files}}
 
-    def fingerprint(self) -> str:
-        """Changes whenever the model, prompts, decoding or shapes change: outputs of different
-        fingerprints are never mixed."""
-        payload = {
-            "checkpoint": self.checkpoint_identity(),
-            "spec": asdict(self.spec),
-            "prompts": asdict(self.prompts),
-            "tasks": self.task_names,
-            "max_new_tokens": self.max_new_tokens,
-            "dtype": self.dtype,
-            "sampling": asdict(self.sampling),
-            "shapes": [asdict(s) for s in self.declared.values()],
-        }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
     def compile_cache_key(self, mindspore_version: str) -> str:
         payload = [self.spec.fingerprint(), [asdict(s) for s in self.declared.values()], self.dtype,
                    self.device, self.sampling.greedy, mindspore_version]
@@ -100,18 +85,16 @@ def plan_model(config, tasks, device: str, batch_sizes_for_budget) -> ModelPlan:
                                 eos_token_ids(model_dir, processor.tokenizer, style))
     dtype = resolve_dtype(config.dtype, device)
     max_new_tokens = tuple(t.max_new_tokens for t in tasks)
-    text_len = len(prompts.head) + len(prompts.tail) + prompts.suffix_len + max(max_new_tokens)
+    # Shapes for one clip first: they give each bucket's per-clip memory, which sizes its batches.
+    single = declare_shapes(config.buckets_s, dict.fromkeys(config.buckets_s, 1), prompts, max(max_new_tokens),
+                            spec.max_positions)
     batch_sizes = batch_sizes_for_budget(
         config.buckets_s,
-        lambda bucket_s: clip_bytes(spec, bucket_s, len(tasks), text_len, dtype,
-                                    reuses_layer_memory=device == "ascend"),
+        lambda bucket_s: clip_bytes(spec, single[bucket_s], dtype, reuses_layer_memory=device == "ascend"),
         int(config.memory_budget_gb * 2**30),
         config.max_batch,
     )
-    declared = declare_shapes(
-        config.buckets_s, batch_sizes, len(prompts.head), len(prompts.tail), prompts.suffix_len,
-        max(max_new_tokens), len(tasks), spec.max_positions,
-    )
+    declared = {bucket_s: replace(shape, batch=batch_sizes[bucket_s]) for bucket_s, shape in single.items()}
     return ModelPlan(
         model_dir=str(model_dir), revision=revision, spec=spec, prompts=prompts,
         task_names=tuple(t.name for t in tasks), max_new_tokens=max_new_tokens, device=device, dtype=dtype,

@@ -42,8 +42,7 @@ def make_generator(model_dir, ref, spec, model, questions, budgets, sampling=Sam
     style = resolve_style("auto", model_dir)
     eos = eos_token_ids(model_dir, ref.processor.tokenizer, style) + tuple(eos_extra)
     plan = build_prompt_plan(ref.processor, style, questions, eos)
-    declared = declare_shapes(BUCKETS, BATCH, len(plan.head), len(plan.tail), plan.suffix_len, max(budgets),
-                              len(questions), spec.max_positions)
+    declared = declare_shapes(BUCKETS, BATCH, plan, max(budgets), spec.max_positions)
     return Generator(model, spec, plan, declared, budgets, ms.float32, sampling), plan
 
 

@@ -98,6 +98,22 @@ def test_resume_processes_only_uncommitted_items(ray_cluster, mixed_manifest, mo
     assert len(keys) == len(set(keys))  # committed exactly once
 
 
+def test_resume_reads_no_header_of_a_finished_row(ray_cluster, mixed_manifest, model_dir, tmp_path, monkeypatch):
+    from pipeline import audio
+
+    out = tmp_path / "out"
+    run(mixed_manifest, out, model_dir)
+    (out / "_SUCCESS").unlink()  # as if killed after the last commit, before the final files
+    probed = []
+    real_probe = audio.probe
+    monkeypatch.setattr(audio, "probe", lambda path: probed.append(path) or real_probe(path))
+    before = read(out)
+    summary = run(mixed_manifest, out, model_dir)
+    assert not summary.already_complete and summary.run_info["this_run"]["items"] == 0
+    assert probed == []
+    assert read(out) == before
+
+
 def test_new_manifest_rows_are_processed_on_rerun(ray_cluster, mixed_manifest, model_dir, tmp_path):
 
     out = tmp_path / "out"
