@@ -16,17 +16,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline import audio
-from pipeline.aggregate import annotations_output, current_segments, output_column_names, segments_output
+from pipeline.intake import audio
+from pipeline.output.tables import annotations_output, current_segments, output_column_names, segments_output
 from pipeline.config import Config, ConfigError, CustomTask, load
 from pipeline.errors import UserError
 from pipeline.items import Item, ItemResult
-from pipeline.manifest import Manifest, read_manifest
+from pipeline.intake.manifest import Manifest, read_manifest
 from pipeline.plan import batch_sizes_for_budget, plan_batches, plan_items
 from pipeline.reasons import Failure
-from pipeline.sink import OutputDir
-from pipeline.tasks import OUTPUT_COLUMNS, output_columns, resolve_tasks
-from pipeline.worker import failure_result
+from pipeline.output.sink import OutputDir
+from pipeline.tasks.catalog import OUTPUT_COLUMNS, output_columns, resolve_tasks
+from pipeline.run.worker import failure_result
 
 PROBE_THREADS = 16  # header reads are I/O-bound
 
@@ -153,7 +153,8 @@ def run_settings(plan, config: Config, tasks) -> dict:
 
 def annotate(manifest_path: str | Path, config: Config, out: str | Path | None = None, workers: int | None = None,
              restart: bool = False, progress: bool = True, model_factory=None) -> RunSummary:
-    from pipeline import run_info, runner
+    from pipeline.output import run_info
+    from pipeline.run import runner
     from pipeline.model.model_plan import plan_model
 
     started = time.time()

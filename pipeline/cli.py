@@ -10,7 +10,7 @@ import sys
 
 
 def _cmd_manifest_build(args) -> int:
-    from pipeline.manifest_build import build_manifest
+    from pipeline.intake.manifest_build import build_manifest
 
     report = build_manifest(args.source, args.output)
     print(report.summary())
@@ -18,7 +18,7 @@ def _cmd_manifest_build(args) -> int:
 
 
 def _cmd_manifest_validate(args) -> int:
-    from pipeline.manifest import read_manifest
+    from pipeline.intake.manifest import read_manifest
 
     manifest = read_manifest(args.manifest)
     known = sum(d is not None for d in manifest.durations)
@@ -29,7 +29,7 @@ def _cmd_manifest_validate(args) -> int:
 
 
 def _cmd_tiny_model(args) -> int:
-    from pipeline.tiny_model import write_tiny_checkpoint
+    from pipeline.testing.tiny_model import write_tiny_checkpoint
 
     path = write_tiny_checkpoint(args.out_dir, seed=args.seed, flavour=args.flavour, size=args.size)
     print(f"wrote tiny {args.flavour} checkpoint ({args.size}) to {path}")
@@ -43,7 +43,7 @@ def _cmd_annotate(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from pipeline.bench import run_benchmark
+    from pipeline.bench.kernels import run_benchmark
 
     return run_benchmark(args)
 

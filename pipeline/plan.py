@@ -5,7 +5,7 @@ from pipeline.shapes (frames_for_seconds, fits_bucket), so the planner and the w
 disagree about a bucket's capacity.
 
 Long audio (more than the 30 s window) is split into n equal nominal windows. Each inner cut may
-later move up to search_s toward a pause (pipeline.segment), so a window is planned as if it were
+later move up to search_s toward a pause (pipeline.intake.segment), so a window is planned as if it were
 search_s longer at every inner edge. Cuts land on the 10 ms mel-frame grid, so a decoded segment
 is never more frames than its planned window plus that slack.
 """

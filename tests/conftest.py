@@ -35,7 +35,7 @@ CHECKPOINTS = {
 
 @pytest.fixture(scope="session")
 def checkpoint_dir(tmp_path_factory):
-    from pipeline.tiny_model import write_tiny_checkpoint
+    from pipeline.testing.tiny_model import write_tiny_checkpoint
 
     made = {}
 

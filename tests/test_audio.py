@@ -16,8 +16,8 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline import audio
-from pipeline.audio import AudioInfo, DecodedAudio, decode, probe, resolve_path
+from pipeline.intake import audio
+from pipeline.intake.audio import AudioInfo, DecodedAudio, decode, probe, resolve_path
 from pipeline.reasons import Failure, Reason
 from pipeline.shapes import SAMPLE_RATE
 

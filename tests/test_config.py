@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.annotate import parse_custom_task
 from pipeline.config import Config, ConfigError, load
-from pipeline.tasks import resolve_tasks
+from pipeline.tasks.catalog import resolve_tasks
 
 JOBS = sorted((Path(__file__).resolve().parents[1] / "jobs").glob("*.yaml"))
 

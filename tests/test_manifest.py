@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline import cli
-from pipeline.audio import DecodedAudio, decode, resolve_path
+from pipeline.intake.audio import DecodedAudio, decode, resolve_path
 from pipeline.errors import UserError
-from pipeline.manifest import Manifest, ManifestError, read_manifest
+from pipeline.intake.manifest import Manifest, ManifestError, read_manifest
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "manifests" / "example.parquet"
 

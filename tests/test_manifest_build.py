@@ -8,9 +8,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import cli, manifest_build
-from pipeline.manifest import ManifestError, read_manifest
-from pipeline.manifest_build import build_manifest
+from pipeline import cli
+from pipeline.intake import manifest_build
+from pipeline.intake.manifest import ManifestError, read_manifest
+from pipeline.intake.manifest_build import build_manifest
 from pipeline.reasons import Reason
 
 

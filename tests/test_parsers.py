@@ -4,7 +4,7 @@ their language, and moderation labels."""
 import pytest
 
 from pipeline.config import Config
-from pipeline.parsers import parse_caption, parse_moderation, parse_transcript, split_list
+from pipeline.tasks.parsers import parse_caption, parse_moderation, parse_transcript, split_list
 
 LABELS = Config().moderation_labels
 

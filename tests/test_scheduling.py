@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 
 from pipeline.items import Batch, Item
 from pipeline.reasons import Reason
-from pipeline.scheduling import RetryPolicy
+from pipeline.run.retry import RetryPolicy
 
 
 def items(n):

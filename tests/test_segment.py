@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from pipeline.items import Item
 from pipeline.plan import plan_items
-from pipeline.segment import boundary_nominals, find_cut, search_window, segment_bounds
+from pipeline.intake.segment import boundary_nominals, find_cut, search_window, segment_bounds
 from pipeline.shapes import bucket_frames_for_seconds, fits_bucket, frames_for_samples
 
 SR = 16_000

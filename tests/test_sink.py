@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.items import Item, ItemResult
-from pipeline.sink import OutputDir, atomic_write_table
+from pipeline.output.sink import OutputDir, atomic_write_table
 
 
 def result(i):

@@ -6,15 +6,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.config import Config, ConfigError, CustomTask
-from pipeline.tasks import (
+from pipeline.tasks.catalog import (
     BUILTIN_TASKS,
     OUTPUT_COLUMNS,
-    aggregate,
-    aggregate_row,
     output_columns,
     parse,
     resolve_tasks,
 )
+from pipeline.tasks.merge import aggregate, aggregate_row
 
 LABELS = Config().moderation_labels
 TASKS = {t.name: t for t in resolve_tasks(Config(custom_tasks=(

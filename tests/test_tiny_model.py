@@ -5,7 +5,7 @@ import hashlib
 import pytest
 
 from pipeline.model.prompts import has_chat_template
-from pipeline.tiny_model import LANGUAGE_TAGS, SPECIAL_TOKENS, write_tiny_checkpoint
+from pipeline.testing.tiny_model import LANGUAGE_TAGS, SPECIAL_TOKENS, write_tiny_checkpoint
 
 
 def digests(folder):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline import shapes
-from pipeline.features import bucket_features
+from pipeline.intake.features import bucket_features
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ from pipeline.config import Config
 from pipeline.model.engine import MindSporeModel
 from pipeline.model.model_plan import plan_model
 from pipeline.plan import batch_sizes_for_budget
-from pipeline.tasks import resolve_tasks
+from pipeline.tasks.catalog import resolve_tasks
 from tests.model.test_reference import clips_for
 from tests.model.conftest import features_for
 

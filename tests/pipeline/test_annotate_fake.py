@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.annotate import annotate
 from pipeline.errors import UserError
-from pipeline.testing import FakeModelFactory
+from pipeline.testing.fake_model import FakeModelFactory
 from tests.pipeline.conftest import EXPECTED, LONG_S, fast_config
 
 
@@ -99,7 +99,7 @@ def test_resume_processes_only_uncommitted_items(ray_cluster, mixed_manifest, mo
 
 
 def test_resume_reads_no_header_of_a_finished_row(ray_cluster, mixed_manifest, model_dir, tmp_path, monkeypatch):
-    from pipeline import audio
+    from pipeline.intake import audio
 
     out = tmp_path / "out"
     run(mixed_manifest, out, model_dir)
@@ -187,7 +187,7 @@ INTERRUPTIBLE_RUN = """
 import sys
 from pathlib import Path
 from pipeline.annotate import annotate
-from pipeline.testing import FakeModelFactory
+from pipeline.testing.fake_model import FakeModelFactory
 from tests.pipeline.conftest import fast_config
 manifest, out, model = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 config = fast_config(model, manifest, commit_items=1, max_batch=1)

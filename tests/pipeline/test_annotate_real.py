@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline import audio
+from pipeline.intake import audio
 from pipeline.annotate import annotate
 from tests.pipeline.conftest import EXPECTED, LONG_S, fast_config, write_mixed_manifest
 

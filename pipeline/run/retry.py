@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from pipeline.items import Batch, ItemResult
 from pipeline.reasons import Failure, Reason
-from pipeline.worker import failure_result
+from pipeline.run.worker import failure_result
 
 
 class RetryPolicy:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.audio_formats import AUDIO_EXTENSIONS, AudioInfo
+from pipeline.intake.formats import AUDIO_EXTENSIONS, AudioInfo
 from pipeline.reasons import Failure, Reason
 from pipeline.shapes import SAMPLE_RATE
 

@@ -1,5 +1,5 @@
-"""Tasks: what the model is asked about each clip, how its answers become output columns, and how
-the answers for the segments of a long file combine into that file's row.
+"""Tasks: what the model is asked about each clip and how its answers become output columns
+(pipeline.tasks.merge combines a long file's segments).
 
 Built-in tasks and the columns they fill:
     caption     -> caption (string)      one sentence describing the audio
@@ -7,24 +7,22 @@ Built-in tasks and the columns they fill:
     transcript  -> transcript (string), language (string or null: ISO 639-1 code)
     moderation  -> moderation (list)     labels from the configured list only
 Custom tasks (config.custom_tasks) fill one column named after the task: a string ("text") or a
-list ("list"). parse picks the parser (pipeline.parsers) for a task; parsers never raise: any
+list ("list"). parse picks the parser (pipeline.tasks.parsers) for a task; parsers never raise: any
 text gives a value of the column's type.
 """
 
 from __future__ import annotations
 
 import re
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pipeline.config import Config, ConfigError
-from pipeline.parsers import (
+from pipeline.tasks.parsers import (
     parse_caption,
     parse_moderation,
     parse_transcript,
     split_list,
-    squash,
     strip_tokens,
 )
 
@@ -193,55 +191,3 @@ def parse(task: Task, raw: str, moderation_labels: Sequence[str] = ()) -> dict[s
     if task.parser == "list":
         return {task.name: split_list(raw, tags=False)}
     return {task.name: strip_tokens(raw).strip()}
-
-
-# --- combining a long file's segments ------------------------------------------------------------
-
-def _union(lists: Sequence[Sequence[str]], key=str.casefold) -> list[str]:
-    seen: set[str] = set()
-    merged = []
-    for value in (v for values in lists for v in values):
-        if key(value) not in seen:
-            seen.add(key(value))
-            merged.append(value)
-    return merged
-
-
-def _join_captions(captions: Sequence[str]) -> str:
-    # Two captions that differ only in case, spacing or the final full stop are the same caption.
-    distinct = _union([[c] for c in captions if c], key=lambda c: squash(c.casefold()).rstrip(".!?"))
-    if len(distinct) == 1:
-        return distinct[0]
-    return " ".join(c if c[-1] in ".!?" else c + "." for c in distinct)
-
-
-def aggregate(column: str, values: Sequence[object], kind: str | None = None) -> object:
-    """Combine one column over a file's segments, given in segment order (None = no value).
-
-    - transcript: the segments' transcripts joined with single spaces.
-    - language: the most frequent language among segments; ties go to the earliest; None if none.
-    - caption: the distinct captions in order, joined as sentences. A long recording's segments
-      often get the same caption ("A man speaks."), which repeated reads like a bug; different
-      captions in order read as a short account of the recording.
-    - events, moderation: the union of the segments' lists, in first-seen order.
-    - custom columns (kind "string" or "list", as output_columns gives): text joined with
-      newlines, one line per segment that answered; lists as a union in first-seen order.
-    """
-    present = [v for v in values if v is not None]
-    kind = OUTPUT_COLUMNS.get(column, kind)
-    if column == "language":
-        counts = Counter(present)
-        return max(dict.fromkeys(present), key=counts.__getitem__) if present else None
-    if column == "caption":
-        return _join_captions([str(v).strip() for v in present])
-    if kind == "list":
-        return _union(present)
-    if kind != "string":
-        raise ValueError(f"aggregate: column {column!r} needs kind 'string' or 'list', got {kind!r}")
-    texts = [str(v).strip() for v in present if str(v).strip()]
-    return (" " if column == "transcript" else "\n").join(texts)
-
-
-def aggregate_row(segments: Sequence[Mapping[str, object]], columns: Mapping[str, str]) -> dict[str, object]:
-    """One row's columns from its segments' parsed outputs (in segment order)."""
-    return {c: aggregate(c, [s.get(c) for s in segments], kind) for c, kind in columns.items()}

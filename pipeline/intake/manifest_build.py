@@ -25,8 +25,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import audio
-from pipeline.manifest import ManifestError
+from pipeline.intake import audio
+from pipeline.intake.manifest import ManifestError
 from pipeline.reasons import Failure
 
 _GLOB_MAGIC = re.compile(r"[*?[]")

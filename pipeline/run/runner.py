@@ -24,7 +24,7 @@ import ray
 from pipeline.errors import UserError
 from pipeline.items import Batch, ItemResult
 from pipeline.reasons import Reason
-from pipeline.scheduling import RetryPolicy
+from pipeline.run.retry import RetryPolicy
 
 
 @dataclass
@@ -47,7 +47,7 @@ def _preparer(model_dir: str, silence_dbfs: float, search_s: float):
     """One feature extractor per process and checkpoint, reused by every prepare task there."""
     from transformers import WhisperFeatureExtractor
 
-    from pipeline.worker import BatchPreparer
+    from pipeline.run.worker import BatchPreparer
 
     return BatchPreparer(WhisperFeatureExtractor.from_pretrained(model_dir), silence_dbfs, search_s)
 
@@ -72,7 +72,7 @@ class AnnotationWorker:
     def __init__(self, spec: WorkerSpec):
         self.error = None
         try:
-            from pipeline.worker import BatchAnnotator
+            from pipeline.run.worker import BatchAnnotator
 
             if spec.model_factory is not None:
                 self.model = spec.model_factory(spec)
@@ -113,7 +113,7 @@ def ray_session(num_cpus: int):
         return
     if os.environ.get("RAY_ADDRESS"):
         # Ship this package to the cluster's workers; its dependencies must be installed there.
-        ray.init(runtime_env={"py_modules": [str(Path(__file__).parent)]}, logging_level="WARNING")
+        ray.init(runtime_env={"py_modules": [str(Path(__file__).parents[1])]}, logging_level="WARNING")
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
     try:

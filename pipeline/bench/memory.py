@@ -28,7 +28,7 @@ def probe(model_dir: str, bucket_s: float, batch: int) -> None:
     from pipeline.model.engine import MindSporeModel
     from pipeline.model.graph_shapes import clip_bytes
     from pipeline.model.model_plan import plan_model
-    from pipeline.tasks import resolve_tasks
+    from pipeline.tasks.catalog import resolve_tasks
 
     config = Config(model=model_dir, device="cpu", buckets_s=(bucket_s,) if bucket_s == 30 else (bucket_s, 30.0),
                     max_batch=batch, memory_budget_gb=1000.0, tasks=TASKS,
@@ -49,7 +49,7 @@ def probe(model_dir: str, bucket_s: float, batch: int) -> None:
 
 
 def _probe_in_fresh_process(model_dir: Path, bucket_s: float, batch: int) -> dict:
-    done = subprocess.run([sys.executable, "-m", "pipeline.bench_memory", str(model_dir), str(bucket_s), str(batch)],
+    done = subprocess.run([sys.executable, "-m", "pipeline.bench.memory", str(model_dir), str(bucket_s), str(batch)],
                           capture_output=True, text=True, check=True)
     line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT"))
     return json.loads(line[len("RESULT"):])

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import shapes
-from pipeline.bench_memory import measure_memory, print_memory
+from pipeline.bench.memory import measure_memory, print_memory
 
 AUDIO = dict(d_model=256, encoder_layers=4, encoder_attention_heads=4, encoder_ffn_dim=1024)
 TEXT = dict(hidden_size=512, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=8,
@@ -48,7 +48,7 @@ def write_bench_checkpoint(out_dir: Path) -> Path:
     import torch
     from transformers import GenerationConfig, Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
 
-    from pipeline.tiny_model import build_config, build_processor
+    from pipeline.testing.tiny_model import build_config, build_processor
 
     processor = build_processor("instruct")
     base, eos_ids = build_config(processor, "small", "instruct")
@@ -121,7 +121,7 @@ class Bench:
         self.clips = {b: [clip(s, seed=i) for i, s in enumerate(clip_seconds(b))] for b in BUCKETS}
 
     def features(self, bucket_s: float):
-        from pipeline.features import bucket_features
+        from pipeline.intake.features import bucket_features
 
         computed = [bucket_features(self.processor.feature_extractor, c, self.declared[bucket_s].frames)
                     for c in self.clips[bucket_s]]
@@ -274,7 +274,7 @@ def measure_compile(model_dir: Path, work: Path) -> dict:
     for run, cache_arg in (("no cache", "-"), ("cold cache", str(cache)), ("warm cache", str(cache))):
         # The child must not inherit a cache someone enabled in the shell: each run is what it says.
         env = {k: v for k, v in os.environ.items() if not k.startswith("MS_COMPILER_CACHE")}
-        proc = subprocess.run([sys.executable, "-m", "pipeline.bench", str(model_dir), cache_arg],
+        proc = subprocess.run([sys.executable, "-m", "pipeline.bench.kernels", str(model_dir), cache_arg],
                               capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise RuntimeError(f"compile probe ({run}) failed:\n{proc.stderr[-3000:]}")

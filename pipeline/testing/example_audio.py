@@ -1,6 +1,6 @@
 """Regenerate the example manifest: manifests/example.parquet and the clips in manifests/audio/.
 
-    python -m pipeline.example_audio [manifests]
+    python -m pipeline.testing.example_audio [manifests]
 
 Speech is synthesised with espeak-ng (`apt-get install espeak-ng`); music and environmental sound
 are synthesised here with numpy, seeded, so reruns give the same clips. The generated files are
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 import soxr
 
-from pipeline import audio
+from pipeline.intake import audio
 
 SPEECH_RATE = 16_000
 SENTENCES = [  # the long clip: sentences with real pauses, so segmentation has somewhere to cut

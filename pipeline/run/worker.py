@@ -19,12 +19,13 @@ from typing import Protocol
 
 import numpy as np
 
-from pipeline import audio, shapes
-from pipeline.features import bucket_features
+from pipeline import shapes
+from pipeline.intake import audio
+from pipeline.intake.features import bucket_features
 from pipeline.items import Batch, Item, ItemResult
 from pipeline.reasons import Failure, Reason
-from pipeline.segment import boundary_nominals, find_cut, search_window, segment_bounds
-from pipeline.tasks import Task, parse
+from pipeline.intake.segment import boundary_nominals, find_cut, search_window, segment_bounds
+from pipeline.tasks.catalog import Task, parse
 
 
 class TextModel(Protocol):

@@ -3,7 +3,7 @@
 The file-row rule (README quotes it): status is `ok` when every segment succeeded, `error` when
 none did, `partial` otherwise; `error` is the first failed segment's reason code and
 `error_detail` names every failed segment. Annotations combine the successful segments by
-tasks.aggregate: transcripts joined in order, language by majority, distinct captions in order,
+tasks.merge.aggregate: transcripts joined in order, language by majority, distinct captions in order,
 events and moderation labels as a union. `raw` keeps each task's raw text, segments joined by
 newlines. `language` is the detected language, or the manifest's `language` where none was detected.
 """
@@ -15,9 +15,9 @@ from collections import defaultdict
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.manifest import Manifest
-from pipeline.sink import column_type
-from pipeline.tasks import aggregate_row
+from pipeline.intake.manifest import Manifest
+from pipeline.output.sink import column_type
+from pipeline.tasks.merge import aggregate_row
 
 SEGMENT_COLUMNS_DROPPED = ("key", "row")
 # annotations.parquet's own columns, between the manifest's id and audio and the annotation

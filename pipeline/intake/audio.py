@@ -20,8 +20,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from pipeline.audio_ffmpeg import decode_ffmpeg, probe_ffmpeg
-from pipeline.audio_formats import (  # the extension sets and AudioInfo are part of this module's API
+from pipeline.intake.ffmpeg import decode_ffmpeg, probe_ffmpeg
+from pipeline.intake.formats import (  # the extension sets and AudioInfo are part of this module's API
     AUDIO_EXTENSIONS,
     FFMPEG_EXTENSIONS,
     SNDFILE_EXTENSIONS,

@@ -1,0 +1,1 @@
+"""Benchmarks: speed and memory figures, printed and saved, never asserted in tests."""

@@ -1,0 +1,1 @@
+"""Output: committed parts, the final tables and run.json."""

@@ -1,0 +1,1 @@
+"""Execution: Ray workers, the batch each one runs, and the retry policy."""

@@ -1,0 +1,1 @@
+"""Tasks: the questions asked of each clip and the parsers that turn answers into columns."""
