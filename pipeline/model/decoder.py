@@ -1,14 +1,17 @@
-"""Qwen2 text decoder with static KV caches, for fixed-shape graphs.
+"""Qwen2 text decoder for fixed-shape graphs, with key/value caches that are Parameters updated in
+place (`ops.scatter_update`: measured on the CPU backend to touch only the rows it writes, while
+`scatter_nd_update` and functional caches copy the whole cache on every call).
 
-Every call is an "extend": N rows each append C tokens to their own cache. A row's keys are visible
-up to the query's own slot; slots past it may hold padding from an earlier chunk and are both
-masked and overwritten before they become visible. Prefill (C = prompt length) and decode (C = 1)
-are the same code at different shapes.
+Two forms of the same layers:
+- `prefill`: packed rows of prompts (pipeline.model.packing.PrefillRow) with a tree mask; keys and
+  values of every token are written to a staging cache, from which each task row's prompt is later
+  copied into a decode slot.
+- `step`: one new token for each decode slot; the slot's cache holds its whole prompt and the
+  tokens generated so far at positions 0, 1, 2, ... (a slot's position is its cache index).
 
-Two forms: `construct` attends within one cache (the shared prompt prefix, prefilled once per
-clip), `with_prefix` attends over a clip's prefix cache plus the row's own cache (task suffix and
-generated tokens). The task rows of a clip read its prefix cache in place (they are folded into
-the query axis), so the prefix is stored once per clip, not once per task.
+Cache layout: one Parameter per layer for keys and one for values, [slots * kv_heads * span, head_dim],
+so that a row index is ((slot * kv_heads) + head) * span + position and a reshape gives the
+[slots, kv_heads, span, head_dim] view attention reads.
 """
 
 import numpy as np
@@ -16,9 +19,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from pipeline.model.layers import Embedding, Linear, RMSNorm
-
-MASKED = float(np.finfo(np.float32).min)
+from pipeline.model.layers import MASKED, Embedding, Linear, RMSNorm
 
 
 def rotary_tables(head_dim: int, theta: float, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -34,6 +35,11 @@ def _rotate_half(x):
     return ops.concat((-x[..., half:], x[..., :half]), -1)
 
 
+def additive_mask(visible):
+    """0 where visible, the dtype's minimum elsewhere (as the reference masks), in fp32."""
+    return ops.select(visible, ops.zeros(visible.shape, ms.float32), ops.fill(ms.float32, visible.shape, MASKED))
+
+
 class TextAttention(nn.Cell):
     def __init__(self, spec, dtype):
         super().__init__()
@@ -45,58 +51,46 @@ class TextAttention(nn.Cell):
         self.v_proj = Linear(spec.hidden, spec.kv_heads * spec.head_dim, True, dtype)
         self.o_proj = Linear(spec.heads * spec.head_dim, spec.hidden, False, dtype)
 
-    def _extend(self, x, cos, sin, slots, k_cache, v_cache):
-        """Queries [n, heads, c, d] and the caches with this chunk's keys and values written."""
-        n, c, _ = x.shape
-        q = self.q_proj(x).reshape(n, c, self.heads, self.head_dim).transpose(0, 2, 1, 3)
-        k = self.k_proj(x).reshape(n, c, self.kv_heads, self.head_dim).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(n, c, self.kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+    def prefill(self, x, cos, sin, mask, stage_rows, k_stage, v_stage):
+        """x [r, l, hidden]; cos/sin [r, l, 1, d]; mask [r, kv, g*l, l] additive; every token's key
+        and value go to row stage_rows[token] of the staging caches ([rows, kv * d])."""
+        r, l, _ = x.shape
+        kv, g, d = self.kv_heads, self.groups, self.head_dim
+        q = self.q_proj(x).reshape(r, l, self.heads, d)
+        k = self.k_proj(x).reshape(r, l, kv, d)
+        v = self.v_proj(x).reshape(r, l, kv, d)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        k_cache = ops.tensor_scatter_elements(k_cache, slots, k, axis=2)
-        v_cache = ops.tensor_scatter_elements(v_cache, slots, v, axis=2)
-        return q, k_cache, v_cache
+        written = ops.scatter_update(k_stage, stage_rows, k.reshape(r * l, kv * d))
+        written = ops.depend(written, ops.scatter_update(v_stage, stage_rows, v.reshape(r * l, kv * d)))
+        # Query heads that share a key/value head are folded into the query axis (head h uses kv
+        # head h // g, as the reference's repeat_kv does), so keys are never copied per head.
+        q = q.transpose(0, 2, 1, 3).reshape(r, kv, g * l, d)
+        k = k.transpose(0, 2, 1, 3)
+        v = v.transpose(0, 2, 1, 3)
+        scores = (ops.BatchMatMul(transpose_b=True)(q, k) * self.scaling).astype(ms.float32) + mask
+        probs = ops.softmax(scores, -1).astype(x.dtype)
+        out = ops.matmul(probs, v).reshape(r, self.heads, l, d).transpose(0, 2, 1, 3)
+        return ops.depend(self.o_proj(out.reshape(r, l, self.heads * d)), written)
 
-    def _scores(self, q, keys):
-        """Grouped-query scores without copying the cache: query heads that share a key/value head
-        are folded into the query axis (head h uses kv head h // groups). -> [n, kv, g*c, s] fp32."""
-        n, _, c, _ = q.shape
-        qg = q.reshape(n, self.kv_heads, self.groups * c, self.head_dim)
-        return (ops.matmul(qg, keys.transpose(0, 1, 3, 2)) * self.scaling).astype(ms.float32)
-
-    def _output(self, out, n, c):
-        """[n, kv, g*c, d] -> [n, c, hidden]"""
-        out = out.reshape(n, self.heads, c, self.head_dim).transpose(0, 2, 1, 3)
-        return self.o_proj(out.reshape(n, c, self.heads * self.head_dim))
-
-    def construct(self, x, cos, sin, slots, mask, k_cache, v_cache):
-        n, c, _ = x.shape
-        q, k_cache, v_cache = self._extend(x, cos, sin, slots, k_cache, v_cache)
-        s = k_cache.shape[2]
-        scores = self._scores(q, k_cache).reshape(n, self.kv_heads, self.groups, c, s) + mask
-        probs = ops.softmax(scores, -1).astype(x.dtype).reshape(n, self.kv_heads, self.groups * c, s)
-        return self._output(ops.matmul(probs, v_cache), n, c), k_cache, v_cache
-
-    def with_prefix(self, x, cos, sin, slots, own_mask, k_own, v_own, prefix_mask, k_prefix, v_prefix):
-        n, c, _ = x.shape
-        q, k_own, v_own = self._extend(x, cos, sin, slots, k_own, v_own)
-        b, _, p, _ = k_prefix.shape
-        t, kv, g, d = k_own.shape[2], self.kv_heads, self.groups, self.head_dim
-        tasks = n // b  # rows are clip-major: row = clip * tasks + task
-        # The task rows of a clip share its prefix cache: fold them into the query axis and read
-        # the cache in place, [b, kv, tasks*g*c, d] x [b, kv, p, d].
-        q_clip = q.reshape(b, tasks, kv, g * c, d).transpose(0, 2, 1, 3, 4).reshape(b, kv, tasks * g * c, d)
-        prefix_scores = (ops.matmul(q_clip, k_prefix.transpose(0, 1, 3, 2)) * self.scaling).astype(ms.float32)
-        prefix_scores = prefix_scores.reshape(b, kv, tasks, g, c, p).transpose(0, 2, 1, 3, 4, 5)
-        prefix_scores = prefix_scores.reshape(n, kv, g, c, p) + prefix_mask
-        own_scores = self._scores(q, k_own).reshape(n, kv, g, c, t) + own_mask
-        # One softmax over prefix and own keys together: exactly attention over the whole row.
-        probs = ops.softmax(ops.concat((prefix_scores, own_scores), -1), -1).astype(x.dtype)
-        prefix_probs = probs[..., :p].reshape(b, tasks, kv, g * c, p).transpose(0, 2, 1, 3, 4)
-        from_prefix = ops.matmul(prefix_probs.reshape(b, kv, tasks * g * c, p), v_prefix)
-        from_prefix = from_prefix.reshape(b, kv, tasks, g * c, d).transpose(0, 2, 1, 3, 4).reshape(n, kv, g * c, d)
-        from_own = ops.matmul(probs[..., p:].reshape(n, kv, g * c, t), v_own)
-        return self._output(from_prefix + from_own, n, c), k_own, v_own
+    def step(self, x, cos, sin, write_rows, mask, k_cache, v_cache, span):
+        """x [n, hidden] one token per slot; write_rows [n * kv] cache rows for its key and value;
+        mask [n, kv, g, span] additive."""
+        n, _ = x.shape
+        kv, g, d = self.kv_heads, self.groups, self.head_dim
+        q = self.q_proj(x).reshape(n, kv, g, d)
+        k = self.k_proj(x).reshape(n, kv, 1, d)
+        v = self.v_proj(x).reshape(n, kv, d)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        k_cache = ops.scatter_update(k_cache, write_rows, k.reshape(n * kv, d))
+        v_cache = ops.scatter_update(v_cache, write_rows, v.reshape(n * kv, d))
+        keys = k_cache.reshape(n, kv, span, d)
+        values = v_cache.reshape(n, kv, span, d)
+        scores = (ops.BatchMatMul(transpose_b=True)(q, keys) * self.scaling).astype(ms.float32) + mask
+        probs = ops.softmax(scores, -1).astype(x.dtype)
+        out = ops.matmul(probs, values)
+        return self.o_proj(out.reshape(n, self.heads * d))
 
 
 class MLP(nn.Cell):
@@ -118,21 +112,16 @@ class DecoderLayer(nn.Cell):
         self.input_layernorm = RMSNorm(spec.hidden, dtype, spec.rms_eps)
         self.post_attention_layernorm = RMSNorm(spec.hidden, dtype, spec.rms_eps)
 
-    def construct(self, x, cos, sin, slots, mask, k_cache, v_cache):
-        attn, k_cache, v_cache = self.self_attn(self.input_layernorm(x), cos, sin, slots, mask, k_cache, v_cache)
-        x = x + attn
-        return x + self.mlp(self.post_attention_layernorm(x)), k_cache, v_cache
+    def prefill(self, x, cos, sin, mask, stage_rows, k_stage, v_stage):
+        x = x + self.self_attn.prefill(self.input_layernorm(x), cos, sin, mask, stage_rows, k_stage, v_stage)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
-    def with_prefix(self, x, cos, sin, slots, own_mask, k_own, v_own, prefix_mask, k_prefix, v_prefix):
-        attn, k_own, v_own = self.self_attn.with_prefix(self.input_layernorm(x), cos, sin, slots, own_mask, k_own,
-                                                        v_own, prefix_mask, k_prefix, v_prefix)
-        x = x + attn
-        return x + self.mlp(self.post_attention_layernorm(x)), k_own, v_own
+    def step(self, x, cos, sin, write_rows, mask, k_cache, v_cache, span):
+        x = x + self.self_attn.step(self.input_layernorm(x), cos, sin, write_rows, mask, k_cache, v_cache, span)
+        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class TextModel(nn.Cell):
-    """embeds [N, C, H] at positions [N, C] -> normed hidden states [N, C, H] and updated caches."""
-
     def __init__(self, spec, dtype):
         super().__init__()
         self.embed_tokens = Embedding(spec.vocab, spec.hidden, dtype)
@@ -144,59 +133,41 @@ class TextModel(nn.Cell):
         self.kv_heads, self.head_dim = spec.kv_heads, spec.head_dim
         self.groups = spec.heads // spec.kv_heads
 
-    def _rotary(self, positions):
-        n, c = positions.shape
-        cos = ops.gather(self.cos_table, positions, 0).reshape(n, 1, c, self.head_dim)
-        sin = ops.gather(self.sin_table, positions, 0).reshape(n, 1, c, self.head_dim)
-        return cos, sin
+    def prefill(self, embeds, positions, clip_ids, segment_ids, stage_rows, k_stages, v_stages):
+        """embeds [r, l, hidden] at positions [r, l] -> normed hidden states [r, l, hidden].
 
-    def _mask(self, visible, n, c, length):
-        """Additive mask broadcast once to the scores' shape [n, kv, g, c, length]: on the CPU
-        backend a broadcasting add inside every layer defeats memory reuse (see AudioEncoder)."""
-        mask = ops.select(visible, ops.zeros((n, c, length), ms.float32), ops.fill(ms.float32, (n, c, length), MASKED))
-        return ops.broadcast_to(mask.reshape(n, 1, 1, c, length), (n, self.kv_heads, self.groups, c, length))
-
-    def _slot_index(self, slots):
-        n, c = slots.shape
-        return ops.broadcast_to(slots.reshape(n, 1, c, 1), (n, self.kv_heads, c, self.head_dim))
-
-    def construct(self, embeds, positions, k_caches, v_caches):
-        """Within one cache whose slots are the positions (the shared prefix)."""
-        n, c = positions.shape
-        cos, sin = self._rotary(positions)
-        s = k_caches[0].shape[2]
-        visible = ops.arange(0, s, 1, dtype=ms.int32).reshape(1, 1, s) <= positions.reshape(n, c, 1)
-        mask = self._mask(visible, n, c, s)
-        slots = self._slot_index(positions)
+        A token sees the tokens of its own clip at earlier or equal positions that belong to the
+        shared prefix (segment 0) or to its own task suffix (its segment)."""
+        r, l = positions.shape
+        cos = ops.gather(self.cos_table, positions, 0).reshape(r, l, 1, self.head_dim)
+        sin = ops.gather(self.sin_table, positions, 0).reshape(r, l, 1, self.head_dim)
+        query_pos, key_pos = positions.reshape(r, l, 1), positions.reshape(r, 1, l)
+        same_clip = clip_ids.reshape(r, l, 1) == clip_ids.reshape(r, 1, l)
+        key_segment = segment_ids.reshape(r, 1, l)
+        shared_or_own = ops.logical_or(key_segment == 0, segment_ids.reshape(r, l, 1) == key_segment)
+        visible = ops.logical_and(ops.logical_and(same_clip, key_pos <= query_pos), shared_or_own)
+        # Broadcast once per graph to the scores' shape: on MindSpore's CPU backend a broadcasting
+        # add inside every layer defeats memory reuse.
+        mask = ops.broadcast_to(additive_mask(visible).reshape(r, 1, 1, l, l), (r, self.kv_heads, self.groups, l, l))
+        mask = mask.reshape(r, self.kv_heads, self.groups * l, l)
         x = embeds
-        new_k = ()
-        new_v = ()
         for i in range(len(self.layers)):
-            x, k, v = self.layers[i](x, cos, sin, slots, mask, k_caches[i], v_caches[i])
-            new_k = new_k + (k,)
-            new_v = new_v + (v,)
-        return self.norm(x), new_k, new_v
+            x = self.layers[i].prefill(x, cos, sin, mask, stage_rows, k_stages[i], v_stages[i])
+        return self.norm(x)
 
-    def with_prefix(self, embeds, positions, own_slots, k_own, v_own, prefix_lens, k_prefix, v_prefix):
-        """Task rows: positions [n, c] for rotary embeddings, own_slots [n, c] in the row's own
-        cache, prefix_lens [n] valid slots of the row's clip prefix (prefix caches are per clip)."""
-        n, c = positions.shape
-        cos, sin = self._rotary(positions)
-        t, p = k_own[0].shape[2], k_prefix[0].shape[2]
-        own_visible = ops.arange(0, t, 1, dtype=ms.int32).reshape(1, 1, t) <= own_slots.reshape(n, c, 1)
-        prefix_visible = ops.arange(0, p, 1, dtype=ms.int32).reshape(1, 1, p) < prefix_lens.reshape(n, 1, 1)
-        own_mask = self._mask(own_visible, n, c, t)
-        prefix_mask = self._mask(ops.broadcast_to(prefix_visible, (n, c, p)), n, c, p)
-        slots = self._slot_index(own_slots)
+    def step(self, embeds, positions, slot_rows, k_caches, v_caches, span):
+        """embeds [n, hidden], each slot's new token at positions [n] (its cache length so far);
+        slot_rows [n * kv] are the cache rows of position 0 of each slot's heads."""
+        n = positions.shape[0]
+        cos = ops.gather(self.cos_table, positions, 0).reshape(n, 1, 1, self.head_dim)
+        sin = ops.gather(self.sin_table, positions, 0).reshape(n, 1, 1, self.head_dim)
+        write_rows = slot_rows + ops.broadcast_to(positions.reshape(n, 1), (n, self.kv_heads)).reshape(-1)
+        visible = ops.arange(0, span, 1, dtype=ms.int32).reshape(1, span) <= positions.reshape(n, 1)
+        mask = ops.broadcast_to(additive_mask(visible).reshape(n, 1, 1, span), (n, self.kv_heads, self.groups, span))
         x = embeds
-        new_k = ()
-        new_v = ()
         for i in range(len(self.layers)):
-            x, k, v = self.layers[i].with_prefix(x, cos, sin, slots, own_mask, k_own[i], v_own[i], prefix_mask,
-                                                 k_prefix[i], v_prefix[i])
-            new_k = new_k + (k,)
-            new_v = new_v + (v,)
-        return self.norm(x), new_k, new_v
+            x = self.layers[i].step(x, cos, sin, write_rows, mask, k_caches[i], v_caches[i], span)
+        return self.norm(x)
 
 
 class LanguageModel(nn.Cell):

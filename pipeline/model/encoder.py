@@ -1,16 +1,14 @@
 """Qwen2-Audio's audio encoder (Whisper-style) and projector, for a bucket of any frame count.
 
-The reference always runs 3000 mel frames (30 s). Here the encoder runs the bucket's frame count F:
-the convolutions see F frames, only the first F/2 positional embeddings are added, and keys past
-each clip's length are masked exactly as the reference masks them. A clip's valid audio tokens then
-match the 30 s reference, for a fraction of the work (see shapes.BUCKET_MARGIN_FRAMES for why a
-clip needs a few frames of margin before the bucket edge).
+The reference always runs 3000 mel frames (30 s) per clip, most of them padding. Here several clips
+share a row (pipeline.model.packing): each clip's valid audio tokens match the 30 s reference, and
+the padding the encoder computes is a few frames per clip.
 """
 
 import mindspore as ms
 from mindspore import nn, ops
 
-from pipeline.model.layers import Conv1d, Embedding, LayerNorm, Linear
+from pipeline.model.layers import MASKED, Conv1d, Embedding, LayerNorm, Linear
 
 
 class EncoderAttention(nn.Cell):
@@ -55,7 +53,12 @@ class EncoderLayer(nn.Cell):
 
 
 class AudioEncoder(nn.Cell):
-    """features [B, n_mels, F] and an additive key mask [B, 1, 1, F/2] -> [B, F/4, audio_dim]."""
+    """Packed rows of clips (pipeline.model.packing.EncoderRow) -> [E, F/4, audio_dim].
+
+    features [E, n_mels, F]; frame_keep [E, 1, F] zeroes the first convolution's output outside each
+    clip; position_ids [E, F/2] restart at each clip; a position attends to the keys whose key id
+    equals its query id (its own clip's valid positions).
+    """
 
     def __init__(self, spec, dtype):
         super().__init__()
@@ -69,17 +72,19 @@ class AudioEncoder(nn.Cell):
         self.layer_norm = LayerNorm(dim, dtype)
         self.heads = spec.audio_heads
 
-    def construct(self, features, key_mask):
-        x = ops.gelu(self.conv1(features), approximate="none")
+    def construct(self, features, frame_keep, position_ids, query_ids, key_ids):
+        x = ops.gelu(self.conv1(features), approximate="none") * frame_keep
         x = ops.gelu(self.conv2(x), approximate="none")
         x = x.transpose(0, 2, 1)
         b, t, d = x.shape
-        x = x + self.embed_positions.weight[:t]
+        x = x + self.embed_positions(position_ids)
+        visible = query_ids.reshape(b, t, 1) == key_ids.reshape(b, 1, t)
+        mask = ops.select(visible, ops.zeros((b, t, t), ms.float32), ops.fill(ms.float32, (b, t, t), MASKED))
         # Broadcast the mask to the scores' shape once: on MindSpore's CPU backend a broadcasting
         # add inside every layer defeats memory reuse, and each layer's scores would stay alive.
-        key_mask = ops.broadcast_to(key_mask, (b, self.heads, t, t))
+        mask = ops.broadcast_to(mask.reshape(b, 1, t, t), (b, self.heads, t, t))
         for layer in self.layers:
-            x = layer(x, key_mask)
+            x = layer(x, mask)
         # AvgPool1d(kernel 2, stride 2) over time.
         x = x.reshape(b, t // 2, 2, d).mean(2)
         return self.layer_norm(x)

@@ -1,44 +1,43 @@
-"""Batched generation over fixed shapes: the host-side loop around the three compiled graphs.
+"""Continuous-batching generation over fixed shapes: the host side of the four graphs.
 
-For a batch of clips in one bucket: the prefix graph encodes the audio and prefills the shared
-prompt prefix once per clip; the task graph fans each clip out to one row per task and prefills
-the task's suffix; the step graph then decodes all rows together until every row has produced an
-end-of-sequence token or its task's token budget. Short batches are padded with dummy clips, so
-nothing but the declared shapes ever reaches MindSpore.
+The Scheduler decides what runs next; this module turns its decisions into graph inputs (via the
+packers), runs the graphs, and reports back. Clips may be submitted at any time, by several
+callers; each caller gets its clips' tokens when the last of their task rows ends.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 import mindspore as ms
 
 from pipeline import shapes
-from pipeline.model.decoder import MASKED
-from pipeline.model.graph_shapes import BucketShape
-from pipeline.model.graphs import PrefixGraph, Qwen2Audio, StepGraph, TaskGraph, compiled_graph_count
+from pipeline.model.graph_shapes import AUDIO_BLOCKS, MAX_CLIPS_PER_ROW, STAGE_BLOCKS, EngineShape
+from pipeline.model.graphs import (
+    EncodeGraph,
+    InsertGraph,
+    ModelState,
+    PrefillGraph,
+    Qwen2Audio,
+    StepGraph,
+    compiled_graph_count,
+)
 from pipeline.model.model_plan import Sampling
-from pipeline.model.stats import GenerationStats
+from pipeline.model.packing import pack_encoder_row, pack_prefill_row, prompt_tokens
 from pipeline.model.prompts import PromptPlan
+from pipeline.model.scheduler import ClipJob, Encode, Insert, Prefill, RowJob, Scheduler, Step
+from pipeline.model.stats import GenerationStats
 
 
-@dataclass
-class Generation:
-    tokens: list[list[list[int]]]  # [clip][task] -> generated ids, end-of-sequence excluded
-    stats: GenerationStats = field(default_factory=GenerationStats)
-    first_logits: np.ndarray | None = None  # [clips * tasks, vocab], when asked for
-
-
-def encoder_key_mask(valid_frames: list[int], bucket_frames: int) -> np.ndarray:
-    """Additive mask [B, 1, 1, F/2] hiding encoder positions past each clip, as the reference does."""
-    positions = shapes.encoder_positions(bucket_frames)
-    valid = np.asarray([shapes.encoder_positions(x) for x in valid_frames])
-    mask = np.where(np.arange(positions)[None, :] < valid[:, None], 0.0, MASKED).astype(np.float32)
-    return mask.reshape(len(valid_frames), 1, 1, positions)
+@dataclass(frozen=True)
+class ClipInput:
+    key: str  # identifies the clip; seeds its sampling draws
+    features: np.ndarray  # [n_mels, >= valid_frames + 2] log-mel frames (packing.TRAILING_FRAMES)
+    valid_frames: int
 
 
 def row_seed(key: str, task_index: int, seed: int) -> int:
@@ -48,179 +47,190 @@ def row_seed(key: str, task_index: int, seed: int) -> int:
 
 
 class Generator:
-    def __init__(self, model: Qwen2Audio, spec, plan: PromptPlan, declared: dict[float, BucketShape],
-                 task_max_new_tokens: list[int], dtype, sampling: Sampling):
-        self.model, self.spec, self.plan = model, spec, plan
-        self.declared = declared
-        self.budgets = np.asarray(task_max_new_tokens, dtype=np.int64)
-        self.dtype = dtype
+    def __init__(self, model: Qwen2Audio, spec, prompts: PromptPlan, shape: EngineShape, budgets: list[int],
+                 dtype, sampling: Sampling):
+        self.spec, self.prompts, self.shape = spec, prompts, shape
+        self.budgets = list(budgets)
         self.sampling = sampling
-        self._graphs: dict[float, tuple[PrefixGraph, TaskGraph, StepGraph]] = {}
-        self.eos = frozenset(plan.eos_ids)
-        self.filler = plan.eos_ids[0]  # the input fed to rows that have already stopped
+        self.state = ModelState(spec, shape, dtype)
+        sample = not sampling.greedy
+        self.encode_graph = EncodeGraph(model, self.state)
+        self.prefill_graph = PrefillGraph(model, self.state, sample)
+        self.insert_graph = InsertGraph(spec, self.state, shape.span)
+        self.step_graph = StepGraph(model, self.state, spec, shape.slots, shape.span, sample)
+        self.scheduler = Scheduler(shape.slots, shape.row_frames, shape.prefill_len, MAX_CLIPS_PER_ROW,
+                                   AUDIO_BLOCKS, STAGE_BLOCKS, shape.insert_rows, prompts.eos_ids)
+        self.features: dict[ClipJob, np.ndarray] = {}
+        self.stats = GenerationStats()
+        self.keep_first_logits = False
+        self.first_logits: dict[tuple[str, int], np.ndarray] = {}
+        temperature = max(sampling.temperature, 1e-6)
+        self._temperature = {n: ms.Tensor(np.full((n, 1), temperature, np.float32))
+                             for n in (shape.first_tokens, shape.slots)}
+        self._top_p = {n: ms.Tensor(np.full((n, 1), sampling.top_p, np.float32))
+                       for n in (shape.first_tokens, shape.slots)}
 
-    def graphs_for(self, bucket_s: float):
-        if bucket_s not in self._graphs:
-            shape = self.declared[bucket_s]
-            self._graphs[bucket_s] = (
-                PrefixGraph(self.model, self.spec, len(self.plan.head), self.dtype),
-                TaskGraph(self.model, self.spec, shape.own_len, self.dtype, not self.sampling.greedy),
-                StepGraph(self.model, not self.sampling.greedy),
-            )
-        return self._graphs[bucket_s]
+    @property
+    def graphs(self):
+        return (self.encode_graph, self.prefill_graph, self.insert_graph, self.step_graph)
 
     @property
     def graphs_compiled(self) -> int:
-        return compiled_graph_count(g for graphs in self._graphs.values() for g in graphs)
+        return compiled_graph_count(self.graphs)
 
-    def _prefix_inputs(self, shape: BucketShape, features: np.ndarray, valid_frames: list[int]):
-        b, f, p = shape.batch, shape.frames, shape.prefix_len
-        n = len(valid_frames)
-        feats = np.zeros((b, self.spec.n_mels, f), dtype=np.float32)
-        feats[:n] = features
-        # Dummy rows see a full bucket so that no row's attention is entirely masked.
-        frames = list(valid_frames) + [f] * (b - n)
-        key_mask = encoder_key_mask(frames, f)
-        ids = np.zeros((b, p), dtype=np.int32)
-        audio_mask = np.zeros((b, p), dtype=bool)
-        head, tail = list(self.plan.head), list(self.plan.tail)
-        prefix_lens = []
-        for row, frame_count in enumerate(frames):
-            tokens = shapes.audio_tokens(frame_count)
-            prompt = head + [self.plan.audio_token_id] * tokens + tail
-            ids[row, : len(prompt)] = prompt
-            audio_mask[row, len(head): len(head) + tokens] = True
-            prefix_lens.append(len(prompt))
-        return (
-            ms.Tensor(feats).astype(self.dtype),
-            ms.Tensor(key_mask),
-            ms.Tensor(ids),
-            ms.Tensor(audio_mask),
-        ), np.asarray(prefix_lens, dtype=np.int64)
+    # --- submitting and running ----------------------------------------------------------------
 
-    def _task_inputs(self, shape: BucketShape, prefix_lens: np.ndarray):
-        """Row r serves clip r // tasks and task r % tasks; its suffix starts after its clip's prefix."""
-        rows = shape.rows
-        clip_of_row = np.arange(rows) // shape.tasks
-        task_of_row = np.arange(rows) % shape.tasks
-        suffix_lens = np.asarray([len(self.plan.suffixes[t]) for t in task_of_row])
-        ids = np.zeros((rows, shape.suffix_len), dtype=np.int32)
-        for row, task in enumerate(task_of_row):
-            ids[row, : suffix_lens[row]] = self.plan.suffixes[task]
-        starts = prefix_lens[clip_of_row]
-        offsets = np.broadcast_to(np.arange(shape.suffix_len, dtype=np.int32), (rows, shape.suffix_len))
-        positions = (starts[:, None] + offsets).astype(np.int32)
-        tensors = (ms.Tensor(starts.astype(np.int32)), ms.Tensor(ids), ms.Tensor(positions),
-                   ms.Tensor(np.ascontiguousarray(offsets)), ms.Tensor((suffix_lens - 1).astype(np.int32)))
-        return tensors, (clip_of_row, task_of_row, suffix_lens, starts)
+    def submit(self, clips: list[ClipInput], owner=None) -> list[ClipJob]:
+        jobs = []
+        for index, clip in enumerate(clips):
+            if clip.valid_frames > shapes.WINDOW_FRAMES:
+                raise ValueError(f"clip {clip.key} has {clip.valid_frames} frames, more than the 30 s window")
+            tokens = shapes.audio_tokens(clip.valid_frames)
+            job = ClipJob(clip.key, clip.valid_frames, tokens, prompt_tokens(self.prompts, tokens), owner, index)
+            self.features[job] = clip.features
+            self.scheduler.submit(job, self.shape.tasks)
+            jobs.append(job)
+        return jobs
 
-    def _empty_caches(self, rows: int, length: int):
-        zeros = tuple(ms.Tensor(np.zeros((rows, self.spec.kv_heads, length, self.spec.head_dim), np.float32))
-                      .astype(self.dtype) for _ in range(self.spec.layers))
-        return ms.mutable(zeros)
+    def run_once(self) -> list[ClipJob] | None:
+        """Run the scheduler's next action; -> clips that finished, or None when there is nothing to do."""
+        action = self.scheduler.next_action()
+        if action is None:
+            return None
+        start = time.perf_counter()
+        finished: list[ClipJob] = []
+        if isinstance(action, Encode):
+            self._encode(action)
+            self.stats.encode_s += time.perf_counter() - start
+        elif isinstance(action, Prefill):
+            finished = self._prefill(action)
+            self.stats.prefill_s += time.perf_counter() - start
+        elif isinstance(action, Insert):
+            self._insert(action)
+            self.stats.insert_s += time.perf_counter() - start
+        elif isinstance(action, Step):
+            finished = self._step()
+            self.stats.steps_s += time.perf_counter() - start
+        return finished
+
+    def generate(self, clips: list[ClipInput]) -> list[list[list[int]]]:
+        """All of clips, start to finish: -> [clip][task] generated token ids (end-of-sequence excluded)."""
+        jobs = self.submit(clips)
+        while self.run_once() is not None:
+            pass
+        return [job.tokens for job in jobs]
 
     def precompile(self) -> None:
-        """Compile every declared graph now, bucket by bucket in declared order, with inputs built by
-        the same code generate() uses. A fixed order is what lets MindSpore's compile cache (keyed
-        by compile position) serve later processes; compiling up front also keeps compile time out
-        of the first batches."""
-        for bucket_s, shape in self.declared.items():
-            prefix_graph, task_graph, step_graph = self.graphs_for(bucket_s)
-            features = np.zeros((1, self.spec.n_mels, shape.frames), dtype=np.float32)
-            prefix_inputs, prefix_lens = self._prefix_inputs(shape, features, [shape.frames])
-            prefix_graph.compile(*prefix_inputs)
-            task_inputs, _ = self._task_inputs(shape, prefix_lens)
-            sampling = self._sampling_inputs(None, shape.rows)
-            prefix_caches = self._empty_caches(shape.batch, shape.prefix_len)
-            task_graph.compile(prefix_caches, prefix_caches, *task_inputs, *sampling)
-            ids = ms.Tensor(np.zeros((shape.rows, 1), np.int32))
-            own = self._empty_caches(shape.rows, shape.own_len)
-            step_graph.compile(ids, ids, ids, own, own, task_inputs[0], prefix_caches, prefix_caches, *sampling)
+        """Compile the four graphs now, in a fixed order, with inputs built the way the run builds
+        them. A fixed order is what lets MindSpore's compile cache (keyed by compile position)
+        serve later processes; compiling up front also keeps compile time out of the first batches."""
+        row = pack_encoder_row([], [], self.shape.row_frames, self.shape.n_mels)
+        self.encode_graph.compile(*self._encode_inputs(row, 0))
+        prefill_row = pack_prefill_row(self.prompts, [], self.shape.prefill_len, self.shape.audio_rows - 1)
+        self.prefill_graph.compile(*self._prefill_inputs(prefill_row, 0, [], []))
+        self.insert_graph.compile(*self._insert_inputs([((self.shape.stage_rows - 1,), 0)]))
+        self.step_graph.compile(*self._step_inputs())
 
-    def _draws(self, keys: list[str], shape: BucketShape):
-        """Per-row random streams for sampling; None when greedy."""
+    # --- actions -------------------------------------------------------------------------------
+
+    def _encode_inputs(self, row, block: int):
+        first = block * self.shape.row_tokens
+        arena_rows = np.arange(first, first + self.shape.row_tokens, dtype=np.int32)
+        return (ms.Tensor(row.features[None]), ms.Tensor(row.frame_keep.reshape(1, 1, -1)),
+                ms.Tensor(row.position_ids[None]), ms.Tensor(row.query_ids[None]), ms.Tensor(row.key_ids[None]),
+                ms.Tensor(arena_rows))
+
+    def _encode(self, action: Encode) -> None:
+        features = [self.features.pop(clip) for clip in action.clips]
+        row = pack_encoder_row(features, [c.valid_frames for c in action.clips], self.shape.row_frames,
+                               self.shape.n_mels)
+        self.encode_graph(*self._encode_inputs(row, action.block))
+        first = action.block * self.shape.row_tokens
+        self.scheduler.encoded_row(action, [first + offset for offset in row.token_offsets])
+        self.stats.valid_frames += sum(c.valid_frames for c in action.clips)
+        self.stats.computed_frames += self.shape.row_frames
+        self.stats.encoder_rows += 1
+
+    def _prefill_inputs(self, row, block: int, draws: list[float], last: list[int]):
+        q = self.shape.first_tokens
+        length = self.shape.prefill_len
+        last_index = np.zeros(q, np.int32)
+        last_index[: len(last)] = last
+        u = np.zeros((q, 1), np.float32)
+        u[: len(draws), 0] = draws
+        stage_rows = np.arange(block * length, (block + 1) * length, dtype=np.int32)
+        return (ms.Tensor(row.ids[None]), ms.Tensor(row.audio_rows[None]), ms.Tensor(row.is_audio[None]),
+                ms.Tensor(row.positions[None]), ms.Tensor(row.clip_ids[None]), ms.Tensor(row.segment_ids[None]),
+                ms.Tensor(stage_rows), ms.Tensor(last_index), self._temperature[q], self._top_p[q], ms.Tensor(u))
+
+    def _prefill(self, action: Prefill) -> list[ClipJob]:
+        row = pack_prefill_row(self.prompts, [(c.audio_row, c.audio_tokens) for c in action.clips],
+                               self.shape.prefill_len, self.shape.audio_rows - 1)
+        streams, last = [], []
+        for clip, tasks in zip(action.clips, row.tasks):
+            for task, prompt in enumerate(tasks):
+                streams.append(self._stream(clip.key, task))
+                last.append(prompt.last)
+        draws = [s() if s else 0.0 for s in streams]
+        tokens, logits = self.prefill_graph(*self._prefill_inputs(row, action.block, draws, last))
+        tokens = tokens.asnumpy()
+        if self.keep_first_logits:
+            logits = logits.asnumpy()
+        base = action.block * self.shape.prefill_len
+        rows, q = [], 0
+        for clip, tasks in zip(action.clips, row.tasks):
+            for task, prompt in enumerate(tasks):
+                rows.append(RowJob(clip, task, tuple(base + t for t in prompt.tokens), action.block,
+                                   self.budgets[task], int(tokens[q]), streams[q]))
+                if self.keep_first_logits:
+                    self.first_logits[(clip.key, task)] = logits[q]
+                q += 1
+        used = sum(c.prompt_tokens for c in action.clips)
+        self.stats.valid_tokens += used
+        self.stats.computed_tokens += self.shape.prefill_len
+        self.stats.prefill_rows += 1
+        return self.scheduler.prefilled(action, rows)
+
+    def _stream(self, key: str, task: int):
         if self.sampling.greedy:
             return None
-        streams = []
-        for row in range(shape.rows):
-            clip, task = divmod(row, shape.tasks)
-            key = keys[clip] if clip < len(keys) else f"\0padding{clip}"
-            streams.append(np.random.default_rng(row_seed(key, task, self.sampling.seed)))
-        return streams
+        return np.random.default_rng(row_seed(key, task, self.sampling.seed)).random
 
-    def _sampling_inputs(self, streams, rows: int):
-        temperature = np.full((rows, 1), max(self.sampling.temperature, 1e-6), dtype=np.float32)
-        top_p = np.full((rows, 1), self.sampling.top_p, dtype=np.float32)
-        u = np.zeros((rows, 1), dtype=np.float32) if streams is None else np.asarray(
-            [[s.random()] for s in streams], dtype=np.float32)
-        return ms.Tensor(temperature), ms.Tensor(top_p), ms.Tensor(u)
+    def _insert_inputs(self, entries: list[tuple[tuple[int, ...], int]]):
+        """entries: (staging rows of a prompt, slot); padded by repeating the last entry."""
+        shape = self.shape
+        entries = entries + [entries[-1]] * (shape.insert_rows - len(entries))
+        src = np.full((shape.insert_rows, shape.prompt_span), shape.stage_rows - 1, np.int32)
+        for i, (rows, _) in enumerate(entries):
+            src[i, : len(rows)] = rows
+        slot_rows = np.asarray([slot * self.spec.kv_heads * shape.span for _, slot in entries], np.int32)
+        return ms.Tensor(src), ms.Tensor(slot_rows)
 
-    def generate(self, bucket_s: float, features: np.ndarray, valid_frames: list[int], keys: list[str],
-                 keep_first_logits: bool = False) -> Generation:
-        """features [n, n_mels, bucket frames] for n <= batch clips with their valid frame counts;
-        keys identify the clips (they seed sampling)."""
-        shape = self.declared[bucket_s]
-        n = len(valid_frames)
-        if not 0 < n <= shape.batch or features.shape[0] != n or features.shape[2] != shape.frames:
-            raise ValueError(f"batch of {n} clips x {features.shape[2]} frames does not fit {shape}")
-        if max(valid_frames) > shape.frames:
-            raise ValueError(f"a clip has {max(valid_frames)} frames, more than bucket {bucket_s} s holds")
-        prefix_graph, task_graph, step_graph = self.graphs_for(bucket_s)
-        stats = GenerationStats()
-        k_tasks, rows = shape.tasks, shape.rows
+    def _insert(self, action: Insert) -> None:
+        self.insert_graph(*self._insert_inputs([(row.src, slot) for row, slot in zip(action.rows, action.slots)]))
+        self.scheduler.inserted(action)
+        self.stats.inserted_rows += len(action.rows)
+        self.stats.insert_calls += 1
 
-        t0 = time.perf_counter()
-        prefix_inputs, prefix_lens = self._prefix_inputs(shape, features, valid_frames)
-        k_prefix, v_prefix = prefix_graph(*prefix_inputs)
-        stats.prefix_s = time.perf_counter() - t0
+    def _step_inputs(self):
+        n = self.shape.slots
+        ids = np.full(n, self.prompts.eos_ids[0], np.int32)
+        positions = np.zeros(n, np.int32)
+        u = np.zeros((n, 1), np.float32)
+        for slot, row in enumerate(self.scheduler.slots):
+            if row is not None:
+                ids[slot], positions[slot] = row.next_token, row.position
+                if row.draw is not None:
+                    u[slot, 0] = row.draw()
+        return ms.Tensor(ids), ms.Tensor(positions), self._temperature[n], self._top_p[n], ms.Tensor(u)
 
-        streams = self._draws(keys, shape)
-        t0 = time.perf_counter()
-        task_inputs, rows_info = self._task_inputs(shape, prefix_lens)
-        clip_of_row, task_of_row, suffix_lens, starts = rows_info
-        k_prefix, v_prefix = ms.mutable(k_prefix), ms.mutable(v_prefix)
-        tokens, logits, k_own, v_own = task_graph(k_prefix, v_prefix, *task_inputs,
-                                                  *self._sampling_inputs(streams, rows))
-        next_ids = tokens.asnumpy()
-        stats.tasks_s = time.perf_counter() - t0
-        first_logits = logits.asnumpy()[: n * k_tasks] if keep_first_logits else None
-
-        generated = [[] for _ in range(rows)]
-        done = clip_of_row >= n  # padding clips never count
-        budgets = self.budgets[task_of_row]
-        slot = suffix_lens.copy()  # where each row's next input token goes in its own cache
-        last_slot = shape.own_len - 1
-        row_prefix_lens = task_inputs[0]
-        t0 = time.perf_counter()
-        step = 0
-        while True:
-            for row in np.flatnonzero(~done):
-                token = int(next_ids[row])
-                if token in self.eos:
-                    done[row] = True
-                    continue
-                generated[row].append(token)
-                if len(generated[row]) >= budgets[row]:
-                    done[row] = True
-            if done.all():
-                break
-            step_ids = np.where(done, self.filler, next_ids).astype(np.int32).reshape(rows, 1)
-            step_slots = np.minimum(slot, last_slot).astype(np.int32).reshape(rows, 1)
-            stats.valid_tokens += int((~done).sum())
-            tokens, _, k_own, v_own = step_graph(
-                ms.Tensor(step_ids), ms.Tensor(starts.reshape(rows, 1).astype(np.int32) + step_slots),
-                ms.Tensor(step_slots), ms.mutable(k_own), ms.mutable(v_own), row_prefix_lens, k_prefix, v_prefix,
-                *self._sampling_inputs(streams, rows),
-            )
-            next_ids = tokens.asnumpy()
-            slot = slot + 1
-            step += 1
-        stats.steps_s = time.perf_counter() - t0
-        stats.decode_steps = step
-        stats.computed_tokens += step * rows + shape.batch * shape.prefix_len + rows * shape.suffix_len
-        stats.valid_tokens += int(prefix_lens[:n].sum()) + int(suffix_lens[: n * k_tasks].sum())
-        stats.valid_frames = int(sum(valid_frames))
-        stats.computed_frames = shape.batch * shape.frames
-        stats.generated_tokens = sum(len(g) for g in generated[: n * k_tasks])
-        tokens_out = [[generated[clip * k_tasks + t] for t in range(k_tasks)] for clip in range(n)]
-        return Generation(tokens=tokens_out, stats=stats, first_logits=first_logits)
+    def _step(self) -> list[ClipJob]:
+        active = self.scheduler.active
+        tokens, _ = self.step_graph(*self._step_inputs())
+        finished = self.scheduler.stepped(tokens.asnumpy())
+        self.stats.decode_steps += 1
+        self.stats.row_steps += self.shape.slots
+        self.stats.useful_row_steps += active
+        self.stats.valid_tokens += active
+        self.stats.computed_tokens += self.shape.slots
+        return finished

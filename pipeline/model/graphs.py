@@ -1,24 +1,32 @@
-"""The model and the three graphs compiled per audio bucket.
+"""The model, the state it keeps between calls, and the four graphs that run it.
 
-- PrefixGraph (B clips): encode the audio, project it, splice it into the shared prompt prefix
-  (everything up to and including <|audio_eos|>) and prefill that prefix once per clip.
-- TaskGraph (N = B x tasks rows): prefill each row's task suffix into the row's own cache,
-  attending over its clip's prefix cache (read in place, never copied), and pick the first token.
-- StepGraph (N rows): one decode step over the prefix caches and the rows' own caches.
+State (MindSpore Parameters, updated in place, never rebuilt):
+- audio arena [blocks * F/4 + 1, hidden]: the encoder writes each packed row's projected audio
+  tokens to one block; prefill reads them by row index. The last row is a trash row.
+- staging caches, per layer [blocks * L + 1, kv * d]: keys and values of every prefilled token;
+  each block holds one prefill row. The last row is a trash row.
+- slot caches, per layer [slots * kv * span, d]: each decode slot's prompt and generated tokens.
 
-Each graph instance serves exactly one declared shape, so the number of compiled graphs is the
-number of instances used (counted from MindSpore's own per-cell compile cache).
+Graphs (one compiled graph each; nothing but declared shapes ever reaches them):
+- EncodeGraph: one packed row of clips' mel frames -> audio tokens in the arena.
+- PrefillGraph: packed rows of prompts (audio from the arena) -> staging caches, and the first
+  token of every task row.
+- InsertGraph: copies task rows' prompts from the staging caches into decode slots.
+- StepGraph: one decode step for every slot.
+The graphs never learn about manifests, clips or rows: they see indices.
 """
 
+import numpy as np
+
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from pipeline.model.decoder import LanguageModel
 from pipeline.model.encoder import AudioEncoder, Projector
 
 
 class Qwen2Audio(nn.Cell):
-    """Holds every parameter, named as in the published checkpoints."""
+    """Holds every weight, named as in the published checkpoints."""
 
     def __init__(self, spec, dtype):
         super().__init__()
@@ -27,8 +35,30 @@ class Qwen2Audio(nn.Cell):
         self.language_model = LanguageModel(spec, dtype)
 
 
-def _choose(logits, temperature, top_p, u, sampling: bool):
-    """Next token per row: argmax, or top-p sampling driven by a per-row uniform draw u."""
+def _state(shape, dtype, name: str) -> Parameter:
+    return Parameter(Tensor(np.zeros(shape, np.float32)).astype(dtype), name=name, requires_grad=False)
+
+
+class ModelState(nn.Cell):
+    """The in-place state shared by the graphs (see the module docstring)."""
+
+    def __init__(self, spec, shapes, dtype):
+        super().__init__(auto_prefix=False)
+        kv_width = spec.kv_heads * spec.head_dim
+        self.audio = _state((shapes.audio_rows, spec.hidden), dtype, "state.audio")
+        self.k_stage = ParameterTuple(_state((shapes.stage_rows, kv_width), dtype, f"state.k_stage.{i}")
+                                         for i in range(spec.layers))
+        self.v_stage = ParameterTuple(_state((shapes.stage_rows, kv_width), dtype, f"state.v_stage.{i}")
+                                         for i in range(spec.layers))
+        cache_rows = shapes.slots * spec.kv_heads * shapes.span
+        self.k_cache = ParameterTuple(_state((cache_rows, spec.head_dim), dtype, f"state.k_cache.{i}")
+                                         for i in range(spec.layers))
+        self.v_cache = ParameterTuple(_state((cache_rows, spec.head_dim), dtype, f"state.v_cache.{i}")
+                                         for i in range(spec.layers))
+
+
+def choose(logits, temperature, top_p, u, sampling: bool):
+    """Next token per row: argmax, or top-p sampling driven by a per-row uniform draw u [n, 1]."""
     if not sampling:
         return ops.argmax(logits, -1).astype(ms.int32)
     probs = ops.softmax(logits / temperature, -1)
@@ -42,93 +72,92 @@ def _choose(logits, temperature, top_p, u, sampling: bool):
     return ops.gather_elements(order, 1, index).reshape(-1).astype(ms.int32)
 
 
-class PrefixGraph(nn.Cell):
-    """features [B, n_mels, F], encoder key mask [B,1,1,F/2], prefix ids and audio positions [B, P]
-    -> per-layer key/value caches [B, kv_heads, P, head_dim]."""
+class EncodeGraph(nn.Cell):
+    """features [1, n_mels, F] and the row layout (packing.EncoderRow) -> the row's F/4 projected
+    audio tokens written to arena rows [F/4]."""
 
-    def __init__(self, model: Qwen2Audio, spec, head_len: int, dtype):
+    def __init__(self, model: Qwen2Audio, state: ModelState):
         super().__init__(auto_prefix=False)
         self.encoder = model.audio_tower
         self.projector = model.multi_modal_projector
-        self.text = model.language_model.model
-        self.head_len = head_len
-        self.layers = spec.layers
-        self.kv_heads, self.head_dim = spec.kv_heads, spec.head_dim
-        self.dtype = dtype
+        self.state = state
 
-    def construct(self, features, key_mask, ids, audio_mask):
-        audio = self.projector(self.encoder(features, key_mask))
-        b, p = ids.shape
-        a = audio.shape[1]
-        # Audio tokens start right after the prompt head, the same offset for every row.
-        audio = ops.pad(audio, (0, 0, self.head_len, p - self.head_len - a))
-        embeds = ops.select(audio_mask.reshape(b, p, 1), audio, self.text.embed_tokens(ids))
-        positions = ops.broadcast_to(ops.arange(0, p, 1, dtype=ms.int32).reshape(1, p), (b, p))
-        empty = ()
-        for _ in range(self.layers):
-            empty = empty + (ops.zeros((b, self.kv_heads, p, self.head_dim), self.dtype),)
-        _, k_caches, v_caches = self.text(embeds, positions, empty, empty)
-        return k_caches, v_caches
+    def construct(self, features, frame_keep, position_ids, query_ids, key_ids, arena_rows):
+        audio = self.projector(self.encoder(features, frame_keep, position_ids, query_ids, key_ids))
+        written = ops.scatter_update(self.state.audio, arena_rows, audio.reshape(-1, audio.shape[-1]))
+        return ops.depend(arena_rows[:1], written)
 
 
-class TaskGraph(nn.Cell):
-    """Prefix caches [B, kv, P, d] per layer, each row's clip prefix length [N], suffix ids and
-    positions [N, C], own-cache slots [N, C], index of each row's last valid suffix token [N]
-    -> first tokens [N], their logits [N, V], the rows' own caches [N, kv, T, d]."""
+class PrefillGraph(nn.Cell):
+    """Packed prompt rows [r, l] (packing.PrefillRow) -> keys and values in the staging caches at
+    stage_rows [r * l]; the next token and its logits at the flat token indices `last` [q]."""
 
-    def __init__(self, model: Qwen2Audio, spec, own_len: int, dtype, sampling: bool):
+    def __init__(self, model: Qwen2Audio, state: ModelState, sampling: bool):
         super().__init__(auto_prefix=False)
         self.text = model.language_model.model
         self.lm_head = model.language_model.lm_head
-        self.own_len = own_len
-        self.kv_heads, self.head_dim = spec.kv_heads, spec.head_dim
-        self.dtype = dtype
+        self.state = state
         self.sampling = sampling
 
-    def construct(self, k_prefix, v_prefix, prefix_lens, ids, positions, own_slots, last_index, temperature, top_p,
-                  u):
-        n = ids.shape[0]
-        empty = ()
-        for _ in range(len(k_prefix)):
-            empty = empty + (ops.zeros((n, self.kv_heads, self.own_len, self.head_dim), self.dtype),)
-        hidden, k_own, v_own = self.text.with_prefix(self.text.embed_tokens(ids), positions, own_slots, empty, empty,
-                                                     prefix_lens, k_prefix, v_prefix)
-        last = ops.gather(hidden, last_index, 1, 1)
-        logits = self.lm_head(last).astype(ms.float32)
-        return _choose(logits, temperature, top_p, u, self.sampling), logits, k_own, v_own
+    def construct(self, ids, audio_rows, is_audio, positions, clip_ids, segment_ids, stage_rows, last,
+                  temperature, top_p, u):
+        r, l = ids.shape
+        audio = ops.gather(self.state.audio, audio_rows, 0)
+        embeds = ops.select(is_audio.reshape(r, l, 1), audio, self.text.embed_tokens(ids))
+        hidden = self.text.prefill(embeds, positions, clip_ids, segment_ids, stage_rows,
+                                   self.state.k_stage, self.state.v_stage)
+        picked = ops.gather(hidden.reshape(r * l, -1), last, 0)
+        logits = self.lm_head(picked).astype(ms.float32)
+        return choose(logits, temperature, top_p, u, self.sampling), logits
+
+
+class InsertGraph(nn.Cell):
+    """Copies prompts into decode slots: for each of i rows, the staging rows src [i, prompt_span]
+    go to positions 0.. of the slot whose cache rows start at slot_rows [i] (per kv head, see
+    decoder). Padding entries repeat a real one, so a padded call writes nothing new."""
+
+    def __init__(self, spec, state: ModelState, span: int):
+        super().__init__(auto_prefix=False)
+        self.state = state
+        self.layers = spec.layers
+        self.kv_heads, self.head_dim, self.span = spec.kv_heads, spec.head_dim, span
+
+    def construct(self, src, slot_rows):
+        i, p = src.shape
+        kv, d = self.kv_heads, self.head_dim
+        offsets = ops.arange(0, kv, 1, dtype=ms.int32).reshape(1, kv, 1) * self.span
+        rows = slot_rows.reshape(i, 1, 1) + offsets + ops.arange(0, p, 1, dtype=ms.int32).reshape(1, 1, p)
+        flat = src.reshape(-1)
+        done = slot_rows[:1]
+        for layer in range(self.layers):
+            for stage, cache in ((self.state.k_stage[layer], self.state.k_cache[layer]),
+                                 (self.state.v_stage[layer], self.state.v_cache[layer])):
+                values = ops.gather(stage, flat, 0).reshape(i, p, kv, d).transpose(0, 2, 1, 3)
+                done = ops.depend(done, ops.scatter_update(cache, rows, values))
+        return done
 
 
 class StepGraph(nn.Cell):
-    """One decode step: ids, positions and own-cache slots [N, 1], the rows' own caches and the
-    clips' prefix caches -> next tokens, logits, updated own caches."""
+    """One decode step for every slot: ids [n] at positions [n] -> next tokens [n] and logits."""
 
-    def __init__(self, model: Qwen2Audio, sampling: bool):
+    def __init__(self, model: Qwen2Audio, state: ModelState, spec, slots: int, span: int, sampling: bool):
         super().__init__(auto_prefix=False)
         self.text = model.language_model.model
         self.lm_head = model.language_model.lm_head
+        self.state = state
+        self.span = span
         self.sampling = sampling
+        # Row of position 0 of each slot's kv heads in the flat caches: constant for the shape.
+        first = (np.arange(slots * spec.kv_heads) * span).astype(np.int32)
+        self.slot_rows = Tensor(first)
 
-    def construct(self, ids, positions, own_slots, k_own, v_own, prefix_lens, k_prefix, v_prefix, temperature,
-                  top_p, u):
-        hidden, k_own, v_own = self.text.with_prefix(self.text.embed_tokens(ids), positions, own_slots, k_own, v_own,
-                                                     prefix_lens, k_prefix, v_prefix)
-        n, _, h = hidden.shape
-        logits = self.lm_head(hidden.reshape(n, h)).astype(ms.float32)
-        return _choose(logits, temperature, top_p, u, self.sampling), logits, k_own, v_own
+    def construct(self, ids, positions, temperature, top_p, u):
+        hidden = self.text.step(self.text.embed_tokens(ids), positions, self.slot_rows, self.state.k_cache,
+                                self.state.v_cache, self.span)
+        logits = self.lm_head(hidden).astype(ms.float32)
+        return choose(logits, temperature, top_p, u, self.sampling), logits
 
 
 def compiled_graph_count(graphs) -> int:
     """Graphs MindSpore actually compiled for these cells (one per distinct input signature)."""
     return sum(len(g.compile_cache) for g in graphs)
-
-
-class EncoderGraph(nn.Cell):
-    """Projected audio features alone, [B, F/4, hidden]: for encoder checks and benchmarks."""
-
-    def __init__(self, model: Qwen2Audio):
-        super().__init__(auto_prefix=False)
-        self.encoder = model.audio_tower
-        self.projector = model.multi_modal_projector
-
-    def construct(self, features, key_mask):
-        return self.projector(self.encoder(features, key_mask))

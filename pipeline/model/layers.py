@@ -6,8 +6,13 @@ initialisation of 7B parameters would only cost time. Every block compiles on th
 in graph mode (the fused `ops.layer_norm` does not, so LayerNorm uses the older primitive).
 """
 
+import numpy as np
+
 import mindspore as ms
 from mindspore import Parameter, nn, ops
+
+# The additive mask value for hidden keys, as the reference uses (the dtype's minimum).
+MASKED = float(np.finfo(np.float32).min)
 
 
 def _zeros(shape, dtype) -> Parameter:

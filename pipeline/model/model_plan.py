@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.model.checkpoint import resolve_checkpoint
-from pipeline.model.graph_shapes import BucketShape, clip_bytes, declare_shapes
+from pipeline.model.graph_shapes import EngineShape, declare_shape, slot_bytes
 from pipeline.model.prompts import PromptPlan, build_prompt_plan, eos_token_ids, resolve_style
 from pipeline.model.spec import ModelSpec
 
@@ -42,15 +42,12 @@ class ModelPlan:
     device: str  # "ascend" or "cpu"
     dtype: str  # "bf16", "fp16" or "fp32"
     sampling: Sampling
-    declared: dict[float, BucketShape]
+    shape: EngineShape
 
     @property
     def style(self) -> str:
         return self.prompts.style
 
-    @property
-    def batch_sizes(self) -> dict[float, int]:
-        return {bucket: shape.batch for bucket, shape in self.declared.items()}
 
     def checkpoint_identity(self) -> dict:
         """What identifies the weights without hashing gigabytes: file names, sizes and revision."""
@@ -59,7 +56,7 @@ class ModelPlan:
         return {"revision": self.revision, "files": {p.name: p.stat().st_size for p in files}}
 
     def compile_cache_key(self, mindspore_version: str) -> str:
-        payload = [self.spec.fingerprint(), [asdict(s) for s in self.declared.values()], self.dtype,
+        payload = [self.spec.fingerprint(), asdict(self.shape), self.dtype,
                    self.device, self.sampling.greedy, mindspore_version]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -72,9 +69,23 @@ def resolve_dtype(requested: str, device: str) -> str:
     return "bf16" if device == "ascend" else "fp32"
 
 
-def plan_model(config, tasks, device: str, batch_sizes_for_budget) -> ModelPlan:
-    """Build the plan for a resolved device. batch_sizes_for_budget is the planner's function
-    (buckets, bytes_per_clip, budget_bytes, max_batch) -> {bucket: batch size}."""
+def decode_slots(config, spec: ModelSpec, span: int, dtype: str) -> int:
+    """Decode slots: the configured number, or as many as the memory budget holds (at most
+    MAX_AUTO_SLOTS: more slots read the weights fewer times per token, but a run's last rows then
+    decode with more slots idle)."""
+    if config.decode_slots:
+        return config.decode_slots
+    per_slot = slot_bytes(spec, span, dtype)
+    return max(1, min(MAX_AUTO_SLOTS, int(config.memory_budget_gb * 2**30 * SLOT_SHARE // per_slot)))
+
+
+# The share of the memory budget decode slots may take; the rest is the graphs' working memory.
+SLOT_SHARE = 0.5
+MAX_AUTO_SLOTS = 32
+
+
+def plan_model(config, tasks, device: str) -> ModelPlan:
+    """Build the plan for a resolved device."""
     from transformers import AutoProcessor
 
     model_dir, revision = resolve_checkpoint(config.model, config.revision)
@@ -85,18 +96,11 @@ def plan_model(config, tasks, device: str, batch_sizes_for_budget) -> ModelPlan:
                                 eos_token_ids(model_dir, processor.tokenizer, style))
     dtype = resolve_dtype(config.dtype, device)
     max_new_tokens = tuple(t.max_new_tokens for t in tasks)
-    # Shapes for one clip first: they give each bucket's per-clip memory, which sizes its batches.
-    single = declare_shapes(config.buckets_s, dict.fromkeys(config.buckets_s, 1), prompts, max(max_new_tokens),
-                            spec.max_positions)
-    batch_sizes = batch_sizes_for_budget(
-        config.buckets_s,
-        lambda bucket_s: clip_bytes(spec, single[bucket_s], dtype, reuses_layer_memory=device == "ascend"),
-        int(config.memory_budget_gb * 2**30),
-        config.max_batch,
-    )
-    declared = {bucket_s: replace(shape, batch=batch_sizes[bucket_s]) for bucket_s, shape in single.items()}
+    probe = declare_shape(prompts, list(max_new_tokens), 1, spec.max_positions, spec.n_mels)
+    shape = declare_shape(prompts, list(max_new_tokens), decode_slots(config, spec, probe.span, dtype),
+                          spec.max_positions, spec.n_mels)
     return ModelPlan(
         model_dir=str(model_dir), revision=revision, spec=spec, prompts=prompts,
         task_names=tuple(t.name for t in tasks), max_new_tokens=max_new_tokens, device=device, dtype=dtype,
-        sampling=Sampling(config.temperature, config.top_p, config.seed), declared=declared,
+        sampling=Sampling(config.temperature, config.top_p, config.seed), shape=shape,
     )

@@ -1,20 +1,42 @@
-"""Per-batch generation counts, summed by the runner into run.json (no MindSpore here)."""
+"""Generation counts and timings, summed by the runner into run.json (no MindSpore here)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 
 
 @dataclass
 class GenerationStats:
-    """Counts for padding efficiency and timing."""
+    """Work done and work computed, per graph: padding efficiency is valid / computed."""
 
-    valid_frames: int = 0
-    computed_frames: int = 0
-    valid_tokens: int = 0
-    computed_tokens: int = 0
-    generated_tokens: int = 0
+    valid_frames: int = 0  # mel frames of real clips encoded
+    computed_frames: int = 0  # mel frames the encoder computed (rows x row frames)
+    valid_tokens: int = 0  # prompt tokens prefilled and tokens fed to active decode slots
+    computed_tokens: int = 0  # token positions computed by prefill rows and decode steps
+    encoder_rows: int = 0
+    prefill_rows: int = 0
+    inserted_rows: int = 0
+    insert_calls: int = 0
     decode_steps: int = 0
-    prefix_s: float = 0.0
-    tasks_s: float = 0.0
+    row_steps: int = 0  # decode slots x steps
+    useful_row_steps: int = 0  # slots that held a live row during a step
+    generated_tokens: int = 0
+    encode_s: float = 0.0
+    prefill_s: float = 0.0
+    insert_s: float = 0.0
     steps_s: float = 0.0
+
+    @property
+    def model_s(self) -> float:
+        return self.encode_s + self.prefill_s + self.insert_s + self.steps_s
+
+    def add(self, other: GenerationStats) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def taken(self) -> GenerationStats:
+        """These counts, and zeros in their place (for per-part reporting)."""
+        snapshot = GenerationStats(**asdict(self))
+        for f in fields(self):
+            setattr(self, f.name, type(getattr(self, f.name))())
+        return snapshot

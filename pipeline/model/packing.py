@@ -1,0 +1,158 @@
+"""Packing several clips into one fixed-shape row: host-side layouts, pure numpy (no MindSpore).
+
+Two packings, both exact (a clip's results are bit-for-bit what it gets alone, padded to 30 s):
+
+- Encoder rows (`pack_encoder_row`): clips share one row of mel frames. Each clip brings its valid
+  frames plus the two log-mel padding frames the reference's convolutions read past its end; a zero
+  frame stands before each clip (the convolution's own zero padding), and clips start on multiples
+  of 4 frames so that the stride-2 convolution and the average pool never straddle two clips. The
+  encoder zeroes the first convolution's output outside each clip (the second convolution's zero
+  padding), gives each clip its own positional embeddings from 0, and attends within a clip only.
+- Prefill rows (`pack_prefill_row`): clips' prompts share one row of tokens: each clip's prefix
+  (prompt head, audio tokens, tail) followed by every task's suffix. A token sees earlier tokens of
+  its own clip's prefix and of its own suffix only, with positions that restart at each clip, so
+  every task row is exactly the prompt the reference feeds the model.
+
+Padding positions of a row get ids that make them attend to themselves only, so they stay finite
+and never reach a real position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline import shapes
+
+# Frames a clip occupies beyond its valid ones: the reference's first convolution reads up to two
+# log-mel padding frames past the last valid frame (shapes.encoder_positions), and one zero frame
+# must stand before the next clip.
+TRAILING_FRAMES = 2
+GAP_FRAMES = 1
+
+
+def encoder_span(valid_frames: int) -> int:
+    """Frames a clip takes in an encoder row, up to where the next clip may start."""
+    span = valid_frames + TRAILING_FRAMES + GAP_FRAMES
+    return -(-span // shapes.FRAME_QUANTUM) * shapes.FRAME_QUANTUM
+
+
+def fits_at(start: int, valid_frames: int, row_frames: int) -> bool:
+    """Whether a clip starting at frame `start` of a row fits: its trailing padding frames must be
+    inside the row, except for a clip alone in a 30 s row, which, like the reference, reads the
+    convolution's zero padding past the window."""
+    if start == 0 and row_frames == shapes.WINDOW_FRAMES:
+        return valid_frames <= row_frames
+    return start + valid_frames + TRAILING_FRAMES <= row_frames
+
+
+@dataclass(frozen=True)
+class EncoderRow:
+    """Inputs of one encoder row and where each clip's audio tokens come out."""
+
+    features: np.ndarray  # [n_mels, F] float32
+    frame_keep: np.ndarray  # [F] float32: 1 where the first convolution's output is kept
+    position_ids: np.ndarray  # [F/2] int32: positional-embedding index of each encoder position
+    query_ids: np.ndarray  # [F/2] int32: a position attends to keys whose key id equals its query id
+    key_ids: np.ndarray  # [F/2] int32
+    token_offsets: tuple[int, ...]  # per clip: first audio token in the row's [F/4] outputs
+    token_counts: tuple[int, ...]  # per clip: audio tokens (shapes.audio_tokens)
+
+
+def pack_encoder_row(features: list[np.ndarray], valid_frames: list[int], row_frames: int,
+                     n_mels: int) -> EncoderRow:
+    """Lay clips out left to right in one row of row_frames mel frames.
+
+    features[c] holds at least valid_frames[c] + TRAILING_FRAMES frames (or exactly the window, for
+    a clip that fills 30 s: the reference reads zeros past the window, as the row edge does).
+    """
+    positions = row_frames // 2
+    packed = np.zeros((n_mels, row_frames), np.float32)
+    keep = np.zeros(row_frames, np.float32)
+    position_ids = np.zeros(positions, np.int32)
+    # Unique negative ids: a position no clip claims sees only itself.
+    query_ids = -1 - np.arange(positions, dtype=np.int32)
+    key_ids = query_ids.copy()
+    offsets, counts = [], []
+    start = 0
+    for clip, (feats, valid) in enumerate(zip(features, valid_frames)):
+        span = encoder_span(valid)
+        if not fits_at(start, valid, row_frames):
+            raise ValueError(f"clips of {valid_frames} frames do not fit a row of {row_frames}")
+        copied = min(valid + TRAILING_FRAMES, feats.shape[1], row_frames - start)
+        packed[:, start:start + copied] = feats[:, :copied]
+        # The second convolution reads the first one's output up to frame `valid` (shapes.
+        # encoder_positions); everything else in the clip's span must look like zero padding.
+        keep[start:start + valid + 1] = 1.0
+        first, n_positions = start // 2, shapes.encoder_positions(valid)
+        clip_positions = slice(first, min(first + span // 2, positions))
+        position_ids[clip_positions] = np.arange(clip_positions.stop - clip_positions.start)
+        query_ids[clip_positions] = clip
+        key_ids[first:first + n_positions] = clip
+        offsets.append(start // 4)
+        counts.append(shapes.audio_tokens(valid))
+        start += span
+    return EncoderRow(packed, keep, position_ids, query_ids, key_ids, tuple(offsets), tuple(counts))
+
+
+def prompt_tokens(prompts, audio_tokens: int) -> int:
+    """Tokens a clip takes in a prefill row: its prefix once, then every task's suffix."""
+    return prompts.prefix_len(audio_tokens) + sum(len(s) for s in prompts.suffixes)
+
+
+@dataclass(frozen=True)
+class TaskPrompt:
+    """Where one task row's prompt sits in a prefill row."""
+
+    tokens: tuple[int, ...]  # row indices of its prompt tokens in order: the clip's prefix, its suffix
+    last: int  # row index of its last token, whose logits give the first generated token
+
+
+@dataclass(frozen=True)
+class PrefillRow:
+    ids: np.ndarray  # [L] int32 token ids (audio positions hold the audio token id; replaced)
+    audio_rows: np.ndarray  # [L] int32 arena row of each audio token (the trash row elsewhere)
+    is_audio: np.ndarray  # [L] bool
+    positions: np.ndarray  # [L] int32, restarting at 0 for each clip
+    clip_ids: np.ndarray  # [L] int32: tokens see only tokens of the same clip id
+    segment_ids: np.ndarray  # [L] int32: 0 for the shared prefix, task + 1 for a task's suffix
+    tasks: tuple[tuple[TaskPrompt, ...], ...]  # per clip, per task
+
+
+def pack_prefill_row(prompts, audio: list[tuple[int, int]], row_len: int, trash_row: int) -> PrefillRow:
+    """Lay clips' prompts out in one row of row_len tokens. audio[c] = (first arena row of the
+    clip's audio tokens, their count); prompts is the model's PromptPlan."""
+    ids = np.zeros(row_len, np.int32)
+    audio_rows = np.full(row_len, trash_row, np.int32)
+    is_audio = np.zeros(row_len, bool)
+    positions = np.zeros(row_len, np.int32)
+    clip_ids = -1 - np.arange(row_len, dtype=np.int32)  # padding sees only itself
+    segment_ids = np.zeros(row_len, np.int32)
+    head, tail = list(prompts.head), list(prompts.tail)
+    start = 0
+    tasks = []
+    for clip, (first_row, count) in enumerate(audio):
+        prefix = head + [prompts.audio_token_id] * count + tail
+        need = prompt_tokens(prompts, count)
+        if start + need > row_len:
+            raise ValueError(f"clip prompts of {need} tokens do not fit at {start} of a {row_len}-token row")
+        span = slice(start, start + len(prefix))
+        ids[span] = prefix
+        audio_at = slice(start + len(head), start + len(head) + count)
+        audio_rows[audio_at] = np.arange(first_row, first_row + count, dtype=np.int32)
+        is_audio[audio_at] = True
+        positions[span] = np.arange(len(prefix))
+        clip_ids[start:start + need] = clip
+        prefix_tokens = tuple(range(span.start, span.stop))
+        at = span.stop
+        clip_tasks = []
+        for task, suffix in enumerate(prompts.suffixes):
+            ids[at:at + len(suffix)] = suffix
+            positions[at:at + len(suffix)] = np.arange(len(prefix), len(prefix) + len(suffix))
+            segment_ids[at:at + len(suffix)] = task + 1
+            clip_tasks.append(TaskPrompt(prefix_tokens + tuple(range(at, at + len(suffix))), at + len(suffix) - 1))
+            at += len(suffix)
+        tasks.append(tuple(clip_tasks))
+        start += need
+    return PrefillRow(ids, audio_rows, is_audio, positions, clip_ids, segment_ids, tuple(tasks))
