@@ -1,6 +1,7 @@
 """Qwen2 text decoder for fixed-shape graphs, with key/value caches that are Parameters updated in
-place (`ops.scatter_update`: measured on the CPU backend to touch only the rows it writes, while
-`scatter_nd_update` and functional caches copy the whole cache on every call).
+place. Measured on the CPU backend: `ops.scatter_update` (whole rows along axis 0) and
+`ops.scatter_nd_add` touch only what they write, while `scatter_nd_update`, functional caches and
+reshaping a Parameter copy the whole cache on every call.
 
 Two forms of the same layers:
 - `prefill`: packed rows of prompts (pipeline.model.packing.PrefillRow) with a tree mask; keys and
@@ -9,9 +10,9 @@ Two forms of the same layers:
 - `step`: one new token for each decode slot; the slot's cache holds its whole prompt and the
   tokens generated so far at positions 0, 1, 2, ... (a slot's position is its cache index).
 
-Cache layout: one Parameter per layer for keys and one for values, [slots * kv_heads * span, head_dim],
-so that a row index is ((slot * kv_heads) + head) * span + position and a reshape gives the
-[slots, kv_heads, span, head_dim] view attention reads.
+Slot caches: one Parameter per layer for keys and one for values, [slots, kv_heads, span, head_dim],
+the layout attention reads. An insert rewrites a whole slot (its prompt, then zeros); a step adds
+each new key and value onto a zero position, which sets it exactly.
 """
 
 import numpy as np
@@ -46,10 +47,10 @@ class TextAttention(nn.Cell):
         self.heads, self.kv_heads, self.head_dim = spec.heads, spec.kv_heads, spec.head_dim
         self.groups = spec.heads // spec.kv_heads
         self.scaling = spec.head_dim**-0.5
-        self.q_proj = Linear(spec.hidden, spec.heads * spec.head_dim, True, dtype)
-        self.k_proj = Linear(spec.hidden, spec.kv_heads * spec.head_dim, True, dtype)
-        self.v_proj = Linear(spec.hidden, spec.kv_heads * spec.head_dim, True, dtype)
-        self.o_proj = Linear(spec.heads * spec.head_dim, spec.hidden, False, dtype)
+        self.q_proj = Linear(spec.hidden, spec.heads * spec.head_dim, True, dtype, True)
+        self.k_proj = Linear(spec.hidden, spec.kv_heads * spec.head_dim, True, dtype, True)
+        self.v_proj = Linear(spec.hidden, spec.kv_heads * spec.head_dim, True, dtype, True)
+        self.o_proj = Linear(spec.heads * spec.head_dim, spec.hidden, False, dtype, True)
 
     def prefill(self, x, cos, sin, mask, stage_rows, k_stage, v_stage):
         """x [r, l, hidden]; cos/sin [r, l, 1, d]; mask [r, kv, g*l, l] additive; every token's key
@@ -73,9 +74,10 @@ class TextAttention(nn.Cell):
         out = ops.matmul(probs, v).reshape(r, self.heads, l, d).transpose(0, 2, 1, 3)
         return ops.depend(self.o_proj(out.reshape(r, l, self.heads * d)), written)
 
-    def step(self, x, cos, sin, write_rows, mask, k_cache, v_cache, span):
-        """x [n, hidden] one token per slot; write_rows [n * kv] cache rows for its key and value;
-        mask [n, kv, g, span] additive."""
+    def step(self, x, cos, sin, write_at, live, mask, k_cache, v_cache):
+        """x [n, hidden] one token per slot; its key and value go to cache index write_at [n, kv, 3]
+        (slot, head, position), scaled by live [n, 1, 1] (0 for an idle slot, which must not touch
+        its cache); mask [n, kv, g, span] additive."""
         n, _ = x.shape
         kv, g, d = self.kv_heads, self.groups, self.head_dim
         q = self.q_proj(x).reshape(n, kv, g, d)
@@ -83,10 +85,9 @@ class TextAttention(nn.Cell):
         v = self.v_proj(x).reshape(n, kv, d)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
-        k_cache = ops.scatter_update(k_cache, write_rows, k.reshape(n * kv, d))
-        v_cache = ops.scatter_update(v_cache, write_rows, v.reshape(n * kv, d))
-        keys = k_cache.reshape(n, kv, span, d)
-        values = v_cache.reshape(n, kv, span, d)
+        written = ops.scatter_nd_add(k_cache, write_at, k.reshape(n, kv, d) * live)
+        written = ops.depend(written, ops.scatter_nd_add(v_cache, write_at, v * live))
+        keys, values = ops.depend(k_cache, written), ops.depend(v_cache, written)
         scores = (ops.BatchMatMul(transpose_b=True)(q, keys) * self.scaling).astype(ms.float32) + mask
         probs = ops.softmax(scores, -1).astype(x.dtype)
         out = ops.matmul(probs, values)
@@ -96,9 +97,9 @@ class TextAttention(nn.Cell):
 class MLP(nn.Cell):
     def __init__(self, spec, dtype):
         super().__init__()
-        self.gate_proj = Linear(spec.hidden, spec.intermediate, False, dtype)
-        self.up_proj = Linear(spec.hidden, spec.intermediate, False, dtype)
-        self.down_proj = Linear(spec.intermediate, spec.hidden, False, dtype)
+        self.gate_proj = Linear(spec.hidden, spec.intermediate, False, dtype, True)
+        self.up_proj = Linear(spec.hidden, spec.intermediate, False, dtype, True)
+        self.down_proj = Linear(spec.intermediate, spec.hidden, False, dtype, True)
 
     def construct(self, x):
         return self.down_proj(ops.silu(self.gate_proj(x)) * self.up_proj(x))
@@ -116,8 +117,8 @@ class DecoderLayer(nn.Cell):
         x = x + self.self_attn.prefill(self.input_layernorm(x), cos, sin, mask, stage_rows, k_stage, v_stage)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def step(self, x, cos, sin, write_rows, mask, k_cache, v_cache, span):
-        x = x + self.self_attn.step(self.input_layernorm(x), cos, sin, write_rows, mask, k_cache, v_cache, span)
+    def step(self, x, cos, sin, write_at, live, mask, k_cache, v_cache):
+        x = x + self.self_attn.step(self.input_layernorm(x), cos, sin, write_at, live, mask, k_cache, v_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -155,18 +156,23 @@ class TextModel(nn.Cell):
             x = self.layers[i].prefill(x, cos, sin, mask, stage_rows, k_stages[i], v_stages[i])
         return self.norm(x)
 
-    def step(self, embeds, positions, slot_rows, k_caches, v_caches, span):
+    def step(self, embeds, positions, live, k_caches, v_caches):
         """embeds [n, hidden], each slot's new token at positions [n] (its cache length so far);
-        slot_rows [n * kv] are the cache rows of position 0 of each slot's heads."""
+        live [n] is 1 for a slot holding a row, 0 for an idle one."""
         n = positions.shape[0]
+        span = k_caches[0].shape[2]
         cos = ops.gather(self.cos_table, positions, 0).reshape(n, 1, 1, self.head_dim)
         sin = ops.gather(self.sin_table, positions, 0).reshape(n, 1, 1, self.head_dim)
-        write_rows = slot_rows + ops.broadcast_to(positions.reshape(n, 1), (n, self.kv_heads)).reshape(-1)
+        slots = ops.broadcast_to(ops.arange(0, n, 1, dtype=ms.int32).reshape(n, 1, 1), (n, self.kv_heads, 1))
+        heads = ops.broadcast_to(ops.arange(0, self.kv_heads, 1, dtype=ms.int32).reshape(1, -1, 1), (n, self.kv_heads, 1))
+        at = ops.broadcast_to(positions.reshape(n, 1, 1), (n, self.kv_heads, 1))
+        write_at = ops.concat((slots, heads, at), -1)
         visible = ops.arange(0, span, 1, dtype=ms.int32).reshape(1, span) <= positions.reshape(n, 1)
         mask = ops.broadcast_to(additive_mask(visible).reshape(n, 1, 1, span), (n, self.kv_heads, self.groups, span))
+        live = live.reshape(n, 1, 1).astype(embeds.dtype)
         x = embeds
         for i in range(len(self.layers)):
-            x = self.layers[i].step(x, cos, sin, write_rows, mask, k_caches[i], v_caches[i], span)
+            x = self.layers[i].step(x, cos, sin, write_at, live, mask, k_caches[i], v_caches[i])
         return self.norm(x)
 
 
@@ -174,4 +180,4 @@ class LanguageModel(nn.Cell):
     def __init__(self, spec, dtype):
         super().__init__()
         self.model = TextModel(spec, dtype)
-        self.lm_head = Linear(spec.hidden, spec.vocab, False, dtype)
+        self.lm_head = Linear(spec.hidden, spec.vocab, False, dtype, True)

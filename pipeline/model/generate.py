@@ -56,8 +56,8 @@ class Generator:
         sample = not sampling.greedy
         self.encode_graph = EncodeGraph(model, self.state)
         self.prefill_graph = PrefillGraph(model, self.state, sample)
-        self.insert_graph = InsertGraph(spec, self.state, shape.span)
-        self.step_graph = StepGraph(model, self.state, spec, shape.slots, shape.span, sample)
+        self.insert_graph = InsertGraph(spec, self.state)
+        self.step_graph = StepGraph(model, self.state, sample)
         self.scheduler = Scheduler(shape.slots, shape.row_frames, shape.prefill_len, MAX_CLIPS_PER_ROW,
                                    AUDIO_BLOCKS, STAGE_BLOCKS, shape.insert_rows, prompts.eos_ids)
         self.features: dict[ClipJob, np.ndarray] = {}
@@ -197,14 +197,14 @@ class Generator:
         return np.random.default_rng(row_seed(key, task, self.sampling.seed)).random
 
     def _insert_inputs(self, entries: list[tuple[tuple[int, ...], int]]):
-        """entries: (staging rows of a prompt, slot); padded by repeating the last entry."""
+        """entries: (staging rows of a prompt, slot); padded by repeating the last entry. Positions
+        past the prompt read the staging trash row, which nothing writes: zeros."""
         shape = self.shape
         entries = entries + [entries[-1]] * (shape.insert_rows - len(entries))
-        src = np.full((shape.insert_rows, shape.prompt_span), shape.stage_rows - 1, np.int32)
+        src = np.full((shape.insert_rows, shape.span), shape.stage_rows - 1, np.int32)
         for i, (rows, _) in enumerate(entries):
             src[i, : len(rows)] = rows
-        slot_rows = np.asarray([slot * self.spec.kv_heads * shape.span for _, slot in entries], np.int32)
-        return ms.Tensor(src), ms.Tensor(slot_rows)
+        return ms.Tensor(src), ms.Tensor(np.asarray([slot for _, slot in entries], np.int32))
 
     def _insert(self, action: Insert) -> None:
         self.insert_graph(*self._insert_inputs([(row.src, slot) for row, slot in zip(action.rows, action.slots)]))
@@ -216,13 +216,15 @@ class Generator:
         n = self.shape.slots
         ids = np.full(n, self.prompts.eos_ids[0], np.int32)
         positions = np.zeros(n, np.int32)
+        live = np.zeros(n, np.float32)
         u = np.zeros((n, 1), np.float32)
         for slot, row in enumerate(self.scheduler.slots):
             if row is not None:
-                ids[slot], positions[slot] = row.next_token, row.position
+                ids[slot], positions[slot], live[slot] = row.next_token, row.position, 1.0
                 if row.draw is not None:
                     u[slot, 0] = row.draw()
-        return ms.Tensor(ids), ms.Tensor(positions), self._temperature[n], self._top_p[n], ms.Tensor(u)
+        return (ms.Tensor(ids), ms.Tensor(positions), ms.Tensor(live), self._temperature[n], self._top_p[n],
+                ms.Tensor(u))
 
     def _step(self) -> list[ClipJob]:
         active = self.scheduler.active

@@ -44,7 +44,6 @@ class EngineShape:
     first_tokens: int  # first-token outputs per prefill call
     slots: int  # decode slots
     span: int  # cache positions per slot: the longest prompt plus the largest token cap
-    prompt_span: int  # the longest prompt (what an insert copies)
     insert_rows: int
 
     @property
@@ -65,7 +64,7 @@ class EngineShape:
         return (
             f"encode[F={self.row_frames}]",
             f"prefill[L={self.prefill_len},Q={self.first_tokens}]",
-            f"insert[I={self.insert_rows},P={self.prompt_span}]",
+            f"insert[I={self.insert_rows},S={self.span}]",
             f"step[N={self.slots},S={self.span}]",
         )
 
@@ -84,7 +83,7 @@ def declare_shape(prompts: PromptPlan, max_new_tokens: list[int], slots: int, ma
         n_mels=n_mels, tasks=len(prompts.suffixes), row_frames=ROW_FRAMES,
         prefill_len=_round_up(clip_tokens, TOKEN_QUANTUM),
         first_tokens=MAX_CLIPS_PER_ROW * len(prompts.suffixes),
-        slots=slots, span=span, prompt_span=longest_prefix + prompts.suffix_len, insert_rows=INSERT_ROWS,
+        slots=slots, span=span, insert_rows=INSERT_ROWS,
     )
 
 

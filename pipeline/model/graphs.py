@@ -5,7 +5,7 @@ State (MindSpore Parameters, updated in place, never rebuilt):
   tokens to one block; prefill reads them by row index. The last row is a trash row.
 - staging caches, per layer [blocks * L + 1, kv * d]: keys and values of every prefilled token;
   each block holds one prefill row. The last row is a trash row.
-- slot caches, per layer [slots * kv * span, d]: each decode slot's prompt and generated tokens.
+- slot caches, per layer [slots, kv, span, d]: each decode slot's prompt and generated tokens.
 
 Graphs (one compiled graph each; nothing but declared shapes ever reaches them):
 - EncodeGraph: one packed row of clips' mel frames -> audio tokens in the arena.
@@ -50,11 +50,9 @@ class ModelState(nn.Cell):
                                          for i in range(spec.layers))
         self.v_stage = ParameterTuple(_state((shapes.stage_rows, kv_width), dtype, f"state.v_stage.{i}")
                                          for i in range(spec.layers))
-        cache_rows = shapes.slots * spec.kv_heads * shapes.span
-        self.k_cache = ParameterTuple(_state((cache_rows, spec.head_dim), dtype, f"state.k_cache.{i}")
-                                         for i in range(spec.layers))
-        self.v_cache = ParameterTuple(_state((cache_rows, spec.head_dim), dtype, f"state.v_cache.{i}")
-                                         for i in range(spec.layers))
+        cache = (shapes.slots, spec.kv_heads, shapes.span, spec.head_dim)
+        self.k_cache = ParameterTuple(_state(cache, dtype, f"state.k_cache.{i}") for i in range(spec.layers))
+        self.v_cache = ParameterTuple(_state(cache, dtype, f"state.v_cache.{i}") for i in range(spec.layers))
 
 
 def choose(logits, temperature, top_p, u, sampling: bool):
@@ -112,48 +110,41 @@ class PrefillGraph(nn.Cell):
 
 
 class InsertGraph(nn.Cell):
-    """Copies prompts into decode slots: for each of i rows, the staging rows src [i, prompt_span]
-    go to positions 0.. of the slot whose cache rows start at slot_rows [i] (per kv head, see
-    decoder). Padding entries repeat a real one, so a padded call writes nothing new."""
+    """Rewrites whole decode slots: slot slots[j] gets the staging rows src[j] ([i, span]: its prompt,
+    then the staging trash row, which is all zeros, for the positions it will generate into).
+    Padding entries repeat a real one, so a padded call writes nothing new."""
 
-    def __init__(self, spec, state: ModelState, span: int):
+    def __init__(self, spec, state: ModelState):
         super().__init__(auto_prefix=False)
         self.state = state
         self.layers = spec.layers
-        self.kv_heads, self.head_dim, self.span = spec.kv_heads, spec.head_dim, span
+        self.kv_heads, self.head_dim = spec.kv_heads, spec.head_dim
 
-    def construct(self, src, slot_rows):
-        i, p = src.shape
-        kv, d = self.kv_heads, self.head_dim
-        offsets = ops.arange(0, kv, 1, dtype=ms.int32).reshape(1, kv, 1) * self.span
-        rows = slot_rows.reshape(i, 1, 1) + offsets + ops.arange(0, p, 1, dtype=ms.int32).reshape(1, 1, p)
+    def construct(self, src, slots):
+        i, span = src.shape
         flat = src.reshape(-1)
-        done = slot_rows[:1]
+        done = slots[:1]
         for layer in range(self.layers):
             for stage, cache in ((self.state.k_stage[layer], self.state.k_cache[layer]),
                                  (self.state.v_stage[layer], self.state.v_cache[layer])):
-                values = ops.gather(stage, flat, 0).reshape(i, p, kv, d).transpose(0, 2, 1, 3)
-                done = ops.depend(done, ops.scatter_update(cache, rows, values))
+                values = ops.gather(stage, flat, 0).reshape(i, span, self.kv_heads, self.head_dim).transpose(0, 2, 1, 3)
+                done = ops.depend(done, ops.scatter_update(cache, slots, values))
         return done
 
 
 class StepGraph(nn.Cell):
-    """One decode step for every slot: ids [n] at positions [n] -> next tokens [n] and logits."""
+    """One decode step for every slot: ids [n] at positions [n], live [n] (1 where a slot holds a
+    row) -> next tokens [n] and logits."""
 
-    def __init__(self, model: Qwen2Audio, state: ModelState, spec, slots: int, span: int, sampling: bool):
+    def __init__(self, model: Qwen2Audio, state: ModelState, sampling: bool):
         super().__init__(auto_prefix=False)
         self.text = model.language_model.model
         self.lm_head = model.language_model.lm_head
         self.state = state
-        self.span = span
         self.sampling = sampling
-        # Row of position 0 of each slot's kv heads in the flat caches: constant for the shape.
-        first = (np.arange(slots * spec.kv_heads) * span).astype(np.int32)
-        self.slot_rows = Tensor(first)
 
-    def construct(self, ids, positions, temperature, top_p, u):
-        hidden = self.text.step(self.text.embed_tokens(ids), positions, self.slot_rows, self.state.k_cache,
-                                self.state.v_cache, self.span)
+    def construct(self, ids, positions, live, temperature, top_p, u):
+        hidden = self.text.step(self.text.embed_tokens(ids), positions, live, self.state.k_cache, self.state.v_cache)
         logits = self.lm_head(hidden).astype(ms.float32)
         return choose(logits, temperature, top_p, u, self.sampling), logits
 

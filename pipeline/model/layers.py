@@ -20,12 +20,22 @@ def _zeros(shape, dtype) -> Parameter:
 
 
 class Linear(nn.Cell):
-    def __init__(self, in_features: int, out_features: int, bias: bool, dtype):
+    """y = x W^T + b. With stored_transposed the weight is kept as W^T ([in, out]): MindSpore's CPU
+    matmul is about twice as fast that way for the few rows of a decode step (measured at 16-64
+    rows), and within 10% slower for prefill-sized inputs. load_weights transposes it on load."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype, stored_transposed: bool = False):
         super().__init__()
-        self.weight = _zeros((out_features, in_features), dtype)
+        shape = (in_features, out_features) if stored_transposed else (out_features, in_features)
+        self.weight = _zeros(shape, dtype)
+        self.weight.stored_transposed = stored_transposed
         self.bias = _zeros((out_features,), dtype) if bias else None
+        self.stored_transposed = stored_transposed
 
     def construct(self, x):
+        if self.stored_transposed:
+            y = ops.matmul(x, self.weight)
+            return y if self.bias is None else y + self.bias
         return ops.dense(x, self.weight, self.bias)
 
 

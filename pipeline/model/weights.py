@@ -104,6 +104,11 @@ def _listing(names: list[str], limit: int = 10) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _stored_shape(param, checkpoint_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The shape a checkpoint tensor takes in the model (see layers.Linear's stored_transposed)."""
+    return checkpoint_shape[::-1] if getattr(param, "stored_transposed", False) else checkpoint_shape
+
+
 def load_weights(cell, model_dir: Path, tie_embeddings: bool) -> int:
     """Load a checkpoint into cell's parameters (named like the checkpoint); returns tensors loaded."""
     import mindspore as ms
@@ -123,8 +128,8 @@ def load_weights(cell, model_dir: Path, tie_embeddings: bool) -> int:
             seen.add(name)
             if name not in params:
                 unexpected.append(raw_name)
-            elif tuple(params[name].shape) != shape:
-                misshaped.append(f"{raw_name} (checkpoint {list(shape)}, model {list(params[name].shape)})")
+            elif tuple(params[name].shape) != _stored_shape(params[name], shape):
+                misshaped.append(f"{raw_name} (checkpoint {list(shape)}, model {list(_stored_shape(params[name], tuple(params[name].shape)))})")
             else:
                 loaders[name] = load
     if tie_embeddings and "language_model.lm_head.weight" not in seen:
@@ -144,5 +149,6 @@ def load_weights(cell, model_dir: Path, tie_embeddings: bool) -> int:
         raise WeightError(f"checkpoint {model_dir} does not match Qwen2-Audio: " + "; ".join(problems))
     for name, load in loaders.items():
         param = params[name]
-        param.set_data(ms.Tensor(np.ascontiguousarray(load(), dtype=np.float32)).astype(param.dtype))
+        value = load().T if getattr(param, "stored_transposed", False) else load()
+        param.set_data(ms.Tensor(np.ascontiguousarray(value, dtype=np.float32)).astype(param.dtype))
     return len(loaders)
