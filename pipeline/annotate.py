@@ -22,13 +22,16 @@ from pipeline.config import Config, ConfigError, CustomTask, load
 from pipeline.errors import UserError
 from pipeline.items import Item, ItemResult
 from pipeline.intake.manifest import Manifest, read_manifest
-from pipeline.plan import batch_sizes_for_budget, plan_batches, plan_items
+from pipeline.plan import plan_batches, plan_items
 from pipeline.reasons import Failure
 from pipeline.output.sink import OutputDir
 from pipeline.tasks.catalog import OUTPUT_COLUMNS, output_columns, resolve_tasks
 from pipeline.run.worker import failure_result
 
 PROBE_THREADS = 16  # header reads are I/O-bound
+# A CPU worker's kernels run on several threads; more workers than cores / this only contend (on
+# 2 cores one worker with 2 threads is faster than two with one each).
+CORES_PER_CPU_WORKER = 8
 
 
 @dataclass
@@ -62,8 +65,7 @@ def check_passthrough(manifest: Manifest, columns: dict[str, str]) -> None:
         raise UserError(f"manifest column(s) {clashes} would be overwritten by output columns; rename them")
 
 
-def intake(manifest: Manifest, config: Config, smallest_bucket: float,
-           done_ids: set[str]) -> tuple[list[Item], list[ItemResult], list]:
+def intake(manifest: Manifest, config: Config, done_ids: set[str]) -> tuple[list[Item], list[ItemResult], list]:
     """Resolve paths and find durations (manifest first, else file headers) for every row not
     already fully committed (done_ids: a resume reads no header twice); rows that fail here become
     error results straight away, everything else is planned into items.
@@ -84,10 +86,10 @@ def intake(manifest: Manifest, config: Config, smallest_bucket: float,
             good.append(row)
             continue
         durations[row] = None
-        item = Item(row, manifest.ids[row], str(manifest.paths[row]), 0, 1, 0.0, 0.0, smallest_bucket)
+        item = Item(row, manifest.ids[row], str(manifest.paths[row]), 0, 1, 0.0, 0.0)
         failed.append(failure_result(item, problem))
     items = plan_items(good, [manifest.ids[r] for r in good], [str(resolved[r]) for r in good],
-                       [durations[r] for r in good], config.buckets_s, config.segment_search_s)
+                       [durations[r] for r in good], config.segment_search_s)
     return items, failed, durations
 
 
@@ -133,7 +135,7 @@ class Committer:
 
 def default_workers(config: Config, requested: int | None) -> int:
     count = requested if requested else config.cpu_workers
-    return count if count > 0 else max(2, min(8, (os.cpu_count() or 2) // 4))
+    return count if count > 0 else max(1, (os.cpu_count() or 1) // CORES_PER_CPU_WORKER)
 
 
 def run_settings(plan, config: Config, tasks) -> dict:
@@ -143,7 +145,6 @@ def run_settings(plan, config: Config, tasks) -> dict:
         "parsers": {t.name: t.parser for t in tasks},
         "max_new_tokens": dict(zip(plan.task_names, plan.max_new_tokens)),
         "decoding": asdict(plan.sampling), "dtype": plan.dtype, "device": plan.device,
-        "buckets_s": list(config.buckets_s), "batch_sizes": {str(k): v for k, v in plan.batch_sizes.items()},
         "segment_search_s": config.segment_search_s, "silence_dbfs": config.silence_dbfs,
         "audio_root": config.audio_root, "moderation_labels": list(config.moderation_labels),
         # The weights, by file names and sizes (and hub revision): new files mean a new run.
@@ -173,7 +174,8 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
         if device == "ascend" and not npus:
             raise UserError("device is ascend but the Ray cluster has no NPU resources")
         try:
-            plan = plan_model(config, tasks, device, batch_sizes_for_budget)
+            plan = plan_model(config, tasks, device,
+                              runner.worker_memory_bytes(npus if device == "ascend" else worker_count, device == "ascend"))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         settings = run_settings(plan, config, tasks)
@@ -185,13 +187,13 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
             return RunSummary(out=out, already_complete=True)
 
         committed, done_ids = sink.committed()
-        items, intake_failures, planned = intake(manifest, config, min(config.buckets_s), done_ids)
+        items, intake_failures, planned = intake(manifest, config, done_ids)
         todo = [i for i in items if i.key not in committed]
         new_failures = [r for r in intake_failures if r.item.key not in committed]
         todo_audio_s = sum(i.end_s - i.start_s for i in todo)
         if todo or new_failures:
             sink.invalidate_final()
-        batches = plan_batches(todo, plan.batch_sizes)
+        batches = plan_batches(todo, config.batch_audio_s, config.batch_items)
         committer = Committer(sink, columns, len(todo) + len(new_failures), todo_audio_s,
                               progress, config.commit_items, config.commit_seconds)
         report = runner.ExecutionReport()
@@ -203,7 +205,8 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
                 spec = runner.WorkerSpec(
                     plan=plan, tasks=tasks, moderation_labels=tuple(config.moderation_labels),
                     silence_dbfs=config.silence_dbfs, search_s=config.segment_search_s,
-                    compile_cache_root=config.compile_cache_dir,
+                    # Absolute: Ray workers need not share the driver's working directory.
+                    compile_cache_root=str(Path(config.compile_cache_dir).resolve()) if config.compile_cache_dir else None,
                     cpu_threads=config.cpu_threads_per_worker or max(1, (os.cpu_count() or 1) // worker_count),
                     model_factory=model_factory,
                 )

@@ -43,7 +43,7 @@ def _cmd_annotate(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from pipeline.bench.kernels import run_benchmark
+    from pipeline.bench.realistic import run_benchmark
 
     return run_benchmark(args)
 
@@ -102,10 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(handler=_cmd_tiny_model)
 
     bench = commands.add_parser(
-        "bench", help="measure encoder and decode-step speed against the transformers reference",
-        description="Measure speed and compile time on a tiny model; prints and saves figures.",
+        "bench", help="the pipeline against transformers on a realistic workload, side by side",
+        description="Write a podcast-like mix and a checkpoint with the real model's proportions, run "
+                    "`annotate` (cold and warm compile cache) and transformers' batched generate on the same "
+                    "audio, check the texts are identical, print a table and save JSON (BENCH_OUT).",
     )
-    bench.add_argument("--out", default="bench/results", help="folder for the JSON figures")
+    bench.add_argument("--out", help="JSON to write (default $BENCH_OUT or outputs/bench/bench.json)")
+    bench.add_argument("--short", type=int, default=60, help="clips of 1-10 s")
+    bench.add_argument("--medium", type=int, default=20, help="clips of 10-29.5 s")
+    bench.add_argument("--long", type=int, default=3, help="files of 2-4 minutes")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--dims", choices=("proportions", "tiny"), default="proportions",
+                       help="checkpoint size (proportions: the 7B's shape, ~20M parameters)")
+    bench.add_argument("--quick", action="store_true", help="a few clips on the tiny checkpoint (what CI runs)")
     bench.set_defaults(handler=_cmd_bench)
     return parser
 

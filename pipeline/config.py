@@ -67,14 +67,17 @@ class Config:
     top_p: float = 1.0
     seed: int = 0
 
-    # --- shapes: the closed set of graphs each worker compiles ---
-    # Audio buckets in seconds; the last must be the 30 s window. Each clip goes to the smallest
-    # bucket that holds it with a margin.
-    buckets_s: tuple[float, ...] = (5.0, 10.0, 15.0, 20.0, 30.0)
-    # Per-worker memory the batch sizes are derived from (shorter buckets get bigger batches).
-    memory_budget_gb: float = 8.0
-    # Upper bound on clips per batch, whatever the budget allows.
-    max_batch: int = 16
+    # --- model shapes and batching ---
+    # Decode slots per worker: task rows decoded together (0 = as many as memory_budget_gb holds,
+    # at most 32). More slots read the weights fewer times per token; fewer idle less at the end.
+    decode_slots: int = 0
+    # Per-worker memory for the engine's caches and working memory, beside the weights (0 = what the
+    # worker's share of its machine has: host memory on CPU, the NPU's memory on Ascend).
+    memory_budget_gb: float = 0.0
+    # Work is dispatched to workers in batches of about this much audio (and at most batch_items
+    # items): a unit of dispatch and retry, not a model shape (workers pack clips themselves).
+    batch_audio_s: float = 120.0
+    batch_items: int = 64
 
     # --- long audio ---
     # Segment cuts may move this far from their nominal point to land in a pause (0 to < 5 s).
@@ -87,8 +90,8 @@ class Config:
     silence_dbfs: float = -60.0
 
     # --- execution ---
-    # Workers: one per NPU when NPUs exist, else this many CPU workers (0 = a quarter of the
-    # cores, at least 2 and at most 8).
+    # Workers: one per NPU when NPUs exist, else this many CPU workers (0 = one per 8 cores, at
+    # least 1: a worker's kernels use several threads, and more workers than that only contend).
     cpu_workers: int = 0
     # Threads each CPU worker gives MindSpore's kernels (0 = cores / workers).
     cpu_threads_per_worker: int = 0
@@ -162,14 +165,13 @@ def _check(config: Config, source: str) -> None:
     for key, allowed in _CHOICES.items():
         if getattr(config, key) not in allowed:
             raise ConfigError(f"{source}: '{key}' must be one of {allowed}, got {getattr(config, key)!r}")
-    if not config.buckets_s or list(config.buckets_s) != sorted(set(config.buckets_s)):
-        raise ConfigError(f"{source}: 'buckets_s' must be a non-empty increasing list")
-    if config.buckets_s[-1] != 30:
-        raise ConfigError(f"{source}: the last bucket must be the 30 s window, got {config.buckets_s[-1]}")
     if not 0 < config.top_p <= 1 or config.temperature < 0:
         raise ConfigError(f"{source}: need temperature >= 0 and 0 < top_p <= 1")
-    if config.max_batch < 1 or config.memory_budget_gb <= 0 or config.max_attempts < 1:
-        raise ConfigError(f"{source}: max_batch, memory_budget_gb and max_attempts must be positive")
+    if config.batch_items < 1 or config.batch_audio_s <= 0 or config.memory_budget_gb < 0 or config.max_attempts < 1:
+        raise ConfigError(f"{source}: batch_items, batch_audio_s and max_attempts must be positive, "
+                          "memory_budget_gb 0 (automatic) or positive")
+    if config.decode_slots < 0:
+        raise ConfigError(f"{source}: 'decode_slots' must be 0 (automatic) or positive")
     if not 0 <= config.segment_search_s < 5:
         raise ConfigError(f"{source}: 'segment_search_s' must be at least 0 and below 5 s")
     if config.commit_items < 1 or config.commit_seconds <= 0 or config.prefetch_batches < 0:

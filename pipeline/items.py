@@ -1,7 +1,7 @@
 """The units of work that flow through the pipeline, as plain frozen dataclasses.
 
 A manifest row becomes one Item (audio up to 30 s) or several (one per segment of longer audio).
-Items are grouped into Batches of one declared shape. Every Item ends as exactly one ItemResult.
+Items are grouped into Batches for dispatch. Every Item ends as exactly one ItemResult.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class Item:
-    """One clip or one segment of a long file, planned into a bucket."""
+    """One clip or one segment of a long file: at most the 30 s window of audio."""
 
     row: int  # position in the manifest, to join pass-through columns back
     id: str  # the manifest id
@@ -23,7 +23,6 @@ class Item:
     # radius toward a pause, and are decided from the audio when it is decoded.
     start_s: float
     end_s: float
-    bucket_s: float  # the audio bucket this item runs in
 
     @property
     def key(self) -> str:
@@ -33,7 +32,8 @@ class Item:
 
 @dataclass(frozen=True)
 class Batch:
-    bucket_s: float
+    """Items dispatched together to one worker (a unit of dispatch and retry, not a model shape)."""
+
     items: tuple[Item, ...]
     attempt: int = 0  # how many times this exact batch already failed
 
@@ -41,7 +41,7 @@ class Batch:
     def batch_id(self) -> str:
         """Derived from the content, so a part's file name says what it holds."""
         digest = hashlib.sha256("\n".join(sorted(i.key for i in self.items)).encode()).hexdigest()
-        return f"b{int(self.bucket_s * 1000):06d}-{digest[:16]}"
+        return f"b-{digest[:16]}"
 
 
 @dataclass(frozen=True)

@@ -1,33 +1,26 @@
-"""Planning: what a manifest becomes (Items) and how Items group into Batches of declared shapes.
+"""Planning: what a manifest becomes (Items) and how Items group into Batches for dispatch.
 
-Pure functions over durations: no audio, no Ray, no model. Every rule about what fits where comes
-from pipeline.shapes (frames_for_seconds, fits_bucket), so the planner and the workers can never
-disagree about a bucket's capacity.
+Pure functions over durations: no audio, no Ray, no model. A clip of at most the 30 s window is one
+Item; longer audio is split into n equal nominal windows. Each inner cut may later move up to
+search_s toward a pause (pipeline.intake.segment), so a window is planned as if it were search_s
+longer at every inner edge, and still fits the window. Cuts land on the 10 ms mel-frame grid, so a
+decoded segment is never more frames than its planned window plus that slack.
 
-Long audio (more than the 30 s window) is split into n equal nominal windows. Each inner cut may
-later move up to search_s toward a pause (pipeline.intake.segment), so a window is planned as if it were
-search_s longer at every inner edge. Cuts land on the 10 ms mel-frame grid, so a decoded segment
-is never more frames than its planned window plus that slack.
+Batches are units of dispatch and retry, not model shapes: a worker packs the clips of the batches
+it holds into its fixed-shape rows (pipeline.model.packing), whatever their lengths.
 """
 
 from __future__ import annotations
 
 import gc
 import math
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
 
 from pipeline.items import Batch, Item
-from pipeline.shapes import (
-    WINDOW_FRAMES,
-    WINDOW_S,
-    bucket_frames_for_seconds,
-    fits_bucket,
-    frames_for_seconds,
-)
+from pipeline.shapes import WINDOW_S, fits_window, frames_for_seconds
 
 # With the smallest n, windows are longer than (WINDOW_S - 2 * search_s) / 2, and neighbouring
 # cuts' search ranges (2 * search_s wide) must never overlap, or two cuts could cross.
@@ -48,49 +41,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if was_enabled:
             gc.enable()
-
-
-def _capacity_frames(bucket_s: float) -> int:
-    """The most valid frames a bucket holds under shapes.fits_bucket (-1 when it holds none)."""
-    bucket_frames = bucket_frames_for_seconds(bucket_s)
-    # fits_bucket is monotone in the clip's frames, so bisect for the largest clip that fits.
-    lo, hi = -1, bucket_frames
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if fits_bucket(mid, bucket_frames):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
-
-
-class _Buckets:
-    """Buckets in increasing order with their capacities, looked up once per planning call."""
-
-    def __init__(self, buckets_s: Sequence[float]):
-        self.buckets = sorted(float(b) for b in buckets_s)
-        if not self.buckets:
-            raise ValueError("no buckets to plan into")
-        self.capacities = [_capacity_frames(b) for b in self.buckets]
-        # Clip frames -> bucket for every frame count up to the window: one list index per clip
-        # keeps a million-row plan fast.
-        self._by_frames = [self._scan(frames) for frames in range(WINDOW_FRAMES + 1)]
-
-    def _scan(self, frames: int) -> float | None:
-        for bucket, capacity in zip(self.buckets, self.capacities):
-            if frames <= capacity:
-                return bucket
-        return None
-
-    def for_frames(self, frames: int) -> float | None:
-        if frames > WINDOW_FRAMES:  # no bucket is larger than the window
-            return None
-        return self._by_frames[frames] if frames >= 0 else self._scan(frames)
-
-
-def bucket_for(duration_s: float, buckets_s: Sequence[float]) -> float | None:
-    """The smallest bucket that holds a clip of duration_s (with the margin), None past 30 s."""
-    return _Buckets(buckets_s).for_frames(frames_for_seconds(duration_s))
 
 
 def _check_search(search_s: float) -> None:
@@ -134,7 +84,7 @@ def _long_windows(duration_s: float, search_s: float) -> list[tuple[float, float
 
 
 def _fits_window(seconds: float) -> bool:
-    return fits_bucket(frames_for_seconds(seconds), WINDOW_FRAMES)
+    return fits_window(frames_for_seconds(seconds))
 
 
 def plan_items(
@@ -142,34 +92,26 @@ def plan_items(
     ids: Sequence[str],
     paths: Sequence[str],
     durations_s: Sequence[float | None],
-    buckets_s: Sequence[float],
     search_s: float,
 ) -> list[Item]:
     """One Item per clip of at most 30 s, one Item per nominal window of longer audio.
 
-    A clip goes to the smallest bucket that holds it. A window of long audio goes to the smallest
-    bucket that holds it plus its search slack: search_s at each inner edge (2 * search_s for an
-    inner window, search_s for the first and last, whose outer edge is the file's edge).
     A duration that is not a positive finite number (an empty or unreadable file, a missing
-    value) is planned as one Item with window (0, 0) in the smallest bucket, so decoding reports
-    the real error for that row instead of planning crashing.
-    Ids must be unique: they are the resume keys and the output identity.
+    value) is planned as one Item with window (0, 0), so decoding reports the real error for that
+    row instead of planning crashing. Ids must be unique: they are the resume keys and the output
+    identity.
     """
     if not len(rows) == len(ids) == len(paths) == len(durations_s):
         raise ValueError("rows, ids, paths and durations_s must have the same length")
     _check_search(search_s)
-    buckets = _Buckets(buckets_s)
-    if buckets.capacities[-1] < WINDOW_FRAMES:
-        raise ValueError(f"the largest bucket must be the {WINDOW_S} s window to plan long audio")
     # Plain Python floats: numpy scalars would make the per-row arithmetic several times slower.
     durations = np.asarray(durations_s, dtype=np.float64).tolist()
 
     with _gc_paused():
-        return _plan_rows(zip(rows, ids, paths, durations), buckets, search_s)
+        return _plan_rows(zip(rows, ids, paths, durations), search_s)
 
 
-def _plan_rows(manifest_rows, buckets: _Buckets, search_s: float) -> list[Item]:
-    smallest = buckets.buckets[0]
+def _plan_rows(manifest_rows, search_s: float) -> list[Item]:
     items: list[Item] = []
     seen: set[str] = set()
     for row, item_id, path, duration in manifest_rows:
@@ -177,71 +119,36 @@ def _plan_rows(manifest_rows, buckets: _Buckets, search_s: float) -> list[Item]:
             raise ValueError(f"id {item_id!r} appears more than once in the manifest")
         seen.add(item_id)
         if not (duration > 0 and math.isfinite(duration)):  # NaN fails the comparison too
-            items.append(Item(row, item_id, path, 0, 1, 0.0, 0.0, smallest))
-            continue
-        bucket = buckets.for_frames(frames_for_seconds(duration))
-        if bucket is not None:
-            items.append(Item(row, item_id, path, 0, 1, 0.0, duration, bucket))
-            continue
-        windows = _long_windows(duration, search_s)
-        last = len(windows) - 1
-        for segment, (start, end) in enumerate(windows):
-            slack = search_s * ((segment > 0) + (segment < last))
-            bucket = buckets.for_frames(frames_for_seconds(end - start + slack))
-            items.append(Item(row, item_id, path, segment, len(windows), start, end, bucket))
+            items.append(Item(row, item_id, path, 0, 1, 0.0, 0.0))
+        elif _fits_window(duration):
+            items.append(Item(row, item_id, path, 0, 1, 0.0, duration))
+        else:
+            windows = _long_windows(duration, search_s)
+            for segment, (start, end) in enumerate(windows):
+                items.append(Item(row, item_id, path, segment, len(windows), start, end))
     return items
 
 
-def plan_batches(items: Sequence[Item], batch_sizes: Mapping[float, int]) -> list[Batch]:
-    """Group Items into Batches: one bucket per batch, at most batch_sizes[bucket] items each.
+def plan_batches(items: Sequence[Item], audio_s: float, max_items: int) -> list[Batch]:
+    """Group Items into Batches of about audio_s seconds of audio and at most max_items items.
 
-    Buckets come in increasing order; within a bucket items are sorted by window length, then
-    (id, segment), so clips of similar length share a batch. The result depends only on the set
-    of items, not on their input order, so a rerun plans the same batches (and batch ids).
+    Items keep (id, segment) order, so a batch mixes lengths (what lets a worker fill its rows:
+    a long clip leaves room that short ones fill) and the result depends only on the set of items,
+    not on their input order: a rerun plans the same batches (and batch ids).
     """
+    if audio_s <= 0 or max_items < 1:
+        raise ValueError("audio_s and max_items must be positive")
     with _gc_paused():
-        return _group_batches(items, batch_sizes)
-
-
-def _group_batches(items: Sequence[Item], batch_sizes: Mapping[float, int]) -> list[Batch]:
-    by_bucket: dict[float, list[Item]] = defaultdict(list)
-    for item in items:
-        by_bucket[item.bucket_s].append(item)
-
-    batches: list[Batch] = []
-    for bucket in sorted(by_bucket):
-        size = batch_sizes.get(bucket)
-        if size is None or size < 1:
-            raise ValueError(f"no usable batch size for the {bucket} s bucket (got {size!r})")
-        # (id, segment) is what Item.key spells as a string: as unique, and cheaper to sort.
-        order = sorted(
-            (item.end_s - item.start_s, item.id, item.segment, position)
-            for position, item in enumerate(by_bucket[bucket])
-        )
-        group = [by_bucket[bucket][entry[-1]] for entry in order]
-        for start in range(0, len(group), size):
-            batches.append(Batch(bucket, tuple(group[start : start + size])))
-    return batches
-
-
-def batch_sizes_for_budget(
-    buckets_s: Sequence[float],
-    bytes_per_clip: Callable[[float], int],
-    budget_bytes: int,
-    max_batch: int,
-) -> dict[float, int]:
-    """Clips per batch for each bucket: as many as the memory budget holds, at least 1 (a clip
-    that alone exceeds the budget still runs, one at a time) and at most max_batch.
-
-    bytes_per_clip is the model package's estimate of one clip's working memory in a bucket;
-    shorter buckets need less, so they get bigger batches.
-    """
-    if budget_bytes <= 0 or max_batch < 1:
-        raise ValueError("budget_bytes and max_batch must be positive")
-    sizes: dict[float, int] = {}
-    for bucket in buckets_s:
-        per_clip = bytes_per_clip(bucket)
-        if per_clip <= 0:
-            raise ValueError(f"bytes_per_clip({bucket}) must be positive, got {per_clip}")
-        sizes[bucket] = max(1, min(max_batch, int(budget_bytes // per_clip)))
-    return sizes
+        order = sorted(items, key=lambda item: (item.id, item.segment))
+        batches: list[Batch] = []
+        current: list[Item] = []
+        seconds = 0.0
+        for item in order:
+            current.append(item)
+            seconds += item.end_s - item.start_s
+            if seconds >= audio_s or len(current) == max_items:
+                batches.append(Batch(tuple(current)))
+                current, seconds = [], 0.0
+        if current:
+            batches.append(Batch(tuple(current)))
+        return batches

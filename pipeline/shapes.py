@@ -13,15 +13,12 @@ N_MELS = 128
 WINDOW_S = 30
 WINDOW_SAMPLES = WINDOW_S * SAMPLE_RATE
 WINDOW_FRAMES = WINDOW_SAMPLES // HOP_LENGTH
-# The encoder halves frames in its second convolution and again in the average pool, so a bucket's
-# frame count must be a multiple of 4 for both to divide evenly.
+# The encoder halves frames in its second convolution and again in the average pool, so clips in a
+# packed row start on multiples of 4 frames.
 FRAME_QUANTUM = 4
-
-# A clip shorter than its bucket must leave a few padding frames before the bucket edge: the
-# convolutions read one frame past the last valid one, and inside a bucket that frame is log-mel
-# padding (as in the 30 s reference), while past the bucket edge it would be zeros. Only the
-# 30 s window itself may be filled to the last frame, because the reference pads to exactly that.
-BUCKET_MARGIN_FRAMES = 4
+# Log-mel padding frames past a clip's last valid frame that the reference's first convolution
+# reads (see encoder_positions): a clip's features carry them, so that packed clips stay exact.
+TRAILING_FRAMES = 2
 
 
 def frames_for_samples(n_samples: int) -> int:
@@ -43,18 +40,6 @@ def audio_tokens(valid_frames: int) -> int:
     return (encoder_positions(valid_frames) - 2) // 2 + 1
 
 
-def bucket_frames_for_seconds(seconds: float) -> int:
-    frames = round(seconds * FRAMES_PER_SECOND)
-    if frames % FRAME_QUANTUM or not 0 < frames <= WINDOW_FRAMES:
-        raise ValueError(
-            f"bucket of {seconds} s is {frames} frames: it must be a positive multiple of "
-            f"{FRAME_QUANTUM} frames and at most {WINDOW_FRAMES} ({WINDOW_S} s)"
-        )
-    return frames
-
-
-def fits_bucket(valid_frames: int, bucket_frames: int) -> bool:
-    """True when a clip of valid_frames can run in a bucket of bucket_frames exactly."""
-    if bucket_frames == WINDOW_FRAMES:
-        return valid_frames <= WINDOW_FRAMES
-    return valid_frames + BUCKET_MARGIN_FRAMES <= bucket_frames
+def fits_window(valid_frames: int) -> bool:
+    """True when a clip of valid_frames fits the model's 30 s window (one Item, one encoder pass)."""
+    return valid_frames <= WINDOW_FRAMES

@@ -29,10 +29,10 @@ def test_default_job_file_lists_every_key_with_its_default():
 
 @pytest.mark.parametrize("text, message", [
     ("bogus: 1", "unknown key"),
-    ("max_batch: many", "must be int"),
+    ("batch_items: many", "must be int"),
     ("tasks: caption", "must be a list"),
-    ("buckets_s: [5, 10]", "last bucket must be the 30 s window"),
-    ("buckets_s: [10, 5, 30]", "increasing"),
+    ("decode_slots: -1", "decode_slots"),
+    ("batch_audio_s: 0", "must be positive"),
     ("dtype: int8", "must be one of"),
     ("segment_search_s: 7", "below 5 s"),
     ("custom_tasks: [{name: x}]", "needs 'name' and 'prompt'"),

@@ -9,14 +9,14 @@ from pipeline.run.retry import RetryPolicy
 
 
 def items(n):
-    return tuple(Item(i, f"id{i}", f"/a/{i}.wav", 0, 1, 0.0, 1.0, 5.0) for i in range(n))
+    return tuple(Item(i, f"id{i}", f"/a/{i}.wav", 0, 1, 0.0, 1.0) for i in range(n))
 
 
 def test_retries_then_splits_then_isolates():
     policy = RetryPolicy(max_attempts=2)
-    batch = Batch(5.0, items(2))
+    batch = Batch(items(2))
     again, failed = policy.on_failure(batch, Reason.MODEL_ERROR, "boom")
-    assert again == [Batch(5.0, batch.items, attempt=1)] and not failed
+    assert again == [Batch(batch.items, attempt=1)] and not failed
     halves, failed = policy.on_failure(again[0], Reason.MODEL_ERROR, "boom")
     assert [h.items for h in halves] == [batch.items[:1], batch.items[1:]] and not failed
     assert all(h.attempt == 0 for h in halves)
@@ -33,7 +33,7 @@ def test_retries_then_splits_then_isolates():
 def test_a_poison_item_costs_bounded_attempts_and_only_itself(size, poison, max_attempts):
     bad = poison.draw(st.integers(0, size - 1))
     policy = RetryPolicy(max_attempts)
-    queue, done, failed, runs = [Batch(5.0, items(size))], [], [], 0
+    queue, done, failed, runs = [Batch(items(size))], [], [], 0
     while queue:
         batch = queue.pop()
         runs += 1

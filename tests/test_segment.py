@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from pipeline.items import Item
 from pipeline.plan import plan_items
 from pipeline.intake.segment import boundary_nominals, find_cut, search_window, segment_bounds
-from pipeline.shapes import bucket_frames_for_seconds, fits_bucket, frames_for_samples
+from pipeline.shapes import fits_window, frames_for_samples
 
 SR = 16_000
 SEARCH = 2.0
@@ -129,7 +129,7 @@ def test_cut_is_within_search_range_and_window(nominal, search, start_shift, sec
 def test_segments_from_cuts_are_contiguous_and_bounded(duration, search, seed):
     audio = speech_like(duration, seed)
     audio[np.random.default_rng(seed).random(audio.size) < 0.3] = 0.0  # scattered quiet spots
-    items = plan_items([0], ["f"], ["f.wav"], [duration], (5.0, 10.0, 20.0, 30.0), search)
+    items = plan_items([0], ["f"], ["f.wav"], [duration], search)
     cuts = {}
     for item in items:
         for nominal in boundary_nominals(item):
@@ -147,16 +147,16 @@ def test_segments_from_cuts_are_contiguous_and_bounded(duration, search, seed):
     for item, (start, end) in zip(items, bounds):
         assert start < end
         assert end - start <= item.end_s - item.start_s + 2 * search + 1e-9
-        # What the worker will decode still fits the bucket the planner chose.
+        # What the worker will decode still fits the model's window.
         frames = frames_for_samples(round(end * SR) - round(start * SR))
-        assert fits_bucket(frames, bucket_frames_for_seconds(item.bucket_s))
+        assert fits_window(frames)
 
 
 def test_segment_bounds_of_a_single_clip_and_wiring_mistakes():
-    clip = Item(0, "a", "a.wav", 0, 1, 0.0, 12.5, 15.0)
+    clip = Item(0, "a", "a.wav", 0, 1, 0.0, 12.5)
     assert boundary_nominals(clip) == (None, None)
     assert segment_bounds(clip, None, None) == (0.0, 12.5)
-    middle = Item(0, "b", "b.wav", 1, 3, 20.0, 40.0, 30.0)
+    middle = Item(0, "b", "b.wav", 1, 3, 20.0, 40.0)
     assert boundary_nominals(middle) == (20.0, 40.0)
     assert segment_bounds(middle, 19.37, 41.2) == (19.37, 41.2)
     with pytest.raises(ValueError, match="cut before"):

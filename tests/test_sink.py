@@ -12,7 +12,7 @@ from pipeline.output.sink import OutputDir, atomic_write_table
 
 
 def result(i):
-    item = Item(i, f"id{i}", "/a.wav", 0, 1, 0.0, 1.0, 5.0)
+    item = Item(i, f"id{i}", "/a.wav", 0, 1, 0.0, 1.0)
     return ItemResult(item, "ok", start_s=0.0, end_s=1.0, silent=False, raw={"caption": "x"},
                       parsed={"caption": "x"})
 
@@ -38,7 +38,7 @@ def test_commit_and_committed(tmp_path):
     out.open("fp", {"tasks": ["caption"]}, restart=False)
     out.commit([result(0), result(1)], {"caption": "string"}, {"valid_frames": 3})
     # id2 has one of its two segments committed: its key counts, the id is not finished.
-    half = Item(2, "id2", "/a.wav", 1, 2, 1.0, 2.0, 5.0)
+    half = Item(2, "id2", "/a.wav", 1, 2, 1.0, 2.0)
     out.commit([ItemResult(half, "error", error="empty_audio", error_detail="x")], {"caption": "string"}, None)
     assert out.committed() == ({"id0#0", "id1#0", "id2#1"}, {"id0", "id1"})
     assert list(out.part_stats()) == [{"valid_frames": 3}]  # the part without stats yields none

@@ -1,24 +1,33 @@
-"""The MindSpore model behind the runner's interface: one list of task texts per clip, in order."""
+"""The MindSpore model behind the runner's interface (model.interface.TextModel).
+
+One engine thread runs the generator's continuous-batching loop; `generate` may be called from
+several threads at once (a worker holds a few batches), submits its clips and waits for them. So
+the decode slots stay full across batch boundaries: a batch's last rows decode beside the next
+batch's first ones instead of leaving slots idle.
+
+If a graph raises, every request in flight fails with that error (the runner retries them) and
+the engine starts again from empty slots: a half-run step leaves no request's state trustworthy.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
 from pathlib import Path
 
-import numpy as np
-
-from pipeline.model.stats import GenerationStats
+from pipeline.model.interface import BatchOutput, ClipInput
 from pipeline.model.model_plan import ModelPlan
 
 
-@dataclass
-class BatchOutput:
-    texts: list[list[str]]  # [clip][task] raw decoded text, special tokens kept
-    stats: GenerationStats
+class _Request:
+    def __init__(self, clips: int):
+        self.remaining = clips
+        self.jobs = []
+        self.error: str | None = None
+        self.done = threading.Event()
 
 
 class MindSporeModel:
-    """Loads the checkpoint once and generates for batches of one declared shape at a time."""
+    """Loads the checkpoint once, compiles the declared graphs, and serves generate() calls."""
 
     def __init__(self, plan: ModelPlan, compile_cache_root: str | None = None, cpu_threads: int = 0):
         from pipeline.model import runtime
@@ -28,8 +37,7 @@ class MindSporeModel:
         cache_dir = None
         if compile_cache_root:
             cache_dir = Path(compile_cache_root) / plan.compile_cache_key(ms.__version__)
-        # With a compile cache, every graph compiles at load in a fixed order (see precompile).
-        runtime.configure(plan.device, cache_dir, cpu_threads, compile_order_fixed=cache_dir is not None)
+        cache_folder = runtime.configure(plan.device, cache_dir, cpu_threads)
 
         from transformers import AutoTokenizer
 
@@ -37,21 +45,62 @@ class MindSporeModel:
         from pipeline.model.graphs import Qwen2Audio
         from pipeline.model.weights import load_weights
 
-        dtype = runtime.mindspore_dtype(plan.dtype)
         self.plan = plan
-        self.model = Qwen2Audio(plan.spec, dtype)
+        self._dtype = runtime.mindspore_dtype(plan.dtype)
+        self.model = Qwen2Audio(plan.spec, self._dtype)
         load_weights(self.model, Path(plan.model_dir), plan.spec.tie_embeddings)
         self.tokenizer = AutoTokenizer.from_pretrained(plan.model_dir)
-        self.generator = Generator(self.model, plan.spec, plan.prompts, plan.declared, list(plan.max_new_tokens),
-                                   dtype, plan.sampling)
-        if cache_dir is not None:
+        self.generator = Generator(self.model, plan.spec, plan.prompts, plan.shape, list(plan.max_new_tokens),
+                                   self._dtype, plan.sampling)
+        # Every graph compiles now, in a fixed order: that is what MindSpore's compile cache needs
+        # (see runtime.configure), and it keeps compile time out of the first batches.
+        with runtime.compile_lock(cache_folder):
             self.generator.precompile()
+        self._compiled = self.generator.graphs_compiled
+        self._cond = threading.Condition()
+        self._requests: set[_Request] = set()
+        threading.Thread(target=self._loop, name="engine", daemon=True).start()
 
     @property
     def graphs_compiled(self) -> int:
-        return self.generator.graphs_compiled
+        return self._compiled
 
-    def generate(self, bucket_s: float, features: np.ndarray, valid_frames: list[int], keys: list[str]) -> BatchOutput:
-        result = self.generator.generate(bucket_s, features, valid_frames, keys)
-        texts = [[self.tokenizer.decode(ids, skip_special_tokens=False) for ids in clip] for clip in result.tokens]
-        return BatchOutput(texts=texts, stats=result.stats)
+    def generate(self, clips: list[ClipInput]) -> BatchOutput:
+        if not clips:
+            return BatchOutput([])
+        request = _Request(len(clips))
+        with self._cond:
+            request.jobs = self.generator.submit(clips, owner=request)
+            self._requests.add(request)
+            self._cond.notify()
+        request.done.wait()
+        if request.error is not None:
+            raise RuntimeError(request.error)
+        texts = [[self.tokenizer.decode(ids, skip_special_tokens=False) for ids in job.tokens] for job in request.jobs]
+        with self._cond:
+            stats = self.generator.stats.taken()
+        return BatchOutput(texts, stats)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self.generator.scheduler.busy():
+                    self._cond.wait()
+                try:
+                    finished = self.generator.run_once() or []
+                except Exception as exc:  # fail what is in flight; the runner retries it
+                    self._fail_all(f"{type(exc).__name__}: {exc}")
+                    continue
+                for job in finished:
+                    request = job.owner
+                    request.remaining -= 1
+                    if request.remaining == 0:
+                        self._requests.discard(request)
+                        request.done.set()
+
+    def _fail_all(self, error: str) -> None:
+        for request in self._requests:
+            request.error = error
+            request.done.set()
+        self._requests.clear()
+        self.generator.reset()

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
-
-import numpy as np
 
 import mindspore as ms
+import numpy as np
 
 from pipeline import shapes
-from pipeline.model.graph_shapes import AUDIO_BLOCKS, MAX_CLIPS_PER_ROW, STAGE_BLOCKS, EngineShape
+from pipeline.model.graph_shapes import (
+    AUDIO_BLOCKS,
+    MAX_CLIPS_PER_ROW,
+    STAGE_BLOCKS,
+    EngineShape,
+)
 from pipeline.model.graphs import (
     EncodeGraph,
     InsertGraph,
@@ -26,18 +29,20 @@ from pipeline.model.graphs import (
     StepGraph,
     compiled_graph_count,
 )
+from pipeline.model.interface import ClipInput
 from pipeline.model.model_plan import Sampling
 from pipeline.model.packing import pack_encoder_row, pack_prefill_row, prompt_tokens
 from pipeline.model.prompts import PromptPlan
-from pipeline.model.scheduler import ClipJob, Encode, Insert, Prefill, RowJob, Scheduler, Step
+from pipeline.model.scheduler import (
+    ClipJob,
+    Encode,
+    Insert,
+    Prefill,
+    RowJob,
+    Scheduler,
+    Step,
+)
 from pipeline.model.stats import GenerationStats
-
-
-@dataclass(frozen=True)
-class ClipInput:
-    key: str  # identifies the clip; seeds its sampling draws
-    features: np.ndarray  # [n_mels, >= valid_frames + 2] log-mel frames (packing.TRAILING_FRAMES)
-    valid_frames: int
 
 
 def row_seed(key: str, task_index: int, seed: int) -> int:
@@ -58,9 +63,7 @@ class Generator:
         self.prefill_graph = PrefillGraph(model, self.state, sample)
         self.insert_graph = InsertGraph(spec, self.state)
         self.step_graph = StepGraph(model, self.state, sample)
-        self.scheduler = Scheduler(shape.slots, shape.row_frames, shape.prefill_len, MAX_CLIPS_PER_ROW,
-                                   AUDIO_BLOCKS, STAGE_BLOCKS, shape.insert_rows, prompts.eos_ids)
-        self.features: dict[ClipJob, np.ndarray] = {}
+        self.reset()
         self.stats = GenerationStats()
         self.keep_first_logits = False
         self.first_logits: dict[tuple[str, int], np.ndarray] = {}
@@ -69,6 +72,14 @@ class Generator:
                              for n in (shape.first_tokens, shape.slots)}
         self._top_p = {n: ms.Tensor(np.full((n, 1), sampling.top_p, np.float32))
                        for n in (shape.first_tokens, shape.slots)}
+
+    def reset(self) -> None:
+        """Forget every clip and row (after a failed graph call). The state Parameters need no
+        clearing: every block and slot is rewritten whole before it is read again."""
+        shape = self.shape
+        self.scheduler = Scheduler(shape.slots, shape.row_frames, shape.prefill_len, MAX_CLIPS_PER_ROW,
+                                   AUDIO_BLOCKS, STAGE_BLOCKS, shape.insert_rows, self.prompts.eos_ids)
+        self.features: dict[ClipJob, np.ndarray] = {}
 
     @property
     def graphs(self):
@@ -111,6 +122,7 @@ class Generator:
         elif isinstance(action, Step):
             finished = self._step()
             self.stats.steps_s += time.perf_counter() - start
+        self.stats.generated_tokens += sum(len(tokens) for clip in finished for tokens in clip.tokens)
         return finished
 
     def generate(self, clips: list[ClipInput]) -> list[list[list[int]]]:
@@ -150,6 +162,7 @@ class Generator:
         self.stats.valid_frames += sum(c.valid_frames for c in action.clips)
         self.stats.computed_frames += self.shape.row_frames
         self.stats.encoder_rows += 1
+        self.stats.clips_encoded += len(action.clips)
 
     def _prefill_inputs(self, row, block: int, draws: list[float], last: list[int]):
         q = self.shape.first_tokens

@@ -90,3 +90,40 @@ def declare_shape(prompts: PromptPlan, max_new_tokens: list[int], slots: int, ma
 def slot_bytes(spec: ModelSpec, shape_span: int, dtype: str) -> int:
     """One decode slot's keys and values across layers."""
     return 2 * spec.layers * spec.kv_heads * spec.head_dim * shape_span * DTYPE_BYTES[dtype]
+
+
+def weight_bytes(spec: ModelSpec, dtype: str) -> int:
+    """The checkpoint's weights as the model holds them (projections, embeddings, output head)."""
+    audio = (spec.n_mels * spec.audio_dim * 3 + spec.audio_dim**2 * 3 + spec.max_source_positions * spec.audio_dim
+             + spec.audio_layers * (4 * spec.audio_dim**2 + 2 * spec.audio_dim * spec.audio_ffn)
+             + spec.audio_dim * spec.hidden)
+    kv_width = spec.kv_heads * spec.head_dim
+    layer = 2 * spec.hidden * spec.heads * spec.head_dim + 2 * spec.hidden * kv_width + 3 * spec.hidden * spec.intermediate
+    text = spec.layers * layer + 2 * spec.vocab * spec.hidden
+    return (audio + text) * DTYPE_BYTES[dtype]
+
+
+def state_bytes(spec: ModelSpec, shape: EngineShape, dtype: str) -> int:
+    """The engine's Parameters: audio arena, staging caches and slot caches."""
+    size = DTYPE_BYTES[dtype]
+    kv_width = spec.kv_heads * spec.head_dim
+    arena = shape.audio_rows * spec.hidden * size
+    staging = 2 * spec.layers * shape.stage_rows * kv_width * size
+    return arena + staging + shape.slots * slot_bytes(spec, shape.span, dtype)
+
+
+def working_bytes(spec: ModelSpec, shape: EngineShape, dtype: str, reuses_layer_memory: bool) -> int:
+    """Rough peak of the largest graph's intermediates. Attention dominates: a layer holds about
+    three score-sized fp32 tensors (scores, masked scores, probabilities). MindSpore's CPU backend
+    measurably keeps most of every layer's intermediates until the graph ends; Ascend's graph
+    compiler plans memory reuse across layers (from MindSpore's documentation, not measured here),
+    so one layer's worth counts there."""
+    size = DTYPE_BYTES[dtype]
+    positions = shapes.encoder_positions(shape.row_frames)
+    encoder_layer = (3 * spec.audio_heads * positions**2 * 4
+                     + positions * (spec.audio_dim * 8 + spec.audio_ffn * 2) * size)
+    length = shape.prefill_len
+    prefill_layer = 3 * spec.heads * length**2 * 4 + length * (spec.hidden * 12 + spec.intermediate * 3) * size
+    encoder = encoder_layer * (1 if reuses_layer_memory else spec.audio_layers)
+    prefill = prefill_layer * (1 if reuses_layer_memory else spec.layers) + spec.heads * length**2 * 4
+    return max(encoder, prefill)

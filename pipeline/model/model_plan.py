@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from pipeline.model.checkpoint import resolve_checkpoint
-from pipeline.model.graph_shapes import EngineShape, declare_shape, slot_bytes
+from pipeline.model.graph_shapes import EngineShape, declare_shape, slot_bytes, state_bytes, weight_bytes, working_bytes
 from pipeline.model.prompts import PromptPlan, build_prompt_plan, eos_token_ids, resolve_style
 from pipeline.model.spec import ModelSpec
 
@@ -43,6 +43,7 @@ class ModelPlan:
     dtype: str  # "bf16", "fp16" or "fp32"
     sampling: Sampling
     shape: EngineShape
+    memory_budget_bytes: int = 0  # per worker, besides the weights
 
     @property
     def style(self) -> str:
@@ -69,23 +70,23 @@ def resolve_dtype(requested: str, device: str) -> str:
     return "bf16" if device == "ascend" else "fp32"
 
 
-def decode_slots(config, spec: ModelSpec, span: int, dtype: str) -> int:
-    """Decode slots: the configured number, or as many as the memory budget holds (at most
-    MAX_AUTO_SLOTS: more slots read the weights fewer times per token, but a run's last rows then
-    decode with more slots idle)."""
+def decode_slots(config, spec: ModelSpec, probe: EngineShape, dtype: str, budget_bytes: int, device: str) -> int:
+    """Decode slots: the configured number, or as many as the memory budget holds beside the
+    engine's arenas and the largest graph's working memory, at most MAX_AUTO_SLOTS (more slots read
+    the weights fewer times per token, but a run's last rows then decode with more slots idle)."""
     if config.decode_slots:
         return config.decode_slots
-    per_slot = slot_bytes(spec, span, dtype)
-    return max(1, min(MAX_AUTO_SLOTS, int(config.memory_budget_gb * 2**30 * SLOT_SHARE // per_slot)))
+    fixed = state_bytes(spec, probe, dtype) + working_bytes(spec, probe, dtype, reuses_layer_memory=device == "ascend")
+    per_slot = slot_bytes(spec, probe.span, dtype)
+    return max(1, min(MAX_AUTO_SLOTS, int((budget_bytes - fixed) // per_slot)))
 
 
-# The share of the memory budget decode slots may take; the rest is the graphs' working memory.
-SLOT_SHARE = 0.5
 MAX_AUTO_SLOTS = 32
 
 
-def plan_model(config, tasks, device: str) -> ModelPlan:
-    """Build the plan for a resolved device."""
+def plan_model(config, tasks, device: str, worker_memory_bytes: int) -> ModelPlan:
+    """Build the plan for a resolved device. worker_memory_bytes is what one worker may use in all;
+    the budget beside the weights is config.memory_budget_gb when set, else that less the weights."""
     from transformers import AutoProcessor
 
     model_dir, revision = resolve_checkpoint(config.model, config.revision)
@@ -96,11 +97,16 @@ def plan_model(config, tasks, device: str) -> ModelPlan:
                                 eos_token_ids(model_dir, processor.tokenizer, style))
     dtype = resolve_dtype(config.dtype, device)
     max_new_tokens = tuple(t.max_new_tokens for t in tasks)
+    if config.memory_budget_gb:
+        budget_bytes = int(config.memory_budget_gb * 2**30)
+    else:
+        budget_bytes = max(0, worker_memory_bytes - weight_bytes(spec, dtype))
     probe = declare_shape(prompts, list(max_new_tokens), 1, spec.max_positions, spec.n_mels)
-    shape = declare_shape(prompts, list(max_new_tokens), decode_slots(config, spec, probe.span, dtype),
-                          spec.max_positions, spec.n_mels)
+    slots = decode_slots(config, spec, probe, dtype, budget_bytes, device)
+    shape = declare_shape(prompts, list(max_new_tokens), slots, spec.max_positions, spec.n_mels)
     return ModelPlan(
         model_dir=str(model_dir), revision=revision, spec=spec, prompts=prompts,
         task_names=tuple(t.name for t in tasks), max_new_tokens=max_new_tokens, device=device, dtype=dtype,
         sampling=Sampling(config.temperature, config.top_p, config.seed), shape=shape,
+        memory_budget_bytes=budget_bytes,
     )

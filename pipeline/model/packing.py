@@ -25,16 +25,13 @@ import numpy as np
 
 from pipeline import shapes
 
-# Frames a clip occupies beyond its valid ones: the reference's first convolution reads up to two
-# log-mel padding frames past the last valid frame (shapes.encoder_positions), and one zero frame
-# must stand before the next clip.
-TRAILING_FRAMES = 2
+# A zero frame must stand before each clip after the first (the convolution's own zero padding).
 GAP_FRAMES = 1
 
 
 def encoder_span(valid_frames: int) -> int:
     """Frames a clip takes in an encoder row, up to where the next clip may start."""
-    span = valid_frames + TRAILING_FRAMES + GAP_FRAMES
+    span = valid_frames + shapes.TRAILING_FRAMES + GAP_FRAMES
     return -(-span // shapes.FRAME_QUANTUM) * shapes.FRAME_QUANTUM
 
 
@@ -44,7 +41,7 @@ def fits_at(start: int, valid_frames: int, row_frames: int) -> bool:
     convolution's zero padding past the window."""
     if start == 0 and row_frames == shapes.WINDOW_FRAMES:
         return valid_frames <= row_frames
-    return start + valid_frames + TRAILING_FRAMES <= row_frames
+    return start + valid_frames + shapes.TRAILING_FRAMES <= row_frames
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ def pack_encoder_row(features: list[np.ndarray], valid_frames: list[int], row_fr
                      n_mels: int) -> EncoderRow:
     """Lay clips out left to right in one row of row_frames mel frames.
 
-    features[c] holds at least valid_frames[c] + TRAILING_FRAMES frames (or exactly the window, for
+    features[c] holds at least valid_frames[c] + shapes.TRAILING_FRAMES frames (or exactly the window, for
     a clip that fills 30 s: the reference reads zeros past the window, as the row edge does).
     """
     positions = row_frames // 2
@@ -80,7 +77,7 @@ def pack_encoder_row(features: list[np.ndarray], valid_frames: list[int], row_fr
         span = encoder_span(valid)
         if not fits_at(start, valid, row_frames):
             raise ValueError(f"clips of {valid_frames} frames do not fit a row of {row_frames}")
-        copied = min(valid + TRAILING_FRAMES, feats.shape[1], row_frames - start)
+        copied = min(valid + shapes.TRAILING_FRAMES, feats.shape[1], row_frames - start)
         packed[:, start:start + copied] = feats[:, :copied]
         # The second convolution reads the first one's output up to frame `valid` (shapes.
         # encoder_positions); everything else in the clip's span must look like zero padding.

@@ -6,12 +6,11 @@ ASCEND_RT_VISIBLE_DEVICES to that NPU alone, so it is always device 0 inside the
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
-import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-
-log = logging.getLogger(__name__)
 
 
 def graph_code_fingerprint() -> str:
@@ -28,21 +27,17 @@ def graph_code_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def configure(device: str, compile_cache_dir: Path | None, cpu_threads: int,
-              compile_order_fixed: bool = False) -> None:
+def configure(device: str, compile_cache_dir: Path | None, cpu_threads: int) -> Path | None:
     """Call once per process, before the first graph compiles.
 
     MindSpore's compile cache (`compile_cache_<i>.mindir`) is keyed by the order in which a process
-    compiles its graphs, not by what the graphs are: a process that compiles bucket 10 s first
-    loads the 5 s graph an earlier process compiled first, and fails at run time (or worse, runs
-    it). The cache is therefore only used when the caller compiles every graph in the same order
-    in every process (compile_order_fixed). Graphs compiled on demand by the first batch of each
-    bucket arrive in data order, so they run uncached, which is slower to start but always right.
+    compiles its graphs, not by what the graphs are; the engine therefore compiles its four graphs
+    at load, always in the same order (Generator.precompile), which makes the cache valid across
+    processes. Workers on one node share the folder, so a node compiles each graph once (see
+    compile_lock). -> the cache folder in use, or None.
     """
-    if compile_cache_dir is not None and not compile_order_fixed:
-        log.warning("MindSpore compile cache not used: graphs are compiled in data order, and the "
-                    "cache would hand a process the graph another process compiled at that position")
-    elif compile_cache_dir is not None:
+    folder = None
+    if compile_cache_dir is not None:
         # The folder name encodes model, shapes, dtype and MindSpore version; the subfolder the
         # code that builds the graphs (see graph_code_fingerprint).
         folder = compile_cache_dir / f"code-{graph_code_fingerprint()}"
@@ -58,6 +53,22 @@ def configure(device: str, compile_cache_dir: Path | None, cpu_threads: int,
         ms.set_device("CPU")
         if cpu_threads > 0:
             ms.device_context.cpu.op_tuning.threads_num(cpu_threads)
+    return folder
+
+
+@contextmanager
+def compile_lock(folder: Path | None):
+    """Hold while compiling: the first worker of a node compiles into the cache, the others wait
+    and then load what it wrote, instead of all compiling at once into the same files."""
+    if folder is None:
+        yield
+        return
+    with open(folder / ".compile.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def mindspore_dtype(name: str):

@@ -14,6 +14,7 @@ class GenerationStats:
     valid_tokens: int = 0  # prompt tokens prefilled and tokens fed to active decode slots
     computed_tokens: int = 0  # token positions computed by prefill rows and decode steps
     encoder_rows: int = 0
+    clips_encoded: int = 0  # one per clip: every task of a clip shares its encoder pass
     prefill_rows: int = 0
     inserted_rows: int = 0
     insert_calls: int = 0

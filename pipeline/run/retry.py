@@ -31,6 +31,6 @@ class RetryPolicy:
         if len(batch.items) > 1:
             self.splits += 1
             middle = len(batch.items) // 2
-            return [Batch(batch.bucket_s, batch.items[:middle]), Batch(batch.bucket_s, batch.items[middle:])], []
+            return [Batch(batch.items[:middle]), Batch(batch.items[middle:])], []
         failure = Failure(reason, f"failed {attempt} time(s) on its own; last error: {detail}")
         return [], [failure_result(batch.items[0], failure, batch.items[0].start_s, batch.items[0].end_s)]

@@ -12,7 +12,10 @@ batches are retried elsewhere under the RetryPolicy.
 from __future__ import annotations
 
 import functools
+import math
 import os
+import resource
+import time
 from collections import defaultdict, deque
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -67,10 +70,14 @@ def _remote_prepare():
 
 
 class AnnotationWorker:
-    """The actor body: holds the model and runs prepared batches one at a time."""
+    """The actor body: holds the model and runs the prepared batches it is given (several at once:
+    the model serves them together)."""
 
     def __init__(self, spec: WorkerSpec):
+        started = time.perf_counter()
         self.error = None
+        self.first_call = self.last_return = None
+        self.busy_s = 0.0
         try:
             from pipeline.run.worker import BatchAnnotator
 
@@ -83,16 +90,28 @@ class AnnotationWorker:
             self.annotator = BatchAnnotator(self.model, spec.tasks, spec.moderation_labels)
         except Exception as exc:  # reported through ready(): a worker that cannot load stops the run
             self.error = f"{type(exc).__name__}: {exc}"
+        self.load_s = time.perf_counter() - started
 
     def ready(self) -> dict:
-        return {"error": self.error, "pid": os.getpid(),
+        return {"error": self.error, "pid": os.getpid(), "load_s": round(self.load_s, 2),
                 "npu": os.environ.get("ASCEND_RT_VISIBLE_DEVICES"), "node": ray.get_runtime_context().get_node_id()}
 
     def run(self, prepared):
         if self.error:
             raise RuntimeError(f"worker failed to start: {self.error}")
+        if self.first_call is None:
+            self.first_call = time.perf_counter()
         results, stats = self.annotator.run(prepared)
+        self.last_return = time.perf_counter()
+        if stats is not None:
+            self.busy_s += stats.model_s
         return results, (asdict(stats) if stats is not None else None), self.model.graphs_compiled
+
+    def usage(self) -> dict:
+        """Peak memory, and model time against the time it had work (for the busy fraction)."""
+        active = self.last_return - self.first_call if self.first_call is not None else 0.0
+        return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "busy_s": round(self.busy_s, 2), "active_s": round(active, 2)}
 
 
 @dataclass
@@ -126,9 +145,32 @@ def cluster_npus() -> int:
     return int(ray.cluster_resources().get("NPU", 0))
 
 
+# An Ascend 910B's memory; the engine plans its caches inside it (the host's memory is not used).
+NPU_MEMORY_BYTES = 64 * 2**30
+# What a worker may plan for, of its share of a device: the rest covers the framework's own
+# allocations, and on CPU the driver, the decode tasks and Ray's object store beside it (Ray's
+# memory monitor kills workers when a node passes 95%).
+NPU_MEMORY_SHARE = 0.85
+CPU_MEMORY_SHARE = 0.6
+
+
+def worker_memory_bytes(workers: int, use_npu: bool) -> int:
+    """Memory one worker may use in all: its NPU's, or its share of its node's (Ray's memory
+    resource, which already leaves the object store out)."""
+    if use_npu:
+        return int(NPU_MEMORY_BYTES * NPU_MEMORY_SHARE)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    smallest = min(n["Resources"].get("memory", 0) for n in nodes)
+    per_node = math.ceil(workers / len(nodes))
+    return int(smallest * CPU_MEMORY_SHARE / per_node)
+
+
 class WorkerPool:
     def __init__(self, spec: WorkerSpec, count: int, use_npu: bool, prefetch: int):
-        options = {"num_cpus": 1, "max_restarts": 0}
+        # Threaded actor: the batches a worker holds run concurrently, so its model can decode the
+        # next batch's rows in slots the current batch no longer needs (continuous batching); one
+        # more thread answers ready().
+        options = {"num_cpus": 1, "max_restarts": 0, "max_concurrency": prefetch + 2}
         if use_npu:
             options["resources"] = {"NPU": 1}
         self.actor_class = ray.remote(**options)(AnnotationWorker)
@@ -148,7 +190,7 @@ class WorkerPool:
         if info["error"]:
             raise UserError(f"a worker could not load the model: {info['error']}")
         self.nodes[actor._actor_id] = info["node"]
-        return info
+        return {**info, "actor_id": actor._actor_id}
 
     def near(self, actor):
         """Prepare a batch on its actor's node, so its features travel through shared memory."""
@@ -172,6 +214,14 @@ class WorkerPool:
                                "Committed work is kept: rerun the same command to resume.")
 
     def shutdown(self) -> None:
+        usage = {}
+        try:  # best effort: a report must not fail a finished run
+            for actor, report in zip(self.actors, ray.get([a.usage.remote() for a in self.actors], timeout=30)):
+                usage[actor._actor_id] = report
+        except ray.exceptions.RayError:
+            pass
+        for info in self.info:
+            info.update(usage.get(info.pop("actor_id", None), {}))
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
 

@@ -15,26 +15,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from pipeline import shapes
 from pipeline.intake import audio
-from pipeline.intake.features import bucket_features
+from pipeline.intake.features import clip_features
+from pipeline.intake.segment import (
+    boundary_nominals,
+    find_cut,
+    search_window,
+    segment_bounds,
+)
 from pipeline.items import Batch, Item, ItemResult
+from pipeline.model.interface import ClipInput, TextModel
 from pipeline.reasons import Failure, Reason
-from pipeline.intake.segment import boundary_nominals, find_cut, search_window, segment_bounds
 from pipeline.tasks.catalog import Task, parse
-
-
-class TextModel(Protocol):
-    """What the worker needs from a model: one list of task texts per clip, in input order."""
-
-    graphs_compiled: int
-
-    def generate(self, bucket_s: float, features: np.ndarray, valid_frames: list[int], keys: list[str]):
-        """-> an object with .texts ([clip][task] raw text) and .stats (GenerationStats-like)."""
 
 
 @dataclass
@@ -78,7 +74,7 @@ class BatchPreparer:
             return window
         return find_cut(window.samples, shapes.SAMPLE_RATE, window.start_s, nominal_s, self.search_s)
 
-    def _decode(self, item: Item, bucket_frames: int) -> ReadyClip | ItemResult:
+    def _decode(self, item: Item) -> ReadyClip | ItemResult:
         path = Path(item.path)
         if item.n_segments == 1:
             decoded = audio.decode(path, silence_dbfs=self.silence_dbfs)
@@ -94,21 +90,20 @@ class BatchPreparer:
             return failure_result(item, decoded, item.start_s, item.end_s)
         end = start + decoded.duration_s
         frames = shapes.frames_for_samples(len(decoded.samples))
-        if not shapes.fits_bucket(frames, bucket_frames):
+        if not shapes.fits_window(frames):
             planned = item.end_s - item.start_s
             return failure_result(item, Failure(
                 Reason.DURATION_MISMATCH,
                 f"{path.name} decodes to {decoded.duration_s:.2f} s but was planned as {planned:.2f} s "
                 f"(from the manifest's duration_s or the file header); fix or drop duration_s for this row",
             ), start, end)
-        features, valid = bucket_features(self.extractor, decoded.samples, bucket_frames)
+        features, valid = clip_features(self.extractor, decoded.samples)
         return ReadyClip(item, features, valid, start, end, decoded.silent)
 
     def prepare(self, batch: Batch) -> PreparedBatch:
-        bucket_frames = shapes.bucket_frames_for_seconds(batch.bucket_s)
         prepared = PreparedBatch(batch)
         for item in batch.items:
-            outcome = self._decode(item, bucket_frames)
+            outcome = self._decode(item)
             (prepared.ready if isinstance(outcome, ReadyClip) else prepared.failed).append(outcome)
         return prepared
 
@@ -127,12 +122,7 @@ class BatchAnnotator:
         if not prepared.ready:
             return results, None
         clips = prepared.ready
-        output = self.model.generate(
-            prepared.batch.bucket_s,
-            np.stack([c.features for c in clips]),
-            [c.valid_frames for c in clips],
-            [c.item.key for c in clips],
-        )
+        output = self.model.generate([ClipInput(c.item.key, c.features, c.valid_frames) for c in clips])
         if len(output.texts) != len(clips) or any(len(t) != len(self.tasks) for t in output.texts):
             raise RuntimeError(
                 f"the model returned {len(output.texts)} results for {len(clips)} clips; "

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.model.interface import BatchOutput, ClipInput
 from pipeline.model.stats import GenerationStats
 
 ANSWERS = {
@@ -24,12 +25,6 @@ ANSWERS = {
 }
 
 
-@dataclass
-class FakeOutput:
-    texts: list[list[str]]
-    stats: GenerationStats = field(default_factory=GenerationStats)
-
-
 class FakeModel:
     def __init__(self, spec, fail_keys=(), crash_keys=(), delay_s=0.0):
         self.task_names = list(spec.plan.task_names)
@@ -38,21 +33,21 @@ class FakeModel:
         self.graphs_compiled = 0
         self.calls = 0
 
-    def generate(self, bucket_s: float, features: np.ndarray, valid_frames: list[int], keys: list[str]) -> FakeOutput:
+    def generate(self, clips: list[ClipInput]) -> BatchOutput:
         self.calls += 1
-        self.graphs_compiled = 3
+        self.graphs_compiled = 4
         time.sleep(self.delay_s)
-        for key in keys:
-            if key in self.crash_keys:
+        for clip in clips:
+            if clip.key in self.crash_keys:
                 os._exit(17)
-            if key in self.fail_keys:
-                raise RuntimeError(f"injected model failure on {key}")
+            if clip.key in self.fail_keys:
+                raise RuntimeError(f"injected model failure on {clip.key}")
         texts = []
-        for key, feats, frames in zip(keys, features, valid_frames):
-            level = float(np.round(feats[:, :frames].mean(), 3))
-            texts.append([ANSWERS.get(t, "{key} {level}").format(key=key, level=level) for t in self.task_names])
-        stats = GenerationStats(valid_frames=sum(valid_frames), computed_frames=len(keys) * features.shape[-1])
-        return FakeOutput(texts, stats)
+        for clip in clips:
+            level = float(np.round(clip.features[:, :clip.valid_frames].mean(), 3))
+            texts.append([ANSWERS.get(t, "{key} {level}").format(key=clip.key, level=level) for t in self.task_names])
+        frames = sum(c.valid_frames for c in clips)
+        return BatchOutput(texts, GenerationStats(valid_frames=frames, computed_frames=frames))
 
 
 @dataclass(frozen=True)

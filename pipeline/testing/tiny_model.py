@@ -148,11 +148,15 @@ def write_tiny_checkpoint(out_dir: str | os.PathLike, seed: int = 0, flavour: st
     model.save_pretrained(out)
     processor.save_pretrained(out)
     if flavour == "base":
-        # The base checkpoint ships no chat template; that absence is how its prompt style is told.
-        for name in ("chat_template.jinja", "chat_template.json"):
-            (out / name).unlink(missing_ok=True)
-        tokenizer_config = out / "tokenizer_config.json"
-        data = json.loads(tokenizer_config.read_text())
-        if data.pop("chat_template", None) is not None:
-            tokenizer_config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        strip_chat_template(out)
     return out
+
+
+def strip_chat_template(folder: Path) -> None:
+    """The base checkpoint ships no chat template; that absence is how its prompt style is told."""
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (folder / name).unlink(missing_ok=True)
+    tokenizer_config = folder / "tokenizer_config.json"
+    data = json.loads(tokenizer_config.read_text())
+    if data.pop("chat_template", None) is not None:
+        tokenizer_config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from pipeline import shapes
-from pipeline.intake.features import bucket_features
 
 
 @pytest.fixture(scope="session")
@@ -77,8 +76,3 @@ def noise_clip(seconds: float, seed: int) -> np.ndarray:
     t = np.arange(n) / shapes.SAMPLE_RATE
     tone = 0.3 * np.sin(2 * np.pi * (220 + 40 * seed) * t) * (1 + np.sin(2 * np.pi * 0.5 * t))
     return (tone + 0.05 * rng.standard_normal(n)).astype(np.float32)
-
-
-def features_for(extractor, clips, bucket_frames):
-    computed = [bucket_features(extractor, clip, bucket_frames) for clip in clips]
-    return np.stack([f for f, _ in computed]), [v for _, v in computed]

@@ -1,9 +1,9 @@
-"""The MindSpore model against transformers' PyTorch Qwen2-Audio on the same weights.
+"""The MindSpore engine against transformers' PyTorch Qwen2-Audio on the same weights.
 
-The claim under test: for every row of a batch that mixes clip lengths inside a bucket and across
-buckets, greedy tokens are identical to the reference generating that clip alone, unpadded, at 30 s,
-with the same prompt. Tolerances for continuous values: encoder outputs and first-step logits
-within 1e-4 absolute (measured differences are about 1e-6 in fp32).
+The claim under test: whatever shares an encoder row, a prefill row or the decode slots with a
+clip, each of its task rows gets exactly the greedy tokens the reference generates for that clip
+alone, unpadded, at 30 s, with the same prompt. Tolerances for continuous values: encoder outputs
+and first-step logits within 1e-4 absolute (measured differences are about 1e-6 in fp32).
 """
 
 import numpy as np
@@ -12,23 +12,24 @@ import pytest
 import mindspore as ms
 
 from pipeline import shapes
-from pipeline.model.generate import Generator, encoder_key_mask
-from pipeline.model.graph_shapes import declare_shapes
-from pipeline.model.graphs import EncoderGraph, Qwen2Audio
+from pipeline.intake.features import clip_features
+from pipeline.model.generate import Generator
+from pipeline.model.graph_shapes import declare_shape
+from pipeline.model.graphs import Qwen2Audio
+from pipeline.model.interface import ClipInput
 from pipeline.model.model_plan import Sampling
+from pipeline.model.packing import pack_encoder_row
 from pipeline.model.prompts import build_prompt_plan, eos_token_ids, resolve_style
 from pipeline.model.spec import ModelSpec
 from pipeline.model.weights import load_weights
-from tests.model.conftest import features_for, noise_clip
+from tests.model.conftest import noise_clip
 
 ATOL = 1e-4
 QUESTIONS = ["Describe this audio in one sentence.", "List the sound events in this audio.", "Transcribe the speech."]
 BUDGETS = [10, 16, 12]
-BUCKETS = (5.0, 10.0, 30.0)
-BATCH = {5.0: 3, 10.0: 2, 30.0: 2}
-# Mixed lengths inside a bucket (the 5 s one holds a 1 s clip and one at its edge minus the
-# margin), a half-empty batch (10 s), and a clip near 30 s beside a 12 s one.
-CLIPS = {5.0: [1.0, 2.73, 4.9], 10.0: [7.31], 30.0: [29.9, 12.4]}
+# Lengths from a fraction of a second to the full window: short clips share encoder and prefill
+# rows, a 29.99 s clip nearly fills one alone, 30 s fills it to the last frame.
+SECONDS = [1.0, 2.73, 4.9, 7.31, 29.99, 12.4, 0.3, 30.0, 3.3]
 
 
 def load_model(model_dir):
@@ -38,16 +39,21 @@ def load_model(model_dir):
     return spec, model
 
 
-def make_generator(model_dir, ref, spec, model, questions, budgets, sampling=Sampling(), eos_extra=()):
+def make_generator(model_dir, ref, spec, model, questions, budgets, slots=5, sampling=Sampling(), eos_extra=()):
     style = resolve_style("auto", model_dir)
     eos = eos_token_ids(model_dir, ref.processor.tokenizer, style) + tuple(eos_extra)
     plan = build_prompt_plan(ref.processor, style, questions, eos)
-    declared = declare_shapes(BUCKETS, BATCH, plan, max(budgets), spec.max_positions)
-    return Generator(model, spec, plan, declared, budgets, ms.float32, sampling), plan
+    shape = declare_shape(plan, budgets, slots, spec.max_positions, spec.n_mels)
+    return Generator(model, spec, plan, shape, budgets, ms.float32, sampling), plan
 
 
-def clips_for(bucket_s):
-    return [noise_clip(seconds, seed=int(seconds * 100)) for seconds in CLIPS[bucket_s]]
+def clip_inputs(extractor, seconds, prefix="clip"):
+    clips = [noise_clip(s, seed=int(s * 100)) for s in seconds]
+    inputs = []
+    for i, clip in enumerate(clips):
+        features, valid = clip_features(extractor, clip)
+        inputs.append(ClipInput(f"{prefix}{i}", features, valid))
+    return clips, inputs
 
 
 @pytest.fixture(scope="module", params=["small-instruct", "odd-base"])
@@ -58,44 +64,35 @@ def setup(request, checkpoint_dir, reference, mindspore_cpu):
     return model_dir, ref, spec, model
 
 
-def test_batched_greedy_tokens_equal_reference_alone(setup):
+def test_greedy_tokens_equal_reference_alone(setup):
     model_dir, ref, spec, model = setup
+    # Five slots for 27 rows: rows are refilled as others end, and prefill rows hold several clips.
     generator, plan = make_generator(model_dir, ref, spec, model, QUESTIONS, BUDGETS)
-    for bucket_s in BUCKETS:
-        clips = clips_for(bucket_s)
-        features, valid = features_for(ref.processor.feature_extractor, clips, generator.declared[bucket_s].frames)
-        result = generator.generate(bucket_s, features, valid, [f"clip{i}" for i in range(len(clips))],
-                                    keep_first_logits=True)
-        for i, clip in enumerate(clips):
-            for t, text in enumerate(plan.texts):
-                expected, logits = ref.generate(text, clip, BUDGETS[t], plan.eos_ids)
-                assert result.tokens[i][t] == expected, (bucket_s, CLIPS[bucket_s][i], QUESTIONS[t])
-                np.testing.assert_allclose(result.first_logits[i * len(QUESTIONS) + t], logits, atol=ATOL)
+    generator.keep_first_logits = True
+    clips, inputs = clip_inputs(ref.processor.feature_extractor, SECONDS)
+    tokens = generator.generate(inputs)
+    assert generator.stats.encoder_rows < len(clips) and generator.stats.prefill_rows < len(clips)
+    for i, clip in enumerate(clips):
+        for t, text in enumerate(plan.texts):
+            expected, logits = ref.generate(text, clip, BUDGETS[t], plan.eos_ids)
+            assert tokens[i][t] == expected, (SECONDS[i], QUESTIONS[t])
+            np.testing.assert_allclose(generator.first_logits[(f"clip{i}", t)], logits, atol=ATOL)
 
 
-def test_compiles_one_graph_per_declared_shape(setup):
+def test_packed_encoder_rows_match_the_reference_for_valid_tokens(setup):
     model_dir, ref, spec, model = setup
-    generator, _ = make_generator(model_dir, ref, spec, model, QUESTIONS[:2], BUDGETS[:2])
-    assert generator.graphs_compiled == 0
-    for round_ in range(2):  # a second pass over every bucket must compile nothing new
-        for bucket_s in BUCKETS:
-            clips = clips_for(bucket_s)[: 1 + round_]
-            features, valid = features_for(ref.processor.feature_extractor, clips, generator.declared[bucket_s].frames)
-            generator.generate(bucket_s, features, valid, [str(i) for i in range(len(clips))])
-        assert generator.graphs_compiled == 3 * len(BUCKETS)
-
-
-def test_encoder_matches_reference_for_valid_tokens(setup):
-    model_dir, ref, spec, model = setup
-    encoder = EncoderGraph(model)
-    for seconds, bucket_s in [(3.0, 5.0), (4.37, 5.0), (4.37, 10.0), (9.9, 15.0), (29.97, 30.0)]:
-        clip = noise_clip(seconds, seed=7)
-        frames = shapes.bucket_frames_for_seconds(bucket_s)
-        features, valid = features_for(ref.processor.feature_extractor, [clip], frames)
-        out = encoder(ms.Tensor(features), ms.Tensor(encoder_key_mask(valid, frames))).asnumpy()[0]
-        expected = ref.audio_features(clip)
-        assert expected.shape[0] == shapes.audio_tokens(valid[0])
-        np.testing.assert_allclose(out[: expected.shape[0]], expected, atol=ATOL)
+    generator, _ = make_generator(model_dir, ref, spec, model, QUESTIONS[:1], BUDGETS[:1], slots=1)
+    for seconds in ([3.0, 4.37, 9.9, 0.05, 7.3], [29.97], [30.0], [0.01, 0.03, 28.8]):
+        clips, inputs = clip_inputs(ref.processor.feature_extractor, seconds)
+        row = pack_encoder_row([c.features for c in inputs], [c.valid_frames for c in inputs],
+                               generator.shape.row_frames, spec.n_mels)
+        generator.encode_graph(*generator._encode_inputs(row, block=0))
+        audio = generator.state.audio.asnumpy()
+        for c, clip in enumerate(clips):
+            expected = ref.audio_features(clip)
+            assert row.token_counts[c] == expected.shape[0] == shapes.audio_tokens(inputs[c].valid_frames)
+            start = row.token_offsets[c]
+            np.testing.assert_allclose(audio[start:start + row.token_counts[c]], expected, atol=ATOL)
 
 
 def test_shared_prefix_equals_each_task_alone(checkpoint_dir, reference, mindspore_cpu):
@@ -103,15 +100,34 @@ def test_shared_prefix_equals_each_task_alone(checkpoint_dir, reference, mindspo
     ref = reference(model_dir)
     spec, model = load_model(model_dir)
     shared, _ = make_generator(model_dir, ref, spec, model, QUESTIONS, BUDGETS)
-    clips = clips_for(5.0)
-    features, valid = features_for(ref.processor.feature_extractor, clips, shared.declared[5.0].frames)
-    together = shared.generate(5.0, features, valid, ["a", "b", "c"]).tokens
+    clips, inputs = clip_inputs(ref.processor.feature_extractor, [1.0, 4.9, 12.4])
+    together = shared.generate(inputs)
     for t, question in enumerate(QUESTIONS):
         alone, plan = make_generator(model_dir, ref, spec, model, [question], [BUDGETS[t]])
-        tokens = alone.generate(5.0, features, valid, ["a", "b", "c"]).tokens
+        tokens = alone.generate(inputs)
         for i, clip in enumerate(clips):
             expected, _ = ref.generate(plan.texts[0], clip, BUDGETS[t], plan.eos_ids)
             assert tokens[i][0] == expected == together[i][t]
+
+
+def test_clips_submitted_while_others_decode_are_exact(checkpoint_dir, reference, mindspore_cpu):
+    model_dir = checkpoint_dir("odd-base")
+    ref = reference(model_dir)
+    spec, model = load_model(model_dir)
+    generator, plan = make_generator(model_dir, ref, spec, model, QUESTIONS[:2], [16, 16], slots=3)
+    first_clips, first = clip_inputs(ref.processor.feature_extractor, [5.5, 20.0], prefix="a")
+    later_clips, later = clip_inputs(ref.processor.feature_extractor, [1.5, 9.0], prefix="b")
+    early_jobs = generator.submit(first)
+    for _ in range(12):  # into decoding, slots busy
+        generator.run_once()
+    assert generator.scheduler.active
+    late_jobs = generator.submit(later)
+    while generator.run_once() is not None:
+        pass
+    for jobs, clips in ((early_jobs, first_clips), (late_jobs, later_clips)):
+        for job, clip in zip(jobs, clips):
+            for t, text in enumerate(plan.texts):
+                assert job.tokens[t] == ref.generate(text, clip, 16, plan.eos_ids)[0]
 
 
 def test_rows_stop_at_end_of_sequence(checkpoint_dir, reference, mindspore_cpu):
@@ -119,24 +135,23 @@ def test_rows_stop_at_end_of_sequence(checkpoint_dir, reference, mindspore_cpu):
     ref = reference(model_dir)
     spec, model = load_model(model_dir)
     generator, _ = make_generator(model_dir, ref, spec, model, QUESTIONS[:2], [16, 16])
-    clips = clips_for(5.0)
-    features, valid = features_for(ref.processor.feature_extractor, clips, generator.declared[5.0].frames)
-    free = generator.generate(5.0, features, valid, ["a", "b", "c"]).tokens
+    clips, inputs = clip_inputs(ref.processor.feature_extractor, [1.0, 2.73, 4.9])
+    free = generator.generate(inputs)
     # Declare a token the model emits mid-answer as end-of-sequence: rows must stop right there.
     stop = free[0][0][3]
     stopping, plan = make_generator(model_dir, ref, spec, model, QUESTIONS[:2], [16, 16], eos_extra=(stop,))
-    result = stopping.generate(5.0, features, valid, ["a", "b", "c"])
-    assert len(result.tokens[0][0]) <= 3
+    tokens = stopping.generate(inputs)
+    assert len(tokens[0][0]) <= 3
     for i, clip in enumerate(clips):
         for t, text in enumerate(plan.texts):
             expected, _ = ref.generate(text, clip, 16, plan.eos_ids)
-            assert stop not in result.tokens[i][t]
-            assert result.tokens[i][t] == expected
-    # When every row's first token is an end-of-sequence token, the batch runs no decode step.
+            assert stop not in tokens[i][t]
+            assert tokens[i][t] == expected
+    # When every row's first token is an end-of-sequence token, no row is ever inserted or decoded.
     firsts = tuple({row[0] for clip in free for row in clip})
     immediate, _ = make_generator(model_dir, ref, spec, model, QUESTIONS[:2], [16, 16], eos_extra=firsts)
-    ended = immediate.generate(5.0, features, valid, ["a", "b", "c"])
-    assert ended.tokens == [[[], []]] * 3 and ended.stats.decode_steps == 0
+    assert immediate.generate(inputs) == [[[], []]] * 3
+    assert immediate.stats.decode_steps == 0 and immediate.stats.inserted_rows == 0
 
 
 def test_sampling_is_reproducible_per_row(checkpoint_dir, reference, mindspore_cpu):
@@ -146,16 +161,23 @@ def test_sampling_is_reproducible_per_row(checkpoint_dir, reference, mindspore_c
     sampling = Sampling(temperature=1.5, top_p=0.9, seed=11)
     generator, _ = make_generator(model_dir, ref, spec, model, QUESTIONS[:2], [12, 12], sampling=sampling)
     greedy, _ = make_generator(model_dir, ref, spec, model, QUESTIONS[:2], [12, 12])
-    clips = clips_for(5.0)
-    frames = generator.declared[5.0].frames
-    features, valid = features_for(ref.processor.feature_extractor, clips, frames)
-    first = generator.generate(5.0, features, valid, ["a", "b", "c"]).tokens
-    again = generator.generate(5.0, features, valid, ["a", "b", "c"]).tokens
-    assert first == again
-    # The same clip with the same key, alone and at another position in the batch: same draws.
-    alone = generator.generate(5.0, features[1:2], valid[1:2], ["b"]).tokens
-    assert alone[0] == first[1]
-    assert greedy.generate(5.0, features, valid, ["a", "b", "c"]).tokens != first
+    _, inputs = clip_inputs(ref.processor.feature_extractor, [1.0, 2.73, 4.9])
+    first = generator.generate(inputs)
+    assert generator.generate(inputs) == first
+    # The same clip with the same key, alone and among others: the same draws.
+    assert generator.generate(inputs[1:2]) == [first[1]]
+    assert greedy.generate(inputs) != first
     other_seed, _ = make_generator(model_dir, ref, spec, model, QUESTIONS[:2], [12, 12],
                                    sampling=Sampling(temperature=1.5, top_p=0.9, seed=12))
-    assert other_seed.generate(5.0, features, valid, ["a", "b", "c"]).tokens != first
+    assert other_seed.generate(inputs) != first
+
+
+def test_compiles_each_declared_graph_once(setup):
+    model_dir, ref, spec, model = setup
+    generator, _ = make_generator(model_dir, ref, spec, model, QUESTIONS[:2], BUDGETS[:2])
+    assert generator.graphs_compiled == 0
+    generator.precompile()
+    assert generator.graphs_compiled == len(generator.shape.graph_names()) == 4
+    _, inputs = clip_inputs(ref.processor.feature_extractor, [1.0, 29.0, 6.0])
+    generator.generate(inputs)
+    assert generator.graphs_compiled == 4

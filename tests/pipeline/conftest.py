@@ -84,7 +84,7 @@ def fast_config(model_dir: Path, manifest: Path, **overrides) -> Config:
     """Small shapes so that a CPU test run compiles and decodes quickly."""
     values = dict(
         model=str(model_dir), audio_root=str(manifest.parent / "audio"), device="cpu",
-        buckets_s=(5.0, 10.0, 30.0), max_batch=2, cpu_threads_per_worker=1, compile_cache_dir=None,
+        batch_items=2, decode_slots=6, cpu_threads_per_worker=1, compile_cache_dir=None,
         max_new_tokens={"caption": 6, "events": 6, "transcript": 8, "moderation": 4},
     )
     values.update(overrides)

@@ -137,7 +137,7 @@ def test_new_manifest_rows_are_processed_on_rerun(ray_cluster, mixed_manifest, m
 
 def test_model_failure_is_isolated_to_its_item(ray_cluster, mixed_manifest, model_dir, tmp_path):
     out = tmp_path / "out"
-    summary = run(mixed_manifest, out, model_dir, factory=FakeModelFactory(fail_keys=("short#0",)), max_batch=4)
+    summary = run(mixed_manifest, out, model_dir, factory=FakeModelFactory(fail_keys=("short#0",)), batch_items=4)
     rows = {r["id"]: r for r in read(out)}
     assert (rows["short"]["status"], rows["short"]["error"]) == ("error", "model_error")
     assert "injected model failure" in rows["short"]["error_detail"]
@@ -190,7 +190,7 @@ from pipeline.annotate import annotate
 from pipeline.testing.fake_model import FakeModelFactory
 from tests.pipeline.conftest import fast_config
 manifest, out, model = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-config = fast_config(model, manifest, commit_items=1, max_batch=1)
+config = fast_config(model, manifest, commit_items=1, batch_items=1)
 try:
     annotate(manifest, config, out=out, workers=1, progress=False, model_factory=FakeModelFactory(delay_s=1.0))
 except KeyboardInterrupt:
@@ -222,7 +222,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_completes(mixed_manifest, model_dir,
     committed = pq.read_table(out / "parts").column("key").to_pylist()
     # The reruns are in this process: Ray starts here on first use.
     full = tmp_path / "full"
-    config = fast_config(model_dir, mixed_manifest, commit_items=1, max_batch=1)
+    config = fast_config(model_dir, mixed_manifest, commit_items=1, batch_items=1)
     options = dict(workers=1, progress=False, model_factory=FakeModelFactory())
     annotate(mixed_manifest, config, out=full, **options)
     total = pq.read_table(full / "segments.parquet").num_rows

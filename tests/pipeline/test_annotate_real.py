@@ -85,7 +85,7 @@ def _committed(out: Path) -> int:
 def test_kill_midway_then_resume_gives_the_uninterrupted_rows(real_run, tmp_path):
     manifest, config, full_out, _ = real_run
     job = tmp_path / "job.yaml"
-    keys = ("model", "audio_root", "device", "buckets_s", "max_batch", "cpu_threads_per_worker", "max_new_tokens",
+    keys = ("model", "audio_root", "device", "batch_items", "decode_slots", "cpu_threads_per_worker", "max_new_tokens",
             "commit_items")
     job.write_text(yaml.safe_dump({k: (list(v) if isinstance(v, tuple) else v)
                                    for k, v in vars(config).items() if k in keys} | {"compile_cache_dir": None}))

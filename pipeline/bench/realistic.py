@@ -1,0 +1,198 @@
+"""`make bench`: the pipeline against transformers on a realistic workload, side by side in one run.
+
+1. Write a podcast-like mix (bench.workload) and a random checkpoint with the real model's
+   proportions (bench.checkpoint).
+2. Run `python -m pipeline annotate` on it twice, exactly as `make annotate` does with default
+   settings: once with an empty compile cache (cold start), once into a new output folder with the
+   cache the first run left (warm start). Wall time is the whole command, start-up included.
+3. Run the reference (bench.reference) on the same audio: every clip, and every segment of the long
+   files cut where the pipeline cut them.
+4. Check that every (row, task) text is identical, and write the figures: a printed table and a
+   JSON file (BENCH_OUT, default outputs/bench/bench.json).
+
+Speed is measured here, never asserted in tests; CI runs a reduced workload only for its keys and
+its identical outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import yaml
+
+from pipeline import shapes
+from pipeline.bench.checkpoint import parameter_count, write_bench_checkpoint
+from pipeline.bench.projection import project
+from pipeline.bench.reference import run_reference
+from pipeline.bench.workload import Mix, write_workload
+from pipeline.intake import audio
+
+TASKS = ("caption", "events", "transcript")
+BUDGETS = {"caption": 32, "events": 16, "transcript": 64}
+QUICK = Mix(short=3, medium=1, long=1, long_minutes=(0.6, 0.7))
+
+
+def _annotate(manifest: Path, model_dir: Path, job: Path, out: Path) -> dict:
+    """The `make annotate` command, timed whole; -> its run.json with the wall time added."""
+    command = [sys.executable, "-m", "pipeline", "annotate", str(manifest), "--model", str(model_dir),
+               "--out", str(out), "--job", str(job), "--no-progress"]
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"annotate failed ({done.returncode}):\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
+    info = json.loads((out / "run.json").read_text())
+    info["command_wall_s"] = wall
+    return info
+
+
+def _segments(out: Path, data: Path) -> tuple[list, list[dict]]:
+    """The audio the pipeline annotated, as the reference gets it: each segment decoded between the
+    pipeline's own cut points. -> (clips, segment rows)."""
+    rows = pq.read_table(out / "segments.parquet").to_pylist()
+    manifest = {r["id"]: r["audio"] for r in pq.read_table(data / "manifest.parquet").to_pylist()}
+    clips = []
+    for row in rows:
+        decoded = audio.decode(data / manifest[row["id"]], row["start_s"], row["end_s"] if row["n_segments"] > 1 else None)
+        if isinstance(decoded, audio.Failure):
+            raise RuntimeError(f"{row['id']}: {decoded}")
+        clips.append(decoded.samples)
+    return clips, rows
+
+
+def _ratio(numerator, denominator):
+    return round(numerator / denominator, 4) if denominator else None
+
+
+def measure(work: Path, mix: Mix, dims: str, threads: int) -> dict:
+    model_dir = write_bench_checkpoint(work / "checkpoint", dims=dims, flavour="base")
+    data = work / "data"
+    manifest = write_workload(data, mix)
+    job = work / "job.yaml"
+    job.write_text(yaml.safe_dump({"tasks": list(TASKS), "max_new_tokens": BUDGETS,
+                                   "compile_cache_dir": str(work / "compile-cache")}))
+    print(f"pipeline, cold compile cache ({mix.label}) ...", flush=True)
+    cold = _annotate(manifest, model_dir, job, work / "out-cold")
+    print("pipeline, warm compile cache ...", flush=True)
+    warm = _annotate(manifest, model_dir, job, work / "out-warm")
+    clips, rows = _segments(work / "out-warm", data)
+    prompts = [t["prompt"] for t in warm["tasks"]]
+    print(f"reference: transformers on the same {len(clips)} clips and segments ...", flush=True)
+    reference = run_reference(model_dir, clips, prompts, [BUDGETS[t] for t in TASKS], warm["eos_token_ids"],
+                              threads=threads)
+
+    pairs = [(row["raw"] or {}, texts) for row, texts in zip(rows, reference["texts"])]
+    matches = sum(dict(raw).get(task) == text for raw, texts in pairs for task, text in zip(TASKS, texts))
+    generation, efficiency = warm["generation"], warm["padding_efficiency"]
+    model_s = sum(generation[k] for k in ("encode_s", "prefill_s", "insert_s", "steps_s"))
+    valid_frames = sum(shapes.frames_for_samples(len(c)) for c in clips)
+    workers = warm["this_run"]["workers"]
+    busy = sum(w.get("busy_s", 0.0) for w in workers)
+    active = sum(w.get("active_s", 0.0) for w in workers)
+    audio_s = sum(len(c) for c in clips) / shapes.SAMPLE_RATE
+    statuses = warm["counts"]["rows_by_status"]
+    # The reference's padded prompt: 30 s of audio tokens and the prompt text around them.
+    prompt_len = shapes.audio_tokens(shapes.WINDOW_FRAMES) + 16
+    result = {
+        "workload": {"mix": asdict(mix), "label": mix.label, "manifest_rows": warm["counts"]["rows"],
+                     "clips_and_segments": len(clips), "tasks": list(TASKS), "max_new_tokens": BUDGETS,
+                     "prompt_style": warm["model"]["style"]},
+        "checkpoint": {"dims": dims, "spec": warm["model"]["dims"], "parameters": parameter_count(model_dir)},
+        "audio_seconds": round(audio_s, 2),
+        "pipeline_wall_s": round(warm["command_wall_s"], 2),
+        "pipeline_wall_cold_s": round(cold["command_wall_s"], 2),
+        "pipeline_model_s": round(model_s, 2),
+        "reference_wall_s": round(reference["wall_s"], 2),
+        "reference_model_s": round(reference["generate_s"], 2),
+        "speedup_vs_reference": _ratio(reference["wall_s"], warm["command_wall_s"]),
+        "model_speedup_vs_reference": _ratio(reference["generate_s"], model_s),
+        "outputs_match_fraction": _ratio(matches, len(pairs) * len(TASKS)),
+        "rows_ok_fraction": _ratio(statuses.get("ok", 0), warm["counts"]["rows"]),
+        "encoder_frames_computed_per_valid": {
+            "pipeline": _ratio(1, efficiency["frames"]),
+            "reference": _ratio(reference["encoder_frames_computed"], valid_frames),
+        },
+        "llm_tokens_computed_per_valid": {
+            "pipeline": _ratio(1, efficiency["tokens"]),
+            # The same useful work as the pipeline's (identical outputs), over what the reference computed.
+            "reference": _ratio(reference["llm_tokens_computed"], generation["valid_tokens"]),
+        },
+        "decode_row_steps_useful_fraction": efficiency["decode_row_steps"],
+        "encoder_passes_per_clip": {"pipeline": _ratio(generation["clips_encoded"], len(clips)),
+                                    "reference": _ratio(reference["rows"], len(clips))},
+        "graphs_compiled": warm["this_run"]["graphs_compiled"],
+        "declared_shapes": warm["shape"]["graphs"],
+        "model_busy_fraction": _ratio(busy, active),
+        "peak_rss_mb_per_worker": [w.get("peak_rss_mb") for w in workers],
+        "memory_budget_mb": warm["memory_budget_mb"],
+        "cold_start_s": max(w.get("load_s", 0.0) for w in cold["this_run"]["workers"]),
+        "warm_cache_start_s": max(w.get("load_s", 0.0) for w in workers),
+        "workers": len(workers),
+        "phases_s": {k: generation[k] for k in ("encode_s", "prefill_s", "insert_s", "steps_s")},
+        "counts": {k: generation[k] for k in ("encoder_rows", "prefill_rows", "insert_calls", "decode_steps",
+                                               "generated_tokens")},
+        "reference_counts": {k: reference[k] for k in ("generate_calls", "rows", "decode_steps", "generated_tokens")},
+    }
+    counts = {**generation}
+    reference_counts = {**reference, "mean_budget": sum(BUDGETS.values()) / len(BUDGETS)}
+    result["projection_7b_910b"] = project(audio_s, warm["shape"], counts, reference_counts, prompt_len)
+    return result
+
+
+def print_table(r: dict) -> None:
+    p = r["projection_7b_910b"]
+    lines = [
+        f"workload: {r['workload']['label']} = {r['workload']['clips_and_segments']} clips and segments, "
+        f"{r['audio_seconds']:.0f} s of audio; tasks {', '.join(r['workload']['tasks'])}",
+        f"checkpoint: {r['checkpoint']['dims']} ({r['checkpoint']['parameters']['audio'] / 1e6:.1f}M audio, "
+        f"{r['checkpoint']['parameters']['text'] / 1e6:.1f}M text parameters)",
+        "",
+        f"{'figure':<38}{'pipeline':>14}{'reference':>14}",
+        f"{'wall s (end to end, warm cache)':<38}{r['pipeline_wall_s']:>14}{r['reference_wall_s']:>14}",
+        f"{'model s':<38}{r['pipeline_model_s']:>14}{r['reference_model_s']:>14}",
+        f"{'encoder frames computed / valid':<38}{r['encoder_frames_computed_per_valid']['pipeline']:>14}"
+        f"{r['encoder_frames_computed_per_valid']['reference']:>14}",
+        f"{'llm tokens computed / valid':<38}{r['llm_tokens_computed_per_valid']['pipeline']:>14}"
+        f"{r['llm_tokens_computed_per_valid']['reference']:>14}",
+        f"{'encoder passes per clip':<38}{r['encoder_passes_per_clip']['pipeline']:>14}"
+        f"{r['encoder_passes_per_clip']['reference']:>14}",
+        f"{'7B on 910B bound, audio-s per s':<38}{p['this_plan']['audio_s_per_s_bound']:>14.0f}"
+        f"{p['padded_30s']['audio_s_per_s_bound']:>14.0f}",
+        "",
+        f"speedup_vs_reference {r['speedup_vs_reference']}   model_speedup_vs_reference {r['model_speedup_vs_reference']}",
+        f"outputs_match_fraction {r['outputs_match_fraction']}   rows_ok_fraction {r['rows_ok_fraction']}",
+        f"decode_row_steps_useful_fraction {r['decode_row_steps_useful_fraction']}   "
+        f"model_busy_fraction {r['model_busy_fraction']}",
+        f"graphs_compiled {r['graphs_compiled']} ({r['workers']} worker(s)); declared {', '.join(r['declared_shapes'])}",
+        f"peak_rss_mb_per_worker {r['peak_rss_mb_per_worker']} (budget {r['memory_budget_mb']} MB besides weights)",
+        f"cold_start_s {r['cold_start_s']:.1f}   warm_cache_start_s {r['warm_cache_start_s']:.1f}   "
+        f"cold run wall {r['pipeline_wall_cold_s']} s",
+        f"phases s {r['phases_s']}",
+    ]
+    print("\n".join(lines))
+
+
+def run_benchmark(args) -> int:
+    mix = QUICK if args.quick else Mix(short=args.short, medium=args.medium, long=args.long, seed=args.seed)
+    dims = "tiny" if args.quick else args.dims
+    threads = os.cpu_count() or 1
+    out = Path(args.out or os.environ.get("BENCH_OUT") or "outputs/bench/bench.json")
+    with tempfile.TemporaryDirectory(prefix="qwen2-audio-bench-") as tmp:
+        result = measure(Path(tmp), mix, dims, threads)
+    result["environment"] = {"cpus": os.cpu_count(), "load_average_1_5_15min": os.getloadavg(),
+                             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    print_table(result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(f".{out.name}.tmp")
+    tmp_out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp_out, out)  # a reader never sees half a file
+    print(f"saved {out}")
+    return 0
