@@ -30,10 +30,13 @@ import yaml
 
 from pipeline import shapes
 from pipeline.bench.checkpoint import parameter_count, write_bench_checkpoint
+from pipeline.bench.graphs import profile_graphs
 from pipeline.bench.projection import project
 from pipeline.bench.reference import run_reference
 from pipeline.bench.workload import Mix, write_workload
+from pipeline.config import Config
 from pipeline.intake import audio
+from pipeline.tasks.catalog import resolve_tasks
 
 TASKS = ("caption", "events", "transcript")
 BUDGETS = {"caption": 32, "events": 16, "transcript": 64}
@@ -144,11 +147,16 @@ def measure(work: Path, mix: Mix, dims: str, threads: int) -> dict:
     counts = {**generation}
     reference_counts = {**reference, "mean_budget": sum(BUDGETS.values()) / len(BUDGETS)}
     result["projection_7b_910b"] = project(audio_s, warm["shape"], counts, reference_counts, prompt_len)
+    print("each graph against torch doing the same work ...", flush=True)
+    config = Config(tasks=TASKS, max_new_tokens=BUDGETS)
+    questions = [task.prompt(warm["model"]["style"]) for task in resolve_tasks(config)]
+    result["per_graph"] = profile_graphs(model_dir, questions, [BUDGETS[t] for t in TASKS], warm["shape"]["slots"],
+                                         threads)
     return result
 
 
 def print_table(r: dict) -> None:
-    p = r["projection_7b_910b"]
+    p, g = r["projection_7b_910b"], r["per_graph"]
     lines = [
         f"workload: {r['workload']['label']} = {r['workload']['clips_and_segments']} clips and segments, "
         f"{r['audio_seconds']:.0f} s of audio; tasks {', '.join(r['workload']['tasks'])}",
@@ -176,6 +184,15 @@ def print_table(r: dict) -> None:
         f"cold_start_s {r['cold_start_s']:.1f}   warm_cache_start_s {r['warm_cache_start_s']:.1f}   "
         f"cold run wall {r['pipeline_wall_cold_s']} s",
         f"phases s {r['phases_s']}",
+        "",
+        "each graph against torch on the same work (ms):",
+        f"  encoder per 1000 frames   ours {g['encode']['ours_ms_per_1000_frames']:8.1f}   "
+        f"torch {g['encode']['reference_ms_per_1000_frames']:8.1f}",
+        f"  prefill per token         ours {g['prefill']['ours_ms_per_token']:8.3f}   "
+        f"torch {g['prefill']['reference_ms_per_token']:8.3f}",
+        f"  decode step, {g['step']['rows']} rows x {g['step']['span']}   ours {g['step']['ours_ms']:8.1f}   "
+        f"torch {g['step']['reference_ms']:8.1f}",
+        f"  insert {g['insert']['rows']} rows            ours {g['insert']['ours_ms']:8.1f}",
     ]
     print("\n".join(lines))
 

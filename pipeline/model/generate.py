@@ -137,15 +137,15 @@ class Generator:
         them. A fixed order is what lets MindSpore's compile cache (keyed by compile position)
         serve later processes; compiling up front also keeps compile time out of the first batches."""
         row = pack_encoder_row([], [], self.shape.row_frames, self.shape.n_mels)
-        self.encode_graph.compile(*self._encode_inputs(row, 0))
+        self.encode_graph.compile(*self.encode_inputs(row, 0))
         prefill_row = pack_prefill_row(self.prompts, [], self.shape.prefill_len, self.shape.audio_rows - 1)
-        self.prefill_graph.compile(*self._prefill_inputs(prefill_row, 0, [], []))
-        self.insert_graph.compile(*self._insert_inputs([((self.shape.stage_rows - 1,), 0)]))
-        self.step_graph.compile(*self._step_inputs())
+        self.prefill_graph.compile(*self.prefill_inputs(prefill_row, 0, [], []))
+        self.insert_graph.compile(*self.insert_inputs([((self.shape.stage_rows - 1,), 0)]))
+        self.step_graph.compile(*self.step_inputs())
 
     # --- actions -------------------------------------------------------------------------------
 
-    def _encode_inputs(self, row, block: int):
+    def encode_inputs(self, row, block: int):
         first = block * self.shape.row_tokens
         arena_rows = np.arange(first, first + self.shape.row_tokens, dtype=np.int32)
         return (ms.Tensor(row.features[None]), ms.Tensor(row.frame_keep.reshape(1, 1, -1)),
@@ -156,7 +156,7 @@ class Generator:
         features = [self.features.pop(clip) for clip in action.clips]
         row = pack_encoder_row(features, [c.valid_frames for c in action.clips], self.shape.row_frames,
                                self.shape.n_mels)
-        self.encode_graph(*self._encode_inputs(row, action.block))
+        self.encode_graph(*self.encode_inputs(row, action.block))
         first = action.block * self.shape.row_tokens
         self.scheduler.encoded_row(action, [first + offset for offset in row.token_offsets])
         self.stats.valid_frames += sum(c.valid_frames for c in action.clips)
@@ -164,7 +164,7 @@ class Generator:
         self.stats.encoder_rows += 1
         self.stats.clips_encoded += len(action.clips)
 
-    def _prefill_inputs(self, row, block: int, draws: list[float], last: list[int]):
+    def prefill_inputs(self, row, block: int, draws: list[float], last: list[int]):
         q = self.shape.first_tokens
         length = self.shape.prefill_len
         last_index = np.zeros(q, np.int32)
@@ -185,7 +185,7 @@ class Generator:
                 streams.append(self._stream(clip.key, task))
                 last.append(prompt.last)
         draws = [s() if s else 0.0 for s in streams]
-        tokens, logits = self.prefill_graph(*self._prefill_inputs(row, action.block, draws, last))
+        tokens, logits = self.prefill_graph(*self.prefill_inputs(row, action.block, draws, last))
         tokens = tokens.asnumpy()
         if self.keep_first_logits:
             logits = logits.asnumpy()
@@ -209,7 +209,7 @@ class Generator:
             return None
         return np.random.default_rng(row_seed(key, task, self.sampling.seed)).random
 
-    def _insert_inputs(self, entries: list[tuple[tuple[int, ...], int]]):
+    def insert_inputs(self, entries: list[tuple[tuple[int, ...], int]]):
         """entries: (staging rows of a prompt, slot); padded by repeating the last entry. Positions
         past the prompt read the staging trash row, which nothing writes: zeros."""
         shape = self.shape
@@ -220,12 +220,12 @@ class Generator:
         return ms.Tensor(src), ms.Tensor(np.asarray([slot for _, slot in entries], np.int32))
 
     def _insert(self, action: Insert) -> None:
-        self.insert_graph(*self._insert_inputs([(row.src, slot) for row, slot in zip(action.rows, action.slots)]))
+        self.insert_graph(*self.insert_inputs([(row.src, slot) for row, slot in zip(action.rows, action.slots)]))
         self.scheduler.inserted(action)
         self.stats.inserted_rows += len(action.rows)
         self.stats.insert_calls += 1
 
-    def _step_inputs(self):
+    def step_inputs(self):
         n = self.shape.slots
         ids = np.full(n, self.prompts.eos_ids[0], np.int32)
         positions = np.zeros(n, np.int32)
@@ -241,7 +241,7 @@ class Generator:
 
     def _step(self) -> list[ClipJob]:
         active = self.scheduler.active
-        tokens, _ = self.step_graph(*self._step_inputs())
+        tokens, _ = self.step_graph(*self.step_inputs())
         finished = self.scheduler.stepped(tokens.asnumpy())
         self.stats.decode_steps += 1
         self.stats.row_steps += self.shape.slots

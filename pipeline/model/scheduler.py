@@ -8,6 +8,10 @@ wait for the rest of their batch, so a slot only idles when no staged row is lef
 
 Packing is first fit in arrival order: a clip that does not fit the row being filled waits for the
 next row, and is the first to be tried there, so no clip waits forever.
+
+Staged rows enter slots longest budget first: a run ends when its last rows end, and slots idle
+while they do, so long rows should not be the last to start. A short row is not starved: its
+staging block stays held until it is inserted, and no new prefill starts without a free block.
 """
 
 from __future__ import annotations
@@ -173,7 +177,9 @@ class Scheduler:
             if self._ended(row, row.next_token, first=True):
                 finished += self._finish(row)
             else:
-                self.staged.append(row)
+                # After every staged row with at least its budget: longest first, then arrival.
+                at = next((i for i, other in enumerate(self.staged) if other.budget < row.budget), len(self.staged))
+                self.staged.insert(at, row)
                 staged += 1
         if staged:
             self._stage_users[action.block] = staged

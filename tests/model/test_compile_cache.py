@@ -27,7 +27,7 @@ from tests.model.conftest import noise_clip
 model_dir, cache = sys.argv[1], sys.argv[2]
 config = Config(model=model_dir, device="cpu", decode_slots=2, tasks=("caption", "events"),
                 max_new_tokens={"caption": 5, "events": 5})
-plan = plan_model(config, resolve_tasks(config), "cpu")
+plan = plan_model(config, resolve_tasks(config), "cpu", 4 * 2**30)
 model = MindSporeModel(plan, None if cache == "none" else cache, cpu_threads=1)
 extractor = WhisperFeatureExtractor.from_pretrained(model_dir)
 clips = []

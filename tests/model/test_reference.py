@@ -86,7 +86,7 @@ def test_packed_encoder_rows_match_the_reference_for_valid_tokens(setup):
         clips, inputs = clip_inputs(ref.processor.feature_extractor, seconds)
         row = pack_encoder_row([c.features for c in inputs], [c.valid_frames for c in inputs],
                                generator.shape.row_frames, spec.n_mels)
-        generator.encode_graph(*generator._encode_inputs(row, block=0))
+        generator.encode_graph(*generator.encode_inputs(row, block=0))
         audio = generator.state.audio.asnumpy()
         for c, clip in enumerate(clips):
             expected = ref.audio_features(clip)
