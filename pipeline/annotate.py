@@ -102,8 +102,10 @@ class Committer:
     made tqdm clamp the bar and print a negative ETA).
     """
 
-    def __init__(self, sink: OutputDir, columns, items: list[Item], bar, commit_items: int, commit_seconds: float):
-        self.sink, self.columns, self.bar = sink, columns, bar
+    def __init__(self, sink: OutputDir, columns, items: list[Item], console: Console, commit_items: int,
+                 commit_seconds: float):
+        self.sink, self.columns = sink, columns
+        self.bar = console.progress_bar(sum(audio_ms(i) for i in items))
         self.commit_items, self.commit_seconds = commit_items, commit_seconds
         self.buffer: list[ItemResult] = []
         self.stats: dict | None = None
@@ -215,9 +217,8 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
         warn_unreadable(console, new_failures)
         console.info(start_line(len({i.id for i in todo} | {r.item.id for r in new_failures}), manifest.num_rows,
                                 todo_audio_s, npus if use_npu else worker_count, use_npu, plan.dtype))
-        committer = Committer(sink, columns, todo + [r.item for r in new_failures],
-                              console.progress_bar(sum(audio_ms(i) for i in todo)),
-                              config.commit_items, config.commit_seconds)
+        committer = Committer(sink, columns, todo + [r.item for r in new_failures], console, config.commit_items,
+                              config.commit_seconds)
         report = runner.ExecutionReport()
         if new_failures:
             committer(new_failures, None)

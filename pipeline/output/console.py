@@ -82,7 +82,7 @@ class _ConsoleHandler(logging.Handler):
 def duration_text(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
+    if seconds < 3600:
         return f"{seconds / 60:.1f} min"
     return f"{seconds / 3600:.2f} h"
 
