@@ -21,9 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.annotate import Committer
+from pipeline.annotate import Committer, warn_unreadable
 from pipeline.items import Item, ItemResult
 from pipeline.output.console import Console, start_line, summary_lines
+from pipeline.reasons import Failure, Reason
+from pipeline.run.worker import failure_result
 
 REPO = Path(__file__).resolve().parents[2]
 BAR = re.compile(r"(\d+)/(\d+) audio-s \[([^<\]]*)<([^,\]]*)")
@@ -94,6 +96,19 @@ def test_quiet_console_shows_errors_and_the_summary_only():
     assert terminal.getvalue().splitlines() == ["error: interrupted", "done: 8 rows (ok 8)"]
     assert logged == ["annotating 8 rows", "warning: 2 rows cannot be read", "error: interrupted", "done: 8 rows (ok 8)"]
     assert console.progress_bar(1000).disable
+
+
+def test_rows_that_cannot_be_read_are_a_warning_at_the_start():
+    terminal = FakeTerminal()
+    failures = [failure_result(Item(r, f"clip{r}", f"/audio/clip{r}.wav", 0, 1, 0.0, 0.0, 5.0), failure)
+                for r, failure in enumerate([Failure(Reason.MISSING_FILE, "no such file: /audio/clip0.wav"),
+                                             Failure(Reason.MISSING_FILE, "no such file: /audio/clip1.wav"),
+                                             Failure(Reason.CORRUPT_AUDIO, "not a WAV file")])]
+    warn_unreadable(Console(terminal, terminal), failures)
+    warn_unreadable(Console(terminal, terminal), [])
+    assert terminal.getvalue().splitlines() == [
+        "warning: 3 rows cannot be read and become error rows (missing_file 2, corrupt_audio 1); "
+        "first: clip0: no such file: /audio/clip0.wav"]
 
 
 def run_in_terminal(argv: list[str], timeout: float) -> tuple[int, str]:
