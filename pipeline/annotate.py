@@ -106,6 +106,8 @@ class Committer:
                  commit_seconds: float):
         self.sink, self.columns = sink, columns
         self.bar = console.progress_bar(sum(audio_ms(i) for i in items))
+        # Until the first results: loading the model and compiling can take minutes.
+        self.bar.set_postfix_str("starting workers")
         self.commit_items, self.commit_seconds = commit_items, commit_seconds
         self.buffer: list[ItemResult] = []
         self.stats: dict | None = None
