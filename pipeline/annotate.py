@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
-import sys
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from pipeline.items import Item, ItemResult
 from pipeline.intake.manifest import Manifest, read_manifest
 from pipeline.plan import plan_batches, plan_items
 from pipeline.reasons import Failure
+from pipeline.output.console import TOP_REASONS, Console, counts_text, start_line, summary_lines
 from pipeline.output.sink import OutputDir
 from pipeline.tasks.catalog import OUTPUT_COLUMNS, output_columns, resolve_tasks
 from pipeline.run.worker import failure_result
@@ -94,31 +97,41 @@ def intake(manifest: Manifest, config: Config, done_ids: set[str]) -> tuple[list
 
 
 class Committer:
-    """Buffers results and commits them as parts; also drives the progress bar."""
+    """Buffers results and commits them as parts; also drives the progress bar.
 
-    def __init__(self, sink: OutputDir, columns, total_items: int, total_audio_s: float, show: bool,
-                 commit_items: int, commit_seconds: float):
-        from tqdm import tqdm
+    The bar counts audio in whole milliseconds, each item rounded once: its total is then exactly
+    the sum of its updates, so it never passes 100% (float sums taken in another order did, which
+    made tqdm clamp the bar and print a negative ETA).
+    """
 
+    def __init__(self, sink: OutputDir, columns, items: list[Item], console: Console, commit_items: int,
+                 commit_seconds: float):
         self.sink, self.columns = sink, columns
+        self.bar = console.progress_bar(sum(audio_ms(i) for i in items))
+        # Until the first results: loading the model and compiling can take minutes.
+        self.bar.set_postfix_str("starting workers")
         self.commit_items, self.commit_seconds = commit_items, commit_seconds
         self.buffer: list[ItemResult] = []
         self.stats: dict | None = None
         self.last_flush = time.monotonic()
-        self.items_done = self.errors = 0
-        self.total_items = total_items
-        self.bar = tqdm(total=total_audio_s, unit="audio-s", disable=not show, dynamic_ncols=True,
-                        bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}, {rate_fmt}]{postfix}")
+        self.items_left = Counter(i.id for i in items)  # per row: its items still to come in this run
+        self.total_rows = len(self.items_left)
+        self.rows_done = 0
+        self.rows_with_errors: set[str] = set()
 
     def __call__(self, results: list[ItemResult], stats: dict | None) -> None:
         self.buffer.extend(results)
         if stats is not None:
             self.stats = stats if self.stats is None else {k: self.stats[k] + stats[k] for k in stats}
-        self.items_done += len(results)
-        self.errors += sum(r.status != "ok" for r in results)
-        self.bar.update(sum(r.item.end_s - r.item.start_s for r in results))
-        self.bar.set_postfix_str(f"items {self.items_done}/{self.total_items}, errors {self.errors}, "
-                                 f"audio {self.bar.n / 3600:.2f} h", refresh=False)
+        for r in results:
+            self.items_left[r.item.id] -= 1
+            self.rows_done += self.items_left[r.item.id] == 0
+            if r.status != "ok":
+                self.rows_with_errors.add(r.item.id)
+        # The text first: update() redraws the bar, and it should show this batch's counts.
+        self.bar.set_postfix_str(f"rows {self.rows_done}/{self.total_rows}, errors {len(self.rows_with_errors)}",
+                                 refresh=False)
+        self.bar.update(sum(audio_ms(r.item) for r in results))
         if len(self.buffer) >= self.commit_items or time.monotonic() - self.last_flush > self.commit_seconds:
             self.flush()
 
@@ -131,6 +144,10 @@ class Committer:
     def close(self) -> None:
         self.flush()
         self.bar.close()
+
+
+def audio_ms(item: Item) -> int:
+    return round((item.end_s - item.start_s) * 1000)
 
 
 def default_workers(config: Config, requested: int | None) -> int:
@@ -152,23 +169,29 @@ def run_settings(plan, config: Config, tasks) -> dict:
     }
 
 
+def output_folder(manifest_path: str | Path, out: str | Path | None) -> Path:
+    return Path(out) if out else Path("outputs") / Path(manifest_path).stem
+
+
 def annotate(manifest_path: str | Path, config: Config, out: str | Path | None = None, workers: int | None = None,
-             restart: bool = False, progress: bool = True, model_factory=None) -> RunSummary:
+             restart: bool = False, progress: bool = True, model_factory=None,
+             console: Console | None = None) -> RunSummary:
     from pipeline.output import run_info
     from pipeline.run import runner
     from pipeline.model.model_plan import plan_model
 
     started = time.time()
+    console = console or Console(progress=progress)
     manifest_path = Path(manifest_path)
     manifest = read_manifest(manifest_path)
     tasks = resolve_tasks(config)
     columns = annotation_columns(tasks)
     check_passthrough(manifest, columns)
-    out = Path(out) if out else Path("outputs") / manifest_path.stem
+    out = output_folder(manifest_path, out)
     digest = file_digest(manifest_path)
     worker_count = default_workers(config, workers)
 
-    with runner.ray_session(num_cpus=max(os.cpu_count() or 1, worker_count)):
+    with runner.ray_session(worker_count):
         npus = runner.cluster_npus()
         device = config.device if config.device != "auto" else ("ascend" if npus else "cpu")
         if device == "ascend" and not npus:
@@ -183,7 +206,7 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
         sink = OutputDir(out)
         sink.open(fingerprint, settings, restart)
         if sink.completed_for(digest, fingerprint):
-            print(f"{out} is already complete for this manifest and settings; nothing to do.")
+            console.summary([f"{out} is already complete for this manifest and settings; nothing to do."])
             return RunSummary(out=out, already_complete=True)
 
         committed, done_ids = sink.committed()
@@ -194,14 +217,18 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
         if todo or new_failures:
             sink.invalidate_final()
         batches = plan_batches(todo, config.batch_audio_s, config.batch_items)
-        committer = Committer(sink, columns, len(todo) + len(new_failures), todo_audio_s,
-                              progress, config.commit_items, config.commit_seconds)
-        report = runner.ExecutionReport()
         use_npu = device == "ascend"
+        warn_unreadable(console, new_failures)
+        console.info(start_line(len({i.id for i in todo} | {r.item.id for r in new_failures}), manifest.num_rows,
+                                todo_audio_s, npus if use_npu else worker_count, use_npu, plan.dtype))
+        committer = Committer(sink, columns, todo + [r.item for r in new_failures], console, config.commit_items,
+                              config.commit_seconds)
+        report = runner.ExecutionReport()
         if new_failures:
             committer(new_failures, None)
         try:
             if batches:
+                runner.check_room_for_decoding(npus if use_npu else worker_count)
                 spec = runner.WorkerSpec(
                     plan=plan, tasks=tasks, moderation_labels=tuple(config.moderation_labels),
                     silence_dbfs=config.silence_dbfs, search_s=config.segment_search_s,
@@ -214,8 +241,8 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
                                         config.prefetch_batches, config.max_attempts, committer)
         except KeyboardInterrupt:
             committer.close()
-            print(f"\ninterrupted: {committer.items_done} of {committer.total_items} items committed in this run; "
-                  "rerun the same command to resume.", file=sys.stderr)
+            console.error(f"interrupted: {committer.rows_done} of {committer.total_rows} rows of this run are "
+                          "committed; rerun the same command to resume.")
             raise
         committer.close()
 
@@ -241,7 +268,19 @@ def parse_custom_task(text: str) -> CustomTask:
     return CustomTask(name=name, prompt=prompt, max_new_tokens=int(max_tokens), parser=parser)
 
 
+def warn_unreadable(console: Console, failures: list[ItemResult]) -> None:
+    """Rows that fail before any model work (bad paths, unreadable headers), said at the start: a
+    wrong audio root shows in seconds, not in the summary hours later."""
+    if failures:
+        first = failures[0]
+        console.warning(f"{len(failures)} rows cannot be read and become error rows "
+                        f"({counts_text(Counter(r.error for r in failures), TOP_REASONS)}); "
+                        f"first: {first.item.id}: {first.error_detail}")
+
+
 def annotate_from_args(args) -> int:
+    from pipeline.output.library_log import LibraryLog
+
     config = load(args.job)
     overrides = {
         "model": args.model, "audio_root": args.audio_root, "device": args.device, "dtype": args.dtype,
@@ -251,15 +290,38 @@ def annotate_from_args(args) -> int:
         overrides["custom_tasks"] = [asdict(t) for t in config.custom_tasks] + \
                                     [asdict(parse_custom_task(t)) for t in args.custom_task]
     config = config.with_overrides(**overrides)
-    try:
-        summary = annotate(args.manifest, config, out=args.out, workers=args.workers, restart=args.restart,
-                           progress=not args.no_progress)
-    except KeyboardInterrupt:
-        return 128 + signal.SIGINT
-    if not summary.already_complete:
-        counts = summary.counts
-        print(f"wrote {summary.out}/annotations.parquet: {counts['rows']} rows "
-              f"({', '.join(f'{k} {v}' for k, v in sorted(counts['rows_by_status'].items()))}); "
-              f"errors by reason: {counts['rows_by_error'] or 'none'}")
+    out = output_folder(args.manifest, args.out)
+    with LibraryLog(out / "logs", echo=args.verbose) as log:
+        console = Console(log.terminal_out, log.terminal_err, quiet=args.quiet, progress=not args.no_progress,
+                          log=log.write_line)
+        with console_logging(console):
+            try:
+                summary = annotate(args.manifest, config, out=out, workers=args.workers, restart=args.restart,
+                                   console=console)
+            except KeyboardInterrupt:
+                return 128 + signal.SIGINT
+            except UserError:
+                raise
+            except Exception:
+                console.error(f"the run failed; the libraries' output is in {log.path}")
+                raise
+        if not summary.already_complete:
+            console.summary(summary_lines(summary.run_info, summary.out, log.path))
     return 0
 
+
+@contextmanager
+def console_logging(console: Console):
+    """This package's log records in the driver go to the console (warnings on screen); the other
+    libraries' go to stderr, which is the log file."""
+    ours = logging.getLogger("pipeline")
+    handler = console.logging_handler()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ours.addHandler(handler)
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    try:
+        yield
+    finally:
+        ours.removeHandler(handler)
+        ours.propagate = True

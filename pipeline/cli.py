@@ -74,7 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"))
     annotate.add_argument("--restart", action="store_true",
                           help="discard committed work in --out from a run with other settings")
-    annotate.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    annotate.add_argument("--no-progress", action="store_true",
+                          help="no progress bar (it shows only on a terminal anyway)")
+    loudness = annotate.add_mutually_exclusive_group()
+    loudness.add_argument("--verbose", action="store_true",
+                          help="also show the libraries' output (MindSpore, Ray, transformers), which always goes "
+                               "to OUT/logs/")
+    loudness.add_argument("--quiet", action="store_true", help="print only errors and the summary (for cron)")
     annotate.set_defaults(handler=_cmd_annotate)
 
     manifest = commands.add_parser("manifest", help="build or validate manifests")

@@ -54,6 +54,7 @@ def ray_cluster():
     actors that ask for one exactly as on an Ascend host."""
     import ray
 
-    ray.init(num_cpus=2, resources={"NPU": 2}, include_dashboard=False, logging_level="ERROR")
+    # Two model workers and two prepare tasks (one CPU each) at a time.
+    ray.init(num_cpus=4, resources={"NPU": 2}, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()

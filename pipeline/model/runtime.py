@@ -12,6 +12,38 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+# MindSpore logs through glog, which reads these when mindspore is imported: they must be in a
+# process's environment before that, so runner.ray_session gives them to every Ray worker (on
+# every node) through runtime_env. To stderr, because Ray ships each worker's stderr to the
+# driver, which writes it to the run's log file (output/library_log.py); a node-local log folder
+# would keep them out of it. Values already set in the driver's environment win (GLOG_v=1 for
+# more detail). Warnings stay on: they are in the log, not on the terminal. The ones a normal run
+# prints, and why they are harmless:
+# - ANALYZER ClearIsolatedNodes "Some side effect nodes were eliminated by mistake", once per
+#   compiled PrefixGraph and StepGraph. MindSpore's parser keeps every assigned name that is
+#   never read as an "isolated node" in case it has a side effect; here those are
+#   `_, k_caches, v_caches = self.text(...)` (PrefixGraph) and `n, _, h = hidden.shape`
+#   (StepGraph), plain tuple reads, which the optimiser then drops. Nothing is lost (measured on
+#   PrefixGraph: without the name the warning goes away and the caches are bit-identical). In graphs that
+#   update Parameters in place this warning would mean a lost update, so new graphs should not
+#   assign names they never read, to keep the warning meaningful.
+# - PIPELINE CanLoadCache "Open the hash file ... The file may not exist" and
+#   GetCompileCacheResource "Check the consistency of dependency files hash failed. Execute all
+#   the compilation actions": a cold compile cache (first run with these dims, shapes and code),
+#   so every graph compiles; the next run loads them.
+# - PIPELINE GetCachedFuncGraph "Use the compilation cache ... Be aware of correctness risks": a
+#   warm cache; the risk is stale graphs after a code change, which graph_code_fingerprint rules
+#   out by keying the cache folder on the model code.
+GLOG_DEFAULTS = {
+    "GLOG_v": "2",  # warnings and above
+    "GLOG_logtostderr": "1",
+}
+
+
+def log_environment() -> dict[str, str]:
+    """MindSpore's logging settings for worker processes (see GLOG_DEFAULTS)."""
+    return {name: os.environ.get(name, value) for name, value in GLOG_DEFAULTS.items()}
+
 
 def graph_code_fingerprint() -> str:
     """Hash of this package's source, which defines the graphs and the inputs they are called with.

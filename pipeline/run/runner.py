@@ -26,6 +26,7 @@ import ray
 
 from pipeline.errors import UserError
 from pipeline.items import Batch, ItemResult
+from pipeline.model.runtime import log_environment
 from pipeline.reasons import Reason
 from pipeline.run.retry import RetryPolicy
 
@@ -62,11 +63,16 @@ def prepare_batch(spec: WorkerSpec, batch: Batch):
 
 @functools.cache
 def _remote_prepare():
-    # No logical CPUs: how many prepare tasks run at once is bounded by the prefetch depth the
-    # driver keeps, and on a small CPU machine the model workers hold every logical CPU.
+    # One logical CPU each, which is what decoding uses. With none (as before), every prepare
+    # task the driver keeps in flight ran at once in its own process, and Ray, counting those
+    # processes against its idle-worker limit (the node's CPUs, all held by model workers), killed
+    # each one a second after its task: the next batch started a new process that imported the
+    # audio stack again (about 4 s of CPU and 350 MB each: 16 processes for 55 clips on 2 workers,
+    # measured), which is what Ray's "N PYTHON worker processes have been started" warning is
+    # about. Counted, they run as many at once as there are free CPUs, in processes Ray keeps.
     # Retries are the RetryPolicy's business, not Ray's. Made once per driver so Ray can reuse
     # the processes that already imported the feature extractor.
-    return ray.remote(num_cpus=0, max_retries=0)(prepare_batch)
+    return ray.remote(num_cpus=1, max_retries=0)(prepare_batch)
 
 
 class AnnotationWorker:
@@ -124,17 +130,27 @@ class ExecutionReport:
 
 
 @contextmanager
-def ray_session(num_cpus: int):
+def ray_session(workers: int):
     """Join the cluster at RAY_ADDRESS, reuse a Ray already started in this process (tests share
-    one per session), or start a local one that ends with the run."""
+    one per session), or start a local one that ends with the run.
+
+    Every worker's stdout and stderr (MindSpore's glog included, see runtime.log_environment)
+    comes to this process (log_to_driver), from every node of a cluster, and Ray prints it on
+    this process's stderr: the run's log file when the command line runs (output/library_log.py).
+    """
     if ray.is_initialized():
         yield
         return
+    runtime_env = {"env_vars": log_environment()}
     if os.environ.get("RAY_ADDRESS"):
         # Ship this package to the cluster's workers; its dependencies must be installed there.
-        ray.init(runtime_env={"py_modules": [str(Path(__file__).parents[1])]}, logging_level="WARNING")
+        runtime_env["py_modules"] = [str(Path(__file__).parents[1])]
+        ray.init(runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="WARNING")
+        # Logical CPUs, not cores: one per model worker and as many again for prepare tasks (one
+        # CPU each, see _remote_prepare), so decoding always has room beside the models.
+        ray.init(num_cpus=max(os.cpu_count() or 1, 2 * workers), include_dashboard=False, logging_level="WARNING",
+                 log_to_driver=True, runtime_env=runtime_env)
     try:
         yield
     finally:
@@ -163,6 +179,14 @@ def worker_memory_bytes(workers: int, use_npu: bool) -> int:
     smallest = min(n["Resources"].get("memory", 0) for n in nodes)
     per_node = math.ceil(workers / len(nodes))
     return int(smallest * CPU_MEMORY_SHARE / per_node)
+
+
+def check_room_for_decoding(model_workers: int) -> None:
+    """Prepare tasks take a CPU each: a Ray whose CPUs the model workers hold would wait forever."""
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus < model_workers + 1:
+        raise UserError(f"the Ray cluster has {cpus:g} CPUs: {model_workers} model workers take one each, "
+                        "and decoding needs at least one more")
 
 
 class WorkerPool:

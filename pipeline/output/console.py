@@ -1,0 +1,122 @@
+"""What a person sees while `annotate` runs: one line on what will run, the progress bar, warnings
+about their data or settings, errors, and a summary at the end.
+
+What the libraries print goes to the run's log file instead (output/library_log.py). Every line
+written here, except the bar, is copied to that log too, so the log alone tells what happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+from tqdm import tqdm
+
+TOP_REASONS = 5  # error reasons named in the summary; the rest are counted together
+
+
+class Console:
+    """quiet: errors and the summary only (for cron). progress: the bar, shown only on a terminal."""
+
+    def __init__(self, out=None, err=None, quiet: bool = False, progress: bool = True,
+                 log: Callable[[str], None] | None = None):
+        self.out = out if out is not None else sys.stdout
+        self.err = err if err is not None else sys.stderr
+        self.quiet = quiet
+        self.progress = progress and not quiet
+        self.log = log
+
+    def _write(self, text: str, stream, show: bool) -> None:
+        if self.log is not None:
+            self.log(text)
+        if show:
+            tqdm.write(text, file=stream)  # clears the bar first and redraws it below
+
+    def info(self, text: str) -> None:
+        self._write(text, self.out, not self.quiet)
+
+    def warning(self, text: str) -> None:
+        self._write(f"warning: {text}", self.err, not self.quiet)
+
+    def error(self, text: str) -> None:
+        self._write(f"error: {text}", self.err, True)
+
+    def summary(self, lines: list[str]) -> None:
+        for line in lines:
+            self._write(line, self.out, True)
+
+    def note(self, text: str) -> None:
+        """For the log only."""
+        if self.log is not None:
+            self.log(text)
+
+    def progress_bar(self, total_ms: int) -> tqdm:
+        """Audio seconds done, counted in whole milliseconds (see annotate.Committer). tqdm's
+        disable=None hides it when the stream is not a terminal: in a file it is only noise."""
+        return tqdm(total=total_ms, unit="audio-s", unit_scale=0.001, file=self.err,
+                    disable=None if self.progress else True, dynamic_ncols=True,
+                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} audio-s [{elapsed}<{remaining}, {rate_fmt}]"
+                               "{postfix}")
+
+    def logging_handler(self) -> logging.Handler:
+        """For this package's logger in the driver: warnings on screen, the rest in the log."""
+        return _ConsoleHandler(self)
+
+
+class _ConsoleHandler(logging.Handler):
+    def __init__(self, console: Console):
+        super().__init__(logging.INFO)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = self.format(record)
+        if record.levelno >= logging.ERROR:
+            self.console.error(text)
+        elif record.levelno >= logging.WARNING:
+            self.console.warning(text)
+        else:
+            self.console.note(text)
+
+
+def duration_text(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def counts_text(counts: dict[str, int], limit: int | None = None) -> str:
+    """'ok 53, error 2', largest first; past `limit` entries the rest are summed."""
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ordered if limit is None else ordered[:limit]
+    text = ", ".join(f"{name} {count}" for name, count in shown)
+    rest = ordered[len(shown):]
+    if rest:
+        text += f", {len(rest)} other reasons {sum(c for _, c in rest)}"
+    return text
+
+
+def start_line(rows_todo: int, rows_total: int, audio_s: float, workers: int, npu: bool, dtype: str) -> str:
+    where = f"{workers} worker{'s' * (workers != 1)} on {'Ascend NPUs' if npu else 'CPU'}, {dtype}"
+    if rows_todo == 0:
+        return f"all {rows_total} rows were annotated by an earlier run; writing the outputs"
+    rows = f"{rows_todo} rows" if rows_todo == rows_total else f"{rows_todo} of {rows_total} rows left"
+    return f"annotating {rows} ({duration_text(audio_s)} of audio) with {where}"
+
+
+def summary_lines(run_info: dict, out, log_path) -> list[str]:
+    """The end of a run: rows by status and the top error reasons (for all of OUT), then this
+    invocation's audio, wall time and throughput, then where everything is."""
+    counts, this_run = run_info["counts"], run_info["this_run"]
+    lines = [f"done: {counts['rows']} rows ({counts_text(counts['rows_by_status'])})"]
+    if counts["rows_by_error"]:
+        lines.append(f"errors by reason: {counts_text(counts['rows_by_error'], TOP_REASONS)}")
+    rate = this_run["throughput_audio_s_per_s"]
+    lines.append(f"this run: {duration_text(this_run['audio_hours'] * 3600)} of audio in "
+                 f"{duration_text(this_run['wall_s'])}" + (f" ({rate:.2f} audio-s/s)" if rate else ""))
+    lines.append(f"outputs: {out}/annotations.parquet, segments.parquet, run.json")
+    if log_path is not None:
+        lines.append(f"log: {log_path}")
+    return lines
