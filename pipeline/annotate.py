@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipeline import storage
 from pipeline.intake import audio
 from pipeline.output.tables import annotations_output, current_segments, output_column_names, segments_output
 from pipeline.config import Config, ConfigError, CustomTask, load
@@ -33,7 +34,7 @@ PROBE_THREADS = 16  # header reads are I/O-bound
 
 @dataclass
 class RunSummary:
-    out: Path
+    out: storage.Location
     already_complete: bool = False
     run_info: dict = field(default_factory=dict)
 
@@ -42,9 +43,9 @@ class RunSummary:
         return self.run_info.get("counts", {})
 
 
-def file_digest(path: Path) -> str:
+def file_digest(path: storage.Location) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_input(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:20]
@@ -68,7 +69,7 @@ def intake(manifest: Manifest, config: Config, smallest_bucket: float,
     already fully committed (done_ids: a resume reads no header twice); rows that fail here become
     error results straight away, everything else is planned into items.
     -> (items, error results, each row's planned duration or None)."""
-    audio_root = Path(config.audio_root) if config.audio_root else None
+    audio_root = storage.location(config.audio_root) if config.audio_root else None
     durations = list(manifest.durations)
     rows = [r for r, item_id in enumerate(manifest.ids) if item_id not in done_ids]
     resolved = {r: audio.resolve_path(manifest.paths[r], manifest.base_dir, audio_root) for r in rows}
@@ -158,12 +159,14 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
     from pipeline.model.model_plan import plan_model
 
     started = time.time()
-    manifest_path = Path(manifest_path)
+    store = storage.Settings.from_config(config)
+    storage.configure(store)
+    manifest_path = storage.location(manifest_path)
     manifest = read_manifest(manifest_path)
     tasks = resolve_tasks(config)
     columns = annotation_columns(tasks)
     check_passthrough(manifest, columns)
-    out = Path(out) if out else Path("outputs") / manifest_path.stem
+    out = storage.location(out) if out else Path("outputs") / manifest_path.stem
     digest = file_digest(manifest_path)
     worker_count = default_workers(config, workers)
 
@@ -205,7 +208,7 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
                     silence_dbfs=config.silence_dbfs, search_s=config.segment_search_s,
                     compile_cache_root=config.compile_cache_dir,
                     cpu_threads=config.cpu_threads_per_worker or max(1, (os.cpu_count() or 1) // worker_count),
-                    model_factory=model_factory,
+                    model_factory=model_factory, storage_settings=store,
                 )
                 report = runner.execute(batches, spec, npus if use_npu else worker_count, use_npu,
                                         config.prefetch_batches, config.max_attempts, committer)

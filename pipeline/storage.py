@@ -64,7 +64,7 @@ class UnsupportedLocation(UserError, ValueError):
     """A URL this pipeline does not read (any scheme but s3://), or an s3:// URL that names no object."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, order=True)
 class ObjectPath:
     """`s3://bucket/key`, with the few path operations the pipeline needs (name, suffix, parent,
     `/`, relative_to). Keys are treated as POSIX paths: `.` and `..` collapse, a trailing `/` goes,
