@@ -52,6 +52,10 @@ class FaultProxy:
             self.faults.append(fault)
         return fault
 
+    def remove(self, fault: Fault) -> None:
+        with self.lock:
+            self.faults.remove(fault)
+
     def clear(self) -> None:
         with self.lock:
             self.faults.clear()
