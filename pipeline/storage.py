@@ -179,12 +179,14 @@ class Settings:
                 cache_gb: float | None = None, env=None) -> Settings:
         """Values given here (job keys) first, then the standard AWS environment variables."""
         env = os.environ if env is None else env
-        attempts = max_attempts or int(env.get("AWS_MAX_ATTEMPTS") or cls.max_attempts)
+        attempts = max_attempts or env.get("AWS_MAX_ATTEMPTS") or cls.max_attempts
+        if not str(attempts).isdigit():
+            raise UserError(f"AWS_MAX_ATTEMPTS must be a whole number of attempts, got {attempts!r}")
         return cls(
             endpoint_url=endpoint_url or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
             region=region or env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             virtual_addressing=virtual_addressing,
-            max_attempts=max(1, attempts),
+            max_attempts=max(1, int(attempts)),
             cache_bytes=int(cache_gb * (1 << 30)) if cache_gb is not None else cls.cache_bytes,
         )
 
@@ -231,8 +233,10 @@ def filesystem(where: Location) -> tuple[pafs.FileSystem, str]:
 
 # --- errors ----------------------------------------------------------------------------------------
 
-class StorageError(OSError):
-    """An object store refused or failed an operation; the message names the object and why."""
+class StorageError(OSError, UserError):
+    """An object store refused or failed an operation; the message names the object and why. A
+    UserError too: when the manifest or OUT cannot be read or written, the command prints the
+    message and stops (committed work stays; the rerun resumes), with no traceback."""
 
 
 class ObjectNotFound(StorageError, FileNotFoundError):
