@@ -221,6 +221,9 @@ def _s3(settings: Settings) -> pafs.S3FileSystem:
         endpoint_override=settings.endpoint_url, region=settings.region,
         force_virtual_addressing=settings.virtual_addressing,
         retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=settings.max_attempts),
+        # Uploads start at close(): an object smaller than a multipart part is one PutObject,
+        # which either creates the whole object or nothing.
+        allow_delayed_open=True,
     )
 
 
@@ -274,16 +277,16 @@ def _classify(exc: OSError, where: ObjectPath) -> StorageError:
     return StorageError(f"cannot use {where}: {text}")
 
 
-def _call(operation: Callable, where: ObjectPath):
+def _call(operation: Callable, where: ObjectPath, attempts: int = _ATTEMPTS):
     """Run one object-store operation. The SDK already retried each request; a transient failure
-    that still comes out (see _TRANSIENT) retries the whole operation a few times with exponential
-    back-off before it is raised as StorageUnavailable."""
-    for attempt in range(_ATTEMPTS):
+    that still comes out (see _TRANSIENT) retries the whole operation up to `attempts` times with
+    exponential back-off before it is raised as StorageUnavailable."""
+    for attempt in range(attempts):
         try:
             return operation()
         except OSError as exc:
             error = _classify(exc, where)
-            if not isinstance(error, StorageUnavailable) or attempt == _ATTEMPTS - 1:
+            if not isinstance(error, StorageUnavailable) or attempt == attempts - 1:
                 raise error from exc
         time.sleep(_BACKOFF_S * 2 ** attempt * random.uniform(0.5, 1.0))
 
@@ -413,9 +416,12 @@ def write_bytes(where: Location, data: bytes) -> None:
         def upload():
             out = _s3(current_settings()).open_output_stream(where.fs_path)
             out.write(data)
-            out.close()  # completes the upload: before this, no object exists
+            out.close()  # the upload happens (or completes) here: before this, no object exists
 
-        _call(upload, where)
+        # One attempt here (the SDK retries each request): a large object goes up in parts, and
+        # a failed multipart upload may still be completed by its stream's destructor, which a
+        # second attempt could race. What a failed write leaves is never committed (see sink).
+        _call(upload, where, attempts=1)
         return
     _atomic(where, lambda tmp: Path(tmp).write_bytes(data))
 
