@@ -10,9 +10,10 @@ timeouts and dropped connections with its standard exponential back-off. fsspec/
 aiobotocore, aiohttp and a second S3 stack for the same result.
 
 Local paths behave exactly as before: plain `open`, and writes go to a temporary file beside the
-target that is fsynced and renamed. An object is written with one upload of bytes already in memory,
-so a failed or killed write leaves no object, or (with no rename on object stores) at worst one that
-no commit record names; see output/sink.py for the commit protocol built on that.
+target that is fsynced and renamed. An object is uploaded from bytes already in memory: below the
+multipart size as one PutObject (the whole object or nothing), above it in parts completed at
+close. A failed or killed write leaves no object, or at worst one that no commit record names:
+output/sink.py builds its commit protocol on that, since object stores have no rename.
 
 Errors: object-store failures are raised as ObjectNotFound (a FileNotFoundError), AccessDenied (a
 PermissionError) or StorageUnavailable (transient: still failing after the SDK's retries and ours),
