@@ -295,14 +295,17 @@ def _call(operation: Callable, where: ObjectPath, attempts: int = _ATTEMPTS):
 def missing_detail(where: ObjectPath) -> str:
     """Says whether the object or its whole bucket is missing: a wrong bucket or endpoint is a
     different fix from a missing file."""
+    bucket = _no_bucket(where)
+    return f"{where} does not exist" + (f": {bucket}" if bucket else "")
+
+
+def _no_bucket(where: ObjectPath) -> str | None:
     settings = current_settings()
     try:
         bucket = _s3(settings).get_file_info(where.bucket).type
     except OSError:
-        bucket = None  # may not list or head the bucket: say nothing about it
-    if bucket == pafs.FileType.NotFound:
-        return f"{where} does not exist: there is no bucket '{where.bucket}' at {settings.describe()}"
-    return f"{where} does not exist"
+        return None  # may not list or head the bucket: say nothing about it
+    return f"there is no bucket '{where.bucket}' at {settings.describe()}" if bucket == pafs.FileType.NotFound else None
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -422,7 +425,10 @@ def write_bytes(where: Location, data: bytes) -> None:
         # One attempt here (the SDK retries each request): a large object goes up in parts, and
         # a failed multipart upload may still be completed by its stream's destructor, which a
         # second attempt could race. What a failed write leaves is never committed (see sink).
-        _call(upload, where, attempts=1)
+        try:
+            _call(upload, where, attempts=1)
+        except ObjectNotFound:
+            raise ObjectNotFound(f"cannot write {where}: {_no_bucket(where) or 'the store says it does not exist'}") from None
         return
     _atomic(where, lambda tmp: Path(tmp).write_bytes(data))
 
