@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipeline import storage
 from pipeline.intake import audio
 from pipeline.output.tables import annotations_output, current_segments, output_column_names, segments_output
 from pipeline.config import Config, ConfigError, CustomTask, load
@@ -39,7 +40,7 @@ CORES_PER_CPU_WORKER = 8
 
 @dataclass
 class RunSummary:
-    out: Path
+    out: storage.Location
     already_complete: bool = False
     run_info: dict = field(default_factory=dict)
 
@@ -48,9 +49,9 @@ class RunSummary:
         return self.run_info.get("counts", {})
 
 
-def file_digest(path: Path) -> str:
+def file_digest(path: storage.Location) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_input(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:20]
@@ -73,7 +74,7 @@ def intake(manifest: Manifest, config: Config, done_ids: set[str]) -> tuple[list
     already fully committed (done_ids: a resume reads no header twice); rows that fail here become
     error results straight away, everything else is planned into items.
     -> (items, error results, each row's planned duration or None)."""
-    audio_root = Path(config.audio_root) if config.audio_root else None
+    audio_root = storage.location(config.audio_root) if config.audio_root else None
     durations = list(manifest.durations)
     rows = [r for r, item_id in enumerate(manifest.ids) if item_id not in done_ids]
     resolved = {r: audio.resolve_path(manifest.paths[r], manifest.base_dir, audio_root) for r in rows}
@@ -169,8 +170,9 @@ def run_settings(plan, config: Config, tasks) -> dict:
     }
 
 
-def output_folder(manifest_path: str | Path, out: str | Path | None) -> Path:
-    return Path(out) if out else Path("outputs") / Path(manifest_path).stem
+def output_folder(manifest_path, out):
+    """OUT as given (a folder or an s3:// prefix), else outputs/<manifest name>/ here."""
+    return storage.location(out) if out else Path("outputs") / storage.location(manifest_path).stem
 
 
 def annotate(manifest_path: str | Path, config: Config, out: str | Path | None = None, workers: int | None = None,
@@ -182,7 +184,9 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
 
     started = time.time()
     console = console or Console(progress=progress)
-    manifest_path = Path(manifest_path)
+    store = storage.Settings.from_config(config)
+    storage.configure(store)
+    manifest_path = storage.location(manifest_path)
     manifest = read_manifest(manifest_path)
     tasks = resolve_tasks(config)
     columns = annotation_columns(tasks)
@@ -235,7 +239,7 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
                     # Absolute: Ray workers need not share the driver's working directory.
                     compile_cache_root=str(Path(config.compile_cache_dir).resolve()) if config.compile_cache_dir else None,
                     cpu_threads=config.cpu_threads_per_worker or max(1, (os.cpu_count() or 1) // worker_count),
-                    model_factory=model_factory,
+                    model_factory=model_factory, storage_settings=store,
                 )
                 report = runner.execute(batches, spec, npus if use_npu else worker_count, use_npu,
                                         config.prefetch_batches, config.max_attempts, committer)
@@ -303,10 +307,10 @@ def annotate_from_args(args) -> int:
             except UserError:
                 raise
             except Exception:
-                console.error(f"the run failed; the libraries' output is in {log.path}")
+                console.error(f"the run failed; the libraries' output is in {log.destination}")
                 raise
         if not summary.already_complete:
-            console.summary(summary_lines(summary.run_info, summary.out, log.path))
+            console.summary(summary_lines(summary.run_info, summary.out, log.destination))
     return 0
 
 

@@ -89,6 +89,23 @@ class Config:
     # Peak level (dBFS) under which a clip is flagged silent; silent clips are still annotated.
     silence_dbfs: float = -60.0
 
+    # --- object storage (s3:// manifests, audio and OUT: AWS S3, Huawei OBS, MinIO...) ---
+    # Endpoint of an S3-compatible store with its scheme, e.g. https://obs.cn-north-4.myhuaweicloud.com
+    # or http://minio.local:9000. null: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, else AWS S3 itself.
+    # Credentials are never job keys: each process reads AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    # (or ~/.aws, or its instance role).
+    s3_endpoint_url: str | None = None
+    # null: AWS_REGION or AWS_DEFAULT_REGION.
+    s3_region: str | None = None
+    # true: bucket.endpoint/key URLs even with a custom endpoint (path-style otherwise), for stores
+    # that accept only virtual-hosted-style requests.
+    s3_virtual_addressing: bool = False
+    # Attempts per request, with exponential back-off, on throttling, 5xx and timeouts.
+    # null: AWS_MAX_ATTEMPTS, else 5.
+    s3_max_attempts: int | None = None
+    # Local disk per worker process for copies of objects that only ffmpeg decodes (AAC/M4A, WMA...).
+    object_cache_gb: float = 2.0
+
     # --- execution ---
     # Workers: one per NPU when NPUs exist, else this many CPU workers (0 = one per 8 cores, at
     # least 1: a worker's kernels use several threads, and more workers than that only contend).
@@ -176,6 +193,10 @@ def _check(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: 'segment_search_s' must be at least 0 and below 5 s")
     if config.commit_items < 1 or config.commit_seconds <= 0 or config.prefetch_batches < 0:
         raise ConfigError(f"{source}: commit_items and commit_seconds must be positive, prefetch_batches >= 0")
+    if config.s3_endpoint_url and not config.s3_endpoint_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{source}: 's3_endpoint_url' needs its scheme, e.g. https://{config.s3_endpoint_url}")
+    if (config.s3_max_attempts is not None and config.s3_max_attempts < 1) or config.object_cache_gb <= 0:
+        raise ConfigError(f"{source}: s3_max_attempts must be at least 1 and object_cache_gb positive")
     if not config.tasks and not config.custom_tasks:
         raise ConfigError(f"{source}: no tasks to run")
     for task in config.custom_tasks:

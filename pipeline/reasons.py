@@ -11,6 +11,9 @@ class Reason(StrEnum):
     PERMISSION_DENIED = "permission_denied"
     NOT_A_FILE = "not_a_file"
     OUTSIDE_AUDIO_ROOT = "outside_audio_root"
+    # The object store kept failing (throttling, 5xx, timeouts) after retries. Transient: the row
+    # is written, and the next run of the same command tries it again.
+    STORAGE_UNAVAILABLE = "storage_unavailable"
     # Content problems, found while probing or decoding.
     EMPTY_AUDIO = "empty_audio"
     CORRUPT_AUDIO = "corrupt_audio"
@@ -22,6 +25,10 @@ class Reason(StrEnum):
     # Processing problems, found after retries were exhausted.
     MODEL_ERROR = "model_error"
     WORKER_LOST = "worker_lost"
+
+
+# Failures that say nothing about the file itself: a rerun retries them instead of keeping them.
+TRANSIENT = frozenset({Reason.STORAGE_UNAVAILABLE})
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,28 @@
 """Shared fixtures."""
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fake_aws_credentials():
+    """Tests talk to a local S3 server only (tests/storage): fake credentials, no instance-metadata
+    look-ups, nothing from the developer's own AWS set-up. For the whole session and before Ray
+    starts, because Ray's worker processes inherit the environment of the process that starts Ray."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3",
+                     "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_MAX_ATTEMPTS"):
+            patch.delenv(name, raising=False)
+        patch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        patch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        patch.setenv("AWS_CONFIG_FILE", os.devnull)
+        patch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+        yield
 
 
 @pytest.fixture

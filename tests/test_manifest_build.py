@@ -8,8 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import cli
-from pipeline.intake import manifest_build
+from pipeline import cli, storage
 from pipeline.intake.manifest import ManifestError, read_manifest
 from pipeline.intake.manifest_build import build_manifest
 from pipeline.reasons import Reason
@@ -108,7 +107,7 @@ def test_a_failed_write_leaves_the_old_manifest(folder, monkeypatch):
             fh.write(b"half a parquet file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(manifest_build.pq, "write_table", crash)
+    monkeypatch.setattr(storage.pq, "write_table", crash)  # storage writes every file
     with pytest.raises(OSError):
         build_manifest(folder, out)
     assert out.read_bytes() == before

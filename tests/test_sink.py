@@ -63,3 +63,20 @@ def test_open_sweeps_temporaries_of_a_killed_run(tmp_path):
     (out.parts / ".tmp-part-abc.parquet-xyz").write_bytes(b"half")
     OutputDir(tmp_path / "out").open("fp", {}, restart=False)
     assert not list(out.parts.glob(".tmp-*"))
+
+
+def test_parts_committed_by_rename_before_commit_records_still_count(tmp_path):
+    """OUT folders written before commit records existed: their parts were renamed into place
+    complete, so they stay committed; a new-style part without its record does not."""
+    columns = {"caption": "string"}
+    out = OutputDir(tmp_path / "out")
+    out.open("fp", {}, restart=False)
+    kept = out.commit([result(0)], columns, None)
+    second = out.commit([result(1)], columns, None)
+    (out.commits / f"{second.name}.json").unlink()
+    legacy = second.rename(out.parts / "part-0123456789abcdef0123.parquet")  # as parts were named then
+    orphan = out.parts / f"part-{'f' * 20}-000000000000.parquet"  # written, never committed
+    orphan.write_bytes(kept.read_bytes())
+    OutputDir(tmp_path / "out").open("fp", {}, restart=False)
+    assert legacy.exists() and not orphan.exists()
+    assert OutputDir(tmp_path / "out").committed()[0] == {"id0#0", "id1#0"}

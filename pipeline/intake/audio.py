@@ -5,14 +5,20 @@ Nothing here raises for bad input. Every problem with a path or a file comes bac
 takes its batch down. libsndfile (through soundfile) reads WAV, FLAC, OGG/Vorbis, Opus, MP3 and
 AIFF; other containers (AAC/M4A, WMA, WebM...) go to ffmpeg when it is installed.
 audio_formats holds the container and length checks, audio_ffmpeg the ffmpeg fallback.
+
+Paths are local files or s3:// objects (pipeline.storage). libsndfile reads objects through
+ranged reads, so a segment of a long file downloads little more than the segment; ffmpeg gets a
+local copy from storage's bounded cache. A missing object is missing_file, a denied read
+permission_denied, and an object store that keeps failing after retries storage_unavailable
+(transient: the next run retries the row), never a content reason such as corrupt_audio.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import shutil
 import stat
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +26,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from pipeline import storage
 from pipeline.intake.ffmpeg import decode_ffmpeg, probe_ffmpeg
 from pipeline.intake.formats import (  # the extension sets and AudioInfo are part of this module's API
     AUDIO_EXTENSIONS,
@@ -34,13 +41,13 @@ from pipeline.intake.formats import (  # the extension sets and AudioInfo are pa
 )
 from pipeline.reasons import Failure, Reason
 from pipeline.shapes import SAMPLE_RATE
+from pipeline.storage import Location, ObjectPath
 
 __all__ = [
     "AUDIO_EXTENSIONS", "FFMPEG_EXTENSIONS", "SNDFILE_EXTENSIONS", "AudioInfo", "DecodedAudio",
     "decode", "probe", "resolve_path",
 ]
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _BLOCK_FRAMES = 1 << 16  # decode in blocks so a long stereo 48 kHz file never sits in memory whole
 _USE_FFMPEG = object()  # libsndfile cannot read the container; ffmpeg may
 
@@ -58,22 +65,25 @@ class DecodedAudio:
         return len(self.samples) / SAMPLE_RATE
 
 
-def resolve_path(path: str, base_dir: Path, audio_root: Path | None) -> Path | Failure:
-    """Turn a manifest path into an absolute, symlink-free path, or say why it cannot be used.
+def resolve_path(path: str, base_dir: Location, audio_root: Location | None) -> Location | Failure:
+    """Turn a manifest path into an absolute, symlink-free path or an s3:// object, or say why it
+    cannot be used.
 
-    Paths are data: no `~` or variable expansion, no shell, no URLs. Relative paths resolve against
-    audio_root when given, else base_dir (the manifest's folder). With audio_root set, a path whose
-    real location (after `..` and symlinks) lies outside it is rejected. Existence is checked later,
-    by probe and decode.
+    Paths are data: no `~` or variable expansion, no shell, no URL but s3://. Relative paths resolve
+    against audio_root when given, else base_dir (the manifest's folder); either may be a local
+    folder or an s3:// prefix. With audio_root set, a path whose real location (after `..` and
+    symlinks) lies outside it is rejected. Existence is checked later, by probe and decode.
     """
     if not isinstance(path, str) or not path.strip():
         return Failure(Reason.NOT_A_FILE, f"the audio path is empty: {path!r}")
     if "\x00" in path:
         return Failure(Reason.NOT_A_FILE, f"the audio path contains a NUL byte: {path!r}")
-    if _URL.match(path):
-        return Failure(Reason.NOT_A_FILE, f"{path} is a URL; only local files are read (download it first)")
-    root = Path(audio_root if audio_root is not None else base_dir)
-    candidate = Path(path) if Path(path).is_absolute() else root / path
+    root = audio_root if audio_root is not None else base_dir
+    if storage.is_url(path) or (isinstance(root, ObjectPath) and not path.startswith("/")):
+        return _resolve_object(path, root, audio_root)
+    if isinstance(audio_root, ObjectPath):
+        return Failure(Reason.OUTSIDE_AUDIO_ROOT, f"{path} is a local path, outside the audio root {audio_root}")
+    candidate = Path(path) if Path(path).is_absolute() else Path(root) / path
     try:
         resolved = candidate.resolve()
         if audio_root is not None:
@@ -86,28 +96,54 @@ def resolve_path(path: str, base_dir: Path, audio_root: Path | None) -> Path | F
     return resolved
 
 
-def probe(path: Path) -> AudioInfo | Failure:
+def _resolve_object(path: str, root: Location, audio_root: Location | None) -> ObjectPath | Failure:
+    """An s3:// URL, or a relative path under an s3:// prefix; prefixes are folders, so `..`
+    climbs out of them and the audio root check is a prefix check."""
+    if storage.is_url(path):
+        try:
+            target = storage.location(path)
+        except storage.UnsupportedLocation as exc:
+            return Failure(Reason.NOT_A_FILE, str(exc))
+    else:
+        target = root.joined(path)
+        if target is None:
+            where = "outside the audio root" if audio_root is not None else "above its bucket's root"
+            reason = Reason.OUTSIDE_AUDIO_ROOT if audio_root is not None else Reason.NOT_A_FILE
+            return Failure(reason, f"{path} resolves {where} ({root})")
+    if audio_root is not None and not target.is_relative_to(audio_root):
+        return Failure(Reason.OUTSIDE_AUDIO_ROOT, f"{path} resolves to {target}, outside the audio root {audio_root}")
+    return target
+
+
+def probe(path: Location | str) -> AudioInfo | Failure:
     """Duration and format from headers only (no full decode): what manifest build and planning need."""
-    path = Path(path)
+    path = _locate(path)
+    if isinstance(path, Failure):
+        return path
     try:
         opened = _open(path)
         if opened is _USE_FFMPEG:
-            return probe_ffmpeg(path)
+            with storage.local_copy(path) as local:
+                return probe_ffmpeg(local)
         if isinstance(opened, Failure):
             return opened
-        with opened as f:
-            problem = length_problem(f, path)
-            if problem:
-                return problem
-            if f.frames == 0:
-                return Failure(Reason.EMPTY_AUDIO, f"{path.name} holds no samples")
-            return AudioInfo(f.frames / f.samplerate, f.samplerate, f.channels, f.frames,
-                             f"{f.format}/{f.subtype}")
+        with _closing_source(opened), opened as f:
+            result = _probe_sndfile(f, path)
+            return _read_failure(f.name, path) or result
     except Exception as exc:  # the boundary: one odd file becomes its own error, never a crash
         return _unexpected(path, exc)
 
 
-def decode(path: Path, start_s: float = 0.0, end_s: float | None = None,
+def _probe_sndfile(f: sf.SoundFile, path: Location) -> AudioInfo | Failure:
+    problem = length_problem(f, path)
+    if problem:
+        return problem
+    if f.frames == 0:
+        return Failure(Reason.EMPTY_AUDIO, f"{path.name} holds no samples")
+    return AudioInfo(f.frames / f.samplerate, f.samplerate, f.channels, f.frames, f"{f.format}/{f.subtype}")
+
+
+def decode(path: Location | str, start_s: float = 0.0, end_s: float | None = None,
            silence_dbfs: float = -60.0) -> DecodedAudio | Failure:
     """Decode [start_s, end_s) of a file (the whole file by default) to 16 kHz mono float32.
 
@@ -116,18 +152,22 @@ def decode(path: Path, start_s: float = 0.0, end_s: float | None = None,
     """
     if not start_s >= 0 or (end_s is not None and not math.isfinite(end_s)):
         raise ValueError(f"bad region start_s={start_s!r} end_s={end_s!r}")
-    path = Path(path)
+    path = _locate(path)
+    if isinstance(path, Failure):
+        return path
     if end_s is not None and end_s <= start_s:
         return Failure(Reason.EMPTY_AUDIO, f"the region {start_s:.2f}-{end_s:.2f} s of {path.name} is empty")
     try:
         opened = _open(path)
         if opened is _USE_FFMPEG:
-            result = decode_ffmpeg(path, start_s, end_s)
+            with storage.local_copy(path) as local:
+                result = decode_ffmpeg(local, start_s, end_s)
         elif isinstance(opened, Failure):
             return opened
         else:
-            with opened as f:
+            with _closing_source(opened), opened as f:
                 result = _decode_sndfile(f, path, start_s, end_s)
+                result = _read_failure(f.name, path) or result
         if isinstance(result, Failure):
             return result
         samples, rate, channels, actual_start = result
@@ -145,9 +185,18 @@ def decode(path: Path, start_s: float = 0.0, end_s: float | None = None,
 
 # --- path checks and choosing a reader -----------------------------------------------------------
 
-def _read_head(path: Path) -> bytes | Failure:
+def _locate(path: Location | str) -> Location | Failure:
+    try:
+        return storage.location(path)
+    except storage.UnsupportedLocation as exc:
+        return Failure(Reason.NOT_A_FILE, str(exc))
+
+
+def _read_head(path: Location) -> bytes | Failure:
     """Stat the path and read its first bytes: maps path problems precisely, and the bytes let us
     recognise containers that only ffmpeg reads."""
+    if isinstance(path, ObjectPath):
+        return _read_object_head(path)
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -165,7 +214,7 @@ def _read_head(path: Path) -> bytes | Failure:
     if st.st_size == 0:
         return Failure(Reason.EMPTY_AUDIO, f"{path.name} is 0 bytes")
     try:
-        with open(path, "rb") as fh:
+        with storage.open_input(path) as fh:
             return fh.read(64)
     except PermissionError:
         return Failure(Reason.PERMISSION_DENIED, f"no permission to read {path}")
@@ -173,15 +222,38 @@ def _read_head(path: Path) -> bytes | Failure:
         return Failure(Reason.NOT_A_FILE, f"cannot read {path}: {exc.strerror or exc}")
 
 
-def _open(path: Path):
+def _read_object_head(path: ObjectPath) -> bytes | Failure:
+    try:
+        found = storage.info(path)
+        if found.kind == "missing":
+            return Failure(Reason.MISSING_FILE, storage.missing_detail(path))
+        if found.kind == "dir":
+            return Failure(Reason.NOT_A_FILE, f"{path} is a prefix (a folder of objects), not an object")
+        if found.size == 0:
+            return Failure(Reason.EMPTY_AUDIO, f"{path.name} is 0 bytes")
+        with storage.open_input(path) as fh:
+            return fh.read(64)
+    except storage.StorageError as exc:
+        return _storage_failure(path, exc)
+
+
+def _open(path: Location):
     """An open SoundFile, _USE_FFMPEG, or a Failure saying why neither can read the file."""
     head = _read_head(path)
     if isinstance(head, Failure):
         return head
+    # Local files by name, as libsndfile knows them best; objects through ranged reads, quiet
+    # because libsndfile's read callbacks cannot raise: a failed read is kept and checked after.
+    source = str(path) if isinstance(path, Path) else storage.open_input(path, quiet=True)
     try:
-        return sf.SoundFile(str(path))
+        return sf.SoundFile(source)
     except Exception as exc:  # LibsndfileError for every container it does not understand
         message = (getattr(exc, "error_string", None) or str(exc)).rstrip(".")
+        if isinstance(path, ObjectPath):
+            source.close()
+            failed = _read_failure(source, path)
+            if failed:  # the store failed mid-header: not the file's fault
+                return failed
     if ffmpeg_only(path, head):
         return _USE_FFMPEG
     suffix = path.suffix.lower()
@@ -199,7 +271,17 @@ def _open(path: Path):
 
 # --- decoding --------------------------------------------------------------------------------------
 
-def _decode_sndfile(f: sf.SoundFile, path: Path, start_s: float, end_s: float | None):
+@contextmanager
+def _closing_source(f: sf.SoundFile):
+    """SoundFile closes files it opened by name, never a file object it was given."""
+    try:
+        yield
+    finally:
+        if not isinstance(f.name, str):
+            f.name.close()
+
+
+def _decode_sndfile(f: sf.SoundFile, path: Location, start_s: float, end_s: float | None):
     problem = length_problem(f, path)
     if problem:
         return problem
@@ -246,12 +328,30 @@ def _decode_sndfile(f: sf.SoundFile, path: Path, start_s: float, end_s: float | 
 
 # --- failures ----------------------------------------------------------------------------------------
 
-def _non_finite(path: Path, samples: np.ndarray, rate: int, offset_s: float) -> Failure:
+def _non_finite(path: Location, samples: np.ndarray, rate: int, offset_s: float) -> Failure:
     bad = ~np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
     first = offset_s + int(np.argmax(bad)) / rate
     return Failure(Reason.NON_FINITE_SAMPLES,
                    f"{path.name} holds NaN or infinite sample values (first at {first:.3f} s)")
 
 
-def _unexpected(path: Path, exc: Exception) -> Failure:
+def _storage_failure(path: Location, exc: storage.StorageError) -> Failure:
+    if isinstance(exc, storage.ObjectNotFound):
+        return Failure(Reason.MISSING_FILE, str(exc))
+    if isinstance(exc, storage.AccessDenied):
+        return Failure(Reason.PERMISSION_DENIED, str(exc))
+    if isinstance(exc, storage.StorageUnavailable):
+        return Failure(Reason.STORAGE_UNAVAILABLE, str(exc))
+    return Failure(Reason.NOT_A_FILE, f"cannot read {path}: {exc}")
+
+
+def _read_failure(source, path: Location) -> Failure | None:
+    """The reason an object read failed inside libsndfile, which saw only an early end of file."""
+    error = storage.read_error(source)
+    return _storage_failure(path, error) if error is not None else None
+
+
+def _unexpected(path: Location, exc: Exception) -> Failure:
+    if isinstance(exc, storage.StorageError):  # e.g. from the header checks or a local copy
+        return _storage_failure(path, exc)
     return Failure(Reason.CORRUPT_AUDIO, f"unexpected error reading {path.name}: {type(exc).__name__}: {exc}")

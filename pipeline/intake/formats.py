@@ -3,17 +3,19 @@
 
 Nothing here decodes audio: the answers come from a file's name, its headers and at most its
 last Ogg page, so a mislabelled or cut file gets a precise reason rather than a vague decode error.
+Files are local paths or s3:// objects, read through pipeline.storage (byte ranges for objects).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import soundfile as sf
 
+from pipeline import storage
 from pipeline.reasons import Failure, Reason
+from pipeline.storage import Location
 
 # Containers libsndfile reads itself: garbage under these names is a damaged file, not an unknown format.
 SNDFILE_EXTENSIONS = frozenset({
@@ -43,7 +45,7 @@ class AudioInfo:
     format: str  # e.g. "WAV/PCM_16", "OGG/OPUS", or ffprobe's "mov,mp4,m4a,3gp,3g2,mj2/aac"
 
 
-def ffmpeg_only(path: Path, head: bytes) -> bool:
+def ffmpeg_only(path: Location, head: bytes) -> bool:
     """By extension or by signature: an .m4a renamed to .wav still needs ffmpeg, not a 'corrupt' row."""
     return (
         path.suffix.lower() in FFMPEG_EXTENSIONS
@@ -55,7 +57,7 @@ def ffmpeg_only(path: Path, head: bytes) -> bool:
     )
 
 
-def length_problem(f: sf.SoundFile, path: Path) -> Failure | None:
+def length_problem(f: sf.SoundFile, path: Location) -> Failure | None:
     """Truncation visible from the file's structure alone (cheap: no decode)."""
     if f.format in ("WAV", "WAVEX"):
         declared = _wav_declared_frames(path)  # byte-exact: no codec padding to allow for
@@ -67,10 +69,10 @@ def length_problem(f: sf.SoundFile, path: Path) -> Failure | None:
     return None
 
 
-def _wav_declared_frames(path: Path) -> int | None:
+def _wav_declared_frames(path: Location) -> int | None:
     """Frames the WAV data chunk claims. libsndfile silently clips this to the bytes present, which
     would let a file cut in half pass as a shorter clip."""
-    with open(path, "rb") as fh:
+    with storage.open_input(path) as fh:
         riff = fh.read(12)
         if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
             return None
@@ -87,11 +89,11 @@ def _wav_declared_frames(path: Path) -> int | None:
     return None
 
 
-def _ogg_ends_cleanly(path: Path) -> bool:
+def _ogg_ends_cleanly(path: Location) -> bool:
     """True when the file ends with a complete Ogg page flagged end-of-stream. A cut Vorbis file
     otherwise reads as 0 frames (it would look empty) and a cut Opus file as a shorter clip."""
-    size = path.stat().st_size
-    with open(path, "rb") as fh:
+    with storage.open_input(path) as fh:
+        size = fh.seek(0, os.SEEK_END)
         fh.seek(max(0, size - _OGG_MAX_PAGE))
         tail = fh.read()
     pos = len(tail)
@@ -104,10 +106,10 @@ def _ogg_ends_cleanly(path: Path) -> bool:
     return False
 
 
-def mp3_declares_length(path: Path) -> bool:
+def mp3_declares_length(path: Location) -> bool:
     """True when the first MP3 frame carries a Xing/Info/VBRI length tag; without one libsndfile's
     length is an estimate from the bitrate, and a short decode is no evidence of truncation."""
-    with open(path, "rb") as fh:
+    with storage.open_input(path) as fh:
         head = fh.read(10)
         offset = 0
         if head[:3] == b"ID3" and len(head) == 10:  # skip an ID3v2 tag (its size is "synchsafe")
@@ -122,7 +124,7 @@ def truncation_tolerance(frames: int, rate: int) -> int:
     return max(round(_TRUNCATION_TOLERANCE_S * rate), round(frames * _TRUNCATION_TOLERANCE_FRACTION))
 
 
-def truncated(path: Path, rate: int, declared: int, present: int, error=None) -> Failure:
+def truncated(path: Location, rate: int, declared: int, present: int, error=None) -> Failure:
     why = f" ({error})" if error else ""
     return Failure(Reason.TRUNCATED_AUDIO,
                    f"{path.name} is truncated: its header declares {declared / rate:.2f} s "

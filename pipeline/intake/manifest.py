@@ -2,8 +2,9 @@
 
 Schema (manifests/README.md is the user-facing description):
     id          string, unique, not null, not empty
-    audio       string path; relative paths resolve against the manifest's folder, or against the
-                audio root when the run sets one
+    audio       string path or s3:// URL; relative paths resolve against the manifest's folder (its
+                prefix, for a manifest on object storage), or against the audio root when the run
+                sets one
     duration_s  optional: seconds as float or int, >= 0, or null (unknown: read from headers later)
     language    optional: string (e.g. "en") or null
 Every other column is carried through to the output untouched.
@@ -22,7 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.errors import UserError
+from pipeline.storage import Location
 
 ID, AUDIO, DURATION, LANGUAGE = "id", "audio", "duration_s", "language"
 SCHEMA_COLUMNS = (ID, AUDIO, DURATION, LANGUAGE)
@@ -38,7 +41,7 @@ class Manifest:
     """A validated manifest. `table` holds id, audio and language as string and duration_s as
     float64 (cast from compatible types); other columns are exactly as read."""
 
-    path: Path
+    path: Location  # a local file or an s3:// object
     table: pa.Table
 
     @property
@@ -46,8 +49,8 @@ class Manifest:
         return self.table.num_rows
 
     @property
-    def base_dir(self) -> Path:
-        """Where relative audio paths resolve when no audio root is set."""
+    def base_dir(self) -> Location:
+        """Where relative audio paths resolve when no audio root is set (a folder or a prefix)."""
         return self.path.parent
 
     @cached_property
@@ -76,9 +79,13 @@ class Manifest:
         return [None] * self.num_rows
 
 
-def read_manifest(path: str | Path) -> Manifest:
-    """Read and validate a manifest; raises ManifestError listing every problem found."""
-    path = Path(path)
+def read_manifest(path: str | Path | Location) -> Manifest:
+    """Read and validate a manifest (a local file or an s3:// object); raises ManifestError listing
+    every problem found."""
+    try:
+        path = storage.location(path)
+    except storage.UnsupportedLocation as exc:
+        raise ManifestError(str(exc)) from None
     table = _read_table(path)
     table = _normalise_types(table, path)
     problems = _row_problems(table)
@@ -88,14 +95,19 @@ def read_manifest(path: str | Path) -> Manifest:
     return Manifest(path, table)
 
 
-def _read_table(path: Path) -> pa.Table:
-    if not path.exists():
-        raise ManifestError(f"manifest {path} does not exist")
-    if path.is_dir():
-        raise ManifestError(f"{path} is a folder; give the manifest's .parquet file")
+def _read_table(path: Location) -> pa.Table:
     try:
+        found = storage.info(path)
+        if found.kind == "missing":
+            missing = storage.missing_detail(path) if isinstance(path, storage.ObjectPath) else f"{path} does not exist"
+            raise ManifestError(f"manifest {missing}")
+        if found.kind == "dir":
+            raise ManifestError(f"{path} is a folder; give the manifest's .parquet file")
         # ParquetFile, not read_table: a single file, no dataset or partition guessing from its path.
-        return pq.ParquetFile(path).read()
+        with storage.open_input(path) as source:
+            return pq.ParquetFile(source).read()
+    except (storage.StorageError, PermissionError) as exc:
+        raise ManifestError(f"cannot read the manifest {path}: {exc}") from None
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise ManifestError(f"{path} is not a readable Parquet file: {exc}") from None
 

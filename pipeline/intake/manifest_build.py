@@ -1,15 +1,18 @@
-"""`python -m pipeline manifest build DIR_OR_GLOB -o out.parquet`: one manifest row per audio file.
+"""`python -m pipeline manifest build DIR_OR_GLOB_OR_PREFIX -o out.parquet`: one manifest row per
+audio file. The source may be a local folder, a local glob, or an s3:// prefix (listed and probed
+with ranged reads); the output a local file or an s3:// object.
 
 - id: the file's path relative to the folder (or to the glob's fixed prefix), POSIX style, without
   its extension: 'speakers/ann/001'. Files that differ only in extension ('a.wav', 'a.flac') keep
   it ('a.wav', 'a.flac'). Ids depend only on the set of files, never on listing order.
-- audio: relative to the output manifest's folder when the file lies inside it, so the manifest
-  moves together with its audio; absolute otherwise.
+- audio: relative to the output manifest's folder (or prefix) when the file lies inside it, so the
+  manifest moves together with its audio; absolute (a path or an s3:// URL) otherwise.
 - duration_s: from headers (audio.probe), in a thread pool. A file that cannot be probed is still
   written, with a null duration, so the annotate run reports it as an error row with its reason
   code instead of losing it; the build's summary lists it as well.
 
-Rows are sorted by id and the file is written atomically (temporary file, fsync, rename).
+Rows are sorted by id and the file is written atomically (storage.write_table: a temporary file,
+fsync and rename locally, one upload on object storage).
 """
 
 from __future__ import annotations
@@ -23,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.intake import audio
 from pipeline.intake.manifest import ManifestError
 from pipeline.reasons import Failure
+from pipeline.storage import Location, ObjectPath
 
 _GLOB_MAGIC = re.compile(r"[*?[]")
 _LISTED = 20  # unprobed files named in the summary
@@ -42,7 +46,7 @@ class Unprobed:
 
 @dataclass(frozen=True)
 class BuildReport:
-    output: Path
+    output: Location
     rows: int
     total_duration_s: float
     unprobed: tuple[Unprobed, ...]
@@ -63,16 +67,19 @@ class BuildReport:
 
 
 def build_manifest(source: str | Path, output: str | Path, workers: int | None = None) -> BuildReport:
-    output = Path(output)
-    if output.is_dir():
-        raise ManifestError(f"{output} is a folder; name the manifest file, e.g. {output}/manifest.parquet")
-    base, found = _find_files(str(source))
+    try:
+        output = storage.location(output)
+        if storage.info(output).kind == "dir":
+            raise ManifestError(f"{output} is a folder; name the manifest file, e.g. {output}/manifest.parquet")
+        base, found = _find_files(str(source))
+    except (storage.UnsupportedLocation, storage.StorageError) as exc:
+        raise ManifestError(str(exc)) from None
     files = sorted(p for p in found if p.suffix.lower() in audio.AUDIO_EXTENSIONS)
     if not files:
         raise ManifestError(f"no audio files in {source} (looked for "
                             f"{', '.join(sorted(audio.AUDIO_EXTENSIONS))}; {len(found)} other file(s) found)")
     ids = _unique_ids([p.relative_to(base) for p in files])
-    out_dir = Path(os.path.abspath(output.parent))
+    out_dir = output.parent if isinstance(output, ObjectPath) else Path(os.path.abspath(output.parent))
     paths = [_stored_path(p, out_dir) for p in files]
     with ThreadPoolExecutor(workers or min(32, 4 * (os.cpu_count() or 1))) as pool:
         infos = list(pool.map(audio.probe, files))  # I/O-bound, and libsndfile releases the GIL
@@ -83,21 +90,27 @@ def build_manifest(source: str | Path, output: str | Path, workers: int | None =
         "audio": pa.array([paths[i] for i in order], pa.string()),
         "duration_s": pa.array([durations[i] for i in order], pa.float64()),
     })
-    _write_atomically(table, output)
+    storage.write_table(output, table)  # a reader sees the old manifest or the new one, never half
     unprobed = tuple(Unprobed(ids[i], paths[i], infos[i]) for i in order if isinstance(infos[i], Failure))
     return BuildReport(output, len(files), sum(d for d in durations if d is not None), unprobed,
                        ignored=len(found) - len(files))
 
 
-def _find_files(source: str) -> tuple[Path, list[Path]]:
-    """The folder ids are relative to, and every file under it (a folder) or matching (a glob)."""
-    path = Path(source)
+def _find_files(source: str) -> tuple[Location, list[Location]]:
+    """The folder ids are relative to, and every file under it (a folder or prefix) or matching (a glob)."""
+    path = storage.location(source)
+    if isinstance(path, ObjectPath):
+        if _GLOB_MAGIC.search(path.key):
+            raise ManifestError(f"{source}: globs are not supported on object storage; give a prefix "
+                                "(every audio object under it is listed)")
+        kind = storage.info(path).kind
+        if kind == "dir":
+            return path, storage.walk_files(path)
+        if kind == "file":
+            return path.parent, [path]
+        raise ManifestError(f"{source} is neither an object nor a prefix with objects under it")
     if path.is_dir():
-        found = []
-        # os.walk does not follow symlinked folders, so a link cycle cannot loop forever.
-        for folder, _, names in os.walk(path):
-            found += [Path(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
-        return path, found
+        return path, storage.walk_files(path)
     if _GLOB_MAGIC.search(source):
         fixed = []
         for part in path.parts:
@@ -123,22 +136,13 @@ def _unique_ids(relative: list[Path]) -> list[str]:
             ids[i] = relative[i].as_posix()
 
 
-def _stored_path(path: Path, out_dir: Path) -> str:
+def _stored_path(path: Location, out_dir: Location) -> str:
+    if isinstance(path, ObjectPath):
+        return path.relative_to(out_dir).as_posix() if path.is_relative_to(out_dir) else str(path)
     absolute = Path(os.path.abspath(path))
+    if isinstance(out_dir, ObjectPath):
+        return str(absolute)
     try:
         return absolute.relative_to(out_dir).as_posix()
     except ValueError:
         return str(absolute)
-
-
-def _write_atomically(table: pa.Table, output: Path) -> None:
-    """A reader sees the old manifest or the new one, never half a file."""
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -17,22 +17,36 @@ import os
 import select
 import sys
 import threading
+import shutil
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
 from tqdm import tqdm
 
+from pipeline import storage
+
 
 class LibraryLog:
     """Context manager; inside it, terminal_out and terminal_err are the terminal."""
 
-    def __init__(self, folder: Path, echo: bool = False):
-        self.path = Path(folder) / f"annotate-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    def __init__(self, folder, echo: bool = False):
+        name = f"annotate-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+        # On object storage the log is written here, where file descriptors can point, and uploaded
+        # when the run ends (storage has no appending writes).
+        self.upload_to = None if isinstance(folder, Path) else folder / name
+        local = Path(folder) if isinstance(folder, Path) else Path(tempfile.mkdtemp(prefix="annotate-log-"))
+        self.path = local / name
         self.echo = echo
         self.terminal_out = self.terminal_err = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+
+    @property
+    def destination(self):
+        """Where the log ends up (OUT/logs/...), local or on object storage."""
+        return self.upload_to or self.path
 
     def write_line(self, text: str) -> None:
         """A line of ours (what the console showed), marked apart from library output."""
@@ -80,6 +94,14 @@ class LibraryLog:
             stream.close()
         for fd in (*self._terminal, self._fd):
             os.close(fd)
+        if self.upload_to is not None:
+            try:
+                storage.write_bytes(self.upload_to, self.path.read_bytes())
+                shutil.rmtree(self.path.parent, ignore_errors=True)
+                self.path = self.upload_to
+            except OSError as err:  # the run's outcome stands; the local copy says what happened
+                print(f"the log could not be uploaded to {self.upload_to} ({err}); it is at {self.path}",
+                      file=sys.stderr)
 
     def _pump(self, read_end: int) -> None:
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")  # chunks may split a character

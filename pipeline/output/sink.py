@@ -1,79 +1,74 @@
-"""The output folder: committed parts, resume state, and the final Parquet files.
+"""The output folder (a local folder or an s3:// prefix): committed parts, resume state, and the
+final Parquet files.
 
 Layout of OUT:
-    state.json           the run's identity (fingerprint and settings), written when OUT is first used
-    parts/part-*.parquet committed segment results; a part's name is a digest of the keys it holds
-    segments.parquet     one row per segment (final)
-    annotations.parquet  one row per manifest id (final)
-    run.json             what ran and how it went (final)
-    _SUCCESS             completion marker, written last
+    state.json                the run's identity (fingerprint and settings), written when OUT is first used
+    parts/part-<d>-<t>.parquet segment results: <d> a digest of the keys it holds, <t> a random token
+    commits/<part>.json       a part's commit record: the part is committed once its record exists
+    segments.parquet          one row per segment (final)
+    annotations.parquet       one row per manifest id (final)
+    run.json                  what ran and how it went (final)
+    _SUCCESS                  completion marker, written last
 
-Every file is written to a temporary name, fsynced and renamed into place, so a reader never sees
-half a file and a crash leaves either the old file or the new one. A key (row id and segment) is
-committed once: a rerun reads the committed keys and plans only the rest.
+The commit protocol holds without an atomic rename, so the same code serves object stores:
+1. A part is written under a key no other write uses (digest and random token): nothing is ever
+   overwritten, and two attempts at the same items never meet.
+2. Its commit record is written after the part, and only once the part's write has completed.
+3. Readers list commit records and read only the parts they name; a part without a record
+   (a run killed between the two writes, a failed upload) is ignored, and the next open() sweeps
+   it, with any record whose part is gone.
+4. Final files are written after every part is committed, and _SUCCESS last; a rerun that has new
+   work removes _SUCCESS before committing anything.
+A killed run therefore resumes from exactly the committed parts, and every key is committed once.
+Locally each file is still written to a temporary name, fsynced and renamed (storage.write_bytes),
+so a reader never sees half a file; on object stores each file is one upload, visible only when
+complete. Parts named part-<digest>.parquet without a token were committed by rename before
+commit records existed, and count as committed.
+
+A result whose reason is transient (reasons.TRANSIENT: the object store kept failing) is written
+like any other, so the output has its row, but it does not count as committed: the next run plans
+that key again, and a lasting result for a key replaces its transient ones when the parts are read.
+_SUCCESS records how many transient results the run ended with; while there are any, a rerun is
+not a no-op.
+
+The driver is the only writer; two runs at once on one OUT are not supported.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
+import re
+import secrets
 from collections import Counter
 from collections.abc import Iterable
-from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.items import ItemResult
+from pipeline.reasons import TRANSIENT
+from pipeline.storage import Location
 
 STATS_METADATA_KEY = b"pipeline.stats"
 SUCCESS = "_SUCCESS"
 FINAL_FILES = ("annotations.parquet", "segments.parquet", "run.json", SUCCESS)
+_PART = re.compile(r"^part-[0-9a-f]{20}(-[0-9a-f]+)?\.parquet$")
+_LEGACY_PART = re.compile(r"^part-[0-9a-f]{20}\.parquet$")
+_RECORD = ".json"
+_READERS = 8  # parts whose footers are read at once (object stores: one request each)
 
 
-def _atomic(path: Path, write) -> None:
-    """write(tmp_path) into a temporary file beside path, fsync it, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        _readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+def atomic_write_bytes(path: Location, data: bytes) -> None:
+    storage.write_bytes(path, data)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
-def atomic_write_table(path: Path, table: pa.Table) -> None:
-    _atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
-
-
-def _readable(tmp: str) -> None:
-    """mkstemp creates 0600 files; outputs get the usual permissions (0666 less the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def atomic_write_table(path: Location, table: pa.Table) -> None:
+    storage.write_table(path, table, compression="zstd")
 
 
 def column_type(kind: str) -> pa.DataType:
@@ -114,96 +109,176 @@ def results_table(results: list[ItemResult], columns: dict[str, str], stats: dic
 
 
 class OutputDir:
-    def __init__(self, path: Path):
-        self.path = Path(path)
+    def __init__(self, path: Location | str):
+        self.path = storage.location(path)
         self.parts = self.path / "parts"
+        self.commits = self.path / "commits"
+        self._keys: set[str] | None = None  # keys with a lasting committed result, once read
 
     # --- identity and resume ------------------------------------------------------------------
 
     def open(self, fingerprint: str, settings: dict, restart: bool) -> None:
         """Claim OUT for this run: refuse committed work from different settings unless told to
-        discard it, and sweep temporary files a killed run left behind."""
+        discard it, and sweep what a killed run left behind (temporaries, uncommitted parts)."""
         state_file = self.path / "state.json"
-        if state_file.is_file():
-            state = json.loads(state_file.read_text())
-            if state.get("fingerprint") != fingerprint:
-                if not restart:
-                    changed = sorted(k for k in set(settings) | set(state.get("settings", {}))
-                                     if settings.get(k) != state.get("settings", {}).get(k))
-                    raise UserError(
-                        f"{self.path} holds work from a run with different settings "
-                        f"(changed: {', '.join(changed) or 'model files'}). Use another --out, "
-                        "or pass --restart to discard that work."
-                    )
-                self.discard()
-        self.path.mkdir(parents=True, exist_ok=True)
-        self.parts.mkdir(exist_ok=True)
-        for folder in (self.path, self.parts):
-            for tmp in folder.glob(".tmp-*"):
-                tmp.unlink(missing_ok=True)
-        if not state_file.is_file():
+        state = _read_json(state_file)
+        if state is not None and state.get("fingerprint") != fingerprint:
+            if not restart:
+                changed = sorted(k for k in set(settings) | set(state.get("settings", {}))
+                                 if settings.get(k) != state.get("settings", {}).get(k))
+                raise UserError(
+                    f"{self.path} holds work from a run with different settings "
+                    f"(changed: {', '.join(changed) or 'model files'}). Use another --out, "
+                    "or pass --restart to discard that work."
+                )
+            self.discard()
+            state = None
+        for folder in (self.path, self.parts, self.commits):
+            storage.make_dirs(folder)
+        self._sweep()
+        if state is None:
             atomic_write_bytes(state_file, json.dumps(
                 {"fingerprint": fingerprint, "settings": settings}, indent=2, sort_keys=True).encode())
 
+    def _sweep(self) -> None:
+        for folder in (self.path, self.parts, self.commits):
+            for name in storage.list_names(folder):
+                if name.startswith(".tmp-"):
+                    storage.delete(folder / name)
+        parts, records = self._listing()
+        for name in parts:
+            if name not in records and not _LEGACY_PART.match(name):
+                storage.delete(self.parts / name)  # written, never committed
+        for name in records - set(parts):
+            storage.delete(self.commits / (name + _RECORD))  # names a part that is gone
+
     def discard(self) -> None:
-        shutil.rmtree(self.parts, ignore_errors=True)
+        storage.delete_tree(self.parts)
+        storage.delete_tree(self.commits)
         for name in (*FINAL_FILES, "state.json"):
-            (self.path / name).unlink(missing_ok=True)
+            storage.delete(self.path / name)
+        self._keys = None
 
     def completed_for(self, manifest_digest: str, fingerprint: str) -> bool:
-        marker = self.path / SUCCESS
-        if not marker.is_file():
+        done = _read_json(self.path / SUCCESS)
+        if done is None:
             return False
-        done = json.loads(marker.read_text() or "{}")
-        return done.get("manifest_digest") == manifest_digest and done.get("fingerprint") == fingerprint
+        return (done.get("manifest_digest") == manifest_digest and done.get("fingerprint") == fingerprint
+                and not done.get("transient_failures"))
 
     def invalidate_final(self) -> None:
         """New work is about to be committed: the old final files no longer describe OUT."""
-        (self.path / SUCCESS).unlink(missing_ok=True)
+        storage.delete(self.path / SUCCESS)
+
+    def _listing(self) -> tuple[list[str], set[str]]:
+        """(part files, names of the parts that have a commit record)."""
+        parts = [n for n in storage.list_names(self.parts) if _PART.match(n)]
+        records = {n[:-len(_RECORD)] for n in storage.list_names(self.commits) if n.endswith(_RECORD)}
+        return parts, records
+
+    def committed_parts(self) -> list[Location]:
+        """The parts readers use: those with a commit record (or committed by rename, before records)."""
+        parts, records = self._listing()
+        return [self.parts / n for n in parts if n in records or _LEGACY_PART.match(n)]
 
     def _dataset(self):
-        files = sorted(str(p) for p in self.parts.glob("part-*.parquet"))
-        return ds.dataset(files, format="parquet") if files else None
+        parts = self.committed_parts()
+        if not parts:
+            return None
+        fs, _ = storage.filesystem(self.parts)
+        return ds.dataset([storage.filesystem(p)[1] for p in parts], filesystem=fs, format="parquet")
 
     def committed(self) -> tuple[set[str], set[str]]:
-        """-> (committed keys, ids whose every segment is committed), from one read of the parts."""
+        """-> (committed keys, ids whose every segment is committed), from one read of the parts.
+        Transient failures do not count: the next run tries those keys again."""
         dataset = self._dataset()
         if dataset is None:
+            self._keys = set()
             return set(), set()
-        table = dataset.to_table(columns=["key", "id", "n_segments"])
+        table = dataset.to_table(columns=["key", "id", "n_segments", "error"])
+        lasting = [i for i, e in enumerate(table.column("error").to_pylist()) if e not in TRANSIENT]
+        table = table.take(lasting)
         keys = set(table.column("key").to_pylist())
         counts = Counter(table.column("id").to_pylist())
         ids_segments = zip(table.column("id").to_pylist(), table.column("n_segments").to_pylist())
+        self._keys = set(keys)
         return keys, {item_id for item_id, n in ids_segments if counts[item_id] == n}
 
     # --- committing -----------------------------------------------------------------------------
 
-    def commit(self, results: list[ItemResult], columns: dict[str, str], stats: dict | None) -> Path:
+    def commit(self, results: list[ItemResult], columns: dict[str, str], stats: dict | None) -> Location:
+        """Write one part, then its commit record (the commit); returns the part's location."""
+        if self._keys is None:
+            self.committed()
         keys = sorted(r.item.key for r in results)
+        again = self._keys.intersection(keys)
+        if again:
+            raise RuntimeError(f"{sorted(again)[:5]} already committed: the same items were planned twice")
         digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
-        path = self.parts / f"part-{digest}.parquet"
-        if path.exists():
-            raise RuntimeError(f"{path.name} already committed: the same items were planned twice")
-        atomic_write_table(path, results_table(results, columns, stats))
-        return path
+        name = f"part-{digest}-{secrets.token_hex(6)}.parquet"
+        part = self.parts / name
+        atomic_write_table(part, results_table(results, columns, stats))
+        record = {"part": name, "rows": len(results), "keys_sha256": digest}
+        try:
+            atomic_write_bytes(self.commits / (name + _RECORD), json.dumps(record, sort_keys=True).encode())
+        except BaseException:
+            # Not committed: remove the part now if we can (open() sweeps it otherwise), so that
+            # retrying the same results cannot leave two copies of these keys in parts/.
+            try:
+                storage.delete(part)
+            except Exception:
+                pass
+            raise
+        self._keys.update(r.item.key for r in results if r.error not in TRANSIENT)
+        return part
 
     def segments(self, columns: dict[str, str]) -> pa.Table:
         dataset = self._dataset()
         schema = segment_schema(columns)
         if dataset is None:
             return schema.empty_table()
-        table = dataset.to_table().select(schema.names).cast(schema)
+        table = _without_replaced(dataset.to_table().select(schema.names).cast(schema))
         return table.sort_by([("row", "ascending"), ("segment", "ascending")])
 
     def part_stats(self) -> Iterable[dict]:
-        for path in sorted(self.parts.glob("part-*.parquet")):
-            metadata = pq.read_schema(path).metadata or {}
-            if STATS_METADATA_KEY in metadata:
-                yield json.loads(metadata[STATS_METADATA_KEY])
+        fs, _ = storage.filesystem(self.parts)
+
+        def stats(part):
+            metadata = pq.read_schema(storage.filesystem(part)[1], filesystem=fs).metadata or {}
+            return json.loads(metadata[STATS_METADATA_KEY]) if STATS_METADATA_KEY in metadata else None
+
+        with ThreadPoolExecutor(_READERS) as pool:  # one footer read each: in parallel on object stores
+            yield from (found for found in pool.map(stats, self.committed_parts()) if found is not None)
 
     def write_final(self, annotations: pa.Table, segments: pa.Table, run_info: dict, marker: dict) -> None:
+        transient = sum(e in TRANSIENT for e in segments.column("error").to_pylist())
         atomic_write_table(self.path / "segments.parquet", segments)
         atomic_write_table(self.path / "annotations.parquet", annotations)
         atomic_write_bytes(self.path / "run.json", json.dumps(run_info, indent=2, sort_keys=True, default=str).encode())
         # Last: the marker says everything above is complete and consistent.
-        atomic_write_bytes(self.path / SUCCESS, json.dumps(marker, sort_keys=True).encode())
+        atomic_write_bytes(self.path / SUCCESS, json.dumps({**marker, "transient_failures": transient},
+                                                           sort_keys=True).encode())
+
+
+def _without_replaced(table: pa.Table) -> pa.Table:
+    """One row per key where a transient failure was retried: a lasting result wins over the
+    transient ones, else the key keeps one transient row. Other repeats are left for the caller's
+    consistency check (tables.current_segments)."""
+    keys, errors = table.column("key").to_pylist(), table.column("error").to_pylist()
+    lasting = {k for k, e in zip(keys, errors) if e not in TRANSIENT}
+    keep, kept_transient = [], set()
+    for index, (key, error) in enumerate(zip(keys, errors)):
+        if error in TRANSIENT:
+            if key in lasting or key in kept_transient:
+                continue
+            kept_transient.add(key)
+        keep.append(index)
+    return table if len(keep) == len(keys) else table.take(keep)
+
+
+def _read_json(where: Location) -> dict | None:
+    """A small JSON file, or None when there is none."""
+    try:
+        return json.loads(storage.read_bytes(where) or b"{}")
+    except FileNotFoundError:
+        return None

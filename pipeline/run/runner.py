@@ -24,6 +24,7 @@ from pathlib import Path
 
 import ray
 
+from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.items import Batch, ItemResult
 from pipeline.model.runtime import log_environment
@@ -44,6 +45,8 @@ class WorkerSpec:
     cpu_threads: int
     # Builds the model from the spec; None means the MindSpore model. Tests pass fakes here.
     model_factory: Callable | None = None
+    # How the driver reaches object stores (endpoint, region; never credentials: each node's own).
+    storage_settings: storage.Settings | None = None
 
 
 @functools.lru_cache(maxsize=4)
@@ -58,6 +61,7 @@ def _preparer(model_dir: str, silence_dbfs: float, search_s: float):
 
 def prepare_batch(spec: WorkerSpec, batch: Batch):
     """Decode, cut and extract features for one batch (a Ray task, in its own process)."""
+    storage.configure(spec.storage_settings)
     return _preparer(spec.plan.model_dir, spec.silence_dbfs, spec.search_s).prepare(batch)
 
 

@@ -14,11 +14,10 @@ batch and, if it keeps failing, split it to isolate the item that causes it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
-from pipeline import shapes
+from pipeline import shapes, storage
 from pipeline.intake import audio
 from pipeline.intake.features import clip_features
 from pipeline.intake.segment import (
@@ -63,7 +62,7 @@ class BatchPreparer:
         self.silence_dbfs = silence_dbfs
         self.search_s = search_s
 
-    def _cut(self, path: Path, nominal_s: float | None) -> float | None | Failure:
+    def _cut(self, path: storage.Location, nominal_s: float | None) -> float | None | Failure:
         """Where a boundary falls, decided from the audio around it alone, so both segments that
         share it find the same cut however and wherever they are processed."""
         if nominal_s is None:
@@ -75,7 +74,7 @@ class BatchPreparer:
         return find_cut(window.samples, shapes.SAMPLE_RATE, window.start_s, nominal_s, self.search_s)
 
     def _decode(self, item: Item) -> ReadyClip | ItemResult:
-        path = Path(item.path)
+        path = storage.location(item.path)  # a resolved local path or s3:// URL
         if item.n_segments == 1:
             decoded = audio.decode(path, silence_dbfs=self.silence_dbfs)
             start = 0.0
