@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline import storage
+from pipeline import exit_codes, storage
 from pipeline.intake import audio
 from pipeline.output.tables import annotations_output, current_segments, output_column_names, segments_output
 from pipeline.config import Config, ConfigError, CustomTask, load
@@ -43,6 +42,11 @@ class RunSummary:
     out: storage.Location
     already_complete: bool = False
     run_info: dict = field(default_factory=dict)
+    stopped_early: bool = False  # dispatch stopped before the end; rerun to continue (no final tables)
+
+    @property
+    def exit_code(self) -> int:
+        return exit_codes.STOPPED_EARLY if self.stopped_early else exit_codes.DONE
 
     @property
     def counts(self) -> dict:
@@ -249,6 +253,8 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
                           "committed; rerun the same command to resume.")
             raise
         committer.close()
+        if report.stopped:  # the tables describe a finished run only
+            return RunSummary(out=out, stopped_early=True)
 
         segments = current_segments(sink.segments(columns), manifest)
         annotations = annotations_output(segments, manifest, planned, columns, list(plan.task_names))
@@ -303,15 +309,15 @@ def annotate_from_args(args) -> int:
                 summary = annotate(args.manifest, config, out=out, workers=args.workers, restart=args.restart,
                                    console=console)
             except KeyboardInterrupt:
-                return 128 + signal.SIGINT
+                return exit_codes.INTERRUPTED
             except UserError:
                 raise
             except Exception:
                 console.error(f"the run failed; the libraries' output is in {log.destination}")
                 raise
-        if not summary.already_complete:
+        if not summary.already_complete and not summary.stopped_early:
             console.summary(summary_lines(summary.run_info, summary.out, log.destination))
-    return 0
+    return summary.exit_code
 
 
 @contextmanager

@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline import exit_codes
     from pipeline.errors import UserError
 
     args = build_parser().parse_args(argv)
@@ -133,4 +134,4 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exit_codes.INVALID

@@ -131,6 +131,7 @@ class ExecutionReport:
     retries: int = 0
     splits: int = 0
     worker_replacements: int = 0
+    stopped: bool = False  # dispatch stopped early (see execute's stop); batches were left undone
 
 
 @contextmanager
@@ -255,8 +256,12 @@ class WorkerPool:
 
 
 def execute(batches: list[Batch], spec: WorkerSpec, workers: int, use_npu: bool, prefetch: int,
-            max_attempts: int, on_results: Callable[[list[ItemResult], dict | None], None]) -> ExecutionReport:
-    """Run every batch; on_results receives each batch's results (every item exactly once)."""
+            max_attempts: int, on_results: Callable[[list[ItemResult], dict | None], None],
+            stop: Callable[[], bool] = lambda: False) -> ExecutionReport:
+    """Run every batch; on_results receives each batch's results (every item exactly once).
+
+    When stop() turns true (a work budget is spent, a signal came), no more batches are dispatched:
+    the ones in flight finish and are reported, the rest are left undone (report.stopped)."""
     report = ExecutionReport()
     policy = RetryPolicy(max_attempts)
     pool = WorkerPool(spec, workers, use_npu, prefetch)
@@ -266,6 +271,9 @@ def execute(batches: list[Batch], spec: WorkerSpec, workers: int, use_npu: bool,
     graphs: dict[int, int] = {}
     try:
         while pending or inflight:
+            if pending and stop():
+                report.stopped = True
+                pending.clear()
             for actor in list(pool.actors):
                 while pending and load[id(actor)] < pool.slots:
                     batch = pending.popleft()
