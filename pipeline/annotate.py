@@ -182,9 +182,9 @@ def output_folder(manifest_path, out):
 def annotate(manifest_path: str | Path, config: Config, out: str | Path | None = None, workers: int | None = None,
              restart: bool = False, progress: bool = True, model_factory=None,
              console: Console | None = None) -> RunSummary:
+    from pipeline.model.model_plan import load_prompts, plan_model
     from pipeline.output import run_info
     from pipeline.run import runner
-    from pipeline.model.model_plan import plan_model
 
     started = time.time()
     console = console or Console(progress=progress)
@@ -199,14 +199,17 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
     digest = file_digest(manifest_path)
     worker_count = default_workers(config, workers)
 
-    with runner.ray_session(worker_count):
+    # Tokenising the prompts needs no cluster: it runs while Ray starts (seconds each).
+    with ThreadPoolExecutor(1) as background, runner.ray_session(worker_count):
+        checkpoint = background.submit(load_prompts, config, tasks)
         npus = runner.cluster_npus()
         device = config.device if config.device != "auto" else ("ascend" if npus else "cpu")
         if device == "ascend" and not npus:
             raise UserError("device is ascend but the Ray cluster has no NPU resources")
         try:
             plan = plan_model(config, tasks, device,
-                              runner.worker_memory_bytes(npus if device == "ascend" else worker_count, device == "ascend"))
+                              runner.worker_memory_bytes(npus if device == "ascend" else worker_count, device == "ascend"),
+                              checkpoint.result())
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         settings = run_settings(plan, config, tasks)

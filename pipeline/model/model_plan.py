@@ -84,9 +84,19 @@ def decode_slots(config, spec: ModelSpec, probe: EngineShape, dtype: str, budget
 MAX_AUTO_SLOTS = 32
 
 
-def plan_model(config, tasks, device: str, worker_memory_bytes: int) -> ModelPlan:
-    """Build the plan for a resolved device. worker_memory_bytes is what one worker may use in all;
-    the budget beside the weights is config.memory_budget_gb when set, else that less the weights."""
+@dataclass(frozen=True)
+class CheckpointPrompts:
+    """What a plan needs from the checkpoint and the tokenizer, before any device is known."""
+
+    model_dir: Path
+    revision: str | None
+    spec: ModelSpec
+    prompts: PromptPlan
+
+
+def load_prompts(config, tasks) -> CheckpointPrompts:
+    """Resolve the checkpoint, read its dims, tokenise the task prompts (no Ray, no MindSpore: the
+    driver does this while Ray starts)."""
     from transformers import AutoProcessor
 
     model_dir, revision = resolve_checkpoint(config.model, config.revision)
@@ -95,6 +105,15 @@ def plan_model(config, tasks, device: str, worker_memory_bytes: int) -> ModelPla
     style = resolve_style(config.prompt_style, model_dir)
     prompts = build_prompt_plan(processor, style, [t.prompt(style) for t in tasks],
                                 eos_token_ids(model_dir, processor.tokenizer, style))
+    return CheckpointPrompts(model_dir, revision, spec, prompts)
+
+
+def plan_model(config, tasks, device: str, worker_memory_bytes: int,
+               checkpoint: CheckpointPrompts | None = None) -> ModelPlan:
+    """Build the plan for a resolved device. worker_memory_bytes is what one worker may use in all;
+    the budget beside the weights is config.memory_budget_gb when set, else that less the weights."""
+    checkpoint = checkpoint or load_prompts(config, tasks)
+    spec, prompts = checkpoint.spec, checkpoint.prompts
     dtype = resolve_dtype(config.dtype, device)
     max_new_tokens = tuple(t.max_new_tokens for t in tasks)
     if config.memory_budget_gb:
@@ -105,7 +124,7 @@ def plan_model(config, tasks, device: str, worker_memory_bytes: int) -> ModelPla
     slots = decode_slots(config, spec, probe, dtype, budget_bytes, device)
     shape = declare_shape(prompts, list(max_new_tokens), slots, spec.max_positions, spec.n_mels)
     return ModelPlan(
-        model_dir=str(model_dir), revision=revision, spec=spec, prompts=prompts,
+        model_dir=str(checkpoint.model_dir), revision=checkpoint.revision, spec=spec, prompts=prompts,
         task_names=tuple(t.name for t in tasks), max_new_tokens=max_new_tokens, device=device, dtype=dtype,
         sampling=Sampling(config.temperature, config.top_p, config.seed), shape=shape,
         memory_budget_bytes=budget_bytes,

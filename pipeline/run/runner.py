@@ -199,7 +199,10 @@ class WorkerPool:
         # Threaded actor: the batches a worker holds run concurrently, so its model can decode the
         # next batch's rows in slots the current batch no longer needs (continuous batching); one
         # more thread answers ready().
-        options = {"num_cpus": 1, "max_restarts": 0, "max_concurrency": prefetch + 2}
+        options = {"num_cpus": 1, "max_restarts": 0, "max_concurrency": prefetch + 2,
+                   # Ray sets OMP_NUM_THREADS to an actor's logical CPUs (1), and MindSpore's CPU
+                   # kernels then run on one thread whatever it was told: measured 2x slower graphs.
+                   "runtime_env": {"env_vars": {"OMP_NUM_THREADS": str(spec.cpu_threads)}}}
         if use_npu:
             options["resources"] = {"NPU": 1}
         self.actor_class = ray.remote(**options)(AnnotationWorker)
@@ -211,7 +214,11 @@ class WorkerPool:
         self.replacements_left = 2 * count + 2
         self.replacements = 0
         self.nodes = {}
+        # Started, not waited for: the caller decodes the first batches while the workers load.
         self.actors = [self.actor_class.remote(spec) for _ in range(count)]
+        self.info = []
+
+    def wait_ready(self) -> None:
         self.info = [self._check(actor) for actor in self.actors]
 
     def _check(self, actor) -> dict:
@@ -266,18 +273,30 @@ def execute(batches: list[Batch], spec: WorkerSpec, workers: int, use_npu: bool,
     policy = RetryPolicy(max_attempts)
     pool = WorkerPool(spec, workers, use_npu, prefetch)
     pending: deque[Batch] = deque(batches)
+    # Loading and compiling take the workers seconds: decode the batches they will take first in
+    # the meantime (on any node: the workers' nodes are not known yet), so they start at once.
+    early: deque = deque()
+    for _ in range(min(len(pending), workers * pool.slots)):
+        batch = pending.popleft()
+        early.append((batch, pool.prepare.remote(pool.spec_ref, batch)))
     inflight: dict = {}
     load: dict[int, int] = defaultdict(int)  # calls in flight per actor
     graphs: dict[int, int] = {}
     try:
-        while pending or inflight:
-            if pending and stop():
+        pool.wait_ready()
+        while pending or inflight or early:
+            if (pending or early) and stop():
                 report.stopped = True
                 pending.clear()
+                early.clear()
             for actor in list(pool.actors):
-                while pending and load[id(actor)] < pool.slots:
-                    batch = pending.popleft()
-                    prepared = pool.prepare.options(scheduling_strategy=pool.near(actor)).remote(pool.spec_ref, batch)
+                while (early or pending) and load[id(actor)] < pool.slots:
+                    if early:
+                        batch, prepared = early.popleft()
+                    else:
+                        batch = pending.popleft()
+                        prepared = pool.prepare.options(scheduling_strategy=pool.near(actor)).remote(pool.spec_ref,
+                                                                                                    batch)
                     inflight[actor.run.remote(prepared)] = (actor, batch)
                     load[id(actor)] += 1
             done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
