@@ -35,9 +35,11 @@ def source(checkpoint_dir, mindspore_cpu):
 
 
 def load_params(model_dir, spec, dtype=ms.float32, tie=None) -> dict[str, np.ndarray]:
+    """The loaded parameters in the checkpoint's layout (a weight kept transposed is turned back)."""
     model = Qwen2Audio(spec, dtype)
     load_weights(model, model_dir, spec.tie_embeddings if tie is None else tie)
-    return {name: p.asnumpy() for name, p in model.parameters_and_names()}
+    return {name: p.asnumpy().T if getattr(p, "stored_transposed", False) else p.asnumpy()
+            for name, p in model.parameters_and_names()}
 
 
 def write_variant(tmp_path, tensors: dict, name="variant"):
