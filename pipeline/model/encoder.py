@@ -1,4 +1,4 @@
-"""Qwen2-Audio's audio encoder (Whisper-style) and projector, for a bucket of any frame count.
+"""Qwen2-Audio's audio encoder (Whisper-style) and projector, over packed rows of clips.
 
 The reference always runs 3000 mel frames (30 s) per clip, most of them padding. Here several clips
 share a row (pipeline.model.packing): each clip's valid audio tokens match the 30 s reference, and
