@@ -47,7 +47,7 @@ def test_progress_bar_ends_exactly_full_whatever_order_items_finish():
     # clamped it and showed a negative ETA.
     durations = [0.1, 0.2, 0.3, 29.999, 54.172 / 3, 1e-3, 7.7, 3.577] * 8
     assert sum(reversed(durations)) > sum(durations)
-    items = [Item(i, f"row{i}", "a.wav", 0, 1, 0.0, d, 30.0) for i, d in enumerate(durations)]
+    items = [Item(i, f"row{i}", "a.wav", 0, 1, 0.0, d) for i, d in enumerate(durations)]
     terminal = FakeTerminal()
     console = Console(terminal, terminal)
     with warnings.catch_warnings():
@@ -100,7 +100,7 @@ def test_quiet_console_shows_errors_and_the_summary_only():
 
 def test_rows_that_cannot_be_read_are_a_warning_at_the_start():
     terminal = FakeTerminal()
-    failures = [failure_result(Item(r, f"clip{r}", f"/audio/clip{r}.wav", 0, 1, 0.0, 0.0, 5.0), failure)
+    failures = [failure_result(Item(r, f"clip{r}", f"/audio/clip{r}.wav", 0, 1, 0.0, 0.0), failure)
                 for r, failure in enumerate([Failure(Reason.MISSING_FILE, "no such file: /audio/clip0.wav"),
                                              Failure(Reason.MISSING_FILE, "no such file: /audio/clip1.wav"),
                                              Failure(Reason.CORRUPT_AUDIO, "not a WAV file")])]
@@ -155,7 +155,7 @@ def example_run(tmp_path_factory):
     model = write_tiny_checkpoint(root / "model", seed=0, flavour="instruct", size="small")
     job = root / "job.yaml"
     job.write_text(yaml.safe_dump({
-        "model": str(model), "device": "cpu", "buckets_s": [5.0, 10.0, 30.0], "max_batch": 2,
+        "model": str(model), "device": "cpu", "decode_slots": 4, "batch_items": 2,
         "cpu_threads_per_worker": 1, "compile_cache_dir": None,
         "max_new_tokens": {"caption": 6, "events": 6, "transcript": 8, "moderation": 4},
     }))
@@ -181,10 +181,12 @@ def test_terminal_shows_start_bar_and_summary_and_no_library_output(example_run)
     assert bars[-1][0] == 91
     statuses = pq.read_table(out / "annotations.parquet").column("status").to_pylist()
     assert statuses == ["ok"] * 8
-    summary = lines[-4:]
+    summary = lines[-5:]
     assert summary[0] == "done: 8 rows (ok 8)"
     assert re.fullmatch(r"this run: 1.5 min of audio in [\d.]+ (s|min) \([\d.]+ audio-s/s\)", summary[1])
-    assert summary[2:] == [f"outputs: {out}/annotations.parquet, segments.parquet, run.json", f"log: {log}"]
+    assert summary[2] == f"outputs: {out}/annotations.parquet, segments.parquet, run.json"
+    assert re.fullmatch(rf"this run's rows: {out}/runs/\d{{8}}T\d{{6}}Z\.parquet", summary[3])
+    assert summary[4] == f"log: {log}"
     assert log.parent == out / "logs" and log.is_file()
 
 

@@ -158,7 +158,7 @@ COLUMNS = {"caption": "string"}
 
 
 def result(i: int, error: str | None = None) -> ItemResult:
-    item = Item(i, f"id{i}", "s3://data/a.wav", 0, 1, 0.0, 1.0, 5.0)
+    item = Item(i, f"id{i}", "s3://data/a.wav", 0, 1, 0.0, 1.0)
     if error:
         return ItemResult(item, "error", error=error, error_detail="x")
     return ItemResult(item, "ok", start_s=0.0, end_s=1.0, silent=False, raw={"caption": "x"}, parsed={"caption": "x"})
