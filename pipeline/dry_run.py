@@ -73,7 +73,7 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
                  else "one worker per NPU of the cluster")
         automatic = not config.decode_slots and not config.memory_budget_gb
         lines.append(f"engine: {where} on {'Ascend NPUs' if device == 'ascend' else 'CPU'}, {plan.dtype} "
-                     f"({device_source}); {plan.shape.slots} decode slots"
+                     f"(device: {device_source}); {plan.shape.slots} decode slots"
                      + (" (sized for this machine's memory: a cluster's workers may get others)" if automatic else ""))
         lines.append(f"graphs: {', '.join(plan.shape.graph_names())}")
         lines.append(estimate_line(sink, sum(i.end_s - i.start_s for i in work.chosen), config))
@@ -126,15 +126,16 @@ def work_lines(work: Work, config: Config, batches: int) -> list[str]:
     todo_s = sum(i.end_s - i.start_s for i in work.todo)
     lines = [f"to do: {len(rows)} rows{' (' + ', '.join(notes) + ')' if notes else ''}, {len(work.todo)} items "
              f"(clips and segments of long files), {duration_text(todo_s)} of audio"]
-    chosen_rows = {i.id for i in work.chosen} | {r.item.id for r in work.failures}
+    chosen_rows = {i.id for i in work.chosen}
     chosen_s = sum(i.end_s - i.start_s for i in work.chosen)
     budget = ""
     if work.limited_by:
-        budget = (f" (--max-rows {config.max_rows}" if work.limited_by == "max_rows"
-                  else f" (--max-hours {config.max_hours:g}") + f"; {len(rows - chosen_rows)} rows left for the next runs)"
-    lines.append(f"this run: {len(chosen_rows)} rows, {len(work.chosen)} items, {duration_text(chosen_s)} of audio "
-                 f"in {batches} batches of about {config.batch_audio_s:g} s (at most {config.batch_items} items)"
-                 f"{budget}")
+        named = f"--max-rows {config.max_rows}" if work.limited_by == "max_rows" else f"--max-hours {config.max_hours:g}"
+        later = rows - chosen_rows - {r.item.id for r in work.failures}
+        budget = f"; {named} leaves {len(later)} rows for the next runs"
+    lines.append(f"this run: {len(chosen_rows)} rows to the model ({len(work.chosen)} items, {duration_text(chosen_s)} "
+                 f"of audio) in {batches} batch{'es' * (batches != 1)} of about {config.batch_audio_s:g} s (at most "
+                 f"{config.batch_items} items){budget}")
     return lines
 
 
