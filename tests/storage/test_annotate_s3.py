@@ -140,7 +140,7 @@ from pipeline.annotate import annotate
 from pipeline.testing.fake_model import FakeModelFactory
 from tests.storage.test_annotate_s3 import s3_config
 manifest, out, model, endpoint = sys.argv[1:]
-config = s3_config(model, storage.location(manifest), endpoint, commit_items=1, max_batch=1)
+config = s3_config(model, storage.location(manifest), endpoint, commit_items=1, batch_items=1)
 annotate(manifest, config, out=out, workers=1, progress=False, model_factory=FakeModelFactory(delay_s=1.0))
 """
 
@@ -198,7 +198,7 @@ def test_a_run_killed_midway_resumes_on_object_storage_with_every_row_committed_
     first = sink.committed_parts()[0]
     orphan = s3.put(out / "parts" / "part-0123456789abcdef0123-0badc0ffee00.parquet", s3.get(first))
 
-    config = s3_config(model_dir, manifest, s3.endpoint, commit_items=1, max_batch=1)
+    config = s3_config(model_dir, manifest, s3.endpoint, commit_items=1, batch_items=1)
     summary = annotate(str(manifest), config, out=str(out), workers=2, progress=False, model_factory=FakeModelFactory())
     assert summary.run_info["this_run"]["items"] == len(ids) - committed_before
     rows = read_table(s3, out / "annotations.parquet")
