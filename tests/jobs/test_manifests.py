@@ -6,6 +6,7 @@ import pytest
 
 from pipeline.intake.manifest import ManifestError, read_manifest
 from pipeline.intake.manifests import default_out_name, read_manifests
+from tests.storage.conftest import s3, s3_server  # noqa: F401  (fixtures: a local S3-compatible server)
 
 
 def write(path, ids, **extra):
@@ -64,3 +65,14 @@ def test_nothing_found_or_nothing_in_them_is_an_error(tmp_path):
     write(tmp_path / "empty" / "a.parquet", [])
     with pytest.raises(ManifestError, match="have no rows"):
         read_manifests(tmp_path / "empty")
+
+
+def test_a_glob_on_object_storage(s3, tmp_path):  # noqa: F811
+    for date, ids in (("2026-01-01", ["a", "b"]), ("2026-01-02", ["c"])):
+        local = write(tmp_path / date / "manifest.parquet", ids)
+        s3.put(s3.root / f"incoming/date={date}/manifest.parquet", local.read_bytes())
+    s3.put(s3.root / "incoming/date=2026-01-02/_SUCCESS", b"")
+    manifest = read_manifests(f"{s3.root}/incoming/date=*/")
+    assert manifest.ids == ["a", "b", "c"]
+    assert manifest.base_dirs[2] == s3.root / "incoming" / "date=2026-01-02"
+    assert read_manifests(str(s3.root / "incoming")).digest == manifest.digest
