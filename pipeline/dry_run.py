@@ -140,16 +140,20 @@ def work_lines(work: Work, config: Config, batches: int) -> list[str]:
 
 
 def estimate_line(sink: OutputDir, audio_s: float, config: Config) -> str:
-    """Wall time from the latest run's throughput (its runs/ file, else run.json)."""
-    wall = f"; --max-wall {config.max_wall_minutes:g} min stops dispatch" if config.max_wall_minutes else ""
+    """Wall time from the latest run's throughput (its runs/ file, else run.json), against --max-wall."""
+    wall = f"; --max-wall {config.max_wall_minutes:g} min" if config.max_wall_minutes else ""
     if audio_s == 0:
-        return f"estimate: no model work{wall}"
+        return "estimate: no model work"
     last = delta.last_run(sink) or last_finished_run(sink)
     if last is None:
         return f"estimate: none (no earlier run in this OUT annotated audio){wall}"
     rate = last["audio_s"] / last["wall_s"]
-    return (f"estimate: about {duration_text(audio_s / rate)} at {rate:.2f} audio-s/s, the throughput of the "
-            f"run started {last['started']}{wall}")
+    seconds = audio_s / rate
+    if wall:
+        over = seconds > config.max_wall_minutes * 60
+        wall += " stops dispatch before then (exit 75; the next run continues)" if over else " leaves room"
+    return (f"estimate: about {duration_text(seconds)} at {rate:.2f} audio-s/s, the throughput of the run "
+            f"started {last['started']}{wall}")
 
 
 def last_finished_run(sink: OutputDir) -> dict | None:

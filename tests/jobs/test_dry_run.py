@@ -51,6 +51,9 @@ def test_after_a_run_it_counts_done_failed_and_retryable_and_estimates(ray_clust
     assert "to do: 4 rows (1 retried), 6 items" in text
     assert "this run: 4 rows to the model (6 items, 76 s of audio) in 3 batches" in text
     assert "estimate: about " in text and "audio-s/s, the throughput of the run started " in text
+    assert "--max-wall 0.01 min stops dispatch before then (exit 75" in plan_text(clips, out, model_dir,
+                                                                                 max_wall_minutes=0.01)
+    assert snapshot(out) == before
 
 
 def test_other_settings_are_reported_as_the_run_would_stop(ray_cluster, clips, model_dir, tmp_path):
