@@ -78,9 +78,11 @@ def manifest_files(sources: Sequence[str | Path | Location]) -> list[Location]:
 
 def default_out_name(sources: str | Path | Location | Sequence) -> str:
     """outputs/<this>/ when no OUT is given: a file's stem, a folder's name, a glob's last folder
-    before its first wildcard ('incoming' for 'incoming/date=*/')."""
-    first = sources if isinstance(sources, (str, Path, ObjectPath)) else list(sources)[0]
-    base, pattern = _split_glob(first)
+    before its first wildcard ('incoming' for 'incoming/date=*/'), the folder holding several."""
+    sources = [sources] if isinstance(sources, (str, Path, ObjectPath)) else list(sources)
+    if len(sources) > 1:  # e.g. the partitions a shell expanded a glob to: the folder holding them
+        return _common_location([_split_glob(s)[0] for s in sources]).name or "manifests"
+    base, pattern = _split_glob(sources[0])
     if pattern:
         return base.name or "manifests"
     return base.stem if base.suffix == ".parquet" else base.name
@@ -185,21 +187,25 @@ def _check_unique_ids(manifests: list[Manifest]) -> None:
 
 def _common_folder(files: list[Location]) -> Location:
     """The deepest folder holding every file (what several sources are shown as)."""
-    first = files[0]
+    return _common_location([f.parent for f in files])
+
+
+def _common_location(locations: list[Location]) -> Location:
+    """The deepest folder (or prefix) that is or holds each of these."""
+    first = locations[0]
     if isinstance(first, ObjectPath):
-        keys = [f.key.split("/")[:-1] for f in files if isinstance(f, ObjectPath) and f.bucket == first.bucket]
-        if len(keys) != len(files):
-            return first.parent
+        if any(not isinstance(o, ObjectPath) or o.bucket != first.bucket for o in locations):
+            return first
         common = []
-        for parts in zip(*keys):
+        for parts in zip(*(o.key.split("/") for o in locations)):
             if len(set(parts)) != 1:
                 break
             common.append(parts[0])
         return ObjectPath(first.bucket, "/".join(common))
     try:
-        return Path(os.path.commonpath([str(f.parent) for f in files]))
+        return Path(os.path.commonpath([str(o) for o in locations]))
     except ValueError:  # local and object paths mixed, or relative and absolute
-        return first.parent
+        return first
 
 
 def _describe(sources: Sequence) -> str:

@@ -51,6 +51,7 @@ def test_one_file_reads_as_before(incoming):
     assert default_out_name(str(path)) == "part-0"
     assert default_out_name(f"{incoming}/date=*/") == "incoming"
     assert default_out_name(str(incoming)) == "incoming"
+    assert default_out_name(sorted(str(p) for p in incoming.glob("date=*"))) == "incoming"  # a shell's expansion
 
 
 def test_ids_must_be_unique_across_manifests(incoming):
