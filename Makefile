@@ -10,6 +10,8 @@ OUT ?=
 TASKS ?=
 JOB ?=
 WORKERS ?=
+# Any other annotate option, e.g. ARGS='--dry-run' or ARGS='--max-wall 240 --quiet'.
+ARGS ?=
 TINY_MODEL_DIR ?= models/tiny-qwen2-audio
 PYTEST_ARGS ?=
 
@@ -34,7 +36,7 @@ annotate: $(RUNTIME_STAMP)
 	$(PY) -m pipeline annotate $(MANIFEST) \
 		$(if $(MODEL),--model $(MODEL)) $(if $(OUT),--out $(OUT)) \
 		$(if $(TASKS),--tasks $(TASKS)) $(if $(JOB),--job $(JOB)) \
-		$(if $(WORKERS),--workers $(WORKERS))
+		$(if $(WORKERS),--workers $(WORKERS)) $(ARGS)
 
 test: $(TEST_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

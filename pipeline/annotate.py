@@ -1,7 +1,10 @@
 """`annotate`: manifest -> plan -> (Ray workers: decode -> features -> model -> parse) -> sink.
 
-A rerun of the same command resumes: committed keys are skipped, and a finished run (its marker
-matching this manifest and these settings) does no model work at all.
+A rerun of the same command resumes: committed keys are skipped, rows whose audio changed since
+they were labelled are labelled again (intake/sources.py), and a finished run (its marker matching
+this manifest and these settings, nothing changed) does no model work at all. Work budgets
+(max_rows, max_hours, max_wall_minutes) stop a run early with everything finished committed: exit
+75, and the next run continues. Each invocation's committed rows also go to OUT/runs/ (output/delta.py).
 """
 
 from __future__ import annotations
@@ -23,11 +26,15 @@ from pipeline.output.tables import annotations_output, current_segments, output_
 from pipeline.config import Config, ConfigError, CustomTask, load
 from pipeline.errors import UserError
 from pipeline.items import Item, ItemResult
-from pipeline.intake.manifest import Manifest, read_manifest
-from pipeline.plan import plan_batches, plan_items
+from pipeline.intake.manifest import Manifest
+from pipeline.intake.manifests import default_out_name, read_manifests
+from pipeline.intake.sources import CurrentSources, read_sources
+from pipeline.plan import plan_batches, plan_items, within_budget
 from pipeline.reasons import Failure
-from pipeline.output.console import TOP_REASONS, Console, counts_text, start_line, summary_lines
-from pipeline.output.sink import OutputDir
+from pipeline.output import delta
+from pipeline.output.console import (TOP_REASONS, Console, budget_line, counts_text, start_line, stopped_lines,
+                                     summary_lines)
+from pipeline.output.sink import OutputDir, Progress, Provenance
 from pipeline.tasks.catalog import OUTPUT_COLUMNS, output_columns, resolve_tasks
 from pipeline.run.worker import failure_result
 
@@ -43,6 +50,10 @@ class RunSummary:
     already_complete: bool = False
     run_info: dict = field(default_factory=dict)
     stopped_early: bool = False  # dispatch stopped before the end; rerun to continue (no final tables)
+    stop_reason: str | None = None  # what stopped it, for the screen: "--max-rows 100", ...
+    rows_committed: int = 0  # rows this invocation completed
+    rows_left: int = 0  # rows still to do after it
+    delta: storage.Location | None = None  # its runs/ file, when it completed any row
 
     @property
     def exit_code(self) -> int:
@@ -51,14 +62,6 @@ class RunSummary:
     @property
     def counts(self) -> dict:
         return self.run_info.get("counts", {})
-
-
-def file_digest(path: storage.Location) -> str:
-    digest = hashlib.sha256()
-    with storage.open_input(path) as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:20]
 
 
 def annotation_columns(tasks) -> dict[str, str]:
@@ -73,15 +76,19 @@ def check_passthrough(manifest: Manifest, columns: dict[str, str]) -> None:
         raise UserError(f"manifest column(s) {clashes} would be overwritten by output columns; rename them")
 
 
-def intake(manifest: Manifest, config: Config, done_ids: set[str]) -> tuple[list[Item], list[ItemResult], list]:
-    """Resolve paths and find durations (manifest first, else file headers) for every row not
-    already fully committed (done_ids: a resume reads no header twice); rows that fail here become
-    error results straight away, everything else is planned into items.
-    -> (items, error results, each row's planned duration or None)."""
+def resolve_paths(manifest: Manifest, config: Config) -> list:
+    """Every row's audio as a location, or the Failure that says why it cannot be one."""
     audio_root = storage.location(config.audio_root) if config.audio_root else None
+    return [audio.resolve_path(path, base, audio_root) for path, base in zip(manifest.paths, manifest.base_dirs)]
+
+
+def intake(manifest: Manifest, config: Config, done_ids: set[str], resolved: list) -> tuple[list[Item], list[ItemResult], list]:
+    """Find durations (manifest first, else file headers) for every row not already fully
+    committed (done_ids: a resume reads no header twice); rows that fail here become error results
+    straight away, everything else is planned into items. resolved: resolve_paths(manifest).
+    -> (items, error results, each row's planned duration or None)."""
     durations = list(manifest.durations)
     rows = [r for r, item_id in enumerate(manifest.ids) if item_id not in done_ids]
-    resolved = {r: audio.resolve_path(manifest.paths[r], manifest.base_dir, audio_root) for r in rows}
     to_probe = [r for r in rows if durations[r] is None and not isinstance(resolved[r], Failure)]
     with ThreadPoolExecutor(PROBE_THREADS) as pool:
         for row, info in zip(to_probe, pool.map(lambda r: audio.probe(resolved[r]), to_probe)):
@@ -99,6 +106,40 @@ def intake(manifest: Manifest, config: Config, done_ids: set[str]) -> tuple[list
     items = plan_items(good, [manifest.ids[r] for r in good], [str(resolved[r]) for r in good],
                        [durations[r] for r in good], config.segment_search_s)
     return items, failed, durations
+
+
+@dataclass
+class Work:
+    """What a run of this manifest on this OUT has to do; annotate and the dry run plan it alike."""
+
+    sources: CurrentSources  # every row's audio now
+    progress: Progress  # what OUT holds for it
+    items: list[Item]  # the items of every row not finished
+    todo: list[Item]  # those not committed yet
+    failures: list[ItemResult]  # rows that cannot be read, not committed yet
+    planned: list  # each row's planned duration (None where unknown)
+    chosen: list[Item]  # what this run dispatches: todo within the work budgets
+    limited_by: str | None  # the budget that left rows for later runs, if any
+
+    @property
+    def row_ids(self) -> set[str]:
+        """Ids this run has work for, within the budgets or not."""
+        return {i.id for i in self.todo} | {r.item.id for r in self.failures}
+
+
+def plan_work(manifest: Manifest, config: Config, sink: OutputDir, discarded: bool = False) -> Work:
+    """Read every row's source, what OUT holds for it, and plan what is left within the budgets.
+    discarded: plan as if OUT were empty (a dry run with --restart)."""
+    resolved = resolve_paths(manifest, config)
+    current = CurrentSources(manifest.ids, read_sources(manifest.paths, manifest.durations, resolved,
+                                                        config.verify_content), config.verify_content)
+    progress = Progress.nothing() if discarded else sink.progress(current)
+    items, failures, planned = intake(manifest, config, progress.done_ids, resolved)
+    todo = [i for i in items if i.key not in progress.keys]
+    max_audio_s = config.max_hours * 3600 if config.max_hours is not None else None
+    chosen, limited_by = within_budget(todo, config.max_rows, max_audio_s)
+    return Work(current, progress, items, todo, [r for r in failures if r.item.key not in progress.keys],
+                planned, chosen, limited_by)
 
 
 class Committer:
@@ -123,6 +164,7 @@ class Committer:
         self.total_rows = len(self.items_left)
         self.rows_done = 0
         self.rows_with_errors: set[str] = set()
+        self.audio_ms_done = 0  # this invocation's audio with a result (its throughput)
 
     def __call__(self, results: list[ItemResult], stats: dict | None) -> None:
         self.buffer.extend(results)
@@ -136,7 +178,9 @@ class Committer:
         # The text first: update() redraws the bar, and it should show this batch's counts.
         self.bar.set_postfix_str(f"rows {self.rows_done}/{self.total_rows}, errors {len(self.rows_with_errors)}",
                                  refresh=False)
-        self.bar.update(sum(audio_ms(r.item) for r in results))
+        done_ms = sum(audio_ms(r.item) for r in results)
+        self.audio_ms_done += done_ms
+        self.bar.update(done_ms)
         if len(self.buffer) >= self.commit_items or time.monotonic() - self.last_flush > self.commit_seconds:
             self.flush()
 
@@ -176,27 +220,33 @@ def run_settings(plan, config: Config, tasks) -> dict:
 
 def output_folder(manifest_path, out):
     """OUT as given (a folder or an s3:// prefix), else outputs/<manifest name>/ here."""
-    return storage.location(out) if out else Path("outputs") / storage.location(manifest_path).stem
+    return storage.location(out) if out else Path("outputs") / default_out_name(manifest_path)
 
 
-def annotate(manifest_path: str | Path, config: Config, out: str | Path | None = None, workers: int | None = None,
+def describe_sources(manifest_path) -> str:
+    return manifest_path if isinstance(manifest_path, (str, Path)) else " ".join(map(str, manifest_path))
+
+
+def annotate(manifest_path, config: Config, out: str | Path | None = None, workers: int | None = None,
              restart: bool = False, progress: bool = True, model_factory=None,
              console: Console | None = None) -> RunSummary:
+    """manifest_path: a manifest file, a folder of them, a glob, or a list of those (intake/manifests.py)."""
     from pipeline.model.model_plan import load_prompts, plan_model
     from pipeline.output import run_info
     from pipeline.run import runner
 
     started = time.time()
+    # --max-wall counts from the start: loading and compiling are part of a scheduled window.
+    deadline = time.monotonic() + config.max_wall_minutes * 60 if config.max_wall_minutes else None
     console = console or Console(progress=progress)
     store = storage.Settings.from_config(config)
     storage.configure(store)
-    manifest_path = storage.location(manifest_path)
-    manifest = read_manifest(manifest_path)
+    manifest = read_manifests(manifest_path)
     tasks = resolve_tasks(config)
     columns = annotation_columns(tasks)
     check_passthrough(manifest, columns)
     out = output_folder(manifest_path, out)
-    digest = file_digest(manifest_path)
+    digest = manifest.digest
     worker_count = default_workers(config, workers)
 
     # Tokenising the prompts needs no cluster: it runs while Ray starts (seconds each).
@@ -213,32 +263,50 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         settings = run_settings(plan, config, tasks)
-        fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        fingerprint = settings_fingerprint(settings)
         sink = OutputDir(out)
         sink.open(fingerprint, settings, restart)
-        if sink.completed_for(digest, fingerprint):
+        work = plan_work(manifest, config, sink)
+        todo, new_failures = work.chosen, work.failures
+        if not work.todo and not new_failures and sink.completed_for(digest, fingerprint):
             console.summary([f"{out} is already complete for this manifest and settings; nothing to do."])
             return RunSummary(out=out, already_complete=True)
 
-        committed, done_ids = sink.committed()
-        items, intake_failures, planned = intake(manifest, config, done_ids)
-        todo = [i for i in items if i.key not in committed]
-        new_failures = [r for r in intake_failures if r.item.key not in committed]
+        stamp = delta.run_stamp(started, delta.written_stamps(sink) | set(work.progress.rows.column("run").to_pylist()))
+        sink.record_provenance(Provenance(stamp, work.sources.by_id))
         todo_audio_s = sum(i.end_s - i.start_s for i in todo)
-        if todo or new_failures:
+        if work.todo or new_failures:
             sink.invalidate_final()
         batches = plan_batches(todo, config.batch_audio_s, config.batch_items)
         use_npu = device == "ascend"
         warn_unreadable(console, new_failures)
-        console.info(start_line(len({i.id for i in todo} | {r.item.id for r in new_failures}), manifest.num_rows,
-                                todo_audio_s, npus if use_npu else worker_count, use_npu, plan.dtype))
+        rows_now = {i.id for i in todo} | {r.item.id for r in new_failures}
+        console.info(start_line(len(rows_now), manifest.num_rows, todo_audio_s, npus if use_npu else worker_count,
+                                use_npu, plan.dtype))
+        changed = work.progress.changed_ids & work.row_ids
+        if changed:
+            console.info(f"{len(changed)} of these rows are labelled again: their audio or its manifest values "
+                         "changed since they were labelled")
+        if work.limited_by:
+            console.info(budget_line(work.limited_by, config, len(work.row_ids) - len(rows_now)))
         committer = Committer(sink, columns, todo + [r.item for r in new_failures], console, config.commit_items,
                               config.commit_seconds)
         report = runner.ExecutionReport()
+
+        def past_deadline() -> bool:
+            return deadline is not None and time.monotonic() >= deadline
+
+        def write_delta(outcome: str, after: Progress | None = None):
+            return write_run_delta(sink, manifest, work, columns, list(plan.task_names), stamp, {
+                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "outcome": outcome,
+                "wall_s": round(time.time() - started, 2), "audio_s": committer.audio_ms_done / 1000}, after)
+
         if new_failures:
             committer(new_failures, None)
         try:
-            if batches:
+            if batches and past_deadline():  # intake alone used the window: no workers at all
+                report.stopped = True
+            elif batches:
                 runner.check_room_for_decoding(npus if use_npu else worker_count)
                 spec = runner.WorkerSpec(
                     plan=plan, tasks=tasks, moderation_labels=tuple(config.moderation_labels),
@@ -249,27 +317,61 @@ def annotate(manifest_path: str | Path, config: Config, out: str | Path | None =
                     model_factory=model_factory, storage_settings=store,
                 )
                 report = runner.execute(batches, spec, npus if use_npu else worker_count, use_npu,
-                                        config.prefetch_batches, config.max_attempts, committer)
+                                        config.prefetch_batches, config.max_attempts, committer, stop=past_deadline)
         except KeyboardInterrupt:
             committer.close()
+            try:  # the next run's delta lists these rows if this one cannot
+                write_delta("interrupted")
+            except Exception:
+                pass
             console.error(f"interrupted: {committer.rows_done} of {committer.total_rows} rows of this run are "
                           "committed; rerun the same command to resume.")
             raise
         committer.close()
-        if report.stopped:  # the tables describe a finished run only
-            return RunSummary(out=out, stopped_early=True)
+        after = sink.progress(work.sources)
+        rows_done = len(work.row_ids & after.done_ids)
+        if report.stopped or work.limited_by:  # the tables describe a finished run only
+            reason = (f"--max-wall {config.max_wall_minutes:g} min" if report.stopped and past_deadline()
+                      else budget_option(work.limited_by, config) if work.limited_by else "a stop request")
+            return RunSummary(out=out, stopped_early=True, stop_reason=reason, rows_committed=rows_done,
+                              rows_left=len(work.row_ids) - rows_done, delta=write_delta("stopped", after))
+        written = write_delta("finished", after)
 
-        segments = current_segments(sink.segments(columns), manifest)
-        annotations = annotations_output(segments, manifest, planned, columns, list(plan.task_names))
+        segments = current_segments(sink.segments(columns, work.sources), manifest)
+        annotations = annotations_output(segments, manifest, work.planned, columns, list(plan.task_names))
         info = run_info.build(
-            plan=plan, config=config, settings=settings, fingerprint=fingerprint, manifest_path=manifest_path,
-            manifest_digest=digest, out=out, annotations=annotations, segments=segments,
-            part_stats=list(sink.part_stats()), report=report, started=started,
+            plan=plan, config=config, settings=settings, fingerprint=fingerprint,
+            manifest_path=describe_sources(manifest_path), manifest_digest=digest, out=out, annotations=annotations,
+            segments=segments, part_stats=list(sink.part_stats()), report=report, started=started,
             audio_s_this_run=todo_audio_s, items_this_run=len(todo) + len(new_failures),
         )
         sink.write_final(annotations, segments_output(segments), info,
                          {"manifest_digest": digest, "fingerprint": fingerprint, "finished": info["finished"]})
-    return RunSummary(out=out, run_info=info)
+    return RunSummary(out=out, run_info=info, rows_committed=rows_done, delta=written)
+
+
+def settings_fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def budget_option(limited_by: str, config: Config) -> str:
+    """The option that names a budget, as a person typed it."""
+    return f"--max-rows {config.max_rows}" if limited_by == "max_rows" else f"--max-hours {config.max_hours:g}"
+
+
+def write_run_delta(sink: OutputDir, manifest: Manifest, work: Work, columns: dict[str, str], tasks: list[str],
+                    stamp: str, run: dict, after: Progress | None = None) -> storage.Location | None:
+    """OUT/runs/<stamp>.parquet: every row completed since the last runs/ file, with its
+    annotations (output/delta.py); None when there is none. after: OUT's progress now, if read."""
+    after = after or sink.progress(work.sources)
+    ids = delta.delta_ids(after.rows, delta.written_stamps(sink))
+    rows = [r for r, item_id in enumerate(manifest.ids) if item_id in ids]
+    if not rows:
+        return None
+    subset = manifest.subset(rows)
+    segments = current_segments(sink.segments(columns, work.sources, ids=subset.ids), subset)
+    table = annotations_output(segments, subset, [work.planned[r] for r in rows], columns, tasks)
+    return delta.write(sink, stamp, table, {**run, "stamp": stamp, "rows": len(rows)})
 
 
 def parse_custom_task(text: str) -> CustomTask:
@@ -298,12 +400,19 @@ def annotate_from_args(args) -> int:
     overrides = {
         "model": args.model, "audio_root": args.audio_root, "device": args.device, "dtype": args.dtype,
         "tasks": [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
+        "max_rows": args.max_rows, "max_hours": args.max_hours, "max_wall_minutes": args.max_wall,
+        "verify_content": True if args.verify_content else None,
     }
     if args.custom_task:
         overrides["custom_tasks"] = [asdict(t) for t in config.custom_tasks] + \
                                     [asdict(parse_custom_task(t)) for t in args.custom_task]
     config = config.with_overrides(**overrides)
     out = output_folder(args.manifest, args.out)
+    if args.dry_run:  # writes nothing, so no log file in OUT either: the libraries print where they are
+        from pipeline.dry_run import dry_run
+
+        return dry_run(args.manifest, config, out=out, workers=args.workers, restart=args.restart,
+                       console=Console(quiet=args.quiet, progress=False))
     with LibraryLog(out / "logs", echo=args.verbose) as log:
         console = Console(log.terminal_out, log.terminal_err, quiet=args.quiet, progress=not args.no_progress,
                           log=log.write_line)
@@ -318,8 +427,11 @@ def annotate_from_args(args) -> int:
             except Exception:
                 console.error(f"the run failed; the libraries' output is in {log.destination}")
                 raise
-        if not summary.already_complete and not summary.stopped_early:
-            console.summary(summary_lines(summary.run_info, summary.out, log.destination))
+        if summary.stopped_early:
+            console.summary(stopped_lines(summary.stop_reason, summary.rows_committed, summary.rows_left,
+                                          summary.delta, summary.out, log.destination))
+        elif not summary.already_complete:
+            console.summary(summary_lines(summary.run_info, summary.out, log.destination, summary.delta))
     return summary.exit_code
 
 

@@ -18,12 +18,13 @@ def _cmd_manifest_build(args) -> int:
 
 
 def _cmd_manifest_validate(args) -> int:
-    from pipeline.intake.manifest import read_manifest
+    from pipeline.intake.manifests import read_manifests
 
-    manifest = read_manifest(args.manifest)
+    manifest = read_manifests(args.manifest)
     known = sum(d is not None for d in manifest.durations)
     extra = ", ".join(manifest.passthrough_columns) or "none"
-    print(f"{args.manifest}: {manifest.num_rows} rows, valid ({known} with duration_s; "
+    files = f" in {len(manifest.files)} files" if len(manifest.files) > 1 else ""
+    print(f"{' '.join(args.manifest)}: {manifest.num_rows} rows{files}, valid ({known} with duration_s; "
           f"pass-through columns: {extra})")
     return 0
 
@@ -59,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
         "annotate", help="annotate every row of a manifest and write Parquet",
         description="Annotate every row of a manifest; rerun the same command to resume.",
     )
-    annotate.add_argument("manifest", help="Parquet manifest (columns: id, audio, optional duration_s, language)")
+    annotate.add_argument("manifest", nargs="+",
+                          help="Parquet manifest (columns: id, audio, optional duration_s, language), a folder of "
+                               "them, or a glob such as 'incoming/date=*/' (quote it); several are read as one")
     annotate.add_argument("--job", help="YAML job file (see jobs/default.yaml); options below override it")
     annotate.add_argument("--model", help="checkpoint folder or hub id")
     annotate.add_argument("--out", help="output folder (default outputs/<manifest name>/)")
@@ -74,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"))
     annotate.add_argument("--restart", action="store_true",
                           help="discard committed work in --out from a run with other settings")
+    annotate.add_argument("--dry-run", action="store_true",
+                          help="print what a run would do (rows, audio, batches, shapes, time) and exit; "
+                               "loads no model, starts no worker, writes nothing")
+    annotate.add_argument("--max-rows", type=int, metavar="N",
+                          help="send at most N rows to the model, then stop (exit 75; the next run continues)")
+    annotate.add_argument("--max-hours", type=float, metavar="H",
+                          help="send at most H hours of audio to the model, then stop (exit 75)")
+    annotate.add_argument("--max-wall", type=float, metavar="MINUTES",
+                          help="stop dispatching MINUTES after the start; dispatched batches finish (exit 75)")
+    annotate.add_argument("--verify-content", action="store_true",
+                          help="tell changed audio by a SHA-256 of its content, not its size and modification time "
+                               "(reads every file each run)")
     annotate.add_argument("--no-progress", action="store_true",
                           help="no progress bar (it shows only on a terminal anyway)")
     loudness = annotate.add_mutually_exclusive_group()
@@ -93,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("-o", "--output", required=True, help="manifest to write (.parquet)")
     build.set_defaults(handler=_cmd_manifest_build)
     validate = manifest_commands.add_parser("validate", help="check a manifest without running anything")
-    validate.add_argument("manifest")
+    validate.add_argument("manifest", nargs="+", help="a manifest, a folder of them or a glob; several are one")
     validate.set_defaults(handler=_cmd_manifest_validate)
 
     tiny = commands.add_parser(

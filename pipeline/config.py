@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline import shapes
 from pipeline.errors import UserError
 
 
@@ -123,6 +124,20 @@ class Config:
     commit_items: int = 512
     commit_seconds: float = 30.0
 
+    # --- work budgets and changed audio (scheduled jobs: README "For schedulers") ---
+    # When a budget is reached, no more work is dispatched, everything finished is committed and
+    # the command exits 75; the next run continues where this one stopped. null: no limit.
+    # Rows sent to the model, at most (rows that cannot even be read become error rows besides).
+    max_rows: int | None = None
+    # Hours of audio sent to the model, at most; at least 30 s, one segment's worth.
+    max_hours: float | None = None
+    # Minutes after the start when dispatch stops; batches already dispatched still finish.
+    max_wall_minutes: float | None = None
+    # A row whose audio file changed since it was labelled is labelled again. false: changed means
+    # another size or modification time (an object's ETag); true: another SHA-256 of the content,
+    # which reads every file in full on every run.
+    verify_content: bool = False
+
     def with_overrides(self, **overrides) -> Config:
         clean = {k: v for k, v in overrides.items() if v is not None}
         return from_mapping({**dataclasses.asdict(self), **clean}, source="command line")
@@ -197,6 +212,13 @@ def _check(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: 's3_endpoint_url' needs its scheme, e.g. https://{config.s3_endpoint_url}")
     if (config.s3_max_attempts is not None and config.s3_max_attempts < 1) or config.object_cache_gb <= 0:
         raise ConfigError(f"{source}: s3_max_attempts must be at least 1 and object_cache_gb positive")
+    if config.max_rows is not None and config.max_rows < 1:
+        raise ConfigError(f"{source}: 'max_rows' must be at least 1 (null: no limit)")
+    if config.max_hours is not None and config.max_hours * 3600 < shapes.WINDOW_S:
+        raise ConfigError(f"{source}: 'max_hours' must hold at least one {shapes.WINDOW_S} s segment "
+                          f"({shapes.WINDOW_S / 3600:.4f} h; null: no limit)")
+    if config.max_wall_minutes is not None and config.max_wall_minutes <= 0:
+        raise ConfigError(f"{source}: 'max_wall_minutes' must be positive (null: no limit)")
     if not config.tasks and not config.custom_tasks:
         raise ConfigError(f"{source}: no tasks to run")
     for task in config.custom_tasks:

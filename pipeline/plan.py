@@ -152,3 +152,38 @@ def plan_batches(items: Sequence[Item], audio_s: float, max_items: int) -> list[
         if current:
             batches.append(Batch(tuple(current)))
         return batches
+
+
+def within_budget(items: Sequence[Item], max_rows: int | None,
+                  max_audio_s: float | None) -> tuple[list[Item], str | None]:
+    """The items a run with these work budgets dispatches, and the budget ("max_rows" or
+    "max_hours") that left work for later runs (None when every item fits).
+
+    Whole rows in manifest order (a row's items are its clip, or its segments still to do) while
+    both budgets hold: never more rows, nor more audio, than they allow (None: no limit). The first
+    row that does not fit ends the selection, so rows are worked through as a queue and a long file
+    is never overtaken night after night by shorter ones. Only a row longer than the whole audio
+    budget is cut, at a segment boundary, when it heads the queue: its first segments go now and
+    the rest in the next runs (each segment is committed on its own). A budget of at least one
+    segment (30 s) always takes at least one item.
+    """
+    rows: dict[int, list[Item]] = {}
+    for item in sorted(items, key=lambda i: (i.row, i.segment)):
+        rows.setdefault(item.row, []).append(item)
+    chosen: list[Item] = []
+    audio_s = 0.0
+    for taken, row_items in enumerate(rows.values()):
+        if max_rows is not None and taken == max_rows:
+            return chosen, "max_rows"
+        row_s = sum(i.end_s - i.start_s for i in row_items)
+        if max_audio_s is not None and audio_s + row_s > max_audio_s:
+            if not chosen:  # heads the queue and alone exceeds the budget: its first segments that fit
+                for item in row_items:
+                    if audio_s + item.end_s - item.start_s > max_audio_s:
+                        break
+                    chosen.append(item)
+                    audio_s += item.end_s - item.start_s
+            return chosen, "max_hours"
+        chosen += row_items
+        audio_s += row_s
+    return chosen, None

@@ -30,6 +30,7 @@ or the machine's instance role).
 from __future__ import annotations
 
 import atexit
+import hashlib
 import io
 import os
 import posixpath
@@ -331,6 +332,42 @@ def info(where: Location) -> Info:
         return Info("missing")
     kind = "file" if stat.S_ISREG(st.st_mode) else "dir" if stat.S_ISDIR(st.st_mode) else "other"
     return Info(kind, st.st_size if kind == "file" else None)
+
+
+def version(where: Location) -> str | None:
+    """What identifies this version of a file without reading it: its size and modification time
+    (in nanoseconds) locally, its size and ETag on object storage (every upload of an object gives
+    it a new ETag). None when no file is there (missing, a folder, a prefix). Raises
+    PermissionError (AccessDenied) or StorageUnavailable as info() does."""
+    if isinstance(where, ObjectPath):
+        if not where.key:
+            return None
+
+        def head() -> dict:
+            with _s3(current_settings()).open_input_file(where.fs_path) as f:  # one HEAD request
+                return {k: v.decode() if isinstance(v, bytes) else v for k, v in (f.metadata() or {}).items()}
+
+        try:
+            found = _call(head, where)
+        except ObjectNotFound:
+            return None
+        # An S3-compatible store that sends no ETag still sends Last-Modified, which an upload changes.
+        tag = f"etag={found['ETag']}" if found.get("ETag") else f"modified={found.get('Last-Modified')}"
+        return f"size={found.get('Content-Length')} {tag}"
+    try:
+        st = where.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return f"size={st.st_size} mtime_ns={st.st_mtime_ns}" if stat.S_ISREG(st.st_mode) else None
+
+
+def content_sha256(where: Location) -> str:
+    """SHA-256 of a file's bytes (hex), read in 1 MiB blocks: what --verify-content compares."""
+    digest = hashlib.sha256()
+    with open_input(where) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class ObjectFile(io.RawIOBase):

@@ -15,6 +15,7 @@ bad manifest stops the run with one message naming the offending ids or rows, ne
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -29,6 +30,7 @@ from pipeline.storage import Location
 
 ID, AUDIO, DURATION, LANGUAGE = "id", "audio", "duration_s", "language"
 SCHEMA_COLUMNS = (ID, AUDIO, DURATION, LANGUAGE)
+DIGEST_CHARS = 20
 _EXAMPLES = 10  # offending ids shown per problem; the message also gives the total count
 
 
@@ -39,10 +41,15 @@ class ManifestError(UserError):
 @dataclass(frozen=True, eq=False)
 class Manifest:
     """A validated manifest. `table` holds id, audio and language as string and duration_s as
-    float64 (cast from compatible types); other columns are exactly as read."""
+    float64 (cast from compatible types); other columns are exactly as read. Several manifest
+    files read as one (intake/manifests.py) keep, in `files` and `file_rows`, which file each row
+    came from: relative audio paths resolve against their own file's folder."""
 
-    path: Location  # a local file or an s3:// object
+    path: Location  # a local file or an s3:// object; for several files, what named them (folder or glob)
     table: pa.Table
+    files: tuple[Location, ...] = ()  # the files read, in row order (empty: just `path`)
+    file_rows: tuple[int, ...] = ()  # rows of each of `files`
+    digest: str = ""  # of the bytes read: every file's name and bytes for several (intake/manifests.py)
 
     @property
     def num_rows(self) -> int:
@@ -50,8 +57,21 @@ class Manifest:
 
     @property
     def base_dir(self) -> Location:
-        """Where relative audio paths resolve when no audio root is set (a folder or a prefix)."""
+        """Where relative audio paths of a single manifest resolve when no audio root is set (a
+        folder or a prefix); see base_dirs for several."""
         return self.path.parent
+
+    @cached_property
+    def row_files(self) -> list[Location]:
+        """The manifest file each row came from."""
+        if not self.files:
+            return [self.path] * self.num_rows
+        return [f for f, n in zip(self.files, self.file_rows) for _ in range(n)]
+
+    @property
+    def base_dirs(self) -> list[Location]:
+        """Each row's base folder for relative audio paths: its own manifest file's folder."""
+        return [f.parent for f in self.row_files]
 
     @cached_property
     def ids(self) -> list[str]:
@@ -78,24 +98,33 @@ class Manifest:
             return self.table.column(name).to_pylist()
         return [None] * self.num_rows
 
+    def subset(self, rows: list[int]) -> Manifest:
+        """These rows only, in this order (e.g. the rows of one run's delta)."""
+        files = self.row_files
+        return Manifest(self.path, self.table.take(pa.array(rows, pa.int64())), tuple(files[r] for r in rows),
+                        (1,) * len(rows), self.digest)
 
-def read_manifest(path: str | Path | Location) -> Manifest:
+
+def read_manifest(path: str | Path | Location, allow_empty: bool = False) -> Manifest:
     """Read and validate a manifest (a local file or an s3:// object); raises ManifestError listing
-    every problem found."""
+    every problem found. allow_empty: a file with no rows is valid (one of several manifests, e.g.
+    a day with no new audio)."""
     try:
         path = storage.location(path)
     except storage.UnsupportedLocation as exc:
         raise ManifestError(str(exc)) from None
-    table = _read_table(path)
+    table, digest = _read_table(path)
     table = _normalise_types(table, path)
-    problems = _row_problems(table)
+    problems = _row_problems(table, allow_empty)
     if problems:
         raise ManifestError(f"{path} is not a valid manifest (rows count from 0):\n"
                             + "\n".join(f"  - {p}" for p in problems))
-    return Manifest(path, table)
+    return Manifest(path, table, (path,), (table.num_rows,), digest)
 
 
-def _read_table(path: Location) -> pa.Table:
+def _read_table(path: Location) -> tuple[pa.Table, str]:
+    """The file's table and a digest of its bytes (read once: the digest tells a finished run's
+    manifest from a changed one)."""
     try:
         found = storage.info(path)
         if found.kind == "missing":
@@ -103,9 +132,9 @@ def _read_table(path: Location) -> pa.Table:
             raise ManifestError(f"manifest {missing}")
         if found.kind == "dir":
             raise ManifestError(f"{path} is a folder; give the manifest's .parquet file")
+        data = storage.read_bytes(path)
         # ParquetFile, not read_table: a single file, no dataset or partition guessing from its path.
-        with storage.open_input(path) as source:
-            return pq.ParquetFile(source).read()
+        return pq.ParquetFile(pa.BufferReader(data)).read(), hashlib.sha256(data).hexdigest()[:DIGEST_CHARS]
     except (storage.StorageError, PermissionError) as exc:
         raise ManifestError(f"cannot read the manifest {path}: {exc}") from None
     except (pa.ArrowException, OSError, ValueError) as exc:
@@ -164,9 +193,9 @@ def _type_problem(name: str, found: pa.DataType) -> str:
     return f"column '{name}' has type {found}; {what}"
 
 
-def _row_problems(table: pa.Table) -> list[str]:
+def _row_problems(table: pa.Table, allow_empty: bool = False) -> list[str]:
     if table.num_rows == 0:
-        return ["it has no rows, so there is nothing to annotate"]
+        return [] if allow_empty else ["it has no rows, so there is nothing to annotate"]
     ids = table.column(ID)
     problems = []
 

@@ -106,7 +106,26 @@ def start_line(rows_todo: int, rows_total: int, audio_s: float, workers: int, np
     return f"annotating {rows} ({duration_text(audio_s)} of audio) with {where}"
 
 
-def summary_lines(run_info: dict, out, log_path) -> list[str]:
+def budget_line(limited_by: str, config, rows_later: int) -> str:
+    """Said at the start when a work budget leaves rows for later runs."""
+    budget = (f"--max-rows {config.max_rows}" if limited_by == "max_rows"
+              else f"--max-hours {config.max_hours:g} ({duration_text(config.max_hours * 3600)} of audio)")
+    return f"{budget}: {rows_later} more rows are left for the next runs"
+
+
+def stopped_lines(reason: str, rows_committed: int, rows_left: int, delta, out, log_path) -> list[str]:
+    """The end of a run a budget (or a stop request) ended early: what it did, what is left."""
+    lines = [f"stopped early ({reason}): {rows_committed} rows committed, {rows_left} left; "
+             "run the same command again to continue"]
+    if delta is not None:
+        lines.append(f"this run's rows: {delta}")
+    lines.append(f"committed results: {out}/parts/ (the final tables are written when a run finishes)")
+    if log_path is not None:
+        lines.append(f"log: {log_path}")
+    return lines
+
+
+def summary_lines(run_info: dict, out, log_path, delta=None) -> list[str]:
     """The end of a run: rows by status and the top error reasons (for all of OUT), then this
     invocation's audio, wall time and throughput, then where everything is."""
     counts, this_run = run_info["counts"], run_info["this_run"]
@@ -117,6 +136,8 @@ def summary_lines(run_info: dict, out, log_path) -> list[str]:
     lines.append(f"this run: {duration_text(this_run['audio_hours'] * 3600)} of audio in "
                  f"{duration_text(this_run['wall_s'])}" + (f" ({rate:.2f} audio-s/s)" if rate else ""))
     lines.append(f"outputs: {out}/annotations.parquet, segments.parquet, run.json")
+    if delta is not None:
+        lines.append(f"this run's rows: {delta}")
     if log_path is not None:
         lines.append(f"log: {log_path}")
     return lines

@@ -8,6 +8,7 @@ Layout of OUT:
     segments.parquet          one row per segment (final)
     annotations.parquet       one row per manifest id (final)
     run.json                  what ran and how it went (final)
+    runs/<start>.parquet      the rows each invocation committed (output/delta.py)
     _SUCCESS                  completion marker, written last
 
 The commit protocol holds without an atomic rename, so the same code serves object stores:
@@ -31,6 +32,12 @@ that key again, and a lasting result for a key replaces its transient ones when 
 _SUCCESS records how many transient results the run ended with; while there are any, a rerun is
 not a no-op.
 
+Every result also records its provenance: the invocation that committed it (`run`, its UTC start
+stamp) and its audio's source (intake/sources.py). Readers given the current sources ignore the
+results of audio that changed since, so those rows are planned and committed again; where a key
+still has several current results, a lasting one wins over transient ones, then the latest run.
+Parts written before provenance existed read with nulls there and count as current.
+
 The driver is the only writer; two runs at once on one OUT are not supported.
 """
 
@@ -41,15 +48,18 @@ import json
 import re
 import secrets
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import UserError
+from pipeline.intake.sources import SOURCE_COLUMNS, SOURCE_FIELDS, CurrentSources, Source
 from pipeline.items import ItemResult
 from pipeline.reasons import TRANSIENT
 from pipeline.storage import Location
@@ -76,8 +86,24 @@ def column_type(kind: str) -> pa.DataType:
     return pa.list_(pa.string()) if kind == "list" else pa.string()
 
 
+RUN_FIELD = pa.field("run", pa.string())
+PROVENANCE_FIELDS = (RUN_FIELD, *SOURCE_FIELDS)
+PROVENANCE_COLUMNS = tuple(f.name for f in PROVENANCE_FIELDS)
+# What resume, relabelling and deltas read from every part (not the annotations).
+_STATE_COLUMNS = ("key", "id", "segment", "n_segments", "status", "error", *PROVENANCE_COLUMNS)
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Recorded with every result committed: the invocation (its UTC start stamp) and each id's source."""
+
+    run: str
+    sources: Mapping[str, Source] = field(default_factory=dict)
+
+
 def segment_schema(columns: dict[str, str]) -> pa.Schema:
-    """Part and segments.parquet schema; columns maps each annotation column to string or list."""
+    """Part schema (segments.parquet drops key, row and the provenance columns); columns maps each
+    annotation column to string or list."""
     fields = [
         pa.field("key", pa.string()), pa.field("id", pa.string()), pa.field("row", pa.int64()),
         pa.field("segment", pa.int32()), pa.field("n_segments", pa.int32()),
@@ -87,10 +113,11 @@ def segment_schema(columns: dict[str, str]) -> pa.Schema:
     ]
     for name, kind in columns.items():
         fields.append(pa.field(name, column_type(kind)))
-    return pa.schema(fields)
+    return pa.schema(fields + list(PROVENANCE_FIELDS))
 
 
-def results_table(results: list[ItemResult], columns: dict[str, str], stats: dict | None) -> pa.Table:
+def results_table(results: list[ItemResult], columns: dict[str, str], stats: dict | None,
+                  provenance: Provenance | None = None) -> pa.Table:
     rows = []
     for r in results:
         row = {
@@ -101,6 +128,11 @@ def results_table(results: list[ItemResult], columns: dict[str, str], stats: dic
         }
         for name in columns:
             row[name] = r.parsed.get(name)
+        if provenance is not None:
+            row["run"] = provenance.run
+            source = provenance.sources.get(r.item.id)
+            if source is not None:
+                row.update(source.row())
         rows.append(row)
     schema = segment_schema(columns)
     if stats is not None:
@@ -108,12 +140,29 @@ def results_table(results: list[ItemResult], columns: dict[str, str], stats: dic
     return pa.Table.from_pylist(rows, schema=schema)
 
 
+@dataclass
+class Progress:
+    """What OUT holds for the current sources, from one read of the parts' light columns."""
+
+    keys: set[str]  # keys with a lasting current result
+    done_ids: set[str]  # ids whose every segment has a lasting current result
+    changed_ids: set[str]  # ids with results for audio that changed since: labelled again
+    rows: pa.Table  # one current result per key: key, id, segment, n_segments, status, error, run
+
+    @classmethod
+    def nothing(cls) -> Progress:
+        """An empty OUT (what --restart leaves)."""
+        return cls(set(), set(), set(), _empty_state().drop_columns(list(SOURCE_COLUMNS)))
+
+
 class OutputDir:
     def __init__(self, path: Location | str):
         self.path = storage.location(path)
         self.parts = self.path / "parts"
         self.commits = self.path / "commits"
+        self.runs = self.path / "runs"
         self._keys: set[str] | None = None  # keys with a lasting committed result, once read
+        self.provenance: Provenance | None = None  # recorded with every commit (see record_provenance)
 
     # --- identity and resume ------------------------------------------------------------------
 
@@ -122,15 +171,9 @@ class OutputDir:
         discard it, and sweep what a killed run left behind (temporaries, uncommitted parts)."""
         state_file = self.path / "state.json"
         state = _read_json(state_file)
-        if state is not None and state.get("fingerprint") != fingerprint:
+        if self.settings_conflict(fingerprint, settings) is not None:
             if not restart:
-                changed = sorted(k for k in set(settings) | set(state.get("settings", {}))
-                                 if settings.get(k) != state.get("settings", {}).get(k))
-                raise UserError(
-                    f"{self.path} holds work from a run with different settings "
-                    f"(changed: {', '.join(changed) or 'model files'}). Use another --out, "
-                    "or pass --restart to discard that work."
-                )
+                self.refuse_other_settings(fingerprint, settings)
             self.discard()
             state = None
         for folder in (self.path, self.parts, self.commits):
@@ -141,7 +184,7 @@ class OutputDir:
                 {"fingerprint": fingerprint, "settings": settings}, indent=2, sort_keys=True).encode())
 
     def _sweep(self) -> None:
-        for folder in (self.path, self.parts, self.commits):
+        for folder in (self.path, self.parts, self.commits, self.runs):
             for name in storage.list_names(folder):
                 if name.startswith(".tmp-"):
                     storage.delete(folder / name)
@@ -158,6 +201,27 @@ class OutputDir:
         for name in (*FINAL_FILES, "state.json"):
             storage.delete(self.path / name)
         self._keys = None
+
+    def settings_conflict(self, fingerprint: str, settings: dict) -> list[str] | None:
+        """The settings that differ from the committed work's, or None when there is none to
+        conflict with (read only: what open() refuses and what a dry run reports)."""
+        state = _read_json(self.path / "state.json")
+        if state is None or state.get("fingerprint") == fingerprint:
+            return None
+        before = state.get("settings", {})
+        return sorted(k for k in set(settings) | set(before) if settings.get(k) != before.get(k))
+
+    def refuse_other_settings(self, fingerprint: str, settings: dict) -> None:
+        """Raise when OUT holds work from other settings (a run would mix two kinds of output)."""
+        changed = self.settings_conflict(fingerprint, settings)
+        if changed is not None:
+            raise UserError(f"{self.path} holds work from a run with different settings "
+                            f"(changed: {', '.join(changed) or 'model files'}). Use another --out, "
+                            "or pass --restart to discard that work.")
+
+    def earlier_settings(self) -> dict | None:
+        state = _read_json(self.path / "state.json")
+        return None if state is None else state.get("settings", {})
 
     def completed_for(self, manifest_digest: str, fingerprint: str) -> bool:
         done = _read_json(self.path / SUCCESS)
@@ -181,28 +245,43 @@ class OutputDir:
         parts, records = self._listing()
         return [self.parts / n for n in parts if n in records or _LEGACY_PART.match(n)]
 
-    def _dataset(self):
+    def _dataset(self, schema: pa.Schema):
+        """The committed parts as one dataset with this schema: columns a part lacks (parts from
+        before provenance was recorded) read as nulls."""
         parts = self.committed_parts()
         if not parts:
             return None
         fs, _ = storage.filesystem(self.parts)
-        return ds.dataset([storage.filesystem(p)[1] for p in parts], filesystem=fs, format="parquet")
+        return ds.dataset([storage.filesystem(p)[1] for p in parts], schema=schema, filesystem=fs, format="parquet")
 
-    def committed(self) -> tuple[set[str], set[str]]:
-        """-> (committed keys, ids whose every segment is committed), from one read of the parts.
-        Transient failures do not count: the next run tries those keys again."""
-        dataset = self._dataset()
-        if dataset is None:
-            self._keys = set()
-            return set(), set()
-        table = dataset.to_table(columns=["key", "id", "n_segments", "error"])
-        lasting = [i for i, e in enumerate(table.column("error").to_pylist()) if e not in TRANSIENT]
-        table = table.take(lasting)
-        keys = set(table.column("key").to_pylist())
-        counts = Counter(table.column("id").to_pylist())
-        ids_segments = zip(table.column("id").to_pylist(), table.column("n_segments").to_pylist())
+    def progress(self, current: CurrentSources | None = None) -> Progress:
+        """Committed keys, finished ids and changed ids for these sources (None: every result is
+        current). Transient failures do not count as committed: the next run tries those keys again."""
+        schema = segment_schema({})
+        dataset = self._dataset(pa.schema([schema.field(name) for name in _STATE_COLUMNS]))
+        table = dataset.to_table() if dataset is not None else _empty_state()
+        changed: set[str] = set()
+        if current is not None and table.num_rows:
+            keep = current.mask(table)
+            changed = {i for i, k in zip(table.column("id").to_pylist(), keep) if not k}
+            table = table.filter(pa.array(keep, pa.bool_()))
+        table = _one_per_key(table)
+        lasting = table.filter(pa.array([e not in TRANSIENT for e in table.column("error").to_pylist()], pa.bool_()))
+        keys = set(lasting.column("key").to_pylist())
+        ids = lasting.column("id").to_pylist()
+        counts = Counter(ids)
+        done = {i for i, n in zip(ids, lasting.column("n_segments").to_pylist()) if counts[i] == n}
         self._keys = set(keys)
-        return keys, {item_id for item_id, n in ids_segments if counts[item_id] == n}
+        return Progress(keys, done, changed, table.drop_columns(list(SOURCE_COLUMNS)))
+
+    def committed(self, current: CurrentSources | None = None) -> tuple[set[str], set[str]]:
+        """-> (committed keys, ids whose every segment is committed), from one read of the parts."""
+        found = self.progress(current)
+        return found.keys, found.done_ids
+
+    def record_provenance(self, provenance: Provenance) -> None:
+        """Every commit from now on records this run and these sources with its results."""
+        self.provenance = provenance
 
     # --- committing -----------------------------------------------------------------------------
 
@@ -217,7 +296,7 @@ class OutputDir:
         digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
         name = f"part-{digest}-{secrets.token_hex(6)}.parquet"
         part = self.parts / name
-        atomic_write_table(part, results_table(results, columns, stats))
+        atomic_write_table(part, results_table(results, columns, stats, self.provenance))
         record = {"part": name, "rows": len(results), "keys_sha256": digest}
         try:
             atomic_write_bytes(self.commits / (name + _RECORD), json.dumps(record, sort_keys=True).encode())
@@ -232,13 +311,18 @@ class OutputDir:
         self._keys.update(r.item.key for r in results if r.error not in TRANSIENT)
         return part
 
-    def segments(self, columns: dict[str, str]) -> pa.Table:
-        dataset = self._dataset()
+    def segments(self, columns: dict[str, str], current: CurrentSources | None = None,
+                 ids: Iterable[str] | None = None) -> pa.Table:
+        """Every current committed result, one per key (only these ids' when given), by row and segment."""
         schema = segment_schema(columns)
+        dataset = self._dataset(schema)
         if dataset is None:
             return schema.empty_table()
-        table = _without_replaced(dataset.to_table().select(schema.names).cast(schema))
-        return table.sort_by([("row", "ascending"), ("segment", "ascending")])
+        wanted = None if ids is None else pc.field("id").isin(pa.array(sorted(ids), pa.string()))
+        table = dataset.to_table(filter=wanted)
+        if current is not None and table.num_rows:
+            table = table.filter(pa.array(current.mask(table), pa.bool_()))
+        return _one_per_key(table).sort_by([("row", "ascending"), ("segment", "ascending")])
 
     def part_stats(self) -> Iterable[dict]:
         fs, _ = storage.filesystem(self.parts)
@@ -260,20 +344,35 @@ class OutputDir:
                                                            sort_keys=True).encode())
 
 
-def _without_replaced(table: pa.Table) -> pa.Table:
-    """One row per key where a transient failure was retried: a lasting result wins over the
-    transient ones, else the key keeps one transient row. Other repeats are left for the caller's
-    consistency check (tables.current_segments)."""
+def _one_per_key(table: pa.Table) -> pa.Table:
+    """One row per key where a key has several results: a lasting result wins over transient ones
+    (a retried storage_unavailable), then the latest run's; a key with only transient results
+    keeps one. Two lasting results of one run are left for the caller's consistency check
+    (tables.current_segments): one run never commits a key twice."""
     keys, errors = table.column("key").to_pylist(), table.column("error").to_pylist()
-    lasting = {k for k, e in zip(keys, errors) if e not in TRANSIENT}
+    if len(set(keys)) == len(keys):
+        return table
+    runs = table.column("run").to_pylist()
+    best: dict[str, tuple] = {}
+    for key, error, run in zip(keys, errors, runs):
+        rank = (error not in TRANSIENT, run or "")
+        best[key] = max(best.get(key, rank), rank)
     keep, kept_transient = [], set()
-    for index, (key, error) in enumerate(zip(keys, errors)):
-        if error in TRANSIENT:
-            if key in lasting or key in kept_transient:
+    for index, (key, error, run) in enumerate(zip(keys, errors, runs)):
+        lasting = error not in TRANSIENT
+        if (lasting, run or "") != best[key]:
+            continue
+        if not lasting:
+            if key in kept_transient:
                 continue
             kept_transient.add(key)
         keep.append(index)
     return table if len(keep) == len(keys) else table.take(keep)
+
+
+def _empty_state() -> pa.Table:
+    schema = segment_schema({})
+    return pa.schema([schema.field(name) for name in _STATE_COLUMNS]).empty_table()
 
 
 def _read_json(where: Location) -> dict | None:

@@ -16,10 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.intake.manifest import Manifest
-from pipeline.output.sink import column_type
+from pipeline.output.sink import PROVENANCE_COLUMNS, column_type
 from pipeline.tasks.merge import aggregate_row
 
-SEGMENT_COLUMNS_DROPPED = ("key", "row")
+# Resume state, not output: where a result sits and what it was labelled from (sink.Provenance).
+SEGMENT_COLUMNS_DROPPED = ("key", "row", *PROVENANCE_COLUMNS)
 # annotations.parquet's own columns, between the manifest's id and audio and the annotation
 # columns; raw comes after the annotations, pass-through columns last.
 FILE_COLUMNS = (

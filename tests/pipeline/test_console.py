@@ -155,7 +155,7 @@ def example_run(tmp_path_factory):
     model = write_tiny_checkpoint(root / "model", seed=0, flavour="instruct", size="small")
     job = root / "job.yaml"
     job.write_text(yaml.safe_dump({
-        "model": str(model), "device": "cpu", "batch_items": 2, "decode_slots": 6,
+        "model": str(model), "device": "cpu", "decode_slots": 4, "batch_items": 2,
         "cpu_threads_per_worker": 1, "compile_cache_dir": None,
         "max_new_tokens": {"caption": 6, "events": 6, "transcript": 8, "moderation": 4},
     }))
@@ -181,10 +181,12 @@ def test_terminal_shows_start_bar_and_summary_and_no_library_output(example_run)
     assert bars[-1][0] == 91
     statuses = pq.read_table(out / "annotations.parquet").column("status").to_pylist()
     assert statuses == ["ok"] * 8
-    summary = lines[-4:]
+    summary = lines[-5:]
     assert summary[0] == "done: 8 rows (ok 8)"
     assert re.fullmatch(r"this run: 1.5 min of audio in [\d.]+ (s|min) \([\d.]+ audio-s/s\)", summary[1])
-    assert summary[2:] == [f"outputs: {out}/annotations.parquet, segments.parquet, run.json", f"log: {log}"]
+    assert summary[2] == f"outputs: {out}/annotations.parquet, segments.parquet, run.json"
+    assert re.fullmatch(rf"this run's rows: {out}/runs/\d{{8}}T\d{{6}}Z\.parquet", summary[3])
+    assert summary[4] == f"log: {log}"
     assert log.parent == out / "logs" and log.is_file()
 
 

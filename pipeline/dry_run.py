@@ -1,0 +1,192 @@
+"""`annotate --dry-run`: what a run would do, from the manifest(s) and OUT, without loading a model,
+starting Ray or a worker, or writing anything (not even a log file in OUT).
+
+It plans exactly as annotate does (annotate.plan_work: each row's audio now, what OUT holds, header
+reads for unknown durations, the work budgets, batches) and declares the engine's shape from the
+checkpoint's config and tokenizer (model_plan.plan_model, which needs no MindSpore). What only a
+cluster knows is taken from here: with device auto, the device of OUT's earlier runs, else this
+machine's NPUs; memory for the decode slots from this machine's (where a cluster's workers have
+more or less, the run may declare other slots: the shape line says so).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections import Counter, defaultdict
+
+from pipeline import exit_codes, storage
+from pipeline.annotate import (Work, annotation_columns, check_passthrough, default_workers, describe_sources,
+                               output_folder, plan_work, run_settings, settings_fingerprint, warn_unreadable)
+from pipeline.config import Config, ConfigError
+from pipeline.intake.manifest import Manifest
+from pipeline.intake.manifests import read_manifests
+from pipeline.output import delta
+from pipeline.output.console import Console, counts_text, duration_text
+from pipeline.output.sink import OutputDir
+from pipeline.plan import plan_batches
+from pipeline.reasons import TRANSIENT
+from pipeline.tasks.catalog import resolve_tasks
+
+# What Ray's memory resource is of a machine's memory (the rest is its object store, 30% by default).
+RAY_MEMORY_SHARE = 0.7
+
+
+def dry_run(manifest_path, config: Config, out=None, workers: int | None = None, restart: bool = False,
+            console: Console | None = None) -> int:
+    from pipeline.model.model_plan import plan_model
+
+    console = console or Console(progress=False)
+    storage.configure(storage.Settings.from_config(config))
+    manifest = read_manifests(manifest_path)
+    tasks = resolve_tasks(config)
+    columns = annotation_columns(tasks)
+    check_passthrough(manifest, columns)
+    out = output_folder(manifest_path, out)
+    sink = OutputDir(out)
+    device, device_source = planned_device(config, sink)
+    npus = local_npus()
+    worker_count = npus if device == "ascend" and npus else default_workers(config, workers)
+    try:
+        plan = plan_model(config, tasks, device, local_worker_memory(worker_count, device == "ascend"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    settings = run_settings(plan, config, tasks)
+    fingerprint = settings_fingerprint(settings)
+    discarded = restart and sink.settings_conflict(fingerprint, settings) is not None
+    if not restart:
+        sink.refuse_other_settings(fingerprint, settings)  # what the run would stop with (exit 2)
+    work = plan_work(manifest, config, sink, discarded)
+    warn_unreadable(console, work.failures)
+    batches = plan_batches(work.chosen, config.batch_audio_s, config.batch_items)
+    complete = not work.todo and not work.failures and not discarded and sink.completed_for(manifest.digest, fingerprint)
+
+    lines = ["dry run: nothing is written, no model is loaded",
+             manifest_line(manifest, manifest_path),
+             out_line(out, work, manifest, discarded)]
+    if complete:
+        lines.append("to do: nothing; the run would find OUT complete for this manifest and these settings")
+    else:
+        lines += work_lines(work, config, len(batches))
+        where = (f"{worker_count} worker{'s' * (worker_count != 1)}" if device == "cpu" or npus
+                 else "one worker per NPU of the cluster")
+        automatic = not config.decode_slots and not config.memory_budget_gb
+        lines.append(f"engine: {where} on {'Ascend NPUs' if device == 'ascend' else 'CPU'}, {plan.dtype} "
+                     f"(device: {device_source}); {plan.shape.slots} decode slots"
+                     + (" (sized for this machine's memory: a cluster's workers may get others)" if automatic else ""))
+        lines.append(f"graphs: {', '.join(plan.shape.graph_names())}")
+        lines.append(estimate_line(sink, sum(i.end_s - i.start_s for i in work.chosen), config))
+    console.summary(lines)
+    return exit_codes.DONE
+
+
+def manifest_line(manifest: Manifest, manifest_path) -> str:
+    files = f" in {len(manifest.files)} files" if len(manifest.files) > 1 else ""
+    return f"manifest: {describe_sources(manifest_path)}: {manifest.num_rows} rows{files}"
+
+
+def out_line(out, work: Work, manifest: Manifest, discarded: bool) -> str:
+    """Rows of this manifest that OUT holds finished, by status; failed ones, and the retryable."""
+    if discarded:
+        return f"output: {out}: --restart discards its committed work (other settings)"
+    statuses, transient = row_statuses(work, set(manifest.ids))
+    if not statuses:
+        return f"output: {out}: nothing committed yet"
+    counts = Counter(statuses.values())
+    failed = counts["error"] + counts["partial"]
+    return (f"output: {out}: {len(statuses)} rows done ({counts_text(counts)}); {failed} failed, "
+            f"{len(transient)} of them retryable (storage_unavailable: retried by this run)")
+
+
+def row_statuses(work: Work, ids: set[str]) -> tuple[dict[str, str], set[str]]:
+    """Each finished row's status as annotations.parquet would say it, and the rows with a
+    transient failure."""
+    rows = work.progress.rows
+    statuses: dict[str, list[str]] = defaultdict(list)
+    expected, transient = {}, set()
+    for item_id, n, status, error in zip(*(rows.column(c).to_pylist() for c in ("id", "n_segments", "status", "error"))):
+        if item_id in ids:
+            statuses[item_id].append(status)
+            expected[item_id] = n
+            if error in TRANSIENT:
+                transient.add(item_id)
+    finished = {i: s for i, s in statuses.items() if len(s) == expected[i]}
+    return ({i: "ok" if all(x == "ok" for x in s) else "error" if "ok" not in s else "partial"
+             for i, s in finished.items()}, transient & set(finished))
+
+
+def work_lines(work: Work, config: Config, batches: int) -> list[str]:
+    rows = work.row_ids
+    changed = work.progress.changed_ids & rows
+    _, transient = row_statuses(work, rows)
+    notes = [f"{len(changed)} changed since labelled"] if changed else []
+    notes += [f"{len(transient)} retried"] if transient else []
+    notes += [f"{len(work.failures)} cannot be read: error rows"] if work.failures else []
+    todo_s = sum(i.end_s - i.start_s for i in work.todo)
+    lines = [f"to do: {len(rows)} rows{' (' + ', '.join(notes) + ')' if notes else ''}, {len(work.todo)} items "
+             f"(clips and segments of long files), {duration_text(todo_s)} of audio"]
+    chosen_rows = {i.id for i in work.chosen}
+    chosen_s = sum(i.end_s - i.start_s for i in work.chosen)
+    budget = ""
+    if work.limited_by:
+        named = f"--max-rows {config.max_rows}" if work.limited_by == "max_rows" else f"--max-hours {config.max_hours:g}"
+        later = rows - chosen_rows - {r.item.id for r in work.failures}
+        budget = f"; {named} leaves {len(later)} rows for the next runs"
+    lines.append(f"this run: {len(chosen_rows)} rows to the model ({len(work.chosen)} items, {duration_text(chosen_s)} "
+                 f"of audio) in {batches} batch{'es' * (batches != 1)} of about {config.batch_audio_s:g} s (at most "
+                 f"{config.batch_items} items){budget}")
+    return lines
+
+
+def estimate_line(sink: OutputDir, audio_s: float, config: Config) -> str:
+    """Wall time from the latest run's throughput (its runs/ file, else run.json), against --max-wall."""
+    wall = f"; --max-wall {config.max_wall_minutes:g} min" if config.max_wall_minutes else ""
+    if audio_s == 0:
+        return "estimate: no model work"
+    last = delta.last_run(sink) or last_finished_run(sink)
+    if last is None:
+        return f"estimate: none (no earlier run in this OUT annotated audio){wall}"
+    rate = last["audio_s"] / last["wall_s"]
+    seconds = audio_s / rate
+    if wall:
+        over = seconds > config.max_wall_minutes * 60
+        wall += " stops dispatch before then (exit 75; the next run continues)" if over else " leaves room"
+    return (f"estimate: about {duration_text(seconds)} at {rate:.2f} audio-s/s, the throughput of the run "
+            f"started {last['started']}{wall}")
+
+
+def last_finished_run(sink: OutputDir) -> dict | None:
+    """run.json's figures, for an OUT whose runs finished before runs/ files existed."""
+    try:
+        info = json.loads(storage.read_bytes(sink.path / "run.json"))
+    except (FileNotFoundError, ValueError):
+        return None
+    this_run = info.get("this_run", {})
+    audio_s, wall_s = this_run.get("audio_hours", 0) * 3600, this_run.get("wall_s")
+    return {"audio_s": audio_s, "wall_s": wall_s, "started": info.get("started")} if audio_s and wall_s else None
+
+
+def planned_device(config: Config, sink: OutputDir) -> tuple[str, str]:
+    """The device the run would use, and why: configured, as in OUT's earlier runs, or this machine's."""
+    if config.device != "auto":
+        return config.device, "configured"
+    earlier = (sink.earlier_settings() or {}).get("device")
+    if earlier in ("ascend", "cpu"):
+        return earlier, "as OUT's earlier runs"
+    return ("ascend", "this machine's NPUs") if local_npus() else ("cpu", "no NPU on this machine")
+
+
+def local_npus() -> int:
+    """Ascend NPUs on this machine, counted as Ray counts them without the driver: their device files."""
+    return len(glob.glob("/dev/davinci[0-9]*"))
+
+
+def local_worker_memory(workers: int, use_npu: bool) -> int:
+    """runner.worker_memory_bytes, estimated without Ray from this machine's memory."""
+    from pipeline.run.runner import CPU_MEMORY_SHARE, NPU_MEMORY_BYTES, NPU_MEMORY_SHARE
+
+    if use_npu:
+        return int(NPU_MEMORY_BYTES * NPU_MEMORY_SHARE)
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(total * RAY_MEMORY_SHARE * CPU_MEMORY_SHARE / max(1, workers))

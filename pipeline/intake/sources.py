@@ -1,0 +1,92 @@
+"""What each row's audio is now, recorded with every committed result, so that a row whose audio
+changed since it was labelled is labelled again on the next run.
+
+A row's source is its manifest `audio` value and `duration_s` (either changes the work), and the
+version of its file (storage.version: size and modification time locally, size and ETag on object
+storage), plus the file's SHA-256 with verify_content. A committed result is current when:
+- it was committed before sources were recorded (parts without these columns): kept as it is;
+- its audio value and duration_s equal the manifest's now;
+- its file is the same: by SHA-256 with verify_content where the result recorded one, else by
+  version. Results labelled without verify_content have no hash: they are compared by version
+  until they are labelled again, so turning it on does not relabel a whole corpus.
+A file that cannot be found or read now keeps its results: audio deleted after labelling, or an
+object store failing, must not erase labels. A file that appears where there was none is a change
+(its row was an error, e.g. missing_file, and is labelled now).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from pipeline import storage
+from pipeline.reasons import Failure
+from pipeline.storage import Location
+
+# Columns every committed part carries for its results (output/sink.py).
+SOURCE_FIELDS = (
+    pa.field("source_audio", pa.string()), pa.field("source_duration_s", pa.float64()),
+    pa.field("source_version", pa.string()), pa.field("source_sha256", pa.string()),
+)
+SOURCE_COLUMNS = tuple(f.name for f in SOURCE_FIELDS)
+_THREADS = 32  # stat calls and HEAD requests are I/O-bound
+
+
+@dataclass(frozen=True)
+class Source:
+    audio: str  # the manifest's audio value
+    duration_s: float | None  # the manifest's duration_s
+    version: str | None  # storage.version of the file; None: no readable file there now
+    sha256: str | None = None  # with verify_content
+
+    def row(self) -> dict:
+        return dict(zip(SOURCE_COLUMNS, (self.audio, self.duration_s, self.version, self.sha256)))
+
+
+def read_sources(paths: Sequence[str], durations: Sequence[float | None], resolved: Sequence[Location | Failure],
+                 verify_content: bool) -> list[Source]:
+    """Every row's source now: one stat (or HEAD request) per row, and with verify_content a full
+    read of every file. Rows whose path did not resolve have no file."""
+
+    def one(index: int) -> Source:
+        where = resolved[index]
+        version = sha256 = None
+        if not isinstance(where, Failure):
+            try:
+                version = storage.version(where)
+                if version is not None and verify_content:
+                    sha256 = storage.content_sha256(where)
+            except OSError:  # denied or unavailable now (StorageErrors are OSErrors): results are kept
+                version = sha256 = None
+        return Source(paths[index], durations[index], version, sha256)
+
+    with ThreadPoolExecutor(_THREADS) as pool:
+        return list(pool.map(one, range(len(paths))))
+
+
+class CurrentSources:
+    """Tells which committed results still describe their row's audio (see the module docstring)."""
+
+    def __init__(self, ids: Sequence[str], sources: Sequence[Source], verify_content: bool):
+        self.by_id = dict(zip(ids, sources))
+        self.verify_content = verify_content
+
+    def is_current(self, item_id: str, audio, duration_s, version, sha256) -> bool:
+        now = self.by_id.get(item_id)
+        if now is None or audio is None:  # not in the manifest now, or committed before sources were recorded
+            return True
+        if audio != now.audio or duration_s != now.duration_s:
+            return False
+        if now.version is None:  # gone or unreadable now: keep what was labelled
+            return True
+        if self.verify_content and sha256 is not None and now.sha256 is not None:
+            return sha256 == now.sha256
+        return version == now.version
+
+    def mask(self, table: pa.Table) -> list[bool]:
+        """For a table with `id` and the SOURCE_COLUMNS: which rows are current."""
+        columns = [table.column(name).to_pylist() for name in ("id", *SOURCE_COLUMNS)]
+        return [self.is_current(*values) for values in zip(*columns)]

@@ -1,0 +1,1 @@
+"""Scheduled jobs: dry runs, work budgets, changed audio, several manifests, runs/ deltas."""

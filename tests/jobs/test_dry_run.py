@@ -1,0 +1,67 @@
+"""--dry-run: the plan from the manifest and OUT; no model, no worker, nothing written in OUT."""
+
+import io
+
+import pytest
+
+from pipeline.dry_run import dry_run
+from pipeline.errors import UserError
+from pipeline.items import Item, ItemResult
+from pipeline.output.console import Console
+from pipeline.output.sink import OutputDir
+from tests.jobs.conftest import run
+from tests.pipeline.conftest import fast_config
+
+
+def plan_text(manifest, out, model_dir, **overrides) -> str:
+    shown = io.StringIO()
+    config = fast_config(model_dir, manifest, audio_root=None, **overrides)
+    assert dry_run(manifest, config, out=out, workers=2, console=Console(shown, shown, progress=False)) == 0
+    return shown.getvalue()
+
+
+def snapshot(folder):
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+def test_a_fresh_out_is_planned_and_not_created(clips, model_dir, tmp_path):
+    out = tmp_path / "out"
+    text = plan_text(clips, out, model_dir, max_rows=3)
+    assert not out.exists()
+    assert f"output: {out}: nothing committed yet" in text
+    # Seven rows; the 70 s file is three segments: nine items.
+    assert "to do: 7 rows, 9 items (clips and segments of long files), 84 s of audio" in text
+    assert ("this run: 3 rows to the model (3 items, 8 s of audio) in 2 batches of about 120 s (at most 2 items); "
+            "--max-rows 3 leaves 4 rows for the next runs") in text
+    assert "graphs: encode[F=3000], prefill[" in text and ", step[N=6," in text  # the four declared graphs
+    assert "estimate: none (no earlier run in this OUT annotated audio)" in text
+
+
+def test_after_a_run_it_counts_done_failed_and_retryable_and_estimates(ray_cluster, clips, model_dir, tmp_path):
+    out = tmp_path / "out"
+    assert run(clips, out, model_dir, max_rows=3).exit_code == 75
+    # As if the object store had failed on row d: a transient result, retried by the next run.
+    sink = OutputDir(out)
+    sink.commit([ItemResult(Item(4, "d", "d.wav", 0, 1, 0.0, 1.5), "error", error="storage_unavailable",
+                            error_detail="the object store kept failing")], {}, None)
+    before = snapshot(out)
+    text = plan_text(clips, out, model_dir)
+    assert snapshot(out) == before  # not a byte written, no log file
+    assert f"output: {out}: 4 rows done (ok 3, error 1); 1 failed, 1 of them retryable" in text
+    assert "to do: 4 rows (1 retried), 6 items" in text
+    assert "this run: 4 rows to the model (6 items, 76 s of audio) in 3 batches" in text
+    assert "estimate: about " in text and "audio-s/s, the throughput of the run started " in text
+    assert "--max-wall 0.01 min stops dispatch before then (exit 75" in plan_text(clips, out, model_dir,
+                                                                                 max_wall_minutes=0.01)
+    assert snapshot(out) == before
+
+
+def test_other_settings_are_reported_as_the_run_would_stop(ray_cluster, clips, model_dir, tmp_path):
+    out = tmp_path / "out"
+    run(clips, out, model_dir, max_rows=1)
+    with pytest.raises(UserError, match="different settings"):
+        plan_text(clips, out, model_dir, tasks=("caption",))
+    shown = io.StringIO()
+    config = fast_config(model_dir, clips, audio_root=None, tasks=("caption",))
+    dry_run(clips, config, out=out, restart=True, console=Console(shown, shown, progress=False))
+    assert "--restart discards its committed work" in shown.getvalue() and "to do: 7 rows" in shown.getvalue()

@@ -1,0 +1,103 @@
+"""What identifies a row's audio (size and time, an object's ETag, a content hash), and results
+committed before it was recorded."""
+
+import os
+
+import pyarrow.parquet as pq
+
+from pipeline import storage
+from pipeline.intake.sources import CurrentSources, Source, read_sources
+from pipeline.items import Item, ItemResult
+from pipeline.output.sink import PROVENANCE_COLUMNS, OutputDir, Provenance
+from pipeline.reasons import Failure, Reason
+from tests.storage.conftest import s3, s3_server  # noqa: F401  (fixtures: a local S3-compatible server)
+
+COLUMNS = {"caption": "string"}
+
+
+def result(item_id, segment=0, n=1, error=None):
+    item = Item(ord(item_id) - ord("a"), item_id, f"/{item_id}.wav", segment, n, 0.0, 1.0)
+    if error:
+        return ItemResult(item, "error", error=error, error_detail="x")
+    return ItemResult(item, "ok", start_s=0.0, end_s=1.0, silent=False, raw={"caption": item_id},
+                      parsed={"caption": item_id})
+
+
+def test_local_versions_follow_size_and_time_and_hashes_follow_bytes(tmp_path):
+    path = tmp_path / "a.wav"
+    path.write_bytes(b"one")
+    first, sha = storage.version(path), storage.content_sha256(path)
+    os.utime(path, ns=(1, 2 * 10**18))
+    assert storage.version(path) != first and storage.content_sha256(path) == sha
+    path.write_bytes(b"two")
+    assert storage.content_sha256(path) != sha
+    assert storage.version(tmp_path / "missing.wav") is None and storage.version(tmp_path) is None
+
+
+def test_object_versions_are_size_and_etag(s3):  # noqa: F811
+    where = s3.put(s3.root / "a.wav", b"one")
+    first = storage.version(where)
+    assert first.startswith("size=3 etag=")
+    s3.put(where, b"two")  # same size, uploaded again
+    assert storage.version(where) not in (None, first)
+    assert storage.content_sha256(where) == storage.content_sha256(s3.put(s3.root / "b.wav", b"two"))
+    assert storage.version(s3.root / "missing.wav") is None and storage.version(s3.root) is None
+
+
+def test_which_results_are_current():
+    now = Source("a.wav", 2.0, "size=1 mtime_ns=5", "h1")
+    current = CurrentSources(["a"], [now], verify_content=False)
+    assert current.is_current("a", "a.wav", 2.0, "size=1 mtime_ns=5", None)
+    assert not current.is_current("a", "a.wav", 2.0, "size=1 mtime_ns=4", None)  # replaced or touched
+    assert not current.is_current("a", "b.wav", 2.0, "size=1 mtime_ns=5", None)  # another path
+    assert not current.is_current("a", "a.wav", 3.0, "size=1 mtime_ns=5", None)  # another duration_s
+    assert not current.is_current("a", "a.wav", 2.0, None, None)  # a file where there was none
+    assert current.is_current("a", None, None, None, None)  # committed before sources were recorded
+    assert current.is_current("gone", "x.wav", None, "v", None)  # no longer in the manifest
+    gone = CurrentSources(["a"], [Source("a.wav", 2.0, None)], verify_content=False)
+    assert gone.is_current("a", "a.wav", 2.0, "size=1 mtime_ns=5", None)  # deleted since: labels kept
+    by_hash = CurrentSources(["a"], [now], verify_content=True)
+    assert by_hash.is_current("a", "a.wav", 2.0, "size=1 mtime_ns=4", "h1")  # new time, same bytes
+    assert not by_hash.is_current("a", "a.wav", 2.0, "size=1 mtime_ns=5", "h0")  # same time, other bytes
+    assert not by_hash.is_current("a", "a.wav", 2.0, "size=1 mtime_ns=4", None)  # no hash recorded: by time
+
+
+def test_unresolved_paths_have_no_file(tmp_path):
+    (tmp_path / "a.wav").write_bytes(b"x")
+    found = read_sources(["a.wav", "../b.wav"], [None, 1.0],
+                         [tmp_path / "a.wav", Failure(Reason.OUTSIDE_AUDIO_ROOT, "x")], verify_content=True)
+    assert found[0].version.startswith("size=1 ") and found[0].sha256 and found[1] == Source("../b.wav", 1.0, None)
+
+
+def test_parts_from_before_provenance_still_read_and_stay_current(tmp_path):
+    out = OutputDir(tmp_path / "out")
+    out.open("fp", {}, restart=False)
+    old = out.commit([result("a"), result("b")], COLUMNS, None)
+    # Rewrite that part as an older version of the pipeline wrote it: no provenance columns at all.
+    pq.write_table(pq.read_table(old).drop_columns(list(PROVENANCE_COLUMNS)), old)
+    sources = [Source(f"{i}.wav", None, "v1") for i in "abc"]
+    out.record_provenance(Provenance("20260101T000000Z", dict(zip("abc", sources))))
+    out.commit([result("c")], COLUMNS, None)
+    current = CurrentSources(list("abc"), sources, verify_content=False)
+    progress = out.progress(current)
+    assert progress.done_ids == {"a", "b", "c"} and not progress.changed_ids
+    rows = out.segments(COLUMNS, current).to_pylist()
+    assert [(r["id"], r["run"], r["source_version"]) for r in rows] == [
+        ("a", None, None), ("b", None, None), ("c", "20260101T000000Z", "v1")]
+    # c's audio changes: its result no longer counts, and it can be committed again.
+    changed = CurrentSources(list("abc"), sources[:2] + [Source("c.wav", None, "v2")], verify_content=False)
+    assert out.progress(changed).done_ids == {"a", "b"} and out.progress(changed).changed_ids == {"c"}
+    out.record_provenance(Provenance("20260102T000000Z", {"c": Source("c.wav", None, "v2")}))
+    out.commit([result("c")], COLUMNS, None)
+    assert [r["run"] for r in out.segments(COLUMNS, changed).to_pylist()] == [None, None, "20260102T000000Z"]
+
+
+def test_a_lasting_result_replaces_a_transient_one_and_the_latest_run_wins(tmp_path):
+    out = OutputDir(tmp_path / "out")
+    out.open("fp", {}, restart=False)
+    out.record_provenance(Provenance("20260101T000000Z"))
+    out.commit([result("a", error="storage_unavailable"), result("b")], COLUMNS, None)
+    assert out.committed() == ({"b#0"}, {"b"})  # the transient one is tried again
+    out.record_provenance(Provenance("20260102T000000Z"))
+    out.commit([result("a")], COLUMNS, None)
+    assert [(r["id"], r["status"]) for r in out.segments(COLUMNS).to_pylist()] == [("a", "ok"), ("b", "ok")]
