@@ -20,7 +20,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from pipeline.model.layers import MASKED, Embedding, Linear, RMSNorm
+from pipeline.model.layers import Embedding, Linear, RMSNorm
+from pipeline.model.packing import MASKED
 
 
 def rotary_tables(head_dim: int, theta: float, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +54,7 @@ class TextAttention(nn.Cell):
         self.o_proj = Linear(spec.heads * spec.head_dim, spec.hidden, False, dtype, True)
 
     def prefill(self, x, cos, sin, mask, stage_rows, k_stage, v_stage):
-        """x [r, l, hidden]; cos/sin [r, l, 1, d]; mask [r, kv, g*l, l] additive; every token's key
+        """x [r, l, hidden]; cos/sin [r, l, 1, d]; mask [r, 1, 1, l, l] additive; every token's key
         and value go to row stage_rows[token] of the staging caches ([rows, kv * d])."""
         r, l, _ = x.shape
         kv, g, d = self.kv_heads, self.groups, self.head_dim
@@ -66,11 +67,13 @@ class TextAttention(nn.Cell):
         written = ops.depend(written, ops.scatter_update(v_stage, stage_rows, v.reshape(r * l, kv * d)))
         # Query heads that share a key/value head are folded into the query axis (head h uses kv
         # head h // g, as the reference's repeat_kv does), so keys are never copied per head.
-        q = q.transpose(0, 2, 1, 3).reshape(r, kv, g * l, d)
+        # Scaled before the product, on l x d values rather than the l x l scores (exact for the
+        # power-of-two scales of 64- and 256-wide heads, within rounding otherwise).
+        q = (q * self.scaling).transpose(0, 2, 1, 3).reshape(r, kv, g * l, d)
         k = k.transpose(0, 2, 1, 3)
         v = v.transpose(0, 2, 1, 3)
-        scores = (ops.BatchMatMul(transpose_b=True)(q, k) * self.scaling).astype(ms.float32) + mask
-        probs = ops.softmax(scores, -1).astype(x.dtype)
+        scores = ops.BatchMatMul(transpose_b=True)(q, k).astype(ms.float32).reshape(r, kv, g, l, l) + mask
+        probs = ops.softmax(scores, -1).astype(x.dtype).reshape(r, kv, g * l, l)
         out = ops.matmul(probs, v).reshape(r, self.heads, l, d).transpose(0, 2, 1, 3)
         return ops.depend(self.o_proj(out.reshape(r, l, self.heads * d)), written)
 
@@ -134,23 +137,13 @@ class TextModel(nn.Cell):
         self.kv_heads, self.head_dim = spec.kv_heads, spec.head_dim
         self.groups = spec.heads // spec.kv_heads
 
-    def prefill(self, embeds, positions, clip_ids, segment_ids, stage_rows, k_stages, v_stages):
-        """embeds [r, l, hidden] at positions [r, l] -> normed hidden states [r, l, hidden].
-
-        A token sees the tokens of its own clip at earlier or equal positions that belong to the
-        shared prefix (segment 0) or to its own task suffix (its segment)."""
+    def prefill(self, embeds, positions, mask, stage_rows, k_stages, v_stages):
+        """embeds [r, l, hidden] at positions [r, l], mask [r, l, l] additive (packing.PrefillRow)
+        -> normed hidden states [r, l, hidden]."""
         r, l = positions.shape
         cos = ops.gather(self.cos_table, positions, 0).reshape(r, l, 1, self.head_dim)
         sin = ops.gather(self.sin_table, positions, 0).reshape(r, l, 1, self.head_dim)
-        query_pos, key_pos = positions.reshape(r, l, 1), positions.reshape(r, 1, l)
-        same_clip = clip_ids.reshape(r, l, 1) == clip_ids.reshape(r, 1, l)
-        key_segment = segment_ids.reshape(r, 1, l)
-        shared_or_own = ops.logical_or(key_segment == 0, segment_ids.reshape(r, l, 1) == key_segment)
-        visible = ops.logical_and(ops.logical_and(same_clip, key_pos <= query_pos), shared_or_own)
-        # Broadcast once per graph to the scores' shape: on MindSpore's CPU backend a broadcasting
-        # add inside every layer defeats memory reuse.
-        mask = ops.broadcast_to(additive_mask(visible).reshape(r, 1, 1, l, l), (r, self.kv_heads, self.groups, l, l))
-        mask = mask.reshape(r, self.kv_heads, self.groups * l, l)
+        mask = mask.reshape(r, 1, 1, l, l)  # added to every head's scores by broadcasting
         x = embeds
         for i in range(len(self.layers)):
             x = self.layers[i].prefill(x, cos, sin, mask, stage_rows, k_stages[i], v_stages[i])

@@ -149,7 +149,7 @@ class Generator:
         first = block * self.shape.row_tokens
         arena_rows = np.arange(first, first + self.shape.row_tokens, dtype=np.int32)
         return (ms.Tensor(row.features[None]), ms.Tensor(row.frame_keep.reshape(1, 1, -1)),
-                ms.Tensor(row.position_ids[None]), ms.Tensor(row.query_ids[None]), ms.Tensor(row.key_ids[None]),
+                ms.Tensor(row.position_ids[None]), ms.Tensor(row.mask[None]),
                 ms.Tensor(arena_rows))
 
     def _encode(self, action: Encode) -> None:
@@ -173,7 +173,7 @@ class Generator:
         u[: len(draws), 0] = draws
         stage_rows = np.arange(block * length, (block + 1) * length, dtype=np.int32)
         return (ms.Tensor(row.ids[None]), ms.Tensor(row.audio_rows[None]), ms.Tensor(row.is_audio[None]),
-                ms.Tensor(row.positions[None]), ms.Tensor(row.clip_ids[None]), ms.Tensor(row.segment_ids[None]),
+                ms.Tensor(row.positions[None]), ms.Tensor(row.mask[None]),
                 ms.Tensor(stage_rows), ms.Tensor(last_index), self._temperature[q], self._top_p[q], ms.Tensor(u))
 
     def _prefill(self, action: Prefill) -> list[ClipJob]:

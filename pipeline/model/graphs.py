@@ -80,8 +80,8 @@ class EncodeGraph(nn.Cell):
         self.projector = model.multi_modal_projector
         self.state = state
 
-    def construct(self, features, frame_keep, position_ids, query_ids, key_ids, arena_rows):
-        audio = self.projector(self.encoder(features, frame_keep, position_ids, query_ids, key_ids))
+    def construct(self, features, frame_keep, position_ids, mask, arena_rows):
+        audio = self.projector(self.encoder(features, frame_keep, position_ids, mask))
         written = ops.scatter_update(self.state.audio, arena_rows, audio.reshape(-1, audio.shape[-1]))
         return ops.depend(arena_rows[:1], written)
 
@@ -97,12 +97,12 @@ class PrefillGraph(nn.Cell):
         self.state = state
         self.sampling = sampling
 
-    def construct(self, ids, audio_rows, is_audio, positions, clip_ids, segment_ids, stage_rows, last,
+    def construct(self, ids, audio_rows, is_audio, positions, mask, stage_rows, last,
                   temperature, top_p, u):
         r, l = ids.shape
         audio = ops.gather(self.state.audio, audio_rows, 0)
         embeds = ops.select(is_audio.reshape(r, l, 1), audio, self.text.embed_tokens(ids))
-        hidden = self.text.prefill(embeds, positions, clip_ids, segment_ids, stage_rows,
+        hidden = self.text.prefill(embeds, positions, mask, stage_rows,
                                    self.state.k_stage, self.state.v_stage)
         picked = ops.gather(hidden.reshape(r * l, -1), last, 0)
         logits = self.lm_head(picked).astype(ms.float32)
