@@ -56,6 +56,7 @@ class MindSporeModel:
         # (see runtime.configure), and it keeps compile time out of the first batches.
         with runtime.compile_lock(cache_folder):
             self.generator.precompile()
+        self.generator.warm_up()
         self._compiled = self.generator.graphs_compiled
         self._cond = threading.Condition()
         self._requests: set[_Request] = set()

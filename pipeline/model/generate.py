@@ -132,16 +132,33 @@ class Generator:
             pass
         return [job.tokens for job in jobs]
 
-    def precompile(self) -> None:
-        """Compile the four graphs now, in a fixed order, with inputs built the way the run builds
-        them. A fixed order is what lets MindSpore's compile cache (keyed by compile position)
-        serve later processes; compiling up front also keeps compile time out of the first batches."""
+    def _empty_calls(self):
+        """Each graph with inputs built the way the run builds them, for nothing: no clip, no row."""
         row = pack_encoder_row([], [], self.shape.row_frames, self.shape.n_mels)
-        self.encode_graph.compile(*self.encode_inputs(row, 0))
         prefill_row = pack_prefill_row(self.prompts, [], self.shape.prefill_len, self.shape.audio_rows - 1)
-        self.prefill_graph.compile(*self.prefill_inputs(prefill_row, 0, [], []))
-        self.insert_graph.compile(*self.insert_inputs([((self.shape.stage_rows - 1,), 0)]))
-        self.step_graph.compile(*self.step_inputs())
+        return (
+            (self.encode_graph, self.encode_inputs(row, 0)),
+            (self.prefill_graph, self.prefill_inputs(prefill_row, 0, [], [])),
+            (self.insert_graph, self.insert_inputs([((self.shape.stage_rows - 1,), 0)])),
+            (self.step_graph, self.step_inputs()),
+        )
+
+    def precompile(self) -> None:
+        """Compile the four graphs now, in a fixed order. A fixed order is what lets MindSpore's
+        compile cache (keyed by compile position) serve later processes; compiling up front also
+        keeps compile time out of the first batches."""
+        for graph, inputs in self._empty_calls():
+            graph.compile(*inputs)
+
+    def warm_up(self) -> None:
+        """Run each graph once on empty inputs. A graph's first run costs far more than later ones
+        (measured on the CPU backend: prefill 2.7 s against 0.2 s, encode 0.5 s against 0.14 s:
+        kernels and memory are set up then), which belongs to loading, not to the first batches.
+        Nothing live is touched: no slot holds a row yet, and every block is rewritten before it
+        is read."""
+        for graph, inputs in self._empty_calls():
+            outputs = graph(*inputs)
+            (outputs[0] if isinstance(outputs, tuple) else outputs).asnumpy()
 
     # --- actions -------------------------------------------------------------------------------
 
