@@ -231,7 +231,7 @@ class Generator:
         past the prompt read the staging trash row, which nothing writes: zeros."""
         shape = self.shape
         entries = entries + [entries[-1]] * (shape.insert_rows - len(entries))
-        src = np.full((shape.insert_rows, shape.span), shape.stage_rows - 1, np.int32)
+        src = np.full((shape.insert_rows, shape.cache_span), shape.stage_rows - 1, np.int32)
         for i, (rows, _) in enumerate(entries):
             src[i, : len(rows)] = rows
         return ms.Tensor(src), ms.Tensor(np.asarray([slot for _, slot in entries], np.int32))
@@ -245,16 +245,14 @@ class Generator:
     def step_inputs(self):
         n = self.shape.slots
         ids = np.full(n, self.prompts.eos_ids[0], np.int32)
-        positions = np.zeros(n, np.int32)
-        live = np.zeros(n, np.float32)
+        positions = np.full(n, self.shape.span, np.int32)  # idle slots: the scratch position
         u = np.zeros((n, 1), np.float32)
         for slot, row in enumerate(self.scheduler.slots):
             if row is not None:
-                ids[slot], positions[slot], live[slot] = row.next_token, row.position, 1.0
+                ids[slot], positions[slot] = row.next_token, row.position
                 if row.draw is not None:
                     u[slot, 0] = row.draw()
-        return (ms.Tensor(ids), ms.Tensor(positions), ms.Tensor(live), self._temperature[n], self._top_p[n],
-                ms.Tensor(u))
+        return ms.Tensor(ids), ms.Tensor(positions), self._temperature[n], self._top_p[n], ms.Tensor(u)
 
     def _step(self) -> list[ClipJob]:
         active = self.scheduler.active

@@ -77,7 +77,7 @@ def decode_slots(config, spec: ModelSpec, probe: EngineShape, dtype: str, budget
     if config.decode_slots:
         return config.decode_slots
     fixed = state_bytes(spec, probe, dtype) + working_bytes(spec, probe, dtype, reuses_layer_memory=device == "ascend")
-    per_slot = slot_bytes(spec, probe.span, dtype)
+    per_slot = slot_bytes(spec, probe.cache_span, dtype)
     return max(1, min(MAX_AUTO_SLOTS, int((budget_bytes - fixed) // per_slot)))
 
 
