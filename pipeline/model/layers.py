@@ -6,6 +6,8 @@ initialisation of 7B parameters would only cost time. Every block compiles on th
 in graph mode (the fused `ops.layer_norm` does not, so LayerNorm uses the older primitive).
 """
 
+import numpy as np
+
 import mindspore as ms
 from mindspore import Parameter, nn, ops
 
@@ -55,10 +57,14 @@ class RMSNorm(nn.Cell):
         super().__init__()
         self.weight = _zeros((dim,), dtype)
         self.eps = eps
+        # The mean of squares as a product with a column of 1/dim: the CPU backend's ReduceMean
+        # over the last axis took ~0.7 ms for one prefill row's [832, 384], the product a fraction.
+        self.averager = ms.Tensor(np.full((dim, 1), 1.0 / dim, np.float32))
 
     def construct(self, x):
         x32 = x.astype(ms.float32)
-        variance = ops.mean(x32 * x32, -1, keep_dims=True)
+        squares = x32 * x32
+        variance = ops.matmul(squares.reshape(-1, squares.shape[-1]), self.averager).reshape(x.shape[:-1] + (1,))
         return self.weight * (x32 * ops.rsqrt(variance + self.eps)).astype(x.dtype)
 
 
