@@ -84,7 +84,8 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 def build_prompt_plan(processor, style: str, questions: list[str], eos_ids: tuple[int, ...]) -> PromptPlan:
-    tokenizer = processor.tokenizer
+    """processor: the checkpoint's processor, or its tokenizer when that holds the chat template."""
+    tokenizer = getattr(processor, "tokenizer", processor)
     audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
     texts, heads, tails, suffixes = [], [], [], []
     for question in questions:

@@ -38,7 +38,8 @@ def checkpoint(request, checkpoint_dir):
 
 
 def plan_for(model_dir, processor, style, questions):
-    return build_prompt_plan(processor, style, questions, eos_token_ids(model_dir, processor.tokenizer, style))
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return build_prompt_plan(processor, style, questions, eos_token_ids(model_dir, tokenizer, style))
 
 
 def with_chat_template(processor, template: str):
@@ -158,3 +159,11 @@ def test_text_decoder_decodes_exactly_as_the_transformers_tokenizer(checkpoint):
         assert decode(ids) == tokenizer.decode(ids, skip_special_tokens=False)
     text = "Transcribe: «ça va», 你好 🎧"
     assert decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_the_tokenizer_alone_renders_the_processors_prompts(checkpoint):
+    model_dir, processor, style = checkpoint
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert plan_for(model_dir, tokenizer, style, QUESTIONS) == plan_for(model_dir, processor, style, QUESTIONS)
