@@ -11,8 +11,9 @@ Two forms of the same layers:
   tokens generated so far at positions 0, 1, 2, ... (a slot's position is its cache index).
 
 Slot caches: one Parameter per layer for keys and one for values, [slots, kv_heads, span, head_dim],
-the layout attention reads. An insert rewrites a whole slot (its prompt, then zeros); a step adds
-each new key and value onto a zero position, which sets it exactly.
+the layout attention reads, one position longer than any row needs: a scratch position that idle
+slots write to and no mask ever shows. An insert rewrites a whole slot (its prompt, then zeros); a
+step adds each new key and value onto a zero position, which sets it exactly.
 """
 
 import numpy as np
@@ -20,7 +21,8 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from pipeline.model.layers import MASKED, Embedding, Linear, RMSNorm
+from pipeline.model.layers import Embedding, Linear, RMSNorm
+from pipeline.model.packing import MASKED
 
 
 def rotary_tables(head_dim: int, theta: float, max_positions: int) -> tuple[np.ndarray, np.ndarray]:
@@ -31,9 +33,22 @@ def rotary_tables(head_dim: int, theta: float, max_positions: int) -> tuple[np.n
     return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
 
 
-def _rotate_half(x):
-    half = x.shape[-1] // 2
-    return ops.concat((-x[..., half:], x[..., :half]), -1)
+def rotation_matrix(head_dim: int) -> np.ndarray:
+    """R with x @ R == rotate_half(x) == concat(-x[half:], x[:half]): one product instead of two
+    slices, a negation and a concatenation (four kernel launches, each costly on the CPU backend).
+    Exact: every output is one input times +-1, plus zeros."""
+    half = head_dim // 2
+    r = np.zeros((head_dim, head_dim), np.float32)
+    r[np.arange(half) + half, np.arange(half)] = -1.0
+    r[np.arange(half), np.arange(half) + half] = 1.0
+    return r
+
+
+def _rotate(x, cos, sin, rotation):
+    """Rotary embedding of x [..., d] (cos/sin broadcast against it)."""
+    d = x.shape[-1]
+    turned = ops.matmul(x.reshape(-1, d), rotation).reshape(x.shape)
+    return x * cos + turned * sin
 
 
 def additive_mask(visible):
@@ -51,42 +66,45 @@ class TextAttention(nn.Cell):
         self.k_proj = Linear(spec.hidden, spec.kv_heads * spec.head_dim, True, dtype, True)
         self.v_proj = Linear(spec.hidden, spec.kv_heads * spec.head_dim, True, dtype, True)
         self.o_proj = Linear(spec.heads * spec.head_dim, spec.hidden, False, dtype, True)
+        self.rotation = Tensor(rotation_matrix(spec.head_dim), dtype)
 
     def prefill(self, x, cos, sin, mask, stage_rows, k_stage, v_stage):
-        """x [r, l, hidden]; cos/sin [r, l, 1, d]; mask [r, kv, g*l, l] additive; every token's key
+        """x [r, l, hidden]; cos/sin [r, l, 1, d]; mask [r, 1, 1, l, l] additive; every token's key
         and value go to row stage_rows[token] of the staging caches ([rows, kv * d])."""
         r, l, _ = x.shape
         kv, g, d = self.kv_heads, self.groups, self.head_dim
         q = self.q_proj(x).reshape(r, l, self.heads, d)
         k = self.k_proj(x).reshape(r, l, kv, d)
         v = self.v_proj(x).reshape(r, l, kv, d)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        q = _rotate(q, cos, sin, self.rotation)
+        k = _rotate(k, cos, sin, self.rotation)
         written = ops.scatter_update(k_stage, stage_rows, k.reshape(r * l, kv * d))
         written = ops.depend(written, ops.scatter_update(v_stage, stage_rows, v.reshape(r * l, kv * d)))
         # Query heads that share a key/value head are folded into the query axis (head h uses kv
         # head h // g, as the reference's repeat_kv does), so keys are never copied per head.
-        q = q.transpose(0, 2, 1, 3).reshape(r, kv, g * l, d)
+        # Scaled before the product, on l x d values rather than the l x l scores (exact for the
+        # power-of-two scales of 64- and 256-wide heads, within rounding otherwise).
+        q = (q * self.scaling).transpose(0, 2, 1, 3).reshape(r, kv, g * l, d)
         k = k.transpose(0, 2, 1, 3)
         v = v.transpose(0, 2, 1, 3)
-        scores = (ops.BatchMatMul(transpose_b=True)(q, k) * self.scaling).astype(ms.float32) + mask
-        probs = ops.softmax(scores, -1).astype(x.dtype)
+        scores = ops.BatchMatMul(transpose_b=True)(q, k).astype(ms.float32).reshape(r, kv, g, l, l) + mask
+        probs = ops.softmax(scores, -1).astype(x.dtype).reshape(r, kv, g * l, l)
         out = ops.matmul(probs, v).reshape(r, self.heads, l, d).transpose(0, 2, 1, 3)
         return ops.depend(self.o_proj(out.reshape(r, l, self.heads * d)), written)
 
-    def step(self, x, cos, sin, write_at, live, mask, k_cache, v_cache):
+    def step(self, x, cos, sin, write_at, mask, k_cache, v_cache):
         """x [n, hidden] one token per slot; its key and value go to cache index write_at [n, kv, 3]
-        (slot, head, position), scaled by live [n, 1, 1] (0 for an idle slot, which must not touch
-        its cache); mask [n, kv, g, span] additive."""
+        (slot, head, position; an idle slot writes to its scratch position); mask [n, kv, g, span]
+        additive."""
         n, _ = x.shape
         kv, g, d = self.kv_heads, self.groups, self.head_dim
         q = self.q_proj(x).reshape(n, kv, g, d)
         k = self.k_proj(x).reshape(n, kv, 1, d)
         v = self.v_proj(x).reshape(n, kv, d)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
-        written = ops.scatter_nd_add(k_cache, write_at, k.reshape(n, kv, d) * live)
-        written = ops.depend(written, ops.scatter_nd_add(v_cache, write_at, v * live))
+        q = _rotate(q, cos, sin, self.rotation)
+        k = _rotate(k, cos, sin, self.rotation)
+        written = ops.scatter_nd_add(k_cache, write_at, k.reshape(n, kv, d))
+        written = ops.depend(written, ops.scatter_nd_add(v_cache, write_at, v))
         keys, values = ops.depend(k_cache, written), ops.depend(v_cache, written)
         scores = (ops.BatchMatMul(transpose_b=True)(q, keys) * self.scaling).astype(ms.float32) + mask
         probs = ops.softmax(scores, -1).astype(x.dtype)
@@ -117,8 +135,8 @@ class DecoderLayer(nn.Cell):
         x = x + self.self_attn.prefill(self.input_layernorm(x), cos, sin, mask, stage_rows, k_stage, v_stage)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def step(self, x, cos, sin, write_at, live, mask, k_cache, v_cache):
-        x = x + self.self_attn.step(self.input_layernorm(x), cos, sin, write_at, live, mask, k_cache, v_cache)
+    def step(self, x, cos, sin, write_at, mask, k_cache, v_cache):
+        x = x + self.self_attn.step(self.input_layernorm(x), cos, sin, write_at, mask, k_cache, v_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -134,31 +152,21 @@ class TextModel(nn.Cell):
         self.kv_heads, self.head_dim = spec.kv_heads, spec.head_dim
         self.groups = spec.heads // spec.kv_heads
 
-    def prefill(self, embeds, positions, clip_ids, segment_ids, stage_rows, k_stages, v_stages):
-        """embeds [r, l, hidden] at positions [r, l] -> normed hidden states [r, l, hidden].
-
-        A token sees the tokens of its own clip at earlier or equal positions that belong to the
-        shared prefix (segment 0) or to its own task suffix (its segment)."""
+    def prefill(self, embeds, positions, mask, stage_rows, k_stages, v_stages):
+        """embeds [r, l, hidden] at positions [r, l], mask [r, l, l] additive (packing.PrefillRow)
+        -> normed hidden states [r, l, hidden]."""
         r, l = positions.shape
         cos = ops.gather(self.cos_table, positions, 0).reshape(r, l, 1, self.head_dim)
         sin = ops.gather(self.sin_table, positions, 0).reshape(r, l, 1, self.head_dim)
-        query_pos, key_pos = positions.reshape(r, l, 1), positions.reshape(r, 1, l)
-        same_clip = clip_ids.reshape(r, l, 1) == clip_ids.reshape(r, 1, l)
-        key_segment = segment_ids.reshape(r, 1, l)
-        shared_or_own = ops.logical_or(key_segment == 0, segment_ids.reshape(r, l, 1) == key_segment)
-        visible = ops.logical_and(ops.logical_and(same_clip, key_pos <= query_pos), shared_or_own)
-        # Broadcast once per graph to the scores' shape: on MindSpore's CPU backend a broadcasting
-        # add inside every layer defeats memory reuse.
-        mask = ops.broadcast_to(additive_mask(visible).reshape(r, 1, 1, l, l), (r, self.kv_heads, self.groups, l, l))
-        mask = mask.reshape(r, self.kv_heads, self.groups * l, l)
+        mask = mask.reshape(r, 1, 1, l, l)  # added to every head's scores by broadcasting
         x = embeds
         for i in range(len(self.layers)):
             x = self.layers[i].prefill(x, cos, sin, mask, stage_rows, k_stages[i], v_stages[i])
         return self.norm(x)
 
-    def step(self, embeds, positions, live, k_caches, v_caches):
-        """embeds [n, hidden], each slot's new token at positions [n] (its cache length so far);
-        live [n] is 1 for a slot holding a row, 0 for an idle one."""
+    def step(self, embeds, positions, k_caches, v_caches):
+        """embeds [n, hidden], each slot's new token at positions [n] (its cache length so far; an
+        idle slot gives its scratch position, the last, which no row ever sees)."""
         n = positions.shape[0]
         span = k_caches[0].shape[2]
         cos = ops.gather(self.cos_table, positions, 0).reshape(n, 1, 1, self.head_dim)
@@ -169,10 +177,9 @@ class TextModel(nn.Cell):
         write_at = ops.concat((slots, heads, at), -1)
         visible = ops.arange(0, span, 1, dtype=ms.int32).reshape(1, span) <= positions.reshape(n, 1)
         mask = ops.broadcast_to(additive_mask(visible).reshape(n, 1, 1, span), (n, self.kv_heads, self.groups, span))
-        live = live.reshape(n, 1, 1).astype(embeds.dtype)
         x = embeds
         for i in range(len(self.layers)):
-            x = self.layers[i].step(x, cos, sin, write_at, live, mask, k_caches[i], v_caches[i])
+            x = self.layers[i].step(x, cos, sin, write_at, mask, k_caches[i], v_caches[i])
         return self.norm(x)
 
 

@@ -8,7 +8,7 @@ the padding the encoder computes is a few frames per clip.
 import mindspore as ms
 from mindspore import nn, ops
 
-from pipeline.model.layers import MASKED, Conv1d, Embedding, LayerNorm, Linear
+from pipeline.model.layers import Conv1d, Embedding, LayerNorm, Linear
 
 
 class EncoderAttention(nn.Cell):
@@ -25,13 +25,13 @@ class EncoderAttention(nn.Cell):
     def _split(self, x, b, t):
         return x.reshape(b, t, self.heads, self.head_dim).transpose(0, 2, 1, 3)
 
-    def construct(self, x, key_mask):
+    def construct(self, x, mask):
         b, t, _ = x.shape
         # Scale q before the product, as the reference does (it matters for its numerics).
         q = self._split(self.q_proj(x) * self.scaling, b, t)
         k = self._split(self.k_proj(x), b, t)
         v = self._split(self.v_proj(x), b, t)
-        scores = ops.matmul(q, k.transpose(0, 1, 3, 2)).astype(ms.float32) + key_mask
+        scores = ops.BatchMatMul(transpose_b=True)(q, k).astype(ms.float32) + mask
         probs = ops.softmax(scores, -1).astype(x.dtype)
         out = ops.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b, t, -1)
         return self.out_proj(out)
@@ -46,8 +46,8 @@ class EncoderLayer(nn.Cell):
         self.fc2 = Linear(ffn, dim, True, dtype)
         self.final_layer_norm = LayerNorm(dim, dtype)
 
-    def construct(self, x, key_mask):
-        x = x + self.self_attn(self.self_attn_layer_norm(x), key_mask)
+    def construct(self, x, mask):
+        x = x + self.self_attn(self.self_attn_layer_norm(x), mask)
         h = ops.gelu(self.fc1(self.final_layer_norm(x)), approximate="none")
         return x + self.fc2(h)
 
@@ -56,8 +56,8 @@ class AudioEncoder(nn.Cell):
     """Packed rows of clips (pipeline.model.packing.EncoderRow) -> [E, F/4, audio_dim].
 
     features [E, n_mels, F]; frame_keep [E, 1, F] zeroes the first convolution's output outside each
-    clip; position_ids [E, F/2] restart at each clip; a position attends to the keys whose key id
-    equals its query id (its own clip's valid positions).
+    clip; position_ids [E, F/2] restart at each clip; mask [E, F/2, F/2] is additive (a position
+    attends to its own clip's valid positions).
     """
 
     def __init__(self, spec, dtype):
@@ -72,17 +72,15 @@ class AudioEncoder(nn.Cell):
         self.layer_norm = LayerNorm(dim, dtype)
         self.heads = spec.audio_heads
 
-    def construct(self, features, frame_keep, position_ids, query_ids, key_ids):
+    def construct(self, features, frame_keep, position_ids, mask):
         x = ops.gelu(self.conv1(features), approximate="none") * frame_keep
         x = ops.gelu(self.conv2(x), approximate="none")
         x = x.transpose(0, 2, 1)
         b, t, d = x.shape
         x = x + self.embed_positions(position_ids)
-        visible = query_ids.reshape(b, t, 1) == key_ids.reshape(b, 1, t)
-        mask = ops.select(visible, ops.zeros((b, t, t), ms.float32), ops.fill(ms.float32, (b, t, t), MASKED))
-        # Broadcast the mask to the scores' shape once: on MindSpore's CPU backend a broadcasting
-        # add inside every layer defeats memory reuse, and each layer's scores would stay alive.
-        mask = ops.broadcast_to(mask.reshape(b, 1, t, t), (b, self.heads, t, t))
+        # Added to every head's scores by broadcasting: materialising it per head cost more (a
+        # 27 MB copy per row) than the memory reuse it bought.
+        mask = mask.reshape(b, 1, t, t)
         for layer in self.layers:
             x = layer(x, mask)
         # AvgPool1d(kernel 2, stride 2) over time.

@@ -39,23 +39,23 @@ class MindSporeModel:
             cache_dir = Path(compile_cache_root) / plan.compile_cache_key(ms.__version__)
         cache_folder = runtime.configure(plan.device, cache_dir, cpu_threads)
 
-        from transformers import AutoTokenizer
-
         from pipeline.model.generate import Generator
         from pipeline.model.graphs import Qwen2Audio
+        from pipeline.model.prompts import text_decoder
         from pipeline.model.weights import load_weights
 
         self.plan = plan
         self._dtype = runtime.mindspore_dtype(plan.dtype)
         self.model = Qwen2Audio(plan.spec, self._dtype)
         load_weights(self.model, Path(plan.model_dir), plan.spec.tie_embeddings)
-        self.tokenizer = AutoTokenizer.from_pretrained(plan.model_dir)
+        self.decode = text_decoder(Path(plan.model_dir))
         self.generator = Generator(self.model, plan.spec, plan.prompts, plan.shape, list(plan.max_new_tokens),
                                    self._dtype, plan.sampling)
         # Every graph compiles now, in a fixed order: that is what MindSpore's compile cache needs
         # (see runtime.configure), and it keeps compile time out of the first batches.
         with runtime.compile_lock(cache_folder):
             self.generator.precompile()
+        self.generator.warm_up()
         self._compiled = self.generator.graphs_compiled
         self._cond = threading.Condition()
         self._requests: set[_Request] = set()
@@ -76,7 +76,7 @@ class MindSporeModel:
         request.done.wait()
         if request.error is not None:
             raise RuntimeError(request.error)
-        texts = [[self.tokenizer.decode(ids, skip_special_tokens=False) for ids in job.tokens] for job in request.jobs]
+        texts = [[self.decode(ids) for ids in job.tokens] for job in request.jobs]
         with self._cond:
             stats = self.generator.stats.taken()
         return BatchOutput(texts, stats)

@@ -47,6 +47,11 @@ class EngineShape:
     insert_rows: int
 
     @property
+    def cache_span(self) -> int:
+        """Positions a slot's cache holds: the span and one scratch position for idle slots."""
+        return self.span + 1
+
+    @property
     def row_tokens(self) -> int:
         return shapes.audio_tokens(self.row_frames)
 
@@ -75,7 +80,7 @@ def declare_shape(prompts: PromptPlan, max_new_tokens: list[int], slots: int, ma
     longest_prefix = prompts.prefix_len(ROW_TOKENS)
     clip_tokens = longest_prefix + sum(len(s) for s in prompts.suffixes)
     span = max(longest_prefix + len(s) + cap for s, cap in zip(prompts.suffixes, max_new_tokens))
-    if span > max_positions:
+    if span + 1 > max_positions:  # the scratch position too (its rotary table row)
         raise ValueError(f"a 30 s clip with its longest task needs {span} positions but the model has {max_positions}")
     if slots < 1:
         raise ValueError("at least one decode slot is needed")
@@ -109,7 +114,7 @@ def state_bytes(spec: ModelSpec, shape: EngineShape, dtype: str) -> int:
     kv_width = spec.kv_heads * spec.head_dim
     arena = shape.audio_rows * spec.hidden * size
     staging = 2 * spec.layers * shape.stage_rows * kv_width * size
-    return arena + staging + shape.slots * slot_bytes(spec, shape.span, dtype)
+    return arena + staging + shape.slots * slot_bytes(spec, shape.cache_span, dtype)
 
 
 def working_bytes(spec: ModelSpec, shape: EngineShape, dtype: str, reuses_layer_memory: bool) -> int:

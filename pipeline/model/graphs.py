@@ -5,7 +5,8 @@ State (MindSpore Parameters, updated in place, never rebuilt):
   tokens to one block; prefill reads them by row index. The last row is a trash row.
 - staging caches, per layer [blocks * L + 1, kv * d]: keys and values of every prefilled token;
   each block holds one prefill row. The last row is a trash row.
-- slot caches, per layer [slots, kv, span, d]: each decode slot's prompt and generated tokens.
+- slot caches, per layer [slots, kv, span + 1, d]: each decode slot's prompt and generated tokens,
+  and a scratch position for idle slots.
 
 Graphs (one compiled graph each; nothing but declared shapes ever reaches them):
 - EncodeGraph: one packed row of clips' mel frames -> audio tokens in the arena.
@@ -50,7 +51,7 @@ class ModelState(nn.Cell):
                                          for i in range(spec.layers))
         self.v_stage = ParameterTuple(_state((shapes.stage_rows, kv_width), dtype, f"state.v_stage.{i}")
                                          for i in range(spec.layers))
-        cache = (shapes.slots, spec.kv_heads, shapes.span, spec.head_dim)
+        cache = (shapes.slots, spec.kv_heads, shapes.cache_span, spec.head_dim)
         self.k_cache = ParameterTuple(_state(cache, dtype, f"state.k_cache.{i}") for i in range(spec.layers))
         self.v_cache = ParameterTuple(_state(cache, dtype, f"state.v_cache.{i}") for i in range(spec.layers))
 
@@ -80,8 +81,8 @@ class EncodeGraph(nn.Cell):
         self.projector = model.multi_modal_projector
         self.state = state
 
-    def construct(self, features, frame_keep, position_ids, query_ids, key_ids, arena_rows):
-        audio = self.projector(self.encoder(features, frame_keep, position_ids, query_ids, key_ids))
+    def construct(self, features, frame_keep, position_ids, mask, arena_rows):
+        audio = self.projector(self.encoder(features, frame_keep, position_ids, mask))
         written = ops.scatter_update(self.state.audio, arena_rows, audio.reshape(-1, audio.shape[-1]))
         return ops.depend(arena_rows[:1], written)
 
@@ -97,12 +98,12 @@ class PrefillGraph(nn.Cell):
         self.state = state
         self.sampling = sampling
 
-    def construct(self, ids, audio_rows, is_audio, positions, clip_ids, segment_ids, stage_rows, last,
+    def construct(self, ids, audio_rows, is_audio, positions, mask, stage_rows, last,
                   temperature, top_p, u):
         r, l = ids.shape
         audio = ops.gather(self.state.audio, audio_rows, 0)
         embeds = ops.select(is_audio.reshape(r, l, 1), audio, self.text.embed_tokens(ids))
-        hidden = self.text.prefill(embeds, positions, clip_ids, segment_ids, stage_rows,
+        hidden = self.text.prefill(embeds, positions, mask, stage_rows,
                                    self.state.k_stage, self.state.v_stage)
         picked = ops.gather(hidden.reshape(r * l, -1), last, 0)
         logits = self.lm_head(picked).astype(ms.float32)
@@ -133,8 +134,7 @@ class InsertGraph(nn.Cell):
 
 
 class StepGraph(nn.Cell):
-    """One decode step for every slot: ids [n] at positions [n], live [n] (1 where a slot holds a
-    row) -> next tokens [n] and logits."""
+    """One decode step for every slot: ids [n] at positions [n] -> next tokens [n] and logits."""
 
     def __init__(self, model: Qwen2Audio, state: ModelState, sampling: bool):
         super().__init__(auto_prefix=False)
@@ -143,8 +143,8 @@ class StepGraph(nn.Cell):
         self.state = state
         self.sampling = sampling
 
-    def construct(self, ids, positions, live, temperature, top_p, u):
-        hidden = self.text.step(self.text.embed_tokens(ids), positions, live, self.state.k_cache, self.state.v_cache)
+    def construct(self, ids, positions, temperature, top_p, u):
+        hidden = self.text.step(self.text.embed_tokens(ids), positions, self.state.k_cache, self.state.v_cache)
         logits = self.lm_head(hidden).astype(ms.float32)
         return choose(logits, temperature, top_p, u, self.sampling), logits
 

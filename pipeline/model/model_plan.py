@@ -77,7 +77,7 @@ def decode_slots(config, spec: ModelSpec, probe: EngineShape, dtype: str, budget
     if config.decode_slots:
         return config.decode_slots
     fixed = state_bytes(spec, probe, dtype) + working_bytes(spec, probe, dtype, reuses_layer_memory=device == "ascend")
-    per_slot = slot_bytes(spec, probe.span, dtype)
+    per_slot = slot_bytes(spec, probe.cache_span, dtype)
     return max(1, min(MAX_AUTO_SLOTS, int((budget_bytes - fixed) // per_slot)))
 
 
@@ -97,14 +97,17 @@ class CheckpointPrompts:
 def load_prompts(config, tasks) -> CheckpointPrompts:
     """Resolve the checkpoint, read its dims, tokenise the task prompts (no Ray, no MindSpore: the
     driver does this while Ray starts)."""
-    from transformers import AutoProcessor
+    from transformers import AutoProcessor, AutoTokenizer
 
     model_dir, revision = resolve_checkpoint(config.model, config.revision)
     spec = ModelSpec.from_checkpoint(model_dir)
-    processor = AutoProcessor.from_pretrained(str(model_dir))
     style = resolve_style(config.prompt_style, model_dir)
-    prompts = build_prompt_plan(processor, style, [t.prompt(style) for t in tasks],
-                                eos_token_ids(model_dir, processor.tokenizer, style))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    # The tokenizer renders the chat template when it holds one (the processor renders the same
+    # text, tested); loading the processor too costs seconds of imports (its audio classes).
+    renderer = tokenizer if style == "base" or tokenizer.chat_template else AutoProcessor.from_pretrained(str(model_dir))
+    prompts = build_prompt_plan(renderer, style, [t.prompt(style) for t in tasks],
+                                eos_token_ids(model_dir, tokenizer, style))
     return CheckpointPrompts(model_dir, revision, spec, prompts)
 
 

@@ -84,7 +84,8 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 
 def build_prompt_plan(processor, style: str, questions: list[str], eos_ids: tuple[int, ...]) -> PromptPlan:
-    tokenizer = processor.tokenizer
+    """processor: the checkpoint's processor, or its tokenizer when that holds the chat template."""
+    tokenizer = getattr(processor, "tokenizer", processor)
     audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
     texts, heads, tails, suffixes = [], [], [], []
     for question in questions:
@@ -107,3 +108,22 @@ def build_prompt_plan(processor, style: str, questions: list[str], eos_ids: tupl
         raise ValueError("all tasks must share the prompt up to the audio (same system prompt and style)")
     return PromptPlan(style=style, texts=tuple(texts), head=heads[0], tail=tails[0], suffixes=tuple(suffixes),
                       eos_ids=eos_ids, audio_token_id=audio_token_id)
+
+
+def text_decoder(model_dir: Path):
+    """ids -> text, special tokens kept, exactly as the checkpoint's transformers tokenizer decodes.
+
+    With a tokenizer.json that is the `tokenizers` library's own decode (what transformers' fast
+    tokenizer calls; it skips its clean-up for byte-level BPE such as Qwen2's), without importing
+    transformers, which imports torch where it is installed: seconds at every worker's start.
+    """
+    path = model_dir / "tokenizer.json"
+    if path.is_file():
+        from tokenizers import Tokenizer
+
+        tokenizer = Tokenizer.from_file(str(path))
+        return lambda ids: tokenizer.decode(list(ids), skip_special_tokens=False)
+    from transformers import AutoTokenizer
+
+    fallback = AutoTokenizer.from_pretrained(str(model_dir))
+    return lambda ids: fallback.decode(list(ids), skip_special_tokens=False)

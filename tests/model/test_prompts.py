@@ -19,6 +19,7 @@ from pipeline.model.prompts import (
     eos_token_ids,
     render_prompt,
     resolve_style,
+    text_decoder,
 )
 
 QUESTIONS = [
@@ -37,7 +38,8 @@ def checkpoint(request, checkpoint_dir):
 
 
 def plan_for(model_dir, processor, style, questions):
-    return build_prompt_plan(processor, style, questions, eos_token_ids(model_dir, processor.tokenizer, style))
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return build_prompt_plan(processor, style, questions, eos_token_ids(model_dir, tokenizer, style))
 
 
 def with_chat_template(processor, template: str):
@@ -142,3 +144,26 @@ def test_prompt_with_nothing_after_the_audio_is_refused(checkpoint_dir):
     processor = AutoProcessor.from_pretrained(model_dir)
     with pytest.raises(ValueError, match="nothing after the audio"):
         plan_for(model_dir, processor, "base", [""])
+
+
+def test_text_decoder_decodes_exactly_as_the_transformers_tokenizer(checkpoint):
+    model_dir, processor, _ = checkpoint
+    decode = text_decoder(model_dir)
+    tokenizer = processor.tokenizer
+    rng = np.random.default_rng(0)
+    specials = tokenizer.all_special_ids + [tokenizer.convert_tokens_to_ids(t) for t in ("<|en|>", "<|AUDIO|>")]
+    for length in (0, 1, 5, 40, 200):
+        ids = rng.integers(0, len(tokenizer), length).tolist()
+        if length:  # special tokens in the middle, and bytes of one character split by them
+            ids[length // 2:length // 2] = rng.choice(specials, 3).tolist()
+        assert decode(ids) == tokenizer.decode(ids, skip_special_tokens=False)
+    text = "Transcribe: «ça va», 你好 🎧"
+    assert decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
+
+
+def test_the_tokenizer_alone_renders_the_processors_prompts(checkpoint):
+    model_dir, processor, style = checkpoint
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    assert plan_for(model_dir, tokenizer, style, QUESTIONS) == plan_for(model_dir, processor, style, QUESTIONS)
