@@ -428,12 +428,60 @@ class ObjectFile(io.RawIOBase):
         super().close()
 
 
+class QuietLocalFile(io.RawIOBase):
+    """A local file whose failed reads (EIO, ESTALE...) are kept in .error and read as the end of
+    the file, for readers in C that cannot receive a Python exception (see ObjectFile)."""
+
+    def __init__(self, where: Path):
+        self.error = None
+        self._file = open(where, "rb", buffering=0)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def readinto(self, buffer) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            return self._file.readinto(buffer)
+        except OSError as exc:
+            self.error = exc
+            return 0
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
+
+
+# Tests inject read faults here (an EIO once, a stalled read): called with every location opened
+# for reading, it may raise or block. None in production. See pipeline/testing/faults.py.
+_read_fault: Callable[[Location], None] | None = None
+
+
+def inject_read_faults(fault: Callable[[Location], None] | None) -> None:
+    global _read_fault
+    _read_fault = fault
+
+
 def open_input(where: Location, quiet: bool = False):
     """A seekable binary file: the local file itself, or an ObjectFile read in byte ranges (quiet:
-    see ObjectFile). Raises FileNotFoundError / PermissionError (ObjectNotFound / AccessDenied)."""
+    failed reads are kept in .error, see ObjectFile and QuietLocalFile). Raises FileNotFoundError /
+    PermissionError (ObjectNotFound / AccessDenied)."""
+    if _read_fault is not None:
+        _read_fault(where)
     if isinstance(where, ObjectPath):
         return ObjectFile(where, quiet)
-    return open(where, "rb")
+    return QuietLocalFile(where) if quiet else open(where, "rb")
 
 
 def read_bytes(where: Location) -> bytes:
@@ -443,9 +491,9 @@ def read_bytes(where: Location) -> bytes:
     return where.read_bytes()
 
 
-def read_error(source) -> StorageError | None:
-    """The error a quiet ObjectFile kept, if any (None for anything else, e.g. local files)."""
-    return source.error if isinstance(source, ObjectFile) else None
+def read_error(source) -> OSError | None:
+    """The error a quiet ObjectFile or QuietLocalFile kept, if any (None for anything else)."""
+    return source.error if isinstance(source, (ObjectFile, QuietLocalFile)) else None
 
 
 # --- writing ---------------------------------------------------------------------------------------
