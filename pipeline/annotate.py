@@ -5,6 +5,10 @@ they were labelled are labelled again (intake/sources.py), and a finished run (i
 this manifest and these settings, nothing changed) does no model work at all. Work budgets
 (max_rows, max_hours, max_wall_minutes) stop a run early with everything finished committed: exit
 75, and the next run continues. Each invocation's committed rows also go to OUT/runs/ (output/delta.py).
+
+One run at a time per OUT (output/lock.py: a second one exits 2). SIGTERM and SIGINT stop
+dispatch and commit what finished within 30 s (run/signals.py: exit 75 and 130). The error gate
+(output/error_gate.py) makes a run whose rows mostly failed exit 3 without _SUCCESS.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -31,11 +36,14 @@ from pipeline.intake.manifests import default_out_name, read_manifests
 from pipeline.intake.sources import CurrentSources, read_sources
 from pipeline.plan import plan_batches, plan_items, within_budget
 from pipeline.reasons import Failure
-from pipeline.output import delta
+from pipeline.output import delta, error_gate
 from pipeline.output.console import (TOP_REASONS, Console, budget_line, counts_text, start_line, stopped_lines,
                                      summary_lines)
+from pipeline.output.lock import OutLock
 from pipeline.output.sink import OutputDir, Progress, Provenance
+from pipeline.reasons import Reason
 from pipeline.tasks.catalog import OUTPUT_COLUMNS, output_columns, resolve_tasks
+from pipeline.run.signals import StopRequested, StopSignals
 from pipeline.run.worker import failure_result
 
 PROBE_THREADS = 16  # header reads are I/O-bound
@@ -54,9 +62,12 @@ class RunSummary:
     rows_committed: int = 0  # rows this invocation completed
     rows_left: int = 0  # rows still to do after it
     delta: storage.Location | None = None  # its runs/ file, when it completed any row
+    gate: error_gate.GateResult | None = None  # the error gate's verdict on this invocation's rows
 
     @property
     def exit_code(self) -> int:
+        if self.gate is not None and not self.gate.passed:
+            return exit_codes.OVER_ERROR_THRESHOLD
         return exit_codes.STOPPED_EARLY if self.stopped_early else exit_codes.DONE
 
     @property
@@ -87,7 +98,8 @@ def intake(manifest: Manifest, config: Config, done_ids: set[str], resolved: lis
     committed (done_ids: a resume reads no header twice); rows that fail here become error results
     straight away, everything else is planned into items. resolved: resolve_paths(manifest).
     -> (items, error results, each row's planned duration or None)."""
-    durations = list(manifest.durations)
+    # A non-positive duration_s is unknown, not an instruction to decode nothing: the header decides.
+    durations = [d if d is not None and d > 0 else None for d in manifest.durations]
     rows = [r for r, item_id in enumerate(manifest.ids) if item_id not in done_ids]
     to_probe = [r for r in rows if durations[r] is None and not isinstance(resolved[r], Failure)]
     with ThreadPoolExecutor(PROBE_THREADS) as pool:
@@ -133,7 +145,7 @@ def plan_work(manifest: Manifest, config: Config, sink: OutputDir, discarded: bo
     resolved = resolve_paths(manifest, config)
     current = CurrentSources(manifest.ids, read_sources(manifest.paths, manifest.durations, resolved,
                                                         config.verify_content), config.verify_content)
-    progress = Progress.nothing() if discarded else sink.progress(current)
+    progress = Progress.nothing() if discarded else sink.progress(current, retry_errors(config))
     items, failures, planned = intake(manifest, config, progress.done_ids, resolved)
     todo = [i for i in items if i.key not in progress.keys]
     max_audio_s = config.max_hours * 3600 if config.max_hours is not None else None
@@ -199,6 +211,13 @@ def audio_ms(item: Item) -> int:
     return round((item.end_s - item.start_s) * 1000)
 
 
+def retry_errors(config: Config) -> frozenset[str]:
+    """The committed error reasons this run tries again (config.retry_errors: codes, or all)."""
+    if "all" in config.retry_errors:
+        return frozenset(Reason)
+    return frozenset(Reason(r) for r in config.retry_errors)
+
+
 def default_workers(config: Config, requested: int | None) -> int:
     count = requested if requested else config.cpu_workers
     return count if count > 0 else max(1, (os.cpu_count() or 1) // CORES_PER_CPU_WORKER)
@@ -229,28 +248,43 @@ def describe_sources(manifest_path) -> str:
 
 def annotate(manifest_path, config: Config, out: str | Path | None = None, workers: int | None = None,
              restart: bool = False, progress: bool = True, model_factory=None,
-             console: Console | None = None) -> RunSummary:
-    """manifest_path: a manifest file, a folder of them, a glob, or a list of those (intake/manifests.py)."""
+             console: Console | None = None, read_faults=None) -> RunSummary:
+    """manifest_path: a manifest file, a folder of them, a glob, or a list of those (intake/manifests.py).
+    read_faults: tests inject storage faults into the workers' reads here (testing/faults.py).
+
+    Raises KeyboardInterrupt after Ctrl-C (everything finished committed first), OutLocked (a
+    UserError) when another run holds OUT."""
+    started = time.time()
+    console = console or Console(progress=progress)
+    storage.configure(storage.Settings.from_config(config))
+    manifest = read_manifests(manifest_path)
+    tasks = resolve_tasks(config)
+    check_passthrough(manifest, columns=annotation_columns(tasks))
+    out = output_folder(manifest_path, out)
+    # Before anything touches OUT (and before Ray starts): a second driver is refused in seconds.
+    with OutLock(out, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))) as lock:
+        if lock.taken_over is not None:
+            console.warning(f"took over the lock of a run that is gone ({lock.taken_over.describe(time.time())})")
+        return _annotate(manifest_path, manifest, config, out, tasks, workers, restart, model_factory, console,
+                         started, lock, read_faults)
+
+
+def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, workers, restart, model_factory,
+              console: Console, started: float, lock: OutLock, read_faults) -> RunSummary:
     from pipeline.model.model_plan import load_prompts, plan_model
     from pipeline.output import run_info
     from pipeline.run import runner
 
-    started = time.time()
     # --max-wall counts from the start: loading and compiling are part of a scheduled window.
     deadline = time.monotonic() + config.max_wall_minutes * 60 if config.max_wall_minutes else None
-    console = console or Console(progress=progress)
-    store = storage.Settings.from_config(config)
-    storage.configure(store)
-    manifest = read_manifests(manifest_path)
-    tasks = resolve_tasks(config)
+    store = storage.current_settings()
     columns = annotation_columns(tasks)
-    check_passthrough(manifest, columns)
-    out = output_folder(manifest_path, out)
     digest = manifest.digest
     worker_count = default_workers(config, workers)
 
-    # Tokenising the prompts needs no cluster: it runs while Ray starts (seconds each).
-    with ThreadPoolExecutor(1) as background, runner.ray_session(worker_count):
+    # Tokenising the prompts needs no cluster: it runs while Ray starts (seconds each). The signal
+    # handlers come after Ray's start, which installs its own SIGTERM handler (exit at once).
+    with ThreadPoolExecutor(1) as background, runner.ray_session(worker_count), StopSignals() as signals:
         checkpoint = background.submit(load_prompts, config, tasks)
         npus = runner.cluster_npus()
         device = config.device if config.device != "auto" else ("ascend" if npus else "cpu")
@@ -264,90 +298,129 @@ def annotate(manifest_path, config: Config, out: str | Path | None = None, worke
             raise ConfigError(str(exc)) from None
         settings = run_settings(plan, config, tasks)
         fingerprint = settings_fingerprint(settings)
-        sink = OutputDir(out)
-        sink.open(fingerprint, settings, restart)
-        work = plan_work(manifest, config, sink)
-        todo, new_failures = work.chosen, work.failures
-        if not work.todo and not new_failures and sink.completed_for(digest, fingerprint):
-            console.summary([f"{out} is already complete for this manifest and settings; nothing to do."])
-            return RunSummary(out=out, already_complete=True)
+        sink = OutputDir(out, guard=lock.check)
+        committer: Committer | None = None
+        work: Work | None = None
+        stamp = None
 
-        stamp = delta.run_stamp(started, delta.written_stamps(sink) | set(work.progress.rows.column("run").to_pylist()))
-        sink.record_provenance(Provenance(stamp, work.sources.by_id))
-        todo_audio_s = sum(i.end_s - i.start_s for i in todo)
-        if work.todo or new_failures:
-            sink.invalidate_final()
-        batches = plan_batches(todo, config.batch_audio_s, config.batch_items)
-        use_npu = device == "ascend"
-        warn_unreadable(console, new_failures)
-        rows_now = {i.id for i in todo} | {r.item.id for r in new_failures}
-        console.info(start_line(len(rows_now), manifest.num_rows, todo_audio_s, npus if use_npu else worker_count,
-                                use_npu, plan.dtype))
-        changed = work.progress.changed_ids & work.row_ids
-        if changed:
-            console.info(f"{len(changed)} of these rows are labelled again: their audio or its manifest values "
-                         "changed since they were labelled")
-        if work.limited_by:
-            console.info(budget_line(work.limited_by, config, len(work.row_ids) - len(rows_now)))
-        committer = Committer(sink, columns, todo + [r.item for r in new_failures], console, config.commit_items,
-                              config.commit_seconds)
-        report = runner.ExecutionReport()
-
-        def past_deadline() -> bool:
-            return deadline is not None and time.monotonic() >= deadline
-
-        def write_delta(outcome: str, after: Progress | None = None):
+        def write_delta(outcome: str, after: Progress | None = None) -> DeltaWritten:
             return write_run_delta(sink, manifest, work, columns, list(plan.task_names), stamp, {
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "outcome": outcome,
-                "wall_s": round(time.time() - started, 2), "audio_s": committer.audio_ms_done / 1000}, after)
+                "wall_s": round(time.time() - started, 2),
+                "audio_s": committer.audio_ms_done / 1000 if committer else 0.0}, after)
 
-        if new_failures:
-            committer(new_failures, None)
         try:
-            if batches and past_deadline():  # intake alone used the window: no workers at all
-                report.stopped = True
-            elif batches:
-                runner.check_room_for_decoding(npus if use_npu else worker_count)
-                spec = runner.WorkerSpec(
-                    plan=plan, tasks=tasks, moderation_labels=tuple(config.moderation_labels),
-                    silence_dbfs=config.silence_dbfs, search_s=config.segment_search_s,
-                    # Absolute: Ray workers need not share the driver's working directory.
-                    compile_cache_root=str(Path(config.compile_cache_dir).resolve()) if config.compile_cache_dir else None,
-                    cpu_threads=config.cpu_threads_per_worker or max(1, (os.cpu_count() or 1) // worker_count),
-                    model_factory=model_factory, storage_settings=store,
-                )
-                report = runner.execute(batches, spec, npus if use_npu else worker_count, use_npu,
-                                        config.prefetch_batches, config.max_attempts, committer, stop=past_deadline)
-        except KeyboardInterrupt:
-            committer.close()
-            try:  # the next run's delta lists these rows if this one cannot
-                write_delta("interrupted")
-            except Exception:
-                pass
-            console.error(f"interrupted: {committer.rows_done} of {committer.total_rows} rows of this run are "
-                          "committed; rerun the same command to resume.")
-            raise
-        committer.close()
-        after = sink.progress(work.sources)
-        rows_done = len(work.row_ids & after.done_ids)
-        if report.stopped or work.limited_by:  # the tables describe a finished run only
-            reason = (f"--max-wall {config.max_wall_minutes:g} min" if report.stopped and past_deadline()
-                      else budget_option(work.limited_by, config) if work.limited_by else "a stop request")
-            return RunSummary(out=out, stopped_early=True, stop_reason=reason, rows_committed=rows_done,
-                              rows_left=len(work.row_ids) - rows_done, delta=write_delta("stopped", after))
-        written = write_delta("finished", after)
+            sink.open(fingerprint, settings, restart)
+            work = plan_work(manifest, config, sink)
+            todo, new_failures = work.chosen, work.failures
+            if not work.todo and not new_failures and sink.completed_for(digest, fingerprint):
+                console.summary([f"{out} is already complete for this manifest and settings; nothing to do."])
+                return RunSummary(out=out, already_complete=True)
 
-        segments = current_segments(sink.segments(columns, work.sources), manifest)
-        annotations = annotations_output(segments, manifest, work.planned, columns, list(plan.task_names))
-        info = run_info.build(
-            plan=plan, config=config, settings=settings, fingerprint=fingerprint,
-            manifest_path=describe_sources(manifest_path), manifest_digest=digest, out=out, annotations=annotations,
-            segments=segments, part_stats=list(sink.part_stats()), report=report, started=started,
-            audio_s_this_run=todo_audio_s, items_this_run=len(todo) + len(new_failures),
-        )
-        sink.write_final(annotations, segments_output(segments), info,
-                         {"manifest_digest": digest, "fingerprint": fingerprint, "finished": info["finished"]})
-    return RunSummary(out=out, run_info=info, rows_committed=rows_done, delta=written)
+            stamp = delta.run_stamp(started, delta.written_stamps(sink) | set(work.progress.rows.column("run").to_pylist()))
+            sink.record_provenance(Provenance(stamp, work.sources.by_id))
+            todo_audio_s = sum(i.end_s - i.start_s for i in todo)
+            if work.todo or new_failures:
+                sink.invalidate_final()
+            batches = plan_batches(todo, config.batch_audio_s, config.batch_items)
+            use_npu = device == "ascend"
+            warn_unreadable(console, new_failures)
+            rows_now = {i.id for i in todo} | {r.item.id for r in new_failures}
+            console.info(start_line(len(rows_now), manifest.num_rows, todo_audio_s, npus if use_npu else worker_count,
+                                    use_npu, plan.dtype))
+            changed = work.progress.changed_ids & work.row_ids
+            if changed:
+                console.info(f"{len(changed)} of these rows are labelled again: their audio or its manifest values "
+                             "changed since they were labelled")
+            if work.limited_by:
+                console.info(budget_line(work.limited_by, config, len(work.row_ids) - len(rows_now)))
+            report = runner.ExecutionReport()
+
+            def past_deadline() -> bool:
+                return deadline is not None and time.monotonic() >= deadline
+
+            with signals.graceful():  # a signal here stops dispatch; what finished is committed below
+                committer = Committer(sink, columns, todo + [r.item for r in new_failures], console,
+                                      config.commit_items, config.commit_seconds)
+                if new_failures:
+                    committer(new_failures, None)
+                if batches and past_deadline():  # intake alone used the window: no workers at all
+                    report.stopped = True
+                elif batches and not signals.stop_requested():
+                    runner.check_room_for_decoding(npus if use_npu else worker_count)
+                    spec = runner.WorkerSpec(
+                        plan=plan, tasks=tasks, moderation_labels=tuple(config.moderation_labels),
+                        silence_dbfs=config.silence_dbfs, search_s=config.segment_search_s,
+                        # Absolute: Ray workers need not share the driver's working directory.
+                        compile_cache_root=str(Path(config.compile_cache_dir).resolve()) if config.compile_cache_dir else None,
+                        cpu_threads=config.cpu_threads_per_worker or max(1, (os.cpu_count() or 1) // worker_count),
+                        model_factory=model_factory, storage_settings=store, read_faults=read_faults,
+                    )
+                    report = runner.execute(
+                        batches, spec, npus if use_npu else worker_count, use_npu, config.prefetch_batches,
+                        config.max_attempts, committer,
+                        stop=lambda: past_deadline() or signals.stop_requested(),
+                        abandon=signals.abandon_in_flight, policy=runner.RunPolicy.from_config(config))
+                committer.close()
+            signals.raise_if_requested()
+
+            after = sink.progress(work.sources)
+            rows_done = len(work.row_ids & after.done_ids)
+            if report.stopped or work.limited_by:  # the tables describe a finished run only
+                reason = (f"--max-wall {config.max_wall_minutes:g} min" if report.stopped and past_deadline()
+                          else budget_option(work.limited_by, config) if work.limited_by else "a stop request")
+                written = write_delta("stopped", after)
+                return RunSummary(out=out, stopped_early=True, stop_reason=reason, rows_committed=rows_done,
+                                  rows_left=len(work.row_ids) - rows_done, delta=written.location,
+                                  gate=error_gate.judge(written.statuses, config.max_error_rate))
+            written = write_delta("finished", after)
+            gate = error_gate.judge(written.statuses, config.max_error_rate)
+
+            segments = current_segments(sink.segments(columns, work.sources), manifest)
+            annotations = annotations_output(segments, manifest, work.planned, columns, list(plan.task_names))
+            info = run_info.build(
+                plan=plan, config=config, settings=settings, fingerprint=fingerprint,
+                manifest_path=describe_sources(manifest_path), manifest_digest=digest, out=out,
+                annotations=annotations, segments=segments, part_stats=list(sink.part_stats()), report=report,
+                started=started, audio_s_this_run=todo_audio_s, items_this_run=len(todo) + len(new_failures),
+            )
+            info["error_gate"] = gate.to_dict()
+            sink.write_final(annotations, segments_output(segments), info,
+                             {"manifest_digest": digest, "fingerprint": fingerprint, "finished": info["finished"]},
+                             success=gate.passed)
+            return RunSummary(out=out, run_info=info, rows_committed=rows_done, delta=written.location, gate=gate)
+        except (StopRequested, KeyboardInterrupt) as stop:
+            return _stopped_by_signal(stop, signals, committer, work, write_delta, console, out)
+
+
+# A run stopped by a signal writes its runs/ file only while it is this young, so that it exits
+# within the 30 s a scheduler gives (the next run's file lists these rows otherwise).
+DELTA_WITHIN_S = 20.0
+
+
+def _stopped_by_signal(stop: BaseException, signals: StopSignals, committer, work, write_delta, console: Console,
+                       out) -> RunSummary:
+    """SIGTERM or Ctrl-C: commit what is buffered, write this run's runs/ file when there is time,
+    and say what is left. SIGTERM returns a stopped summary (exit 75); Ctrl-C re-raises
+    KeyboardInterrupt (exit 130), as callers of annotate() have always seen it."""
+    interrupted = isinstance(stop, KeyboardInterrupt) or getattr(stop, "signum", None) == signal.SIGINT
+    written = DeltaWritten(None, [])
+    if committer is not None:
+        with signals.graceful():
+            committer.close()
+            if signals.seconds_since() < DELTA_WITHIN_S:
+                try:  # best effort: the next run's runs/ file lists these rows if this one cannot
+                    written = write_delta("interrupted" if interrupted else "stopped")
+                except Exception:
+                    pass
+    done, total = (committer.rows_done, committer.total_rows) if committer is not None else (0, 0)
+    if interrupted:
+        console.error(f"interrupted: {done} of {total} rows of this run are committed; "
+                      "rerun the same command to resume.")
+        raise KeyboardInterrupt
+    left = len(work.row_ids) - done if work is not None else 0
+    return RunSummary(out=out, stopped_early=True, stop_reason=signals.name or str(stop), rows_committed=done,
+                      rows_left=left, delta=written.location)
 
 
 def settings_fingerprint(settings: dict) -> str:
@@ -359,19 +432,26 @@ def budget_option(limited_by: str, config: Config) -> str:
     return f"--max-rows {config.max_rows}" if limited_by == "max_rows" else f"--max-hours {config.max_hours:g}"
 
 
+@dataclass(frozen=True)
+class DeltaWritten:
+    location: storage.Location | None  # None: no row completed since the last runs/ file
+    statuses: list[str]  # each of its rows' status, for the error gate
+
+
 def write_run_delta(sink: OutputDir, manifest: Manifest, work: Work, columns: dict[str, str], tasks: list[str],
-                    stamp: str, run: dict, after: Progress | None = None) -> storage.Location | None:
+                    stamp: str, run: dict, after: Progress | None = None) -> DeltaWritten:
     """OUT/runs/<stamp>.parquet: every row completed since the last runs/ file, with its
-    annotations (output/delta.py); None when there is none. after: OUT's progress now, if read."""
+    annotations (output/delta.py). after: OUT's progress now, if read."""
     after = after or sink.progress(work.sources)
     ids = delta.delta_ids(after.rows, delta.written_stamps(sink))
     rows = [r for r, item_id in enumerate(manifest.ids) if item_id in ids]
     if not rows:
-        return None
+        return DeltaWritten(None, [])
     subset = manifest.subset(rows)
     segments = current_segments(sink.segments(columns, work.sources, ids=subset.ids), subset)
     table = annotations_output(segments, subset, [work.planned[r] for r in rows], columns, tasks)
-    return delta.write(sink, stamp, table, {**run, "stamp": stamp, "rows": len(rows)})
+    where = delta.write(sink, stamp, table, {**run, "stamp": stamp, "rows": len(rows)})
+    return DeltaWritten(where, table.column("status").to_pylist())
 
 
 def parse_custom_task(text: str) -> CustomTask:
@@ -402,6 +482,8 @@ def annotate_from_args(args) -> int:
         "tasks": [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
         "max_rows": args.max_rows, "max_hours": args.max_hours, "max_wall_minutes": args.max_wall,
         "verify_content": True if args.verify_content else None,
+        "max_error_rate": args.max_error_rate,
+        "retry_errors": [r.strip() for r in args.retry_errors.split(",") if r.strip()] if args.retry_errors else None,
     }
     if args.custom_task:
         overrides["custom_tasks"] = [asdict(t) for t in config.custom_tasks] + \
@@ -422,6 +504,10 @@ def annotate_from_args(args) -> int:
                                    console=console)
             except KeyboardInterrupt:
                 return exit_codes.INTERRUPTED
+            except StopRequested as stop:  # a second signal while stopping: committed work is safe
+                console.error(f"stopped by a second {signal.Signals(stop.signum).name}; committed work is kept, "
+                              "rerun the same command to resume.")
+                return exit_codes.INTERRUPTED if stop.signum == signal.SIGINT else exit_codes.STOPPED_EARLY
             except UserError:
                 raise
             except Exception:
@@ -432,6 +518,10 @@ def annotate_from_args(args) -> int:
                                           summary.delta, summary.out, log.destination))
         elif not summary.already_complete:
             console.summary(summary_lines(summary.run_info, summary.out, log.destination, summary.delta))
+        if summary.gate is not None and not summary.gate.passed:
+            console.error(f"error gate: {summary.gate.describe()}; no _SUCCESS written, exit "
+                          f"{exit_codes.OVER_ERROR_THRESHOLD}. Look at the errors by reason; rows that failed "
+                          "transiently are retried by the next run, others with --retry-errors.")
     return summary.exit_code
 
 

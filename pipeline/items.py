@@ -35,7 +35,10 @@ class Batch:
     """Items dispatched together to one worker (a unit of dispatch and retry, not a model shape)."""
 
     items: tuple[Item, ...]
-    attempt: int = 0  # how many times this exact batch already failed
+    attempt: int = 0  # how many times this exact batch already failed on its own
+    # Run on a worker holding nothing else: it failed beside other batches, so whether it is the
+    # one at fault is known only when it runs alone (run/retry.py).
+    alone: bool = False
 
     @property
     def batch_id(self) -> str:

@@ -73,6 +73,9 @@ def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest
             "retries": report.retries,
             "splits": report.splits,
             "worker_replacements": report.worker_replacements,
+            "transient_retries": report.transient_retries,
+            "timeouts": report.timeouts,
+            "workers_given_up": report.workers_given_up,
         },
         "padding_efficiency": {
             "frames": _ratio(stats["valid_frames"], stats["computed_frames"]),

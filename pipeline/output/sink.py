@@ -38,7 +38,8 @@ results of audio that changed since, so those rows are planned and committed aga
 still has several current results, a lasting one wins over transient ones, then the latest run.
 Parts written before provenance existed read with nulls there and count as current.
 
-The driver is the only writer; two runs at once on one OUT are not supported.
+The driver is the only writer, and one run at a time holds OUT (output/lock.py): every commit
+first checks, through `guard`, that this run still owns it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import json
 import re
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -156,8 +157,11 @@ class Progress:
 
 
 class OutputDir:
-    def __init__(self, path: Location | str):
+    def __init__(self, path: Location | str, guard: Callable[[], None] | None = None):
+        """guard: called before every write that commits or presents results (output/lock.py's
+        check: a run that lost its lock on OUT must not write beside the new owner)."""
         self.path = storage.location(path)
+        self.guard = guard or (lambda: None)
         self.parts = self.path / "parts"
         self.commits = self.path / "commits"
         self.runs = self.path / "runs"
@@ -254,9 +258,10 @@ class OutputDir:
         fs, _ = storage.filesystem(self.parts)
         return ds.dataset([storage.filesystem(p)[1] for p in parts], schema=schema, filesystem=fs, format="parquet")
 
-    def progress(self, current: CurrentSources | None = None) -> Progress:
+    def progress(self, current: CurrentSources | None = None, retry_errors: Collection[str] = ()) -> Progress:
         """Committed keys, finished ids and changed ids for these sources (None: every result is
-        current). Transient failures do not count as committed: the next run tries those keys again."""
+        current). Transient failures do not count as committed: the next run tries those keys again;
+        nor do errors whose reason is in retry_errors (--retry-errors): this run tries them again."""
         schema = segment_schema({})
         dataset = self._dataset(pa.schema([schema.field(name) for name in _STATE_COLUMNS]))
         table = dataset.to_table() if dataset is not None else _empty_state()
@@ -266,7 +271,8 @@ class OutputDir:
             changed = {i for i, k in zip(table.column("id").to_pylist(), keep) if not k}
             table = table.filter(pa.array(keep, pa.bool_()))
         table = _one_per_key(table)
-        lasting = table.filter(pa.array([e not in TRANSIENT for e in table.column("error").to_pylist()], pa.bool_()))
+        lasting = table.filter(pa.array([e not in TRANSIENT and e not in retry_errors
+                                         for e in table.column("error").to_pylist()], pa.bool_()))
         keys = set(lasting.column("key").to_pylist())
         ids = lasting.column("id").to_pylist()
         counts = Counter(ids)
@@ -287,6 +293,7 @@ class OutputDir:
 
     def commit(self, results: list[ItemResult], columns: dict[str, str], stats: dict | None) -> Location:
         """Write one part, then its commit record (the commit); returns the part's location."""
+        self.guard()
         if self._keys is None:
             self.committed()
         keys = sorted(r.item.key for r in results)
@@ -334,11 +341,16 @@ class OutputDir:
         with ThreadPoolExecutor(_READERS) as pool:  # one footer read each: in parallel on object stores
             yield from (found for found in pool.map(stats, self.committed_parts()) if found is not None)
 
-    def write_final(self, annotations: pa.Table, segments: pa.Table, run_info: dict, marker: dict) -> None:
+    def write_final(self, annotations: pa.Table, segments: pa.Table, run_info: dict, marker: dict,
+                    success: bool = True) -> None:
+        """The final tables and run.json, then _SUCCESS unless told not to (the error gate failed)."""
+        self.guard()
         transient = sum(e in TRANSIENT for e in segments.column("error").to_pylist())
         atomic_write_table(self.path / "segments.parquet", segments)
         atomic_write_table(self.path / "annotations.parquet", annotations)
         atomic_write_bytes(self.path / "run.json", json.dumps(run_info, indent=2, sort_keys=True, default=str).encode())
+        if not success:
+            return
         # Last: the marker says everything above is complete and consistent.
         atomic_write_bytes(self.path / SUCCESS, json.dumps({**marker, "transient_failures": transient},
                                                            sort_keys=True).encode())
