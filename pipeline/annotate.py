@@ -31,6 +31,7 @@ from pipeline.output.tables import annotations_output, current_segments, output_
 from pipeline.config import Config, ConfigError, CustomTask, load
 from pipeline.errors import UserError
 from pipeline.items import Item, ItemResult
+from pipeline.intake.durations import DECODED, HEADER, DurationCache, Entry
 from pipeline.intake.manifest import Manifest
 from pipeline.intake.manifests import default_out_name, read_manifests
 from pipeline.intake.sources import CurrentSources, read_sources
@@ -93,18 +94,23 @@ def resolve_paths(manifest: Manifest, config: Config) -> list:
     return [audio.resolve_path(path, base, audio_root) for path, base in zip(manifest.paths, manifest.base_dirs)]
 
 
-def intake(manifest: Manifest, config: Config, done_ids: set[str], resolved: list) -> tuple[list[Item], list[ItemResult], list]:
-    """Find durations (manifest first, else file headers) for every row not already fully
-    committed (done_ids: a resume reads no header twice); rows that fail here become error results
-    straight away, everything else is planned into items. resolved: resolve_paths(manifest).
-    -> (items, error results, each row's planned duration or None)."""
-    # A non-positive duration_s is unknown, not an instruction to decode nothing: the header decides.
-    durations = [d if d is not None and d > 0 else None for d in manifest.durations]
+def intake(manifest: Manifest, config: Config, done_ids: set[str], resolved: list, planned: list,
+           sources: CurrentSources) -> tuple[list[Item], list[ItemResult], list, list[Entry]]:
+    """Find durations for every row not already fully committed (done_ids: a resume reads no header
+    twice): planned holds what is known without reading (the manifest's duration_s, OUT's duration
+    cache), file headers give the rest. Rows that fail here become error results straight away,
+    everything else is planned into items. resolved: resolve_paths(manifest).
+    -> (items, error results, each row's planned duration or None, the durations read from headers)."""
+    durations = list(planned)
     rows = [r for r, item_id in enumerate(manifest.ids) if item_id not in done_ids]
     to_probe = [r for r in rows if durations[r] is None and not isinstance(resolved[r], Failure)]
-    with ThreadPoolExecutor(PROBE_THREADS) as pool:
-        for row, info in zip(to_probe, pool.map(lambda r: audio.probe(resolved[r]), to_probe)):
-            durations[row] = info if isinstance(info, Failure) else info.duration_s
+    probed: list[Entry] = []
+    for row, info in zip(to_probe, parallel_map(lambda r: audio.probe(resolved[r]), to_probe, PROBE_THREADS)):
+        durations[row] = info if isinstance(info, Failure) else info.duration_s
+        version = sources.by_id[manifest.ids[row]].version
+        if not isinstance(info, Failure) and version is not None:
+            probed.append(Entry(str(resolved[row]), version, info.duration_s, HEADER))
+            sources.planned[manifest.ids[row]] = info.duration_s
     good, failed = [], []
     for row in rows:
         path, duration = resolved[row], durations[row]
@@ -113,11 +119,23 @@ def intake(manifest: Manifest, config: Config, done_ids: set[str], resolved: lis
             good.append(row)
             continue
         durations[row] = None
-        item = Item(row, manifest.ids[row], str(manifest.paths[row]), 0, 1, 0.0, 0.0)
+        # planned_s 0: no plan. A later run that can read the file plans it anew, and its results
+        # supersede this one (sink: one plan per id), however many segments it finds.
+        item = Item(row, manifest.ids[row], str(manifest.paths[row]), 0, 1, 0.0, 0.0, planned_s=0.0)
         failed.append(failure_result(item, problem))
     items = plan_items(good, [manifest.ids[r] for r in good], [str(resolved[r]) for r in good],
                        [durations[r] for r in good], config.segment_search_s)
-    return items, failed, durations
+    return items, failed, durations, probed
+
+
+def parallel_map(function, values: list, threads: int) -> list:
+    """function over values in a thread pool; on any exception (a signal's StopRequested included)
+    the calls not started yet are dropped instead of all being waited for."""
+    pool = ThreadPoolExecutor(threads)
+    try:
+        return list(pool.map(function, values))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 @dataclass
@@ -132,6 +150,9 @@ class Work:
     planned: list  # each row's planned duration (None where unknown)
     chosen: list[Item]  # what this run dispatches: todo within the work budgets
     limited_by: str | None  # the budget that left rows for later runs, if any
+    durations: DurationCache  # OUT's duration cache, loaded for this manifest's files
+    probed: list[Entry]  # durations this planning read from headers (annotate records them)
+    resolved: list  # each row's location, or the Failure that says why it has none
 
     @property
     def row_ids(self) -> set[str]:
@@ -145,17 +166,57 @@ def plan_work(manifest: Manifest, config: Config, sink: OutputDir, discarded: bo
     resolved = resolve_paths(manifest, config)
     current = CurrentSources(manifest.ids, read_sources(manifest.paths, manifest.durations, resolved,
                                                         config.verify_content), config.verify_content)
+    cache = DurationCache(sink.durations)
+    if not discarded:
+        cache.load({(str(where), current.by_id[i].version) for where, i in zip(resolved, manifest.ids)
+                    if not isinstance(where, Failure) and current.by_id[i].version is not None})
+    planned = [None if isinstance(where, Failure) else cache.planned(str(where), current.by_id[i].version, d)
+               for where, i, d in zip(resolved, manifest.ids, manifest.durations)]
+    current.planned.update((i, p) for i, p in zip(manifest.ids, planned) if p is not None)
     progress = Progress.nothing() if discarded else sink.progress(current, retry_errors(config))
-    items, failures, planned = intake(manifest, config, progress.done_ids, resolved)
+    items, failures, planned, probed = intake(manifest, config, progress.done_ids, resolved, planned, current)
     todo = [i for i in items if i.key not in progress.keys]
     max_audio_s = config.max_hours * 3600 if config.max_hours is not None else None
     chosen, limited_by = within_budget(todo, config.max_rows, max_audio_s)
     return Work(current, progress, items, todo, [r for r in failures if r.item.key not in progress.keys],
-                planned, chosen, limited_by)
+                planned, chosen, limited_by, cache, probed, resolved)
+
+
+class Replanner:
+    """Rows whose file decodes longer than planned (a wrong duration_s, a header that
+    underestimates) are planned again from the decoded length within the run, and annotated whole:
+    nothing is silently cut. The decoded length goes to OUT's duration cache before any result of
+    the new plan, so a resumed run plans the row the same way; results of the old plan stop
+    counting (sink: one plan per row). A row planned again whose file is still longer (it changes
+    while it is read) keeps its duration_mismatch error."""
+
+    def __init__(self, work: Work, sink: OutputDir, manifest: Manifest, config: Config):
+        self.work, self.sink, self.config = work, sink, config
+        self.rows = {item_id: row for row, item_id in enumerate(manifest.ids)}
+        self.replanned: dict[str, float] = {}  # id -> the duration it was planned again from
+
+    def stale(self, result: ItemResult) -> bool:
+        """A result of an older plan of a row planned again in this run (still in flight then)."""
+        plan = self.replanned.get(result.item.id)
+        return plan is not None and result.item.planned_s != plan
+
+    def replan(self, result: ItemResult) -> list[Item] | None:
+        item = result.item
+        if result.measured_s is None or item.id in self.replanned:
+            return None
+        row, seconds = self.rows[item.id], result.measured_s
+        version = self.work.sources.by_id[item.id].version
+        self.work.durations.add([Entry(item.path, version, seconds, DECODED)])
+        self.replanned[item.id] = seconds
+        self.work.sources.planned[item.id] = seconds
+        self.work.planned[row] = seconds
+        self.sink.forget(item.id)
+        return plan_items([row], [item.id], [item.path], [seconds], self.config.segment_search_s)
 
 
 class Committer:
-    """Buffers results and commits them as parts; also drives the progress bar.
+    """Buffers results and commits them as parts; also drives the progress bar. Returns, for the
+    runner to dispatch, the batches of rows planned again (Replanner).
 
     The bar counts audio in whole milliseconds, each item rounded once: its total is then exactly
     the sum of its updates, so it never passes 100% (float sums taken in another order did, which
@@ -163,8 +224,9 @@ class Committer:
     """
 
     def __init__(self, sink: OutputDir, columns, items: list[Item], console: Console, commit_items: int,
-                 commit_seconds: float):
+                 commit_seconds: float, replanner: Replanner | None = None, batching: tuple[float, int] = (120.0, 64)):
         self.sink, self.columns = sink, columns
+        self.replanner, self.batching = replanner, batching
         self.bar = console.progress_bar(sum(audio_ms(i) for i in items))
         # Until the first results: loading the model and compiling can take minutes.
         self.bar.set_postfix_str("starting workers")
@@ -178,7 +240,8 @@ class Committer:
         self.rows_with_errors: set[str] = set()
         self.audio_ms_done = 0  # this invocation's audio with a result (its throughput)
 
-    def __call__(self, results: list[ItemResult], stats: dict | None) -> None:
+    def __call__(self, results: list[ItemResult], stats: dict | None) -> list | None:
+        results, again = self._replanned(results)
         self.buffer.extend(results)
         if stats is not None:
             self.stats = stats if self.stats is None else {k: self.stats[k] + stats[k] for k in stats}
@@ -195,6 +258,26 @@ class Committer:
         self.bar.update(done_ms)
         if len(self.buffer) >= self.commit_items or time.monotonic() - self.last_flush > self.commit_seconds:
             self.flush()
+        return plan_batches(again, *self.batching) if again else None
+
+    def _replanned(self, results: list[ItemResult]) -> tuple[list[ItemResult], list[Item]]:
+        """Drop results of rows planned again; plan again the rows found longer than planned."""
+        if self.replanner is None:
+            return results, []
+        kept, again = [], []
+        for r in results:
+            if self.replanner.stale(r):
+                continue
+            items = self.replanner.replan(r) if r.error == Reason.DURATION_MISMATCH else None
+            if items is None:
+                kept.append(r)
+                continue
+            self.buffer = [b for b in self.buffer if b.item.id != r.item.id]
+            kept = [k for k in kept if k.item.id != r.item.id]
+            self.items_left[r.item.id] = len(items)
+            self.bar.total += sum(audio_ms(i) for i in items)
+            again += items
+        return kept, again
 
     def flush(self) -> None:
         if self.buffer:
@@ -317,6 +400,7 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
                 console.summary([f"{out} is already complete for this manifest and settings; nothing to do."])
                 return RunSummary(out=out, already_complete=True)
 
+            work.durations.add(work.probed)  # read once: later runs plan these rows without reading again
             stamp = delta.run_stamp(started, delta.written_stamps(sink) | set(work.progress.rows.column("run").to_pylist()))
             sink.record_provenance(Provenance(stamp, work.sources.by_id))
             todo_audio_s = sum(i.end_s - i.start_s for i in todo)
@@ -341,7 +425,8 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
 
             with signals.graceful():  # a signal here stops dispatch; what finished is committed below
                 committer = Committer(sink, columns, todo + [r.item for r in new_failures], console,
-                                      config.commit_items, config.commit_seconds)
+                                      config.commit_items, config.commit_seconds,
+                                      Replanner(work, sink, manifest, config), (config.batch_audio_s, config.batch_items))
                 if new_failures:
                     committer(new_failures, None)
                 if batches and past_deadline():  # intake alone used the window: no workers at all

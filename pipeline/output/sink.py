@@ -88,7 +88,9 @@ def column_type(kind: str) -> pa.DataType:
 
 
 RUN_FIELD = pa.field("run", pa.string())
-PROVENANCE_FIELDS = (RUN_FIELD, *SOURCE_FIELDS)
+# The row's duration the result's plan was made from (Item.planned_s): one plan per row counts.
+PLANNED_FIELD = pa.field("planned_s", pa.float64())
+PROVENANCE_FIELDS = (RUN_FIELD, PLANNED_FIELD, *SOURCE_FIELDS)
 PROVENANCE_COLUMNS = tuple(f.name for f in PROVENANCE_FIELDS)
 # What resume, relabelling and deltas read from every part (not the annotations).
 _STATE_COLUMNS = ("key", "id", "segment", "n_segments", "status", "error", *PROVENANCE_COLUMNS)
@@ -129,6 +131,7 @@ def results_table(results: list[ItemResult], columns: dict[str, str], stats: dic
         }
         for name in columns:
             row[name] = r.parsed.get(name)
+        row["planned_s"] = r.item.planned_s
         if provenance is not None:
             row["run"] = provenance.run
             source = provenance.sources.get(r.item.id)
@@ -165,6 +168,7 @@ class OutputDir:
         self.parts = self.path / "parts"
         self.commits = self.path / "commits"
         self.runs = self.path / "runs"
+        self.durations = self.path / "durations"  # intake/durations.py
         self._keys: set[str] | None = None  # keys with a lasting committed result, once read
         self.provenance: Provenance | None = None  # recorded with every commit (see record_provenance)
 
@@ -188,7 +192,7 @@ class OutputDir:
                 {"fingerprint": fingerprint, "settings": settings}, indent=2, sort_keys=True).encode())
 
     def _sweep(self) -> None:
-        for folder in (self.path, self.parts, self.commits, self.runs):
+        for folder in (self.path, self.parts, self.commits, self.runs, self.durations):
             for name in storage.list_names(folder):
                 if name.startswith(".tmp-"):
                     storage.delete(folder / name)
@@ -270,7 +274,7 @@ class OutputDir:
             keep = current.mask(table)
             changed = {i for i, k in zip(table.column("id").to_pylist(), keep) if not k}
             table = table.filter(pa.array(keep, pa.bool_()))
-        table = _one_per_key(table)
+        table = _one_per_key(_one_plan_per_id(table, current.planned if current is not None else {}))
         lasting = table.filter(pa.array([e not in TRANSIENT and e not in retry_errors
                                          for e in table.column("error").to_pylist()], pa.bool_()))
         keys = set(lasting.column("key").to_pylist())
@@ -284,6 +288,12 @@ class OutputDir:
         """-> (committed keys, ids whose every segment is committed), from one read of the parts."""
         found = self.progress(current)
         return found.keys, found.done_ids
+
+    def forget(self, item_id: str) -> None:
+        """This row is planned again within the run (its file is longer than planned): its results
+        so far belong to the old plan, and its keys may be committed again."""
+        if self._keys is not None:
+            self._keys = {k for k in self._keys if k.rpartition("#")[0] != item_id}
 
     def record_provenance(self, provenance: Provenance) -> None:
         """Every commit from now on records this run and these sources with its results."""
@@ -329,6 +339,7 @@ class OutputDir:
         table = dataset.to_table(filter=wanted)
         if current is not None and table.num_rows:
             table = table.filter(pa.array(current.mask(table), pa.bool_()))
+        table = _one_plan_per_id(table, current.planned if current is not None else {})
         return _one_per_key(table).sort_by([("row", "ascending"), ("segment", "ascending")])
 
     def part_stats(self) -> Iterable[dict]:
@@ -354,6 +365,30 @@ class OutputDir:
         # Last: the marker says everything above is complete and consistent.
         atomic_write_bytes(self.path / SUCCESS, json.dumps({**marker, "transient_failures": transient},
                                                            sort_keys=True).encode())
+
+
+def _one_plan_per_id(table: pa.Table, planned: Mapping[str, float]) -> pa.Table:
+    """The results of one plan per id. A row's plan is its planned duration (planned_s), which
+    decides how many segments it has and where: results planned from another duration (an intake
+    failure, 0, that a later run could read; a file re-planned from its decoded length) would mix
+    segment numbers of two plans. Where the row's plan now is known (planned: the manifest's
+    duration_s, OUT's duration cache, a header read this run), its results count; elsewhere the
+    plan of its best result (lasting over transient, then the latest run, then the longer plan).
+    Results from before plans were recorded (null) count with any plan."""
+    if not table.num_rows:
+        return table
+    ids, plans = table.column("id").to_pylist(), table.column("planned_s").to_pylist()
+    if all(p is None for p in plans):
+        return table
+    errors, runs = table.column("error").to_pylist(), table.column("run").to_pylist()
+    best: dict[str, tuple] = {}
+    for item_id, plan, error, run in zip(ids, plans, errors, runs):
+        if plan is not None and item_id not in planned:
+            rank = (error not in TRANSIENT, run or "", plan)
+            best[item_id] = max(best.get(item_id, rank), rank)
+    keep = [index for index, (item_id, plan) in enumerate(zip(ids, plans))
+            if plan is None or plan == planned.get(item_id, best.get(item_id, (None, None, None))[2])]
+    return table if len(keep) == len(ids) else table.take(keep)
 
 
 def _one_per_key(table: pa.Table) -> pa.Table:

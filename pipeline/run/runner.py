@@ -13,7 +13,9 @@ Failures (README "Guarantees"):
   back-off. Which step failed is told apart: a decode task that crashed is decode_crashed, a model
   that raised model_error (out_of_memory when it ran out of memory), a worker process that died
   worker_lost (out_of_memory when Ray's memory monitor killed it).
-- a dead worker is replaced; its replacement holds one batch less after an out-of-memory death.
+- a dead worker is replaced; its replacement holds one batch less for a while (a death may be the
+  kernel's OOM killer, which Ray cannot tell from a crash), so does a worker whose model ran out
+  of memory.
   Replacements are bounded by deaths in a row without any item finishing (a poison item's final
   failure counts as finishing), so a poison item cannot use up the run's replacements, and a
   model that kills every worker ends the run instead of looping.
@@ -269,6 +271,7 @@ class _Worker:
     holds_alone: bool = False  # it runs a batch that must run alone: nothing else goes to it
     progress_at: float = 0.0  # when it last returned a batch, or began holding prepared work
     busy_s: float = 0.0  # seconds with prepared work since it last returned a batch (the watchdog's measure)
+    returned: int = 0  # batches returned since it started or last shrank
 
     @property
     def ready(self) -> bool:
@@ -328,7 +331,7 @@ class WorkerPool:
                 try:
                     info = ray.get(worker.ready_ref)
                 except ray.exceptions.RayError as exc:  # died while loading (OOM, a crash, its node gone)
-                    self.lost(worker, oom=_is_oom(exc))
+                    self.lost(worker)
                     continue
                 if info["error"]:
                     raise UserError(f"a worker could not load the model: {info['error']}")
@@ -338,11 +341,13 @@ class WorkerPool:
                 self.info.append(worker.info)
             elif now - worker.started_at > self.start_timeout_s:
                 self.given_up += 1
-                self.lost(worker)
+                self.lost(worker, died=False)
 
-    def lost(self, worker: _Worker, oom: bool = False) -> None:
-        """A worker died, was killed by the watchdog or never started: replace it while the budget
-        allows; after running out of memory, its replacement holds one batch less."""
+    def lost(self, worker: _Worker, died: bool = True) -> None:
+        """A worker died (died), or was killed by the watchdog or never started: replace it while
+        the budget allows. A worker that died unexpectedly may have been killed for memory (the
+        kernel's OOM killer leaves no trace Ray can report): its replacement holds one batch less,
+        and earns it back after GROW_AFTER batches (see grew)."""
         if worker not in self.workers:
             return  # already handled: its other calls in flight fail the same way
         self.workers.remove(worker)
@@ -350,15 +355,23 @@ class WorkerPool:
         self.deaths_in_a_row += 1
         if self.deaths_in_a_row <= self.max_deaths_in_a_row:
             self.replacements += 1
-            self._start(max(1, worker.slots - 1) if oom else worker.slots)
+            self._start(max(1, worker.slots - 1) if died else worker.slots)
         if not self.workers:
             raise RuntimeError(f"no model worker is left: {self.deaths_in_a_row} workers in a row died or could not be "
                                "started (in time) without any item finishing; see the Ray logs. Committed work is "
                                "kept: rerun the same command to resume.")
 
     def shrink(self, worker: _Worker) -> None:
-        """The model ran out of memory without dying: this worker holds one batch less from now on."""
+        """The model ran out of memory without dying: this worker holds one batch less for a while."""
         worker.slots = max(1, worker.slots - 1)
+        worker.returned = 0
+
+    def grew(self, worker: _Worker) -> None:
+        """A worker returned a batch: after GROW_AFTER in a row without trouble, one batch more
+        again, up to the configured count (memory pressure passes; a poison item is isolated)."""
+        worker.returned += 1
+        if worker.slots < self.slots and worker.returned % GROW_AFTER == 0:
+            worker.slots += 1
 
     def item_finished(self) -> None:
         self.deaths_in_a_row = 0
@@ -442,6 +455,7 @@ class _Flight:
         return sum(i.end_s - i.start_s for i in self.batch.items)
 
 
+GROW_AFTER = 16  # batches a shrunk worker returns before it holds one more again
 WAIT_S = 1.0  # the driver loop's longest sleep: stops, signals and the watchdog are checked this often
 
 
@@ -534,7 +548,7 @@ def execute(batches: list[Batch], spec: WorkerSpec, workers: int, use_npu: bool,
                 failed(flight, Reason.WORKER_LOST, _first_line(problem), alone=False, now=now)
         elif isinstance(exc, ray.exceptions.RayActorError):
             oom = _is_oom(exc)
-            pool.lost(flight.worker, oom)
+            pool.lost(flight.worker)
             failed(flight, Reason.OUT_OF_MEMORY if oom else Reason.WORKER_LOST, _first_line(exc), flight.alone, now)
         elif isinstance(exc, ray.exceptions.RayTaskError):  # the model raised: the engine fails all it holds
             oom = _is_oom(exc)
@@ -551,6 +565,7 @@ def execute(batches: list[Batch], spec: WorkerSpec, workers: int, use_npu: bool,
         worker = flight.worker
         watchdog.annotated(worker.busy_s, flight.audio_s)
         worker.busy_s, worker.progress_at = 0.0, now
+        pool.grew(worker)
         graphs[id(worker)] = compiled
         keep, again, delay = retry.on_results(results)
         if again is not None:
@@ -597,7 +612,7 @@ def execute(batches: list[Batch], spec: WorkerSpec, workers: int, use_npu: bool,
                     forget(ref, flight)
                     failed(flight, Reason.TIMED_OUT, f"its worker returned nothing for {stalled_for:.0f} s (expected "
                            f"at most {limit:.0f} s); the worker was replaced", flight.alone, now)
-                pool.lost(worker)
+                pool.lost(worker, died=False)
 
     try:
         while queue or flights or early:
