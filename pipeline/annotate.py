@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pipeline import exit_codes, storage
 from pipeline.intake import audio
-from pipeline.output.tables import annotations_output, current_segments, output_column_names, segments_output
+from pipeline.output.tables import annotations_output, current_segments, output_column_names
 from pipeline.config import Config, ConfigError, CustomTask, load
 from pipeline.errors import UserError
 from pipeline.items import Item, ItemResult
@@ -37,7 +37,7 @@ from pipeline.intake.manifests import default_out_name, read_manifests
 from pipeline.intake.sources import CurrentSources, read_sources
 from pipeline.plan import plan_batches, plan_items, within_budget
 from pipeline.reasons import Failure
-from pipeline.output import delta, error_gate
+from pipeline.output import delta, error_gate, final
 from pipeline.output.console import (TOP_REASONS, Console, budget_line, counts_text, start_line, stopped_lines,
                                      summary_lines)
 from pipeline.output.lock import OutLock
@@ -461,18 +461,16 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
             written = write_delta("finished", after)
             gate = error_gate.judge(written.statuses, config.max_error_rate)
 
-            segments = current_segments(sink.segments(columns, work.sources), manifest)
-            annotations = annotations_output(segments, manifest, work.planned, columns, list(plan.task_names))
+            totals = final.write_tables(sink, manifest, work.sources, work.planned, columns, list(plan.task_names))
             info = run_info.build(
                 plan=plan, config=config, settings=settings, fingerprint=fingerprint,
-                manifest_path=describe_sources(manifest_path), manifest_digest=digest, out=out,
-                annotations=annotations, segments=segments, part_stats=list(sink.part_stats()), report=report,
-                started=started, audio_s_this_run=todo_audio_s, items_this_run=len(todo) + len(new_failures),
+                manifest_path=describe_sources(manifest_path), manifest_digest=digest, out=out, totals=totals,
+                part_stats=list(sink.part_stats()), report=report, started=started,
+                audio_s_this_run=todo_audio_s, items_this_run=len(todo) + len(new_failures),
             )
             info["error_gate"] = gate.to_dict()
-            sink.write_final(annotations, segments_output(segments), info,
-                             {"manifest_digest": digest, "fingerprint": fingerprint, "finished": info["finished"]},
-                             success=gate.passed)
+            sink.write_summary(info, {"manifest_digest": digest, "fingerprint": fingerprint,
+                                      "finished": info["finished"]}, totals.transient_segments, success=gate.passed)
             return RunSummary(out=out, run_info=info, rows_committed=rows_done, delta=written.location, gate=gate)
         except (StopRequested, KeyboardInterrupt) as stop:
             return _stopped_by_signal(stop, signals, committer, work, write_delta, console, out)

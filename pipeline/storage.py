@@ -528,6 +528,45 @@ def write_table(where: Location, table: pa.Table, **options) -> None:
     _atomic(where, lambda tmp: pq.write_table(table, tmp, **options))
 
 
+@contextmanager
+def table_writer(where: Location, schema: pa.Schema, **options) -> Iterator[pq.ParquetWriter]:
+    """A Parquet file written piece by piece (writer.write_table, writer.write_batch), with
+    bounded memory, and presented only once complete: locally a temporary file beside the target,
+    fsynced and renamed; on an object store a local temporary file uploaded at the end (one
+    multipart upload, visible only when complete). Nothing is presented if the block raises."""
+    if isinstance(where, ObjectPath):
+        fd, tmp = tempfile.mkstemp(prefix="pipeline-upload-", suffix=".parquet")
+        os.close(fd)
+        try:
+            with pq.ParquetWriter(tmp, schema, **options) as writer:
+                yield writer
+
+            def upload():
+                with open(tmp, "rb") as source:
+                    out = _s3(current_settings()).open_output_stream(where.fs_path)
+                    shutil.copyfileobj(source, out, _MAX_BLOCK)
+                    out.close()
+
+            _call(upload, where, attempts=1)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return
+    where.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{where.name}-", dir=where.parent)
+    os.close(fd)
+    try:
+        with pq.ParquetWriter(tmp, schema, **options) as writer:
+            yield writer
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        _readable(tmp)
+        os.replace(tmp, where)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(where.parent)
+
+
 def _atomic(path: Path, write) -> None:
     """write(tmp_path) into a temporary file beside path, fsync it, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,7 @@ import json
 import re
 import secrets
 from collections import Counter
+from contextlib import contextmanager
 from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -274,7 +275,7 @@ class OutputDir:
             keep = current.mask(table)
             changed = {i for i, k in zip(table.column("id").to_pylist(), keep) if not k}
             table = table.filter(pa.array(keep, pa.bool_()))
-        table = _one_per_key(_one_plan_per_id(table, current.planned if current is not None else {}))
+        table = one_per_key(one_plan_per_id(table, current.planned if current is not None else {}))
         lasting = table.filter(pa.array([e not in TRANSIENT and e not in retry_errors
                                          for e in table.column("error").to_pylist()], pa.bool_()))
         keys = set(lasting.column("key").to_pylist())
@@ -339,8 +340,14 @@ class OutputDir:
         table = dataset.to_table(filter=wanted)
         if current is not None and table.num_rows:
             table = table.filter(pa.array(current.mask(table), pa.bool_()))
-        table = _one_plan_per_id(table, current.planned if current is not None else {})
-        return _one_per_key(table).sort_by([("row", "ascending"), ("segment", "ascending")])
+        table = one_plan_per_id(table, current.planned if current is not None else {})
+        return one_per_key(table).sort_by([("row", "ascending"), ("segment", "ascending")])
+
+    def batches(self, columns: dict[str, str]) -> Iterable[pa.RecordBatch]:
+        """Every committed result, batch by batch (memory bounded by a batch, not by OUT)."""
+        dataset = self._dataset(segment_schema(columns))
+        if dataset is not None:
+            yield from dataset.to_batches(batch_size=16_384)
 
     def part_stats(self) -> Iterable[dict]:
         fs, _ = storage.filesystem(self.parts)
@@ -352,22 +359,33 @@ class OutputDir:
         with ThreadPoolExecutor(_READERS) as pool:  # one footer read each: in parallel on object stores
             yield from (found for found in pool.map(stats, self.committed_parts()) if found is not None)
 
+    @contextmanager
+    def table_writer(self, name: str, schema: pa.Schema):
+        """A final table in OUT, written piece by piece and presented only when complete."""
+        self.guard()
+        with storage.table_writer(self.path / name, schema, compression="zstd") as writer:
+            yield writer
+
+    def write_summary(self, run_info: dict, marker: dict, transient_failures: int, success: bool = True) -> None:
+        """run.json, then _SUCCESS unless told not to (the error gate failed). Called after the final
+        tables are written: the marker says everything is complete and consistent."""
+        self.guard()
+        atomic_write_bytes(self.path / "run.json", json.dumps(run_info, indent=2, sort_keys=True, default=str).encode())
+        if success:
+            atomic_write_bytes(self.path / SUCCESS, json.dumps({**marker, "transient_failures": transient_failures},
+                                                               sort_keys=True).encode())
+
     def write_final(self, annotations: pa.Table, segments: pa.Table, run_info: dict, marker: dict,
                     success: bool = True) -> None:
-        """The final tables and run.json, then _SUCCESS unless told not to (the error gate failed)."""
-        self.guard()
-        transient = sum(e in TRANSIENT for e in segments.column("error").to_pylist())
-        atomic_write_table(self.path / "segments.parquet", segments)
-        atomic_write_table(self.path / "annotations.parquet", annotations)
-        atomic_write_bytes(self.path / "run.json", json.dumps(run_info, indent=2, sort_keys=True, default=str).encode())
-        if not success:
-            return
-        # Last: the marker says everything above is complete and consistent.
-        atomic_write_bytes(self.path / SUCCESS, json.dumps({**marker, "transient_failures": transient},
-                                                           sort_keys=True).encode())
+        """Whole final tables at once (small outputs); annotate streams them (output/final.py)."""
+        for name, table in (("segments.parquet", segments), ("annotations.parquet", annotations)):
+            with self.table_writer(name, table.schema) as writer:
+                writer.write_table(table)
+        self.write_summary(run_info, marker, sum(e in TRANSIENT for e in segments.column("error").to_pylist()),
+                           success)
 
 
-def _one_plan_per_id(table: pa.Table, planned: Mapping[str, float]) -> pa.Table:
+def one_plan_per_id(table: pa.Table, planned: Mapping[str, float]) -> pa.Table:
     """The results of one plan per id. A row's plan is its planned duration (planned_s), which
     decides how many segments it has and where: results planned from another duration (an intake
     failure, 0, that a later run could read; a file re-planned from its decoded length) would mix
@@ -391,7 +409,7 @@ def _one_plan_per_id(table: pa.Table, planned: Mapping[str, float]) -> pa.Table:
     return table if len(keep) == len(ids) else table.take(keep)
 
 
-def _one_per_key(table: pa.Table) -> pa.Table:
+def one_per_key(table: pa.Table) -> pa.Table:
     """One row per key where a key has several results: a lasting result wins over transient ones
     (a retried storage_unavailable), then the latest run's; a key with only transient results
     keeps one. Two lasting results of one run are left for the caller's consistency check

@@ -307,9 +307,20 @@ class WorkerPool:
         self.given_up = 0
         self.workers: list[_Worker] = []
         self.info: list[dict] = []  # every worker that became ready, for run.json
+        self.first_ready_at: float | None = None
         # Started, not waited for: the caller decodes the first batches while the workers load.
         for _ in range(count):
             self._start(self.slots)
+        self.initial = list(self.workers)
+
+    def started(self, now: float) -> bool:
+        """Whether work may be dispatched: once every first worker is ready (they load side by side
+        and are ready at about the same time; the first one alone would take every batch of a small
+        run), or START_GRACE_S after the first one was, when another one is slow or cannot start."""
+        if self.initial and any(not w.ready and w in self.workers for w in self.initial):
+            return self.first_ready_at is not None and now - self.first_ready_at > START_GRACE_S
+        self.initial = []
+        return True
 
     def _start(self, slots: int) -> None:
         actor = self.actor_class.remote(self.spec)
@@ -337,6 +348,8 @@ class WorkerPool:
                     raise UserError(f"a worker could not load the model: {info['error']}")
                 worker.ready_ref = None
                 worker.progress_at = now
+                if self.first_ready_at is None:
+                    self.first_ready_at = now
                 worker.info = {**info, "actor_id": worker.actor._actor_id}
                 self.info.append(worker.info)
             elif now - worker.started_at > self.start_timeout_s:
@@ -395,6 +408,11 @@ class WorkerPool:
             info.update(usage.get(info.pop("actor_id", None), {}))
         for worker in self.workers:
             ray.kill(worker.actor, no_restart=True)
+        # ray.kill returns at once; wait (briefly) until they are gone, so that no process or
+        # resource of this run outlives it (the next run on this Ray finds every NPU free).
+        calls = [worker.actor.ready.remote() for worker in self.workers]
+        if calls:
+            ray.wait(calls, num_returns=len(calls), timeout=10)
         self.workers.clear()
 
 
@@ -456,6 +474,7 @@ class _Flight:
 
 
 GROW_AFTER = 16  # batches a shrunk worker returns before it holds one more again
+START_GRACE_S = 60.0  # after the first worker is ready, how long dispatch waits for the others
 WAIT_S = 1.0  # the driver loop's longest sleep: stops, signals and the watchdog are checked this often
 
 
@@ -495,6 +514,8 @@ def execute(batches: list[Batch], spec: WorkerSpec, workers: int, use_npu: bool,
 
     def dispatch(now: float) -> None:
         queue.release(now)
+        if not pool.started(now):
+            return
         ready = [w for w in pool.ready if not w.holds_alone]
         # A batch that must run alone needs an idle worker: when none is, the least loaded one
         # takes no new work until it is (or poison isolation would wait for the end of the run).
