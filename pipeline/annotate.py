@@ -21,7 +21,7 @@ import signal
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -578,7 +578,11 @@ def annotate_from_args(args) -> int:
 
         return dry_run(args.manifest, config, out=out, workers=args.workers, restart=args.restart,
                        console=Console(quiet=args.quiet, progress=False))
-    with LibraryLog(out / "logs", echo=args.verbose) as log:
+    with ExitStack() as stack:
+        try:
+            log = stack.enter_context(LibraryLog(out / "logs", echo=args.verbose))
+        except OSError as exc:  # a read-only or full OUT: say so, not a traceback
+            raise UserError(f"cannot write the run's log in {out / 'logs'}: {exc.strerror or exc}") from None
         console = Console(log.terminal_out, log.terminal_err, quiet=args.quiet, progress=not args.no_progress,
                           log=log.write_line)
         with console_logging(console):
@@ -591,6 +595,8 @@ def annotate_from_args(args) -> int:
                 console.error(f"stopped by a second {signal.Signals(stop.signum).name}; committed work is kept, "
                               "rerun the same command to resume.")
                 return exit_codes.INTERRUPTED if stop.signum == signal.SIGINT else exit_codes.STOPPED_EARLY
+            except storage.StorageError as exc:  # OUT (or the manifest) cannot be written or read
+                raise type(exc)(f"{exc}. Committed work is kept: fix this and rerun the same command to resume.") from None
             except UserError:
                 raise
             except Exception:

@@ -30,6 +30,7 @@ or the machine's instance role).
 from __future__ import annotations
 
 import atexit
+import errno
 import hashlib
 import io
 import os
@@ -551,37 +552,61 @@ def table_writer(where: Location, schema: pa.Schema, **options) -> Iterator[pq.P
         finally:
             Path(tmp).unlink(missing_ok=True)
         return
-    where.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{where.name}-", dir=where.parent)
-    os.close(fd)
-    try:
-        with pq.ParquetWriter(tmp, schema, **options) as writer:
-            yield writer
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        _readable(tmp)
-        os.replace(tmp, where)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(where.parent)
+    with _local_write(where):
+        where.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{where.name}-", dir=where.parent)
+        os.close(fd)
+        try:
+            with pq.ParquetWriter(tmp, schema, **options) as writer:
+                yield writer
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            _readable(tmp)
+            os.replace(tmp, where)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(where.parent)
 
 
 def _atomic(path: Path, write) -> None:
     """write(tmp_path) into a temporary file beside path, fsync it, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    os.close(fd)
+    with _local_write(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+        os.close(fd)
+        try:
+            write(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            _readable(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+
+class WriteFailed(StorageError):
+    """A local write failed (a full disk, a read-only or unwritable folder): nothing was presented
+    under the target's name; the message says which file and why."""
+
+
+_WRITE_HINTS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "no permission to write there",
+                errno.EPERM: "no permission to write there"}
+
+
+@contextmanager
+def _local_write(path: Path) -> Iterator[None]:
+    """Local write errors as WriteFailed (a UserError: the command prints it and exits 2)."""
     try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        _readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        yield
+    except StorageError:
         raise
-    _fsync_dir(path.parent)
+    except OSError as exc:
+        hint = _WRITE_HINTS.get(exc.errno)
+        raise WriteFailed(f"cannot write {path}: {exc.strerror or exc}" + (f" ({hint})" if hint else "")) from exc
 
 
 def _readable(tmp: str) -> None:

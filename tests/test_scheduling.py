@@ -24,6 +24,7 @@ def test_retries_then_splits_then_isolates():
     assert [h.items for h in halves] == [batch.items[:1], batch.items[1:]] and not failed
     assert all(h.attempt == 0 and h.alone for h in halves)
     retry, _ = policy.on_failure(halves[0], Reason.WORKER_LOST, "died")
+    retry, _ = policy.on_failure(retry[0], Reason.WORKER_LOST, "died")  # a death: one try more
     gone, failed = policy.on_failure(retry[0], Reason.WORKER_LOST, "died")
     assert not gone and len(failed) == 1
     result = failed[0]
@@ -53,11 +54,13 @@ def test_a_poison_item_costs_bounded_attempts_and_only_itself(size, poison, max_
     assert runs <= (max_attempts + 1) * (size.bit_length() + 1)
 
 
-def test_out_of_memory_halves_at_once_and_transient_items_are_retried_then_kept():
+def test_costly_failures_halve_at_once_and_transient_items_are_retried_then_kept():
     from pipeline.items import ItemResult
 
     policy = RetryPolicy(max_attempts=3, transient_attempts=2)
     halves, failed = policy.on_failure(Batch(items(4), alone=True), Reason.OUT_OF_MEMORY, "killed")
+    assert [len(h.items) for h in halves] == [2, 2] and not failed
+    halves, failed = policy.on_failure(Batch(items(4), alone=True), Reason.WORKER_LOST, "killed")
     assert [len(h.items) for h in halves] == [2, 2] and not failed
     flaky = ItemResult(items(1)[0], "error", error="read_error", error_detail="EIO")
     fine = ItemResult(items(2)[1], "ok")

@@ -6,11 +6,12 @@ stalled batch, a crashed decode task) are only evidence against a batch that ran
 serves the batches it holds together, and a model error or a crash fails all of them. So:
 - a batch that failed beside others is retried alone (on a worker holding nothing else), its
   attempts not counted: it may be innocent;
-- a batch that failed alone counts an attempt and is retried alone, up to max_attempts;
-- then it is halved, each half alone, until the item that breaks it stands alone; a lone item that
-  fails max_attempts times is a poison item and gets its error result. Every other item still runs.
-- after an out-of-memory failure a batch alone is halved at once: the same batch again would only
-  run out of memory again.
+- a batch that failed alone counts an attempt and is retried alone, up to max_attempts, then it is
+  halved, each half alone, until the item that breaks it stands alone; a batch whose failure cost
+  its worker (lost, out of memory, stalled) is halved at once: a restart is expensive, and the same
+  batch again would only run out of memory again;
+- a lone item that fails max_attempts times (one more when its worker died: deaths may come from
+  outside) is a poison item and gets its error result. Every other item still runs.
 Every item is therefore budgeted on its own (at most max_attempts failures alone at each halving
 level), whatever happens to the rest of the run; retried batches wait a back-off first.
 
@@ -30,6 +31,12 @@ from pipeline.run.worker import failure_result
 
 BACKOFF_S = 1.0  # before the first retry alone; doubles with each attempt
 MAX_BACKOFF_S = 60.0
+# Failures that cost a worker (a restart, and for a stall the whole timeout): a batch alone that
+# fails so is halved at once rather than tried again whole.
+COSTLY = frozenset({Reason.WORKER_LOST, Reason.OUT_OF_MEMORY, Reason.TIMED_OUT})
+# A worker's death may come from outside (a kill, memory taken by a neighbour, a node lost) even
+# when it ran one item alone: such an item gets one try more before it counts as poison.
+DEATHS = frozenset({Reason.WORKER_LOST, Reason.OUT_OF_MEMORY})
 
 
 class RetryPolicy:
@@ -51,15 +58,16 @@ class RetryPolicy:
         error results)."""
         if not alone:
             self.retries += 1
-            return [replace(batch, alone=True)], []
+            return [replace(batch, attempt=batch.attempt, alone=True)], []
         attempt = batch.attempt + 1
-        if reason == Reason.OUT_OF_MEMORY and len(batch.items) > 1:
-            return self._halves(batch), []
-        if attempt < self.max_attempts:
+        if len(batch.items) > 1:
+            if reason in COSTLY or attempt >= self.max_attempts:
+                return self._halves(batch), []
             self.retries += 1
             return [replace(batch, attempt=attempt, alone=True)], []
-        if len(batch.items) > 1:
-            return self._halves(batch), []
+        if attempt < self.max_attempts + (reason in DEATHS):
+            self.retries += 1
+            return [replace(batch, attempt=attempt, alone=True)], []
         item = batch.items[0]
         failure = Failure(reason, f"failed {attempt} time(s) on its own; last error: {detail}")
         return [], [failure_result(item, failure, item.start_s, item.end_s)]
