@@ -345,15 +345,20 @@ def annotate(manifest_path, config: Config, out: str | Path | None = None, worke
     check_passthrough(manifest, columns=annotation_columns(tasks))
     out = output_folder(manifest_path, out)
     # Before anything touches OUT (and before Ray starts): a second driver is refused in seconds.
-    with OutLock(out, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))) as lock:
+    with OutLock(out, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))) as lock, StopSignals() as signals:
         if lock.taken_over is not None:
             console.warning(f"took over the lock of a run that is gone ({lock.taken_over.describe(time.time())})")
-        return _annotate(manifest_path, manifest, config, out, tasks, workers, restart, model_factory, console,
-                         started, lock, read_faults)
+        try:
+            return _annotate(manifest_path, manifest, config, out, tasks, workers, restart, model_factory, console,
+                             started, lock, read_faults, signals)
+        except StopRequested as stop:  # before any work (Ray starting): nothing to commit
+            if stop.signum == signal.SIGINT:
+                raise KeyboardInterrupt from None
+            return RunSummary(out=out, stopped_early=True, stop_reason=signal.Signals(stop.signum).name)
 
 
 def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, workers, restart, model_factory,
-              console: Console, started: float, lock: OutLock, read_faults) -> RunSummary:
+              console: Console, started: float, lock: OutLock, read_faults, signals: StopSignals) -> RunSummary:
     from pipeline.model.model_plan import load_prompts, plan_model
     from pipeline.output import run_info
     from pipeline.run import runner
@@ -365,9 +370,9 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
     digest = manifest.digest
     worker_count = default_workers(config, workers)
 
-    # Tokenising the prompts needs no cluster: it runs while Ray starts (seconds each). The signal
-    # handlers come after Ray's start, which installs its own SIGTERM handler (exit at once).
-    with ThreadPoolExecutor(1) as background, runner.ray_session(worker_count), StopSignals() as signals:
+    # Tokenising the prompts needs no cluster: it runs while Ray starts (seconds each).
+    with ThreadPoolExecutor(1) as background, runner.ray_session(worker_count):
+        signals.install()  # again: Ray's start put its own SIGTERM handler (exit at once) in place
         checkpoint = background.submit(load_prompts, config, tasks)
         npus = runner.cluster_npus()
         device = config.device if config.device != "auto" else ("ascend" if npus else "cpu")

@@ -37,6 +37,7 @@ import itertools
 import math
 import os
 import resource
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -52,6 +53,7 @@ from pipeline.items import Batch, ItemResult
 from pipeline.model.runtime import log_environment
 from pipeline.reasons import Reason
 from pipeline.run.retry import RetryPolicy
+from pipeline.run.signals import StopRequested
 from pipeline.run.watchdog import Watchdog
 
 
@@ -196,15 +198,23 @@ def ray_session(workers: int):
         yield
         return
     runtime_env = {"env_vars": log_environment()}
-    if os.environ.get("RAY_ADDRESS"):
-        # Ship this package to the cluster's workers; its dependencies must be installed there.
-        runtime_env["py_modules"] = [str(Path(__file__).parents[1])]
-        ray.init(runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
-    else:
-        # Logical CPUs, not cores: one per model worker and as many again for prepare tasks (one
-        # CPU each, see _remote_prepare), so decoding always has room beside the models.
-        ray.init(num_cpus=max(os.cpu_count() or 1, 2 * workers), include_dashboard=False, logging_level="WARNING",
-                 log_to_driver=True, runtime_env=runtime_env)
+    try:
+        if os.environ.get("RAY_ADDRESS"):
+            # Ship this package to the cluster's workers; its dependencies must be installed there.
+            runtime_env["py_modules"] = [str(Path(__file__).parents[1])]
+            ray.init(runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
+        else:
+            # Logical CPUs, not cores: one per model worker and as many again for prepare tasks (one
+            # CPU each, see _remote_prepare), so decoding always has room beside the models.
+            ray.init(num_cpus=max(os.cpu_count() or 1, 2 * workers), include_dashboard=False,
+                     logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
+    except SystemExit as exc:
+        # ray.init installs a SIGTERM handler that exits at once; a SIGTERM while Ray starts comes
+        # out here. Nothing has run: stop like any stop request (exit 75), leaving nothing behind.
+        if exc.code != signal.SIGTERM:
+            raise
+        ray.shutdown()
+        raise StopRequested(signal.SIGTERM) from None
     try:
         yield
     finally:

@@ -2,7 +2,7 @@
 
 A preempting scheduler sends SIGTERM and kills the process a little later (Kubernetes waits 30 s,
 Slurm its KillWait); Ctrl-C sends SIGINT. Ray's own SIGTERM handler exits at once, losing the
-results not committed yet, so the run installs these handlers once Ray has started.
+results not committed yet, so the run installs these handlers, and again once Ray has started.
 
 The first signal asks the run to stop. Inside a graceful section (the dispatch loop and the
 commits after it) it only records the request: no more batches are dispatched, the batches in
@@ -50,6 +50,13 @@ class StopSignals:
             for signum in HANDLED:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
+
+    def install(self) -> None:
+        """Put the handlers back after a library replaced them (ray.init installs a SIGTERM handler
+        that exits at once); the previous handlers restored on exit stay those found on entry."""
+        if self._previous:
+            for signum in HANDLED:
+                signal.signal(signum, self._handle)
 
     def __exit__(self, *exc) -> None:
         for signum, handler in self._previous.items():
