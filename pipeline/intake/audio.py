@@ -153,8 +153,11 @@ def probe(path: Location | str) -> AudioInfo | Failure:
 
 
 def _or_otherwise(result, opened):
-    """ffmpeg's answer, or libsndfile's reason where ffmpeg was only a second opinion and failed too."""
-    return opened.otherwise if isinstance(opened, _TryFfmpeg) and isinstance(result, Failure) else result
+    """ffmpeg's answer, or libsndfile's reason where ffmpeg was only a second opinion and failed too
+    (except that ffmpeg naming a codec nobody decodes is the more precise answer)."""
+    if isinstance(opened, _TryFfmpeg) and isinstance(result, Failure) and result.reason != Reason.UNSUPPORTED_CODEC:
+        return opened.otherwise
+    return result
 
 
 def _probe_sndfile(f: sf.SoundFile, path: Location) -> AudioInfo | Failure:

@@ -60,6 +60,8 @@ def probe_ffmpeg(path: Path) -> AudioInfo | Failure:
     if not streams:
         return Failure(Reason.UNSUPPORTED_CODEC, f"{path.name} has no audio stream")
     stream = streams[0]
+    if stream.get("codec_name") in (None, "", "none", "unknown"):
+        return Failure(Reason.UNSUPPORTED_CODEC, f"{path.name} uses an audio codec ffmpeg does not know")
     rate, channels = int(stream.get("sample_rate") or 0), int(stream.get("channels") or 0)
     if rate <= 0:
         return Failure(Reason.CORRUPT_AUDIO, f"{path.name}: ffprobe finds no sample rate")
