@@ -50,3 +50,29 @@ def test_headers_are_read_once_across_resumes(ray_cluster, model_dir, tmp_path, 
     write_clip(tmp_path / "data" / "audio" / "h0.wav", 2.5)
     third = run(manifest, out, model_dir)
     assert probed == ["h0.wav"] and third.run_info["this_run"]["items"] == 1
+
+
+SWEEP_S = (0.01, 0.03, 0.1, 0.5, 1.0, 4.99, 5.01, 10.0, 15.0, 20.0, 29.9, 30.0, 30.01, 31.0, 45.0, 61.0)
+
+
+def test_a_duration_sweep_reaches_the_real_model_through_its_declared_shapes_only(ray_cluster, model_dir, tmp_path):
+    """10 ms to past 30 s (and a file twice as long as its manifest says), with the real tiny model:
+    every row ok, and the graphs MindSpore compiled are exactly the declared ones (an undeclared
+    input signature would compile another)."""
+    from pipeline.annotate import annotate
+    from tests.pipeline.conftest import fast_config
+
+    lengths = {f"d{i:02d}": seconds for i, seconds in enumerate(SWEEP_S)}
+    said = {"d00": 0.01, "d14": 22.0, "d05": 0.0}  # right; half the real length; unknown
+    manifest = write_clips(tmp_path / "data", lengths, said)
+    summary = annotate(manifest, fast_config(model_dir, manifest), out=tmp_path / "out", workers=1,
+                       progress=False)
+    by_id = {r["id"]: r for r in rows(tmp_path / "out")}
+    assert [by_id[i]["status"] for i in lengths] == ["ok"] * len(SWEEP_S)
+    for item_id, seconds in lengths.items():
+        assert by_id[item_id]["duration_s"] == pytest.approx(seconds, abs=0.011), item_id
+        assert by_id[item_id]["n_segments"] == (1 if seconds <= 30.0 else 2 if seconds <= 52 else 3), item_id
+    info = summary.run_info
+    declared = info["shape"]["graphs"]
+    assert len(declared) == info["this_run"]["graphs_declared_per_worker"] == 4
+    assert info["this_run"]["graphs_compiled"] == len(declared) * len(info["this_run"]["workers"])
