@@ -11,7 +11,8 @@ taken over, when
   (no such pid, or a pid reused by a process started at another time): a driver killed with
   SIGKILL is taken over by the next run at once;
 - or its heartbeat is older than STALE_AFTER_S (an owner on another machine, which we cannot see).
-After writing its lock a run waits SETTLE_S and reads it back: two runs that raced for a free
+A finished run removes its lock (on object stores it marks it released instead: a delete there
+makes pyarrow write a folder marker). After writing its lock a run waits SETTLE_S and reads it back: two runs that raced for a free
 (or stale) lock both wrote, one of them was last, and the other one sees that and gives up.
 
 Before each commit the sink checks the lock is still its own (check()): a run whose heartbeat
@@ -144,6 +145,8 @@ class OutLock:
             return Owner("?", 0, "?", "", 0.0)
         if not isinstance(data, dict):
             return Owner("?", 0, "?", "", 0.0)
+        if data.get("released"):
+            return None
         try:
             return Owner(**data)
         except TypeError:
@@ -231,6 +234,9 @@ class OutLock:
         try:
             current = self.read()
             if current is not None and current.token == self.owner.token:
-                storage.delete(self.where)
+                if self.local:
+                    storage.delete(self.where)
+                else:  # deleting an object makes pyarrow write a folder marker: one write instead
+                    storage.write_bytes(self.where, json.dumps({"released": True, "by": asdict(self.owner)}).encode())
         except OSError:
             pass  # stale now; the next run on this machine takes it over at once

@@ -81,7 +81,9 @@ def test_the_lock_on_object_storage(s3, monkeypatch):  # noqa: F811
         assert json.loads(s3.get(out / "_LOCK"))["token"] == held.owner.token
         with pytest.raises(OutLocked, match=f"pid {held.owner.pid}"):
             OutLock(out, "later", stale_after_s=300).acquire()
-    assert "_LOCK" not in s3.keys(out)
+    assert json.loads(s3.get(out / "_LOCK"))["released"]  # marked released (a delete would write a folder marker)
+    with OutLock(out, "again"):  # a released lock is free
+        pass
     # A lock of another machine whose heartbeat stopped long ago is taken over.
     s3.put(out / "_LOCK", json.dumps({"host": "elsewhere", "pid": 7, "started": "x", "token": "t",
                                       "heartbeat": time.time() - 3600}).encode())
