@@ -99,3 +99,28 @@ def test_ffmpeg_opens_audio_containers_only(tmp_path, name, text):
     path.write_text(text.format(secret=secret, neighbour="neighbour.aac"))
     for result in (decode(path), probe(path)):
         assert result.reason in (Reason.UNSUPPORTED_CODEC, Reason.CORRUPT_AUDIO), result
+
+
+def test_the_manifest_digest_is_of_the_bytes_that_were_read(tmp_path, monkeypatch):
+    """A manifest rewritten between its read and its hashing must not let _SUCCESS describe rows
+    that were never processed: the digest comes from the very bytes parsed."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.intake import manifest as manifest_module
+
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["a"], "audio": ["a.wav"]}), path)
+    read = path.read_bytes()
+    real = storage.read_bytes
+
+    def read_then_rewrite(where):
+        data = real(where)
+        pq.write_table(pa.table({"id": ["a", "b"], "audio": ["a.wav", "b.wav"]}), path)  # rewritten meanwhile
+        return data
+
+    monkeypatch.setattr(storage, "read_bytes", read_then_rewrite)
+    found = manifest_module.read_manifest(path)
+    assert found.ids == ["a"] and found.digest == hashlib.sha256(read).hexdigest()[:len(found.digest)]

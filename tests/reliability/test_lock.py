@@ -89,3 +89,19 @@ def test_the_lock_on_object_storage(s3, monkeypatch):  # noqa: F811
                                       "heartbeat": time.time() - 3600}).encode())
     with OutLock(out, "now") as held:
         assert held.taken_over.host == "elsewhere"
+
+
+def test_a_dry_run_says_when_out_is_in_use(clips, model_dir, tmp_path):
+    import io
+
+    from pipeline.dry_run import dry_run
+    from pipeline.output.console import Console
+    from tests.reliability.conftest import config
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "_LOCK").write_text(json.dumps({"host": "elsewhere", "pid": 42, "started": "2026-12-01T01:30:00Z",
+                                           "token": "t", "heartbeat": time.time()}))
+    shown = io.StringIO()
+    assert dry_run(clips, config(clips, model_dir), out=out, console=Console(shown, shown, progress=False)) == 0
+    assert "in use: another run holds" in shown.getvalue() and "host elsewhere, pid 42" in shown.getvalue()
