@@ -86,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
                           help="send at most H hours of audio to the model, then stop (exit 75)")
     annotate.add_argument("--max-wall", type=float, metavar="MINUTES",
                           help="stop dispatching MINUTES after the start; dispatched batches finish (exit 75)")
+    annotate.add_argument("--max-error-rate", type=float, metavar="FRACTION",
+                          help="error gate: when more than this share of the run's rows fail, write no _SUCCESS and "
+                               "exit 3 (default 0.5; job key max_error_rate)")
+    annotate.add_argument("--retry-errors", nargs="?", const="all", metavar="REASON,...",
+                          help="try committed error rows again (all of them, or only these reason codes, e.g. "
+                               "model_error,worker_lost); ok rows are not touched. Put it after MANIFEST, or write "
+                               "--retry-errors=REASONS")
     annotate.add_argument("--verify-content", action="store_true",
                           help="tell changed audio by a SHA-256 of its content, not its size and modification time "
                                "(reads every file each run)")

@@ -16,6 +16,7 @@ import yaml
 
 from pipeline import shapes
 from pipeline.errors import UserError
+from pipeline.reasons import parse_reasons
 
 
 class ConfigError(UserError, ValueError):
@@ -140,6 +141,28 @@ class Config:
     # which reads every file in full on every run.
     verify_content: bool = False
 
+    # --- reliability (README "Guarantees") ---
+    # The error gate: when more than this fraction of the rows an invocation completed failed
+    # (status error or partial), it writes what it would (tables and run.json when it finished)
+    # but no _SUCCESS, and exits 3. null: no gate. The default catches a run where almost nothing
+    # works (a wrong mount, a revoked credential), not a dataset's usual share of bad files.
+    max_error_rate: float | None = 0.5
+    # Committed error rows to try again on this run (ok rows are never touched): reason codes, or
+    # [all]. Usually given once on the command line (--retry-errors), not in a job file.
+    retry_errors: tuple[str, ...] = ()
+    # Tries within the run of an item that failed transiently (storage_unavailable, read_error),
+    # with back-off, before it is written as such (the next run tries it again).
+    transient_attempts: int = 3
+    # Watchdog: a batch is abandoned (its worker replaced, the batch retried alone) when it runs
+    # batch_timeout_factor times longer than this run's measured speed says it should, and never
+    # sooner than batch_timeout_min_s (also the expectation before any batch has finished).
+    batch_timeout_factor: float = 5.0
+    batch_timeout_min_s: float = 600.0
+    # A worker (a replacement too) not loaded and ready this long after it was started is given
+    # up: its node is gone, or the cluster has no room for it. The run goes on with the others, and
+    # stops with an error only when none is left.
+    worker_start_timeout_s: float = 1800.0
+
     def with_overrides(self, **overrides) -> Config:
         clean = {k: v for k, v in overrides.items() if v is not None}
         return from_mapping({**dataclasses.asdict(self), **clean}, source="command line")
@@ -221,6 +244,19 @@ def _check(config: Config, source: str) -> None:
                           f"({shapes.WINDOW_S / 3600:.4f} h; null: no limit)")
     if config.max_wall_minutes is not None and config.max_wall_minutes <= 0:
         raise ConfigError(f"{source}: 'max_wall_minutes' must be positive (null: no limit)")
+    if config.max_error_rate is not None and not 0 <= config.max_error_rate <= 1:
+        raise ConfigError(f"{source}: 'max_error_rate' must be between 0 and 1 (a fraction of rows; null: no gate)")
+    retry = set(config.retry_errors) - {"all"}
+    if retry:
+        try:
+            parse_reasons(",".join(retry))
+        except ValueError as exc:
+            raise ConfigError(f"{source}: 'retry_errors': {exc}") from None
+    if config.transient_attempts < 1:
+        raise ConfigError(f"{source}: 'transient_attempts' must be at least 1")
+    if config.batch_timeout_factor < 1 or config.batch_timeout_min_s <= 0 or config.worker_start_timeout_s <= 0:
+        raise ConfigError(f"{source}: 'batch_timeout_factor' must be at least 1, 'batch_timeout_min_s' and "
+                          "'worker_start_timeout_s' positive")
     if not config.tasks and not config.custom_tasks:
         raise ConfigError(f"{source}: no tasks to run")
     for task in config.custom_tasks:

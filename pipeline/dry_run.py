@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import time
 from collections import Counter, defaultdict
 
 from pipeline import exit_codes, storage
@@ -24,6 +25,7 @@ from pipeline.intake.manifest import Manifest
 from pipeline.intake.manifests import read_manifests
 from pipeline.output import delta
 from pipeline.output.console import Console, counts_text, duration_text
+from pipeline.output.lock import OutLock
 from pipeline.output.sink import OutputDir
 from pipeline.plan import plan_batches
 from pipeline.reasons import TRANSIENT
@@ -65,6 +67,10 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
     lines = ["dry run: nothing is written, no model is loaded",
              manifest_line(manifest, manifest_path),
              out_line(out, work, manifest, discarded)]
+    owner = OutLock(out, "").read()
+    if owner is not None:
+        lines.append(f"in use: another run holds {out} ({owner.describe(time.time())}); a run now would exit 2 "
+                     "unless that one is gone")
     if complete:
         lines.append("to do: nothing; the run would find OUT complete for this manifest and these settings")
     else:
@@ -96,7 +102,7 @@ def out_line(out, work: Work, manifest: Manifest, discarded: bool) -> str:
     counts = Counter(statuses.values())
     failed = counts["error"] + counts["partial"]
     return (f"output: {out}: {len(statuses)} rows done ({counts_text(counts)}); {failed} failed, "
-            f"{len(transient)} of them retryable (storage_unavailable: retried by this run)")
+            f"{len(transient)} of them retryable (storage_unavailable, read_error: retried by this run)")
 
 
 def row_statuses(work: Work, ids: set[str]) -> tuple[dict[str, str], set[str]]:

@@ -23,6 +23,10 @@ class Item:
     # radius toward a pause, and are decided from the audio when it is decoded.
     start_s: float
     end_s: float
+    # The row's duration its plan was made from (the file's length for every segment of it); 0 for
+    # a row that could not be planned, None for items from before this was recorded. Results of
+    # one row count only when they come from one plan (output/sink.py).
+    planned_s: float | None = None
 
     @property
     def key(self) -> str:
@@ -35,7 +39,10 @@ class Batch:
     """Items dispatched together to one worker (a unit of dispatch and retry, not a model shape)."""
 
     items: tuple[Item, ...]
-    attempt: int = 0  # how many times this exact batch already failed
+    attempt: int = 0  # how many times this exact batch already failed on its own
+    # Run on a worker holding nothing else: it failed beside other batches, so whether it is the
+    # one at fault is known only when it runs alone (run/retry.py).
+    alone: bool = False
 
     @property
     def batch_id(self) -> str:
@@ -60,3 +67,6 @@ class ItemResult:
     # Parsed outputs keyed by output column (caption, events, transcript, language, moderation,
     # custom task names): a string or a list of strings.
     parsed: dict[str, object] = field(default_factory=dict)
+    # With duration_mismatch: the file's length as decoded, longer than its plan allows (the driver
+    # plans the row again from it instead of committing this result).
+    measured_s: float | None = None

@@ -119,13 +119,13 @@ def _plan_rows(manifest_rows, search_s: float) -> list[Item]:
             raise ValueError(f"id {item_id!r} appears more than once in the manifest")
         seen.add(item_id)
         if not (duration > 0 and math.isfinite(duration)):  # NaN fails the comparison too
-            items.append(Item(row, item_id, path, 0, 1, 0.0, 0.0))
+            items.append(Item(row, item_id, path, 0, 1, 0.0, 0.0, 0.0))
         elif _fits_window(duration):
-            items.append(Item(row, item_id, path, 0, 1, 0.0, duration))
+            items.append(Item(row, item_id, path, 0, 1, 0.0, duration, duration))
         else:
             windows = _long_windows(duration, search_s)
             for segment, (start, end) in enumerate(windows):
-                items.append(Item(row, item_id, path, segment, len(windows), start, end))
+                items.append(Item(row, item_id, path, segment, len(windows), start, end, duration))
     return items
 
 

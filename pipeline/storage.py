@@ -30,6 +30,7 @@ or the machine's instance role).
 from __future__ import annotations
 
 import atexit
+import errno
 import hashlib
 import io
 import os
@@ -428,12 +429,60 @@ class ObjectFile(io.RawIOBase):
         super().close()
 
 
+class QuietLocalFile(io.RawIOBase):
+    """A local file whose failed reads (EIO, ESTALE...) are kept in .error and read as the end of
+    the file, for readers in C that cannot receive a Python exception (see ObjectFile)."""
+
+    def __init__(self, where: Path):
+        self.error = None
+        self._file = open(where, "rb", buffering=0)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._file.seek(offset, whence)
+
+    def readinto(self, buffer) -> int:
+        if self.error is not None:
+            return 0
+        try:
+            return self._file.readinto(buffer)
+        except OSError as exc:
+            self.error = exc
+            return 0
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
+
+
+# Tests inject read faults here (an EIO once, a stalled read): called with every location opened
+# for reading, it may raise or block. None in production. See pipeline/testing/faults.py.
+_read_fault: Callable[[Location], None] | None = None
+
+
+def inject_read_faults(fault: Callable[[Location], None] | None) -> None:
+    global _read_fault
+    _read_fault = fault
+
+
 def open_input(where: Location, quiet: bool = False):
     """A seekable binary file: the local file itself, or an ObjectFile read in byte ranges (quiet:
-    see ObjectFile). Raises FileNotFoundError / PermissionError (ObjectNotFound / AccessDenied)."""
+    failed reads are kept in .error, see ObjectFile and QuietLocalFile). Raises FileNotFoundError /
+    PermissionError (ObjectNotFound / AccessDenied)."""
+    if _read_fault is not None:
+        _read_fault(where)
     if isinstance(where, ObjectPath):
         return ObjectFile(where, quiet)
-    return open(where, "rb")
+    return QuietLocalFile(where) if quiet else open(where, "rb")
 
 
 def read_bytes(where: Location) -> bytes:
@@ -443,9 +492,9 @@ def read_bytes(where: Location) -> bytes:
     return where.read_bytes()
 
 
-def read_error(source) -> StorageError | None:
-    """The error a quiet ObjectFile kept, if any (None for anything else, e.g. local files)."""
-    return source.error if isinstance(source, ObjectFile) else None
+def read_error(source) -> OSError | None:
+    """The error a quiet ObjectFile or QuietLocalFile kept, if any (None for anything else)."""
+    return source.error if isinstance(source, (ObjectFile, QuietLocalFile)) else None
 
 
 # --- writing ---------------------------------------------------------------------------------------
@@ -480,21 +529,84 @@ def write_table(where: Location, table: pa.Table, **options) -> None:
     _atomic(where, lambda tmp: pq.write_table(table, tmp, **options))
 
 
+@contextmanager
+def table_writer(where: Location, schema: pa.Schema, **options) -> Iterator[pq.ParquetWriter]:
+    """A Parquet file written piece by piece (writer.write_table, writer.write_batch), with
+    bounded memory, and presented only once complete: locally a temporary file beside the target,
+    fsynced and renamed; on an object store a local temporary file uploaded at the end (one
+    multipart upload, visible only when complete). Nothing is presented if the block raises."""
+    if isinstance(where, ObjectPath):
+        fd, tmp = tempfile.mkstemp(prefix="pipeline-upload-", suffix=".parquet")
+        os.close(fd)
+        try:
+            with pq.ParquetWriter(tmp, schema, **options) as writer:
+                yield writer
+
+            def upload():
+                with open(tmp, "rb") as source:
+                    out = _s3(current_settings()).open_output_stream(where.fs_path)
+                    shutil.copyfileobj(source, out, _MAX_BLOCK)
+                    out.close()
+
+            _call(upload, where, attempts=1)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return
+    with _local_write(where):
+        where.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{where.name}-", dir=where.parent)
+        os.close(fd)
+        try:
+            with pq.ParquetWriter(tmp, schema, **options) as writer:
+                yield writer
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            _readable(tmp)
+            os.replace(tmp, where)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(where.parent)
+
+
 def _atomic(path: Path, write) -> None:
     """write(tmp_path) into a temporary file beside path, fsync it, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    os.close(fd)
+    with _local_write(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+        os.close(fd)
+        try:
+            write(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            _readable(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(path.parent)
+
+
+class WriteFailed(StorageError):
+    """A local write failed (a full disk, a read-only or unwritable folder): nothing was presented
+    under the target's name; the message says which file and why."""
+
+
+_WRITE_HINTS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "no permission to write there",
+                errno.EPERM: "no permission to write there"}
+
+
+@contextmanager
+def _local_write(path: Path) -> Iterator[None]:
+    """Local write errors as WriteFailed (a UserError: the command prints it and exits 2)."""
     try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        _readable(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        yield
+    except StorageError:
         raise
-    _fsync_dir(path.parent)
+    except OSError as exc:
+        hint = _WRITE_HINTS.get(exc.errno)
+        raise WriteFailed(f"cannot write {path}: {exc.strerror or exc}" + (f" ({hint})" if hint else "")) from exc
 
 
 def _readable(tmp: str) -> None:

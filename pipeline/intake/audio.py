@@ -3,18 +3,22 @@
 Nothing here raises for bad input. Every problem with a path or a file comes back as a Failure
 (a reason code and a detail naming the problem), so one bad file becomes one error row and never
 takes its batch down. libsndfile (through soundfile) reads WAV, FLAC, OGG/Vorbis, Opus, MP3 and
-AIFF; other containers (AAC/M4A, WMA, WebM...) go to ffmpeg when it is installed.
-audio_formats holds the container and length checks, audio_ffmpeg the ffmpeg fallback.
+AIFF; other containers (AAC/M4A, WMA, WebM...) go to ffmpeg when it is installed, and so does a
+file libsndfile refuses before it is called corrupt (Speex in Ogg, an unusual WAV codec): only
+when ffmpeg cannot decode it either is it corrupt_audio. formats holds the container and length
+checks, ffmpeg the ffmpeg fallback.
 
 Paths are local files or s3:// objects (pipeline.storage). libsndfile reads objects through
 ranged reads, so a segment of a long file downloads little more than the segment; ffmpeg gets a
 local copy from storage's bounded cache. A missing object is missing_file, a denied read
-permission_denied, and an object store that keeps failing after retries storage_unavailable
-(transient: the next run retries the row), never a content reason such as corrupt_audio.
+permission_denied, and an object store that keeps failing after retries storage_unavailable;
+a local or network file system failing a read (EIO, ESTALE, a timeout) is read_error. Both are
+transient (reasons.Kind): retried, never reported as a content reason such as corrupt_audio.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import shutil
 import stat
@@ -50,6 +54,20 @@ __all__ = [
 
 _BLOCK_FRAMES = 1 << 16  # decode in blocks so a long stereo 48 kHz file never sits in memory whole
 _USE_FFMPEG = object()  # libsndfile cannot read the container; ffmpeg may
+# Errors of the storage under a file, not of the file: a disk or NFS server failing (EIO), a stale
+# NFS handle after a server restart (ESTALE), a network file system timing out. Transient.
+_TRANSIENT_ERRNOS = frozenset({errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EAGAIN, errno.EINTR,
+                               errno.ECONNRESET, errno.ECONNABORTED, errno.ENOTCONN, errno.EHOSTUNREACH,
+                               errno.ENETUNREACH, errno.EREMOTEIO, errno.ENOLINK, errno.EBUSY})
+
+
+@dataclass(frozen=True)
+class _TryFfmpeg:
+    """libsndfile refused the file but ffmpeg is installed and may decode it (Speex in Ogg, an odd
+    WAV codec...): ffmpeg is tried, and when it cannot decode the file either, libsndfile's reason
+    stands (corrupt_audio for a file with an audio extension)."""
+
+    otherwise: Failure
 
 
 @dataclass(frozen=True, eq=False)
@@ -122,9 +140,9 @@ def probe(path: Location | str) -> AudioInfo | Failure:
         return path
     try:
         opened = _open(path)
-        if opened is _USE_FFMPEG:
+        if opened is _USE_FFMPEG or isinstance(opened, _TryFfmpeg):
             with storage.local_copy(path) as local:
-                return probe_ffmpeg(local)
+                return _or_otherwise(probe_ffmpeg(local), opened)
         if isinstance(opened, Failure):
             return opened
         with _closing_source(opened), opened as f:
@@ -132,6 +150,14 @@ def probe(path: Location | str) -> AudioInfo | Failure:
             return _read_failure(f.name, path) or result
     except Exception as exc:  # the boundary: one odd file becomes its own error, never a crash
         return _unexpected(path, exc)
+
+
+def _or_otherwise(result, opened):
+    """ffmpeg's answer, or libsndfile's reason where ffmpeg was only a second opinion and failed too
+    (except that ffmpeg naming a codec nobody decodes is the more precise answer)."""
+    if isinstance(opened, _TryFfmpeg) and isinstance(result, Failure) and result.reason != Reason.UNSUPPORTED_CODEC:
+        return opened.otherwise
+    return result
 
 
 def _probe_sndfile(f: sf.SoundFile, path: Location) -> AudioInfo | Failure:
@@ -159,9 +185,9 @@ def decode(path: Location | str, start_s: float = 0.0, end_s: float | None = Non
         return Failure(Reason.EMPTY_AUDIO, f"the region {start_s:.2f}-{end_s:.2f} s of {path.name} is empty")
     try:
         opened = _open(path)
-        if opened is _USE_FFMPEG:
+        if opened is _USE_FFMPEG or isinstance(opened, _TryFfmpeg):
             with storage.local_copy(path) as local:
-                result = decode_ffmpeg(local, start_s, end_s)
+                result = _or_otherwise(decode_ffmpeg(local, start_s, end_s), opened)
         elif isinstance(opened, Failure):
             return opened
         else:
@@ -206,7 +232,7 @@ def _read_head(path: Location) -> bytes | Failure:
     except PermissionError:
         return Failure(Reason.PERMISSION_DENIED, f"no permission to reach {path}")
     except OSError as exc:
-        return Failure(Reason.NOT_A_FILE, f"cannot read {path}: {exc.strerror or exc}")
+        return _os_failure(path, exc)
     if stat.S_ISDIR(st.st_mode):
         return Failure(Reason.NOT_A_FILE, f"{path} is a folder, not a file")
     if not stat.S_ISREG(st.st_mode):  # a FIFO or device could block a worker forever
@@ -219,7 +245,7 @@ def _read_head(path: Location) -> bytes | Failure:
     except PermissionError:
         return Failure(Reason.PERMISSION_DENIED, f"no permission to read {path}")
     except OSError as exc:
-        return Failure(Reason.NOT_A_FILE, f"cannot read {path}: {exc.strerror or exc}")
+        return _os_failure(path, exc)
 
 
 def _read_object_head(path: ObjectPath) -> bytes | Failure:
@@ -242,26 +268,26 @@ def _open(path: Location):
     head = _read_head(path)
     if isinstance(head, Failure):
         return head
-    # Local files by name, as libsndfile knows them best; objects through ranged reads, quiet
-    # because libsndfile's read callbacks cannot raise: a failed read is kept and checked after.
-    source = str(path) if isinstance(path, Path) else storage.open_input(path, quiet=True)
+    # Through Python file objects, local files and objects alike, quiet because libsndfile's read
+    # callbacks cannot raise: a failed read (an object store failing, EIO or ESTALE from a disk or
+    # NFS) is kept and checked after, so it is reported as what it is, not as a damaged file.
+    source = storage.open_input(path, quiet=True)
     try:
         return sf.SoundFile(source)
     except Exception as exc:  # LibsndfileError for every container it does not understand
         message = (getattr(exc, "error_string", None) or str(exc)).rstrip(".")
-        if isinstance(path, ObjectPath):
-            source.close()
-            failed = _read_failure(source, path)
-            if failed:  # the store failed mid-header: not the file's fault
-                return failed
+        source.close()
+        failed = _read_failure(source, path)
+        if failed:  # the storage failed mid-header: not the file's fault
+            return failed
     if ffmpeg_only(path, head):
         return _USE_FFMPEG
     suffix = path.suffix.lower()
     if suffix in SNDFILE_EXTENSIONS:
         if "does not exist" in message:  # what libsndfile's MP3 reader says when it finds no frames
             message = "no audio frames found"
-        return Failure(Reason.CORRUPT_AUDIO,
-                       f"{path.name} is not a readable {suffix[1:].upper()} file ({message})")
+        failure = Failure(Reason.CORRUPT_AUDIO, f"{path.name} is not a readable {suffix[1:].upper()} file ({message})")
+        return _TryFfmpeg(failure) if shutil.which("ffmpeg") else failure
     if shutil.which("ffmpeg"):  # ffmpeg knows many more containers; it has the last word
         return _USE_FFMPEG
     return Failure(Reason.UNSUPPORTED_CODEC,
@@ -335,6 +361,20 @@ def _non_finite(path: Location, samples: np.ndarray, rate: int, offset_s: float)
                    f"{path.name} holds NaN or infinite sample values (first at {first:.3f} s)")
 
 
+def _os_failure(path: Location, exc: OSError) -> Failure:
+    """A local file system's error: transient when it is the storage failing, else the path's problem."""
+    if isinstance(exc, storage.StorageError):
+        return _storage_failure(path, exc)
+    if isinstance(exc, PermissionError):
+        return Failure(Reason.PERMISSION_DENIED, f"no permission to read {path}")
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return Failure(Reason.MISSING_FILE, f"{path} does not exist")
+    if exc.errno in _TRANSIENT_ERRNOS:
+        return Failure(Reason.READ_ERROR, f"reading {path} failed: {exc.strerror or exc} "
+                                          f"({errno.errorcode.get(exc.errno, exc.errno)}); retried")
+    return Failure(Reason.NOT_A_FILE, f"cannot read {path}: {exc.strerror or exc}")
+
+
 def _storage_failure(path: Location, exc: storage.StorageError) -> Failure:
     if isinstance(exc, storage.ObjectNotFound):
         return Failure(Reason.MISSING_FILE, str(exc))
@@ -346,12 +386,14 @@ def _storage_failure(path: Location, exc: storage.StorageError) -> Failure:
 
 
 def _read_failure(source, path: Location) -> Failure | None:
-    """The reason an object read failed inside libsndfile, which saw only an early end of file."""
+    """The reason a read failed inside libsndfile, which saw only an early end of file."""
     error = storage.read_error(source)
-    return _storage_failure(path, error) if error is not None else None
+    return _os_failure(path, error) if error is not None else None
 
 
 def _unexpected(path: Location, exc: Exception) -> Failure:
     if isinstance(exc, storage.StorageError):  # e.g. from the header checks or a local copy
         return _storage_failure(path, exc)
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:  # e.g. EIO in a header check
+        return _os_failure(path, exc)
     return Failure(Reason.CORRUPT_AUDIO, f"unexpected error reading {path.name}: {type(exc).__name__}: {exc}")

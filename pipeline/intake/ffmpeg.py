@@ -20,6 +20,12 @@ from pipeline.reasons import Failure, Reason
 from pipeline.shapes import SAMPLE_RATE
 
 _FFMPEG_TIMEOUT_S = 600  # a pathological file must not hang a worker forever
+# The demuxers ffmpeg may use: audio containers only. Without this list ffmpeg picks a demuxer by
+# content, and playlist or script formats (HLS, concat, ffmetadata...) name other files to open:
+# a crafted "audio" file could make a worker read files outside the audio root.
+AUDIO_DEMUXERS = ("aac", "ac3", "aiff", "amr", "amrnb", "amrwb", "ape", "asf", "au", "caf", "dsf", "dts",
+                  "eac3", "flac", "loas", "matroska", "mov", "mp3", "mpc", "mpc8", "ogg", "tta", "voc", "w64",
+                  "wav", "wv", "xwma")
 
 
 def decode_ffmpeg(path: Path, start_s: float, end_s: float | None):
@@ -54,6 +60,8 @@ def probe_ffmpeg(path: Path) -> AudioInfo | Failure:
     if not streams:
         return Failure(Reason.UNSUPPORTED_CODEC, f"{path.name} has no audio stream")
     stream = streams[0]
+    if stream.get("codec_name") in (None, "", "none", "unknown"):
+        return Failure(Reason.UNSUPPORTED_CODEC, f"{path.name} uses an audio codec ffmpeg does not know")
     rate, channels = int(stream.get("sample_rate") or 0), int(stream.get("channels") or 0)
     if rate <= 0:
         return Failure(Reason.CORRUPT_AUDIO, f"{path.name}: ffprobe finds no sample rate")
@@ -77,7 +85,8 @@ def _ffmpeg_input(path: Path) -> str:
 
 def _run_ffmpeg(tool: str, path: Path, args: list[str]) -> bytes | Failure:
     """Run ffmpeg or ffprobe on one local file: an argument list, never a shell; no stdin; only
-    the file protocol, so a crafted container cannot make it open URLs or other files."""
+    the file protocol and audio demuxers, so a crafted container cannot make it open URLs or other
+    files."""
     exe = shutil.which(tool)
     if exe is None:
         return Failure(Reason.DECODER_UNAVAILABLE,
@@ -86,7 +95,8 @@ def _run_ffmpeg(tool: str, path: Path, args: list[str]) -> bytes | Failure:
                        f"install ffmpeg) or convert the file to FLAC or WAV")
     log = ["-v", "error"] if tool == "ffprobe" else ["-nostdin", "-hide_banner", "-loglevel", "error"]
     try:
-        done = subprocess.run([exe, *log, "-protocol_whitelist", "file", *args], capture_output=True,
+        done = subprocess.run([exe, *log, "-protocol_whitelist", "file", "-format_whitelist", ",".join(AUDIO_DEMUXERS),
+                               *args], capture_output=True,
                               stdin=subprocess.DEVNULL, timeout=_FFMPEG_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired:
         return Failure(Reason.CORRUPT_AUDIO,

@@ -51,12 +51,17 @@ class BuildReport:
     total_duration_s: float
     unprobed: tuple[Unprobed, ...]
     ignored: int  # files found that have no audio extension
+    unnamable: tuple[str, ...] = ()  # files whose names are not valid UTF-8 (left out)
 
     def summary(self) -> str:
         minutes = self.total_duration_s / 60
         lines = [f"wrote {self.rows} rows to {self.output} ({minutes:.1f} min of audio)"]
         if self.ignored:
             lines.append(f"ignored {self.ignored} file(s) without an audio extension")
+        if self.unnamable:
+            lines.append(f"left out {len(self.unnamable)} file(s) whose names are not valid UTF-8 (a manifest "
+                         "holds text): rename them, e.g. with convmv, and build again:")
+            lines += [f"  {name}" for name in self.unnamable[:_LISTED]]
         if self.unprobed:
             lines.append(f"{len(self.unprobed)} file(s) could not be read; their rows have a null "
                          f"duration_s and annotate will report them as errors:")
@@ -75,6 +80,10 @@ def build_manifest(source: str | Path, output: str | Path, workers: int | None =
     except (storage.UnsupportedLocation, storage.StorageError) as exc:
         raise ManifestError(str(exc)) from None
     files = sorted(p for p in found if p.suffix.lower() in audio.AUDIO_EXTENSIONS)
+    # A name that is not UTF-8 (bytes from another encoding, which Python carries as surrogates)
+    # cannot be written to Parquet's text columns, nor named in a manifest at all.
+    unnamable = tuple(ascii(str(p)) for p in files if not _utf8(str(p)))
+    files = [p for p in files if _utf8(str(p))]
     if not files:
         raise ManifestError(f"no audio files in {source} (looked for "
                             f"{', '.join(sorted(audio.AUDIO_EXTENSIONS))}; {len(found)} other file(s) found)")
@@ -93,7 +102,15 @@ def build_manifest(source: str | Path, output: str | Path, workers: int | None =
     storage.write_table(output, table)  # a reader sees the old manifest or the new one, never half
     unprobed = tuple(Unprobed(ids[i], paths[i], infos[i]) for i in order if isinstance(infos[i], Failure))
     return BuildReport(output, len(files), sum(d for d in durations if d is not None), unprobed,
-                       ignored=len(found) - len(files))
+                       ignored=len(found) - len(files) - len(unnamable), unnamable=unnamable)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _find_files(source: str) -> tuple[Location, list[Location]]:

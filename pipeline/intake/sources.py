@@ -73,6 +73,9 @@ class CurrentSources:
     def __init__(self, ids: Sequence[str], sources: Sequence[Source], verify_content: bool):
         self.by_id = dict(zip(ids, sources))
         self.verify_content = verify_content
+        # Each row's planned duration, where known (annotate fills it in): results planned from
+        # another duration belong to an older plan of the row and no longer count (output/sink.py).
+        self.planned: dict[str, float] = {}
 
     def is_current(self, item_id: str, audio, duration_s, version, sha256) -> bool:
         now = self.by_id.get(item_id)

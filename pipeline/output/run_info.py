@@ -9,8 +9,6 @@ from collections import Counter
 from dataclasses import asdict
 from importlib import metadata
 
-import pyarrow.compute as pc
-
 LIBRARIES = ("mindspore", "transformers", "tokenizers", "ray", "pyarrow", "pandas", "numpy", "librosa", "soundfile")
 
 
@@ -28,16 +26,13 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 4) if denominator else None
 
 
-def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest, out, annotations, segments,
-          part_stats, report, started, audio_s_this_run, items_this_run) -> dict:
+def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest, out, totals, part_stats, report,
+          started, audio_s_this_run, items_this_run) -> dict:
+    """totals: output/final.Totals, the counts over the final tables."""
     finished = time.time()
     stats = Counter()
     for part in part_stats:
         stats.update(part)
-    statuses = annotations.column("status").to_pylist()
-    errors = [e for e in annotations.column("error").to_pylist() if e]
-    ok_segments = segments.filter(pc.equal(segments.column("status"), "ok"))
-    ok_audio_s = pc.sum(pc.subtract(ok_segments.column("end_s"), ok_segments.column("start_s"))).as_py() or 0.0
     wall = finished - started
     return {
         "manifest": {"path": str(manifest_path), "digest": manifest_digest},
@@ -55,13 +50,13 @@ def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest
         "config": asdict(config),
         "versions": versions(),
         "counts": {
-            "rows": annotations.num_rows,
-            "rows_by_status": dict(Counter(statuses)),
-            "rows_by_error": dict(Counter(errors)),
-            "segments": segments.num_rows,
-            "segments_by_status": dict(Counter(segments.column("status").to_pylist())),
+            "rows": totals.rows,
+            "rows_by_status": dict(totals.rows_by_status),
+            "rows_by_error": dict(totals.rows_by_error),
+            "segments": totals.segments,
+            "segments_by_status": dict(totals.segments_by_status),
         },
-        "audio_hours_annotated": round(ok_audio_s / 3600, 4),
+        "audio_hours_annotated": round(totals.ok_audio_s / 3600, 4),
         "this_run": {
             "items": items_this_run,
             "audio_hours": round(audio_s_this_run / 3600, 4),
@@ -73,6 +68,9 @@ def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest
             "retries": report.retries,
             "splits": report.splits,
             "worker_replacements": report.worker_replacements,
+            "transient_retries": report.transient_retries,
+            "timeouts": report.timeouts,
+            "workers_given_up": report.workers_given_up,
         },
         "padding_efficiency": {
             "frames": _ratio(stats["valid_frames"], stats["computed_frames"]),

@@ -38,7 +38,8 @@ results of audio that changed since, so those rows are planned and committed aga
 still has several current results, a lasting one wins over transient ones, then the latest run.
 Parts written before provenance existed read with nulls there and count as current.
 
-The driver is the only writer; two runs at once on one OUT are not supported.
+The driver is the only writer, and one run at a time holds OUT (output/lock.py): every commit
+first checks, through `guard`, that this run still owns it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ import json
 import re
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -87,7 +89,9 @@ def column_type(kind: str) -> pa.DataType:
 
 
 RUN_FIELD = pa.field("run", pa.string())
-PROVENANCE_FIELDS = (RUN_FIELD, *SOURCE_FIELDS)
+# The row's duration the result's plan was made from (Item.planned_s): one plan per row counts.
+PLANNED_FIELD = pa.field("planned_s", pa.float64())
+PROVENANCE_FIELDS = (RUN_FIELD, PLANNED_FIELD, *SOURCE_FIELDS)
 PROVENANCE_COLUMNS = tuple(f.name for f in PROVENANCE_FIELDS)
 # What resume, relabelling and deltas read from every part (not the annotations).
 _STATE_COLUMNS = ("key", "id", "segment", "n_segments", "status", "error", *PROVENANCE_COLUMNS)
@@ -128,6 +132,7 @@ def results_table(results: list[ItemResult], columns: dict[str, str], stats: dic
         }
         for name in columns:
             row[name] = r.parsed.get(name)
+        row["planned_s"] = r.item.planned_s
         if provenance is not None:
             row["run"] = provenance.run
             source = provenance.sources.get(r.item.id)
@@ -156,11 +161,15 @@ class Progress:
 
 
 class OutputDir:
-    def __init__(self, path: Location | str):
+    def __init__(self, path: Location | str, guard: Callable[[], None] | None = None):
+        """guard: called before every write that commits or presents results (output/lock.py's
+        check: a run that lost its lock on OUT must not write beside the new owner)."""
         self.path = storage.location(path)
+        self.guard = guard or (lambda: None)
         self.parts = self.path / "parts"
         self.commits = self.path / "commits"
         self.runs = self.path / "runs"
+        self.durations = self.path / "durations"  # intake/durations.py
         self._keys: set[str] | None = None  # keys with a lasting committed result, once read
         self.provenance: Provenance | None = None  # recorded with every commit (see record_provenance)
 
@@ -184,7 +193,7 @@ class OutputDir:
                 {"fingerprint": fingerprint, "settings": settings}, indent=2, sort_keys=True).encode())
 
     def _sweep(self) -> None:
-        for folder in (self.path, self.parts, self.commits, self.runs):
+        for folder in (self.path, self.parts, self.commits, self.runs, self.durations):
             for name in storage.list_names(folder):
                 if name.startswith(".tmp-"):
                     storage.delete(folder / name)
@@ -254,9 +263,10 @@ class OutputDir:
         fs, _ = storage.filesystem(self.parts)
         return ds.dataset([storage.filesystem(p)[1] for p in parts], schema=schema, filesystem=fs, format="parquet")
 
-    def progress(self, current: CurrentSources | None = None) -> Progress:
+    def progress(self, current: CurrentSources | None = None, retry_errors: Collection[str] = ()) -> Progress:
         """Committed keys, finished ids and changed ids for these sources (None: every result is
-        current). Transient failures do not count as committed: the next run tries those keys again."""
+        current). Transient failures do not count as committed: the next run tries those keys again;
+        nor do errors whose reason is in retry_errors (--retry-errors): this run tries them again."""
         schema = segment_schema({})
         dataset = self._dataset(pa.schema([schema.field(name) for name in _STATE_COLUMNS]))
         table = dataset.to_table() if dataset is not None else _empty_state()
@@ -265,8 +275,9 @@ class OutputDir:
             keep = current.mask(table)
             changed = {i for i, k in zip(table.column("id").to_pylist(), keep) if not k}
             table = table.filter(pa.array(keep, pa.bool_()))
-        table = _one_per_key(table)
-        lasting = table.filter(pa.array([e not in TRANSIENT for e in table.column("error").to_pylist()], pa.bool_()))
+        table = one_per_key(one_plan_per_id(table, current.planned if current is not None else {}))
+        lasting = table.filter(pa.array([e not in TRANSIENT and e not in retry_errors
+                                         for e in table.column("error").to_pylist()], pa.bool_()))
         keys = set(lasting.column("key").to_pylist())
         ids = lasting.column("id").to_pylist()
         counts = Counter(ids)
@@ -279,6 +290,12 @@ class OutputDir:
         found = self.progress(current)
         return found.keys, found.done_ids
 
+    def forget(self, item_id: str) -> None:
+        """This row is planned again within the run (its file is longer than planned): its results
+        so far belong to the old plan, and its keys may be committed again."""
+        if self._keys is not None:
+            self._keys = {k for k in self._keys if k.rpartition("#")[0] != item_id}
+
     def record_provenance(self, provenance: Provenance) -> None:
         """Every commit from now on records this run and these sources with its results."""
         self.provenance = provenance
@@ -287,6 +304,7 @@ class OutputDir:
 
     def commit(self, results: list[ItemResult], columns: dict[str, str], stats: dict | None) -> Location:
         """Write one part, then its commit record (the commit); returns the part's location."""
+        self.guard()
         if self._keys is None:
             self.committed()
         keys = sorted(r.item.key for r in results)
@@ -322,7 +340,14 @@ class OutputDir:
         table = dataset.to_table(filter=wanted)
         if current is not None and table.num_rows:
             table = table.filter(pa.array(current.mask(table), pa.bool_()))
-        return _one_per_key(table).sort_by([("row", "ascending"), ("segment", "ascending")])
+        table = one_plan_per_id(table, current.planned if current is not None else {})
+        return one_per_key(table).sort_by([("row", "ascending"), ("segment", "ascending")])
+
+    def batches(self, columns: dict[str, str]) -> Iterable[pa.RecordBatch]:
+        """Every committed result, batch by batch (memory bounded by a batch, not by OUT)."""
+        dataset = self._dataset(segment_schema(columns))
+        if dataset is not None:
+            yield from dataset.to_batches(batch_size=16_384)
 
     def part_stats(self) -> Iterable[dict]:
         fs, _ = storage.filesystem(self.parts)
@@ -334,17 +359,57 @@ class OutputDir:
         with ThreadPoolExecutor(_READERS) as pool:  # one footer read each: in parallel on object stores
             yield from (found for found in pool.map(stats, self.committed_parts()) if found is not None)
 
-    def write_final(self, annotations: pa.Table, segments: pa.Table, run_info: dict, marker: dict) -> None:
-        transient = sum(e in TRANSIENT for e in segments.column("error").to_pylist())
-        atomic_write_table(self.path / "segments.parquet", segments)
-        atomic_write_table(self.path / "annotations.parquet", annotations)
+    @contextmanager
+    def table_writer(self, name: str, schema: pa.Schema):
+        """A final table in OUT, written piece by piece and presented only when complete."""
+        self.guard()
+        with storage.table_writer(self.path / name, schema, compression="zstd") as writer:
+            yield writer
+
+    def write_summary(self, run_info: dict, marker: dict, transient_failures: int, success: bool = True) -> None:
+        """run.json, then _SUCCESS unless told not to (the error gate failed). Called after the final
+        tables are written: the marker says everything is complete and consistent."""
+        self.guard()
         atomic_write_bytes(self.path / "run.json", json.dumps(run_info, indent=2, sort_keys=True, default=str).encode())
-        # Last: the marker says everything above is complete and consistent.
-        atomic_write_bytes(self.path / SUCCESS, json.dumps({**marker, "transient_failures": transient},
-                                                           sort_keys=True).encode())
+        if success:
+            atomic_write_bytes(self.path / SUCCESS, json.dumps({**marker, "transient_failures": transient_failures},
+                                                               sort_keys=True).encode())
+
+    def write_final(self, annotations: pa.Table, segments: pa.Table, run_info: dict, marker: dict,
+                    success: bool = True) -> None:
+        """Whole final tables at once (small outputs); annotate streams them (output/final.py)."""
+        for name, table in (("segments.parquet", segments), ("annotations.parquet", annotations)):
+            with self.table_writer(name, table.schema) as writer:
+                writer.write_table(table)
+        self.write_summary(run_info, marker, sum(e in TRANSIENT for e in segments.column("error").to_pylist()),
+                           success)
 
 
-def _one_per_key(table: pa.Table) -> pa.Table:
+def one_plan_per_id(table: pa.Table, planned: Mapping[str, float]) -> pa.Table:
+    """The results of one plan per id. A row's plan is its planned duration (planned_s), which
+    decides how many segments it has and where: results planned from another duration (an intake
+    failure, 0, that a later run could read; a file re-planned from its decoded length) would mix
+    segment numbers of two plans. Where the row's plan now is known (planned: the manifest's
+    duration_s, OUT's duration cache, a header read this run), its results count; elsewhere the
+    plan of its best result (lasting over transient, then the latest run, then the longer plan).
+    Results from before plans were recorded (null) count with any plan."""
+    if not table.num_rows:
+        return table
+    ids, plans = table.column("id").to_pylist(), table.column("planned_s").to_pylist()
+    if all(p is None for p in plans):
+        return table
+    errors, runs = table.column("error").to_pylist(), table.column("run").to_pylist()
+    best: dict[str, tuple] = {}
+    for item_id, plan, error, run in zip(ids, plans, errors, runs):
+        if plan is not None and item_id not in planned:
+            rank = (error not in TRANSIENT, run or "", plan)
+            best[item_id] = max(best.get(item_id, rank), rank)
+    keep = [index for index, (item_id, plan) in enumerate(zip(ids, plans))
+            if plan is None or plan == planned.get(item_id, best.get(item_id, (None, None, None))[2])]
+    return table if len(keep) == len(ids) else table.take(keep)
+
+
+def one_per_key(table: pa.Table) -> pa.Table:
     """One row per key where a key has several results: a lasting result wins over transient ones
     (a retried storage_unavailable), then the latest run's; a key with only transient results
     keeps one. Two lasting results of one run are left for the caller's consistency check

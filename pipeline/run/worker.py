@@ -13,7 +13,7 @@ batch and, if it keeps failing, split it to isolate the item that causes it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -84,18 +84,23 @@ class BatchPreparer:
                 if isinstance(cut, Failure):
                     return failure_result(item, cut, item.start_s, item.end_s)
             start, end = segment_bounds(item, before, after)
-            decoded = audio.decode(path, start, end, self.silence_dbfs)
+            # The last segment decodes to the end of the file, not to the planned end: a file longer
+            # than planned is noticed, never silently cut.
+            last = item.segment == item.n_segments - 1
+            decoded = audio.decode(path, start, None if last else end, self.silence_dbfs)
         if isinstance(decoded, Failure):
             return failure_result(item, decoded, item.start_s, item.end_s)
         end = start + decoded.duration_s
         frames = shapes.frames_for_samples(len(decoded.samples))
         if not shapes.fits_window(frames):
-            planned = item.end_s - item.start_s
-            return failure_result(item, Failure(
+            # Longer than the plan allows: the driver plans the row again from this length.
+            planned = item.planned_s if item.planned_s is not None else item.end_s
+            result = failure_result(item, Failure(
                 Reason.DURATION_MISMATCH,
-                f"{path.name} decodes to {decoded.duration_s:.2f} s but was planned as {planned:.2f} s "
-                f"(from the manifest's duration_s or the file header); fix or drop duration_s for this row",
+                f"{path.name} decodes to {end:.2f} s but was planned as {planned:.2f} s (from the manifest's "
+                f"duration_s or the file header); fix or drop duration_s for this row",
             ), start, end)
+            return replace(result, measured_s=end)
         features, valid = clip_features(self.extractor, decoded.samples)
         return ReadyClip(item, features, valid, start, end, decoded.silent)
 

@@ -129,7 +129,9 @@ def test_a_transient_failure_is_retried_by_the_next_run_and_only_it(s3_runs):
 
 def test_the_rerun_of_a_finished_run_does_no_work(s3_runs):
     assert s3_runs["third"].already_complete
-    assert s3_runs["third_writes"] == []  # not one object written or deleted
+    # Not one object written or deleted, but the run's lock on OUT (output/lock.py): taken and released.
+    # (The proxy may log the release's upload just after the run returned: one or two of them.)
+    assert {(w.method, w.path.rsplit("/", 1)[-1]) for w in s3_runs["third_writes"]} == {("PUT", "_LOCK")}
     assert s3_runs["third_rows"] == s3_runs["second_rows"]
 
 

@@ -1,0 +1,78 @@
+"""Durations: nothing silently cut, a non-positive duration_s is unknown, headers are read once
+across resumes, and (with the real tiny model) a sweep from 10 ms to past 30 s reaches the model
+only through its declared shapes."""
+
+import pytest
+
+from pipeline.intake import audio
+from pipeline.testing.fake_model import FakeModelFactory
+from tests.jobs.conftest import write_clip
+from tests.reliability.conftest import model_calls, rows, run, write_clips
+
+
+def test_audio_longer_than_its_manifest_duration_is_planned_again_and_annotated_whole(ray_cluster, model_dir,
+                                                                                      tmp_path):
+    lengths = {"short_said": 45.0, "long_said": 70.0, "zero": 40.0, "right": 3.0, "fits": 12.0}
+    said = {"short_said": 10.0, "long_said": 40.0, "zero": 0.0, "right": 3.0, "fits": 8.0}
+    manifest = write_clips(tmp_path / "data", lengths, said)
+    out, calls = tmp_path / "out", tmp_path / "calls"
+    calls.mkdir()
+    summary = run(manifest, out, model_dir, factory=FakeModelFactory(calls_dir=str(calls)))
+    by_id = {r["id"]: r for r in rows(out)}
+    assert {i: r["status"] for i, r in by_id.items()} == {i: "ok" for i in lengths}
+    for item_id, seconds in lengths.items():
+        assert by_id[item_id]["duration_s"] == pytest.approx(seconds, abs=0.01), item_id  # all of it annotated
+    assert [by_id[i]["n_segments"] for i in lengths] == [2, 3, 2, 1, 1]
+    segments = [s for s in rows(out, "segments.parquet") if s["id"] == "long_said"]
+    assert segments[0]["start_s"] == 0 and segments[-1]["end_s"] == pytest.approx(70.0, abs=0.01)
+    assert all(a["end_s"] == b["start_s"] for a, b in zip(segments, segments[1:]))
+    # The decoded lengths are kept in OUT: the rerun plans the same way and has nothing to do.
+    assert summary.run_info["counts"]["segments"] == 2 + 3 + 2 + 1 + 1
+    (out / "_SUCCESS").unlink()
+    before = len(model_calls(calls))
+    again = run(manifest, out, model_dir, factory=FakeModelFactory(calls_dir=str(calls)))
+    assert again.run_info["this_run"]["items"] == 0 and len(model_calls(calls)) == before
+    assert rows(out) == list(by_id.values())
+
+
+def test_headers_are_read_once_across_resumes(ray_cluster, model_dir, tmp_path, monkeypatch):
+    manifest = write_clips(tmp_path / "data", {f"h{i}": 1.0 + i for i in range(6)})  # no duration_s
+    probed = []
+    real = audio.probe
+    monkeypatch.setattr(audio, "probe", lambda path: probed.append(path.name) or real(path))
+    out = tmp_path / "out"
+    first = run(manifest, out, model_dir, max_rows=2)
+    assert first.exit_code == 75 and sorted(probed) == [f"h{i}.wav" for i in range(6)]
+    probed.clear()
+    second = run(manifest, out, model_dir)
+    assert second.exit_code == 0 and probed == []
+    # A replaced file is read again.
+    write_clip(tmp_path / "data" / "audio" / "h0.wav", 2.5)
+    third = run(manifest, out, model_dir)
+    assert probed == ["h0.wav"] and third.run_info["this_run"]["items"] == 1
+
+
+SWEEP_S = (0.01, 0.03, 0.1, 0.5, 1.0, 4.99, 5.01, 10.0, 15.0, 20.0, 29.9, 30.0, 30.01, 31.0, 45.0, 61.0)
+
+
+def test_a_duration_sweep_reaches_the_real_model_through_its_declared_shapes_only(ray_cluster, model_dir, tmp_path):
+    """10 ms to past 30 s (and a file twice as long as its manifest says), with the real tiny model:
+    every row ok, and the graphs MindSpore compiled are exactly the declared ones (an undeclared
+    input signature would compile another)."""
+    from pipeline.annotate import annotate
+    from tests.pipeline.conftest import fast_config
+
+    lengths = {f"d{i:02d}": seconds for i, seconds in enumerate(SWEEP_S)}
+    said = {"d00": 0.01, "d14": 22.0, "d05": 0.0}  # right; half the real length; unknown
+    manifest = write_clips(tmp_path / "data", lengths, said)
+    summary = annotate(manifest, fast_config(model_dir, manifest), out=tmp_path / "out", workers=1,
+                       progress=False)
+    by_id = {r["id"]: r for r in rows(tmp_path / "out")}
+    assert [by_id[i]["status"] for i in lengths] == ["ok"] * len(SWEEP_S)
+    for item_id, seconds in lengths.items():
+        assert by_id[item_id]["duration_s"] == pytest.approx(seconds, abs=0.011), item_id
+        assert by_id[item_id]["n_segments"] == (1 if seconds <= 30.0 else 2 if seconds <= 52 else 3), item_id
+    info = summary.run_info
+    declared = info["shape"]["graphs"]
+    assert len(declared) == info["this_run"]["graphs_declared_per_worker"] == 4
+    assert info["this_run"]["graphs_compiled"] == len(declared) * len(info["this_run"]["workers"])

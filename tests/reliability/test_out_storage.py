@@ -1,0 +1,67 @@
+"""An OUT that cannot be written (read-only, or a disk that fills up mid-run): a clear error, nothing
+partial presented, and the same command resumes once the problem is fixed."""
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from pipeline import annotate as annotate_module
+from pipeline import cli, storage
+from tests.reliability.conftest import committed_keys, rows, run
+
+
+def refuse_writes(monkeypatch, out: Path, code: int, after: int = 0, only: str | None = None) -> list:
+    """Writes under out fail with `code` (after `after` successful ones; only files in folder `only`)."""
+    written = []
+    real = storage._readable
+
+    def readable(tmp):
+        path = Path(tmp)
+        if path.is_relative_to(out) and (only is None or path.parent.name == only):
+            if len(written) >= after:
+                raise OSError(code, "simulated", tmp)
+            written.append(path)
+        return real(tmp)
+
+    monkeypatch.setattr(storage, "_readable", readable)
+    return written
+
+
+def test_a_read_only_out_is_a_clear_error_and_nothing_is_presented(ray_cluster, clips, model_dir, tmp_path,
+                                                                    monkeypatch):
+    out = tmp_path / "out"
+    refuse_writes(monkeypatch, out, errno.EROFS)
+    with pytest.raises(storage.WriteFailed, match="read-only"):
+        run(clips, out, model_dir)
+    monkeypatch.undo()
+    assert not list(out.rglob("*.parquet")) and not (out / "_SUCCESS").exists() and not list(out.rglob(".tmp-*"))
+    assert not (out / "_LOCK").exists()
+    assert run(clips, out, model_dir).exit_code == 0 and len(rows(out)) == 16
+
+
+def test_a_disk_filling_up_mid_run_keeps_what_was_committed_and_resumes(ray_cluster, clips, model_dir, tmp_path,
+                                                                        monkeypatch):
+    full = tmp_path / "full"
+    run(clips, full, model_dir, batch_items=1, commit_items=1)
+    out = tmp_path / "out"
+    refuse_writes(monkeypatch, out, errno.ENOSPC, after=3, only="parts")
+    with pytest.raises(storage.WriteFailed, match="the disk is full"):
+        run(clips, out, model_dir, batch_items=1, commit_items=1)
+    monkeypatch.undo()
+    committed = committed_keys(out)
+    assert len(committed) == 3 and len(list((out / "parts").iterdir())) == 3  # no part without its record
+    assert not list(out.rglob(".tmp-*")) and not (out / "_SUCCESS").exists()
+    summary = run(clips, out, model_dir, batch_items=1, commit_items=1)
+    assert summary.run_info["this_run"]["items"] == 13 and rows(out) == rows(full)
+
+
+def test_the_command_says_what_to_do(tmp_path, monkeypatch, capfd):
+    def full_disk(*args, **kwargs):
+        raise storage.WriteFailed(f"cannot write {tmp_path}/out/parts/part-1.parquet: No space left on device "
+                                  "(the disk is full)")
+
+    monkeypatch.setattr(annotate_module, "annotate", full_disk)
+    status = cli.main(["annotate", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capfd.readouterr().err
+    assert status == 2 and "the disk is full" in err and "rerun the same command to resume" in err

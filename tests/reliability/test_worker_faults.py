@@ -1,0 +1,100 @@
+"""Workers that die, run out of memory, crash on one item every time or stop answering: every row
+ends exactly once, as an uninterrupted run would have it, and the run ends."""
+
+import os
+import signal
+import threading
+import time
+
+import pyarrow.parquet as pq
+
+from pipeline.testing.fake_model import FakeModelFactory
+from pipeline.testing.faults import ReadFaults
+from tests.reliability.conftest import (assert_nothing_left, committed_keys, model_calls, rows, run,
+                                        worker_processes)
+
+
+def test_workers_killed_three_times_lose_and_duplicate_nothing(ray_cluster, clips, model_dir, tmp_path):
+    slow = FakeModelFactory(delay_s=1.0)
+    full = tmp_path / "full"
+    run(clips, full, model_dir, factory=slow, batch_items=1)
+    out = tmp_path / "out"
+    killed, finished = [], threading.Event()
+
+    def killer():
+        """SIGKILL a model worker three times, each half a second after a new one began working."""
+        seen = set()
+        while len(killed) < 3 and not finished.is_set():
+            working = [p for p in worker_processes() if p.pid not in seen and ".run" in " ".join(p.cmdline())]
+            if working:
+                time.sleep(0.5)
+                os.kill(working[0].pid, signal.SIGKILL)
+                killed.append(working[0].pid)
+                seen.update(p.pid for p in worker_processes())
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    summary = run(clips, out, model_dir, factory=slow, batch_items=1, commit_items=1)
+    finished.set()
+    thread.join()
+    assert len(killed) == 3
+    assert summary.run_info["this_run"]["worker_replacements"] == 3
+    keys = committed_keys(out)
+    assert len(keys) == len(set(keys)) == 16  # none lost, none twice
+    assert rows(out) == rows(full) and rows(out, "segments.parquet") == rows(full, "segments.parquet")
+    assert_nothing_left()
+
+
+def test_an_oom_killed_worker_costs_retries_not_rows(ray_cluster, clips, model_dir, tmp_path):
+    # Each worker's memory holds three clips: two batches of two at once kill it (SIGKILL, as the
+    # kernel's OOM killer does). Retried alone, and its replacement holding fewer, they all fit.
+    oom = FakeModelFactory(delay_s=0.3, memory_clips=3)
+    summary = run(clips, tmp_path / "out", model_dir, factory=oom, batch_items=2)
+    this_run = summary.run_info["this_run"]
+    assert [r["status"] for r in rows(tmp_path / "out")] == ["ok"] * 16
+    assert this_run["worker_replacements"] >= 1 and this_run["retries"] >= 1
+    assert summary.counts["rows_by_status"] == {"ok": 16}
+
+
+def test_a_poison_item_fails_alone_and_the_run_ends(ray_cluster, clips, model_dir, tmp_path):
+    out, calls = tmp_path / "out", tmp_path / "calls"
+    calls.mkdir()
+    poison = FakeModelFactory(crash_keys=("c05#0",), calls_dir=str(calls))
+    summary = run(clips, out, model_dir, factory=poison, batch_items=4, max_attempts=2)
+    by_id = {r["id"]: r for r in rows(out)}
+    assert (by_id["c05"]["status"], by_id["c05"]["error"]) == ("error", "worker_lost")
+    assert "on its own" in by_id["c05"]["error_detail"]
+    assert sum(r["status"] == "ok" for r in by_id.values()) == 15
+    # In its batch, that batch alone, the half holding it alone, then three times alone (deaths get
+    # one try more): every one of them cost a worker, none counted against the run's replacements.
+    assert model_calls(calls).count("c05#0") == 6
+    assert summary.run_info["this_run"]["worker_replacements"] >= 6
+    # The rerun finds it committed: no model work at all.
+    (out / "_SUCCESS").unlink()
+    before = len(model_calls(calls))
+    again = run(clips, out, model_dir, factory=poison, batch_items=4)
+    assert again.run_info["this_run"]["items"] == 0 and len(model_calls(calls)) == before
+
+
+def test_a_stalled_worker_is_abandoned_and_its_item_isolated(ray_cluster, clips, model_dir, tmp_path):
+    hang = FakeModelFactory(hang_keys=("c03#0",))
+    summary = run(clips, tmp_path / "out", model_dir, factory=hang, batch_items=4, batch_timeout_min_s=2.0,
+                  batch_timeout_factor=2.0, max_attempts=1)
+    by_id = {r["id"]: r for r in rows(tmp_path / "out")}
+    assert (by_id["c03"]["status"], by_id["c03"]["error"]) == ("error", "timed_out")
+    assert sum(r["status"] == "ok" for r in by_id.values()) == 15
+    assert summary.run_info["this_run"]["timeouts"] >= 2  # beside others, then alone
+    assert_nothing_left()
+
+
+def test_a_crashing_decode_task_is_decode_crashed_not_a_model_error(ray_cluster, clips, model_dir, tmp_path):
+    faults = ReadFaults(str(tmp_path / "faults"), crash_always=("c07.wav",))
+    (tmp_path / "faults").mkdir()
+    summary = run(clips, tmp_path / "out", model_dir, read_faults=faults, batch_items=4, max_attempts=1)
+    by_id = {r["id"]: r for r in rows(tmp_path / "out")}
+    assert (by_id["c07"]["status"], by_id["c07"]["error"]) == ("error", "decode_crashed")
+    assert sum(r["status"] == "ok" for r in by_id.values()) == 15
+    assert summary.run_info["this_run"]["worker_replacements"] == 0  # no model worker was lost over it
+    keys = pq.read_table(tmp_path / "out" / "parts").column("key").to_pylist()
+    assert len(keys) == len(set(keys)) == 16
