@@ -351,7 +351,7 @@ class WorkerPool:
             if worker.ready_ref in answered:
                 try:
                     info = ray.get(worker.ready_ref)
-                except ray.exceptions.RayError as exc:  # died while loading (OOM, a crash, its node gone)
+                except ray.exceptions.RayError:  # died while loading (OOM, a crash, its node gone)
                     self.lost(worker)
                     continue
                 if info["error"]:

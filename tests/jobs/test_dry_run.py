@@ -31,7 +31,7 @@ def test_a_fresh_out_is_planned_and_not_created(clips, model_dir, tmp_path):
     assert f"output: {out}: nothing committed yet" in text
     # Seven rows; the 70 s file is three segments: nine items.
     assert "to do: 7 rows, 9 items (clips and segments of long files), 84 s of audio" in text
-    assert ("this run: 3 rows to the model (3 items, 8 s of audio) in 2 batches of about 120 s (at most 2 items); "
+    assert ("this run: 3 rows to the model (3 items, 8 s of audio) in 2 batches of about 60 s (at most 2 items); "
             "--max-rows 3 leaves 4 rows for the next runs") in text
     assert "graphs: encode[F=3000], prefill[" in text and ", step[N=6," in text  # the four declared graphs
     assert "estimate: none (no earlier run in this OUT annotated audio)" in text

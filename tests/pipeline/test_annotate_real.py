@@ -82,21 +82,42 @@ def _committed(out: Path) -> int:
     return len(list((out / "parts").glob("part-*.parquet"))) if (out / "parts").is_dir() else 0
 
 
+# The interrupted run: the real model in a driver of its own, with the read of the long file held for
+# minutes, so the kill always lands in the middle of a run (the engine is fast enough to finish
+# the whole manifest between two polls otherwise).
+INTERRUPTED_DRIVER = """
+import sys
+from pathlib import Path
+import yaml
+from pipeline.annotate import annotate
+from pipeline.config import Config
+from pipeline.testing.faults import ReadFaults
+manifest, job, out, faults = (Path(a) for a in sys.argv[1:5])
+config = Config(**yaml.safe_load(job.read_text())).with_overrides()
+annotate(manifest, config, out=out, workers=2, progress=False,
+         read_faults=ReadFaults(str(faults), stall_once={"long.flac": 600.0}))
+"""
+
+
 def test_kill_midway_then_resume_gives_the_uninterrupted_rows(real_run, tmp_path):
     manifest, config, full_out, _ = real_run
     job = tmp_path / "job.yaml"
     keys = ("model", "audio_root", "device", "batch_items", "decode_slots", "cpu_threads_per_worker", "max_new_tokens",
-            "commit_items")
+            "commit_items", "max_error_rate")
     job.write_text(yaml.safe_dump({k: (list(v) if isinstance(v, tuple) else v)
                                    for k, v in vars(config).items() if k in keys} | {"compile_cache_dir": None}))
-    out = tmp_path / "out"
+    out, faults = tmp_path / "out", tmp_path / "faults"
+    faults.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     # Its own session, so the kill takes the driver and the Ray it started down together.
-    job_process = subprocess.Popen(_cli(manifest, job, out), cwd=REPO, env=env, start_new_session=True,
+    job_process = subprocess.Popen([sys.executable, "-c", INTERRUPTED_DRIVER, str(manifest), str(job), str(out),
+                                    str(faults)], cwd=REPO, env=env, start_new_session=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 600
-    # The intake errors are the first part; wait until model results are committed as well.
-    while _committed(out) < 3 and job_process.poll() is None and time.monotonic() < deadline:
+    # The intake errors are the first part; wait until model results are committed as well, and the
+    # long file's read is held.
+    while ((_committed(out) < 3 or not (faults / "long.flac.stalled").exists())
+           and job_process.poll() is None and time.monotonic() < deadline):
         time.sleep(0.2)
     assert job_process.poll() is None, job_process.stdout.read().decode()[-3000:]
     os.killpg(job_process.pid, signal.SIGKILL)
