@@ -118,9 +118,10 @@ class Config:
     # poison input cannot loop forever (Ray's own default retries forever).
     max_attempts: int = 2
     # Batches each worker holds beyond the first: its model serves them together, so its decode
-    # slots always find rows (with fewer, slots idle while a finished batch's successor is being
-    # decoded: measured 0.65 of decode slot-steps useful with 1, 0.86 with 3).
-    prefetch_batches: int = 3
+    # slots always find rows. With fewer, slots idle while the next batch is read and encoded
+    # (`make bench`, 60 s batches: 0.72 of decode slot-steps useful with 3, 0.91 with 8). A
+    # batch's audio and features are a few MB, so holding nine costs little memory.
+    prefetch_batches: int = 8
     # Results are committed as a part every this many items (or commit_seconds, whichever first):
     # large enough that a million-row run makes a few thousand files, small enough that a kill
     # loses little work.

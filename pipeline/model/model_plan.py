@@ -97,15 +97,22 @@ class CheckpointPrompts:
 def load_prompts(config, tasks) -> CheckpointPrompts:
     """Resolve the checkpoint, read its dims, tokenise the task prompts (no Ray, no MindSpore: the
     driver does this while Ray starts)."""
-    from transformers import AutoProcessor, AutoTokenizer
+    from transformers import AutoTokenizer
 
     model_dir, revision = resolve_checkpoint(config.model, config.revision)
     spec = ModelSpec.from_checkpoint(model_dir)
     style = resolve_style(config.prompt_style, model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     # The tokenizer renders the chat template when it holds one (the processor renders the same
-    # text, tested); loading the processor too costs seconds of imports (its audio classes).
-    renderer = tokenizer if style == "base" or tokenizer.chat_template else AutoProcessor.from_pretrained(str(model_dir))
+    # text, tested). The processor only when it does not: even importing AutoProcessor costs about
+    # 4 s of the driver's start (its audio and image classes, measured), which Ray's start does
+    # not hide.
+    if style == "base" or tokenizer.chat_template:
+        renderer = tokenizer
+    else:
+        from transformers import AutoProcessor
+
+        renderer = AutoProcessor.from_pretrained(str(model_dir))
     prompts = build_prompt_plan(renderer, style, [t.prompt(style) for t in tasks],
                                 eos_token_ids(model_dir, tokenizer, style))
     return CheckpointPrompts(model_dir, revision, spec, prompts)

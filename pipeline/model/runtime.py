@@ -19,14 +19,10 @@ from pathlib import Path
 # would keep them out of it. Values already set in the driver's environment win (GLOG_v=1 for
 # more detail). Warnings stay on: they are in the log, not on the terminal. The ones a normal run
 # prints, and why they are harmless:
-# - ANALYZER ClearIsolatedNodes "Some side effect nodes were eliminated by mistake", once per
-#   compiled PrefixGraph and StepGraph. MindSpore's parser keeps every assigned name that is
-#   never read as an "isolated node" in case it has a side effect; here those are
-#   `_, k_caches, v_caches = self.text(...)` (PrefixGraph) and `n, _, h = hidden.shape`
-#   (StepGraph), plain tuple reads, which the optimiser then drops. Nothing is lost (measured on
-#   PrefixGraph: without the name the warning goes away and the caches are bit-identical). In graphs that
-#   update Parameters in place this warning would mean a lost update, so new graphs should not
-#   assign names they never read, to keep the warning meaningful.
+# - none from the graphs themselves (a cold and a warm run checked). ANALYZER ClearIsolatedNodes
+#   "Some side effect nodes were eliminated by mistake" would mean an assigned name that is never
+#   read inside a graph; in graphs that update Parameters in place it can mean a lost update, so
+#   graphs assign no name they do not read, to keep that warning meaningful.
 # - PIPELINE CanLoadCache "Open the hash file ... The file may not exist" and
 #   GetCompileCacheResource "Check the consistency of dependency files hash failed. Execute all
 #   the compilation actions": a cold compile cache (first run with these dims, shapes and code),
