@@ -21,7 +21,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from pipeline.model.layers import Embedding, Linear, RMSNorm
+from pipeline.model.layers import Embedding, Linear, RMSNorm, cast
 from pipeline.model.packing import MASKED
 
 
@@ -87,8 +87,8 @@ class TextAttention(nn.Cell):
         q = (q * self.scaling).transpose(0, 2, 1, 3).reshape(r, kv, g * l, d)
         k = k.transpose(0, 2, 1, 3)
         v = v.transpose(0, 2, 1, 3)
-        scores = ops.BatchMatMul(transpose_b=True)(q, k).astype(ms.float32).reshape(r, kv, g, l, l) + mask
-        probs = ops.softmax(scores, -1).astype(x.dtype).reshape(r, kv, g * l, l)
+        scores = cast(ops.BatchMatMul(transpose_b=True)(q, k), ms.float32).reshape(r, kv, g, l, l) + mask
+        probs = cast(ops.softmax(scores, -1), x.dtype).reshape(r, kv, g * l, l)
         out = ops.matmul(probs, v).reshape(r, self.heads, l, d).transpose(0, 2, 1, 3)
         return ops.depend(self.o_proj(out.reshape(r, l, self.heads * d)), written)
 
@@ -106,8 +106,8 @@ class TextAttention(nn.Cell):
         written = ops.scatter_nd_add(k_cache, write_at, k.reshape(n, kv, d))
         written = ops.depend(written, ops.scatter_nd_add(v_cache, write_at, v))
         keys, values = ops.depend(k_cache, written), ops.depend(v_cache, written)
-        scores = (ops.BatchMatMul(transpose_b=True)(q, keys) * self.scaling).astype(ms.float32) + mask
-        probs = ops.softmax(scores, -1).astype(x.dtype)
+        scores = cast(ops.BatchMatMul(transpose_b=True)(q, keys) * self.scaling, ms.float32) + mask
+        probs = cast(ops.softmax(scores, -1), x.dtype)
         out = ops.matmul(probs, values)
         return self.o_proj(out.reshape(n, self.heads * d))
 

@@ -8,7 +8,7 @@ the padding the encoder computes is a few frames per clip.
 import mindspore as ms
 from mindspore import nn, ops
 
-from pipeline.model.layers import Conv1d, Embedding, LayerNorm, Linear
+from pipeline.model.layers import Conv1d, Embedding, LayerNorm, Linear, cast
 
 
 class EncoderAttention(nn.Cell):
@@ -31,8 +31,8 @@ class EncoderAttention(nn.Cell):
         q = self._split(self.q_proj(x) * self.scaling, b, t)
         k = self._split(self.k_proj(x), b, t)
         v = self._split(self.v_proj(x), b, t)
-        scores = ops.BatchMatMul(transpose_b=True)(q, k).astype(ms.float32) + mask
-        probs = ops.softmax(scores, -1).astype(x.dtype)
+        scores = cast(ops.BatchMatMul(transpose_b=True)(q, k), ms.float32) + mask
+        probs = cast(ops.softmax(scores, -1), x.dtype)
         out = ops.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b, t, -1)
         return self.out_proj(out)
 

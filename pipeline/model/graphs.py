@@ -24,6 +24,7 @@ from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from pipeline.model.decoder import LanguageModel
 from pipeline.model.encoder import AudioEncoder, Projector
+from pipeline.model.layers import cast
 
 
 class Qwen2Audio(nn.Cell):
@@ -106,7 +107,7 @@ class PrefillGraph(nn.Cell):
         hidden = self.text.prefill(embeds, positions, mask, stage_rows,
                                    self.state.k_stage, self.state.v_stage)
         picked = ops.gather(hidden.reshape(r * l, -1), last, 0)
-        logits = self.lm_head(picked).astype(ms.float32)
+        logits = cast(self.lm_head(picked), ms.float32)
         return choose(logits, temperature, top_p, u, self.sampling), logits
 
 
@@ -145,7 +146,7 @@ class StepGraph(nn.Cell):
 
     def construct(self, ids, positions, temperature, top_p, u):
         hidden = self.text.step(self.text.embed_tokens(ids), positions, self.state.k_cache, self.state.v_cache)
-        logits = self.lm_head(hidden).astype(ms.float32)
+        logits = cast(self.lm_head(hidden), ms.float32)
         return choose(logits, temperature, top_p, u, self.sampling), logits
 
 

@@ -13,6 +13,15 @@ from mindspore import Parameter, nn, ops
 
 
 
+def cast(x, dtype):
+    """x as dtype, and x itself when it already is: MindSpore's CPU backend runs a cast to the same
+    dtype as a full copy (measured: the encoder's two casts of its [3, 1500, 1500] attention scores
+    in fp32 were 30% of its time). The comparison is resolved when the graph compiles."""
+    if x.dtype == dtype:
+        return x
+    return x.astype(dtype)
+
+
 def _zeros(shape, dtype) -> Parameter:
     return Parameter(ops.zeros(shape, dtype), requires_grad=False)
 
@@ -62,10 +71,10 @@ class RMSNorm(nn.Cell):
         self.averager = ms.Tensor(np.full((dim, 1), 1.0 / dim, np.float32))
 
     def construct(self, x):
-        x32 = x.astype(ms.float32)
+        x32 = cast(x, ms.float32)
         squares = x32 * x32
         variance = ops.matmul(squares.reshape(-1, squares.shape[-1]), self.averager).reshape(x.shape[:-1] + (1,))
-        return self.weight * (x32 * ops.rsqrt(variance + self.eps)).astype(x.dtype)
+        return self.weight * cast(x32 * ops.rsqrt(variance + self.eps), x.dtype)
 
 
 class Conv1d(nn.Cell):
