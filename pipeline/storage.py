@@ -552,31 +552,26 @@ def table_writer(where: Location, schema: pa.Schema, **options) -> Iterator[pq.P
         finally:
             Path(tmp).unlink(missing_ok=True)
         return
-    with _local_write(where):
-        where.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{where.name}-", dir=where.parent)
-        os.close(fd)
-        try:
-            with pq.ParquetWriter(tmp, schema, **options) as writer:
-                yield writer
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            _readable(tmp)
-            os.replace(tmp, where)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        _fsync_dir(where.parent)
+    with _atomic_file(where) as tmp, pq.ParquetWriter(tmp, schema, **options) as writer:
+        yield writer
 
 
 def _atomic(path: Path, write) -> None:
     """write(tmp_path) into a temporary file beside path, fsync it, then rename it into place."""
+    with _atomic_file(path) as tmp:
+        write(tmp)
+
+
+@contextmanager
+def _atomic_file(path: Path) -> Iterator[str]:
+    """A temporary file beside path to write; when the block ends without raising, it is fsynced
+    and renamed into place (removed otherwise)."""
     with _local_write(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
         os.close(fd)
         try:
-            write(tmp)
+            yield tmp
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
             _readable(tmp)

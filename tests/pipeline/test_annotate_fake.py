@@ -190,7 +190,9 @@ from pipeline.annotate import annotate
 from pipeline.testing.fake_model import FakeModelFactory
 from tests.pipeline.conftest import fast_config
 manifest, out, model = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-config = fast_config(model, manifest, commit_items=1, batch_items=1)
+# One batch in flight at a time: the interrupt must find work left (a worker holding several
+# batches finishes them all within the stop's grace).
+config = fast_config(model, manifest, commit_items=1, batch_items=1, prefetch_batches=0)
 try:
     annotate(manifest, config, out=out, workers=1, progress=False, model_factory=FakeModelFactory(delay_s=1.0))
 except KeyboardInterrupt:
