@@ -88,9 +88,6 @@ def fast_config(model_dir: Path, manifest: Path, **overrides) -> Config:
         max_new_tokens={"caption": 6, "events": 6, "transcript": 8, "moderation": 4},
         # The mixed manifest is mostly bad files on purpose: no error gate unless a test sets one.
         max_error_rate=None,
-        # Fewer batches in flight than the default: tests that stop a run midway need work left
-        # after the batches a worker holds (with 8, a 13-item manifest is all in flight at once).
-        prefetch_batches=3,
     )
     values.update(overrides)
     return Config(**values).with_overrides()

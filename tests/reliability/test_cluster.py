@@ -26,8 +26,10 @@ cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resource
 second = cluster.add_node(num_cpus=2, resources={"NPU": 1})
 ray.init(address=cluster.address, logging_level="ERROR")
 cluster.wait_for_nodes()
+# Two batches per worker in flight: the removed node must still hold work when it goes (with the
+# default 8, both workers take nearly all 16 items at once and finish before the removal).
 config = fast_config(model, manifest, device="auto", dtype="auto", batch_items=1, commit_items=1,
-                     worker_start_timeout_s=30.0)
+                     worker_start_timeout_s=30.0, prefetch_batches=1)
 found = {}
 try:
     spread = annotate(manifest, config, out=out / "spread", progress=False, model_factory=FakeModelFactory(delay_s=0.2))
