@@ -26,7 +26,9 @@ from pipeline.annotate import annotate
 from pipeline.testing.fake_model import FakeModelFactory
 from tests.pipeline.conftest import fast_config
 manifest, out, model = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-config = fast_config(model, manifest, commit_items=1, batch_items=1)
+# Four batches in flight, not the default nine: a stop must find work left (with nine, the 16
+# items are nearly all held at once and finish within the stop's grace).
+config = fast_config(model, manifest, commit_items=1, batch_items=1, prefetch_batches=3)
 try:
     summary = annotate(manifest, config, out=out, workers=1, progress=False,
                        model_factory=FakeModelFactory(delay_s=float(sys.argv[4])))
