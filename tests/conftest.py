@@ -73,6 +73,6 @@ def ray_cluster():
     import ray
 
     # Two model workers and two prepare tasks (one CPU each) at a time.
-    ray.init(num_cpus=4, resources={"NPU": 2}, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=4, resources={"NPU": 2}, include_dashboard=False, logging_level="ERROR")
     yield
     ray.shutdown()

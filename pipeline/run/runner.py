@@ -206,7 +206,10 @@ def ray_session(workers: int):
         else:
             # Logical CPUs, not cores: one per model worker and as many again for prepare tasks (one
             # CPU each, see _remote_prepare), so decoding always has room beside the models.
-            ray.init(num_cpus=max(os.cpu_count() or 1, 2 * workers), include_dashboard=False,
+            # address="local": a private cluster for this run, even where another Ray runs on the
+            # node (`ray start`, another run): without it ray.init joins that one, and refuses
+            # num_cpus there.
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 2 * workers), include_dashboard=False,
                      logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
     except SystemExit as exc:
         # ray.init installs a SIGTERM handler that exits at once; a SIGTERM while Ray starts comes
