@@ -84,6 +84,34 @@ def test_transcript(raw, transcript, language):
     ("violent", []),  # whole phrases only
     ("spam, fraud", []),  # labels that are not configured are dropped
     ("violence<|im_end|>", ["violence"]),
+    # A verdict per label, in any order and punctuation: the verdict decides, not the mention.
+    ("hate speech: no, violence: no", []),
+    ("Violence: yes. Hate speech: no.", ["violence"]),
+    ("Hate speech: No\nViolence: Yes\nProfanity: No", ["violence"]),
+    ("- Hate speech: no\n- Harassment: no\n- Violence: no\n- Sexual content: no\n- Self-harm: no\n- Profanity: no", []),
+    ("1. Violence - yes 2. Profanity - no", ["violence"]),
+    ("Violence (no), hate speech (yes)", ["hate speech"]),
+    ("**Violence**: Not present. **Profanity**: Present.", ["profanity"]),
+    ("violence=false, hate_speech=true", ["hate speech"]),
+    ('{"violence": false, "hate speech": false, "profanity": true}', ["profanity"]),
+    ("| violence | no |\n| profanity | yes |", ["profanity"]),
+    ("Is there hate speech? No. Violence? Yes.", ["violence"]),
+    ("Hate speech is not present; violence is present.", ["violence"]),
+    ("Self-harm: no", []),  # "harm" inside the verdict on self-harm is not a mention either
+    ("violence: no, profanity", ["profanity"]),  # a verdict does not negate the next item
+    ("Violence: yes, a man threatens someone. Violence: no.", ["violence"]),  # any yes counts
+    ("Violence: a gunshot and screaming", ["violence"]),  # not a verdict: the mention counts
+    ("Violence: 0.9", ["violence"]),  # a score is not the verdict 0
+    # Lists and denials.
+    ("Violence, hate speech.", ["hate speech", "violence"]),
+    ("Categories: violence, profanity", ["violence", "profanity"]),
+    ("None of these.", []),
+    ("None of the above", []),
+    ("No, it doesn\u2019t contain hate speech.", []),
+    ("Neither violence nor hate speech.", []),
+    ("The speech contains violence, not hate speech.", ["violence"]),
+    ("There is no violence, but there is hate speech and profanity.", ["hate speech", "profanity"]),
+    ("Free of violence and harassment.", []),
 ])
 def test_moderation(raw, labels):
     assert parse_moderation(raw, LABELS) == {"moderation": labels}

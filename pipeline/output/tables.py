@@ -5,7 +5,9 @@ none did, `partial` otherwise; `error` is the first failed segment's reason code
 `error_detail` names every failed segment. Annotations combine the successful segments by
 tasks.merge.aggregate: transcripts joined in order, language by majority, distinct captions in order,
 events and moderation labels as a union. `raw` keeps each task's raw text, segments joined by
-newlines. `language` is the detected language, or the manifest's `language` where none was detected.
+newlines. `language` is what the transcript task detected, and null where it did not run or
+detected none, and on error rows: a column of a task that did not run is null. The manifest's own
+`language` value (a hint the manifest author gave) is kept, untouched, in `manifest_language`.
 """
 
 from __future__ import annotations
@@ -28,11 +30,16 @@ FILE_COLUMNS = (
     ("duration_s", pa.float64()), ("n_segments", pa.int32()), ("silent", pa.bool_()),
 )
 RAW_COLUMN = ("raw", pa.map_(pa.string(), pa.string()))
+# The manifest's values of its schema columns that the output replaces with what was found
+# (`language` is the detected one), so that annotations.parquet loses none of the manifest's values;
+# they come after raw, before the pass-through columns.
+MANIFEST_VALUE_COLUMNS = (("manifest_language", pa.string(), "language"),)
 
 
 def output_column_names(columns: dict[str, str]) -> set[str]:
     """Every column annotations.parquet writes besides the manifest's own."""
-    return {name for name, _ in FILE_COLUMNS} | set(columns) | {RAW_COLUMN[0]}
+    return ({name for name, _ in FILE_COLUMNS} | set(columns) | {RAW_COLUMN[0]}
+            | {name for name, _, _ in MANIFEST_VALUE_COLUMNS})
 
 
 def current_segments(segments: pa.Table, manifest: Manifest) -> pa.Table:
@@ -66,7 +73,7 @@ def _span(segment: dict) -> str:
     return f"{segment['start_s']:.1f}-{segment['end_s']:.1f} s"
 
 
-def _file_row(segments: list[dict], columns: dict[str, str], tasks: list[str], planned_s, hint) -> dict:
+def _file_row(segments: list[dict], columns: dict[str, str], tasks: list[str], planned_s) -> dict:
     ok = [s for s in segments if s["status"] == "ok"]
     failed = [s for s in segments if s["status"] != "ok"]
     n = segments[0]["n_segments"]
@@ -89,8 +96,6 @@ def _file_row(segments: list[dict], columns: dict[str, str], tasks: list[str], p
     else:
         row.update({c: None for c in columns})
         row["raw"] = None
-    if "language" in row and row["language"] is None:
-        row["language"] = hint
     return row
 
 
@@ -101,7 +106,6 @@ def annotations_output(segments: pa.Table, manifest: Manifest, planned_durations
     by_row: dict[int, list[dict]] = defaultdict(list)
     for segment in segments.to_pylist():
         by_row[segment["row"]].append(segment)
-    hints = manifest.languages
     rows = []
     for index in range(manifest.num_rows):
         found = by_row.get(index)
@@ -110,13 +114,16 @@ def annotations_output(segments: pa.Table, manifest: Manifest, planned_durations
         indices = [s["segment"] for s in found]
         if indices != list(range(found[0]["n_segments"])):
             raise RuntimeError(f"id {manifest.ids[index]!r} has segments {indices}, expected each once")
-        rows.append(_file_row(found, columns, tasks, planned_durations[index], hints[index]))
+        rows.append(_file_row(found, columns, tasks, planned_durations[index]))
 
     fields = [*FILE_COLUMNS, *((c, column_type(kind)) for c, kind in columns.items()), RAW_COLUMN]
     body = pa.Table.from_pylist(rows, schema=pa.schema(fields))
     table = manifest.table.select(["id", "audio"])
     for name in body.column_names:
         table = table.append_column(name, body.column(name))
+    for name, kind, source in MANIFEST_VALUE_COLUMNS:
+        values = manifest.table.column(source) if source in manifest.table.column_names else None
+        table = table.append_column(name, values.cast(kind) if values is not None else pa.nulls(len(table), kind))
     for name in manifest.passthrough_columns:
         table = table.append_column(name, manifest.table.column(name))
     return table

@@ -87,7 +87,7 @@ _COLUMNS_BY_PARSER = {
 # custom task must not shadow them.
 RESERVED_COLUMNS = frozenset({
     "id", "audio", "path", "duration_s", "row", "segment", "segments", "n_segments", "start_s",
-    "end_s", "status", "error", "error_detail", "silent", "raw",
+    "end_s", "status", "error", "error_detail", "silent", "raw", "manifest_language",
 })
 
 

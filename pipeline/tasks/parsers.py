@@ -115,10 +115,34 @@ def split_list(raw: str, tags: bool) -> list[str]:
     return items
 
 
+# A label followed by a verdict on it: "hate speech: no", "Violence - yes", "violence (no)",
+# "**Violence**: Not present", "violence=false", {"violence": true}, "| violence | no |",
+# "Violence? Yes.", "hate speech is not present". A separator is required: "violence no" is not a
+# verdict. Longer phrases first (alternation takes the first that matches).
+_VERDICT_NO = ("not present", "not detected", "not found", "not applicable", "not contained", "not",
+               "absent", "negative", "false", "none", "no", "n a", "0")
+_VERDICT_YES = ("present", "detected", "found", "contained", "positive", "true", "yes", "1")
+_SEPARATOR = r"[\s\"'`*)\]]*(?:[:=(\[?|\-\u2013\u2014]|\bis\b|\bare\b)[\s\"'`*(\[]*"
+_VERDICT = rf"(?P<verdict>{'|'.join(re.escape(v) for v in (*_VERDICT_NO, *_VERDICT_YES))})(?!\w|\.\d)"
+
+
+def _label_pattern(label: str) -> str:
+    phrase = r"\s+".join(re.escape(word) for word in _normalise(label).split())
+    return rf"(?<![a-z0-9]){phrase}(?![a-z0-9])"
+
+
+def _verdicts(text: str, label: str) -> tuple[list[bool], list[tuple[int, int]]]:
+    """The verdicts the answer gives on label (True: it applies), and where they stand."""
+    found, spans = [], []
+    for match in re.finditer(_label_pattern(label) + _SEPARATOR + _VERDICT, text):
+        found.append(match.group("verdict") in _VERDICT_YES)
+        spans.append(match.span())
+    return found, spans
+
+
 def _mentions_unnegated(text: str, label: str) -> bool:
     """True when some clause of text names label with no negation before it in that clause."""
-    phrase = r"\s+".join(re.escape(word) for word in _normalise(label).split())
-    pattern = re.compile(rf"(?<![a-z0-9]){phrase}(?![a-z0-9])")
+    pattern = re.compile(_label_pattern(label))
     for clause in _CLAUSE_BREAK.split(text):
         # The clause's first mention is the least likely to be negated: check only that one.
         mention = pattern.search(clause)
@@ -130,14 +154,41 @@ def _mentions_unnegated(text: str, label: str) -> bool:
 
 
 def _normalise(text: str) -> str:
-    return squash(re.sub(r"[-_/]", " ", text.casefold()))
+    """Casefolded, curly apostrophes straight, and "-", "_" or "/" inside a word read as spaces
+    ("self-harm", "hate_speech"); a dash between spaces stays (it may separate a verdict)."""
+    text = text.casefold().replace("\u2019", "'").replace("\u2018", "'")
+    return squash(re.sub(r"(?<=\w)[-_/](?=\w)", " ", text))
 
 
 def parse_moderation(raw: str, labels: Sequence[str]) -> dict[str, object]:
-    """Configured labels the answer names, in the configured order. Matching is by whole phrase,
-    case-insensitive, with "-", "_" and "/" read as spaces; a label negated in its clause ("no
-    violence", "does not contain hate speech") does not count; "none", "no" or "clean" is []."""
+    """Configured labels the answer says apply, in the configured order. Matching is by whole
+    phrase, case-insensitive, with "-", "_" and "/" inside a word read as spaces.
+
+    - A verdict given on a label decides it: "hate speech: no, violence: yes", "Violence - no",
+      "violence (yes)", "hate speech is not present", {"violence": false}. A label with any
+      verdict that it applies counts; one whose every verdict denies it does not.
+    - Otherwise (a list, a sentence) a label counts when some clause names it with no negation
+      before it in that clause: "violence, profanity" counts both; "no violence", "does not
+      contain hate speech", "neither violence nor hate speech" count none.
+    - "none", "no", "clean" (and any answer naming no label) is [].
+    False positives are the costly error for moderation, so a denial always wins over a mention.
+    """
     text = _normalise(strip_tokens(raw))
     if text.strip(" .!\"'") in _EMPTY_ANSWERS:
         return {"moderation": []}
-    return {"moderation": [label for label in labels if _mentions_unnegated(text, label)]}
+    decided: dict[str, bool] = {}
+    spans: list[tuple[int, int]] = []
+    for label in labels:
+        found, where = _verdicts(text, label)
+        if found:
+            decided[label] = any(found)
+            spans.extend(where)
+    # What the verdicts said is settled: it must not read as a negation of a label listed after it
+    # ("violence: no, profanity" names profanity unnegated).
+    # (spans of two labels may overlap: "self harm: no" holds "harm: no").
+    rest = list(text)
+    for begin, end in spans:
+        rest[begin:end] = "." * (end - begin)
+    rest = "".join(rest)
+    return {"moderation": [label for label in labels
+                           if (decided[label] if label in decided else _mentions_unnegated(rest, label))]}

@@ -1,0 +1,48 @@
+"""Rows of annotations.parquet from committed segments (output/tables.py)."""
+
+import pyarrow as pa
+
+from pipeline.intake.manifest import Manifest
+from pipeline.output.sink import segment_schema
+from pipeline.output.tables import annotations_output, current_segments, output_column_names
+from pipeline.storage import location
+from pipeline.tasks.catalog import OUTPUT_COLUMNS
+
+TASKS_RAN = ["caption"]
+
+
+def _segment(item_id, status, caption=None, language=None, error=None):
+    return {"key": f"{item_id}#0", "id": item_id, "row": 0, "segment": 0, "n_segments": 1, "start_s": 0.0,
+            "end_s": 2.0, "status": status, "error": error, "error_detail": error and "detail",
+            "silent": False, "raw": [("caption", caption)] if status == "ok" else None,
+            "caption": caption, "language": language}
+
+
+def _rows(manifest_table, segments):
+    manifest = Manifest(location("/nowhere/m.parquet"), manifest_table)
+    table = pa.Table.from_pylist(segments, schema=segment_schema(OUTPUT_COLUMNS))
+    found = current_segments(table, manifest)
+    return annotations_output(found, manifest, [2.0] * manifest.num_rows, OUTPUT_COLUMNS, TASKS_RAN).to_pylist()
+
+
+def test_language_is_null_where_the_transcript_did_not_run_and_on_error_rows():
+    """The manifest's language is a hint, not a detection: it never fills `language`, which is
+    null for a task that did not run (README), and it stays in manifest_language."""
+    manifest = pa.table({"id": ["ok", "bad"], "audio": ["a.wav", "b.wav"], "language": ["en", "de"]})
+    rows = _rows(manifest, [_segment("ok", "ok", caption="A dog barks."),
+                            _segment("bad", "error", error="missing_file")])
+    assert [r["language"] for r in rows] == [None, None]
+    assert [r["manifest_language"] for r in rows] == ["en", "de"]
+    assert rows[0]["caption"] == "A dog barks." and rows[1]["status"] == "error"
+
+
+def test_detected_language_wins_and_manifest_language_is_null_without_the_column():
+    manifest = pa.table({"id": ["a"], "audio": ["a.wav"], "source": ["radio"]})
+    rows = _rows(manifest, [_segment("a", "ok", caption="Speech.", language="fr")])
+    assert rows[0]["language"] == "fr" and rows[0]["manifest_language"] is None
+    assert rows[0]["source"] == "radio"  # pass-through columns still come last
+    assert list(rows[0])[-2:] == ["manifest_language", "source"]
+
+
+def test_manifest_language_is_an_output_column_a_manifest_column_must_not_shadow():
+    assert "manifest_language" in output_column_names(OUTPUT_COLUMNS)
