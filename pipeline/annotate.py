@@ -13,44 +13,33 @@ dispatch and commit what finished within 30 s (run/signals.py: exit 75 and 130).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 import signal
 import time
-from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline import exit_codes, storage
-from pipeline.intake import audio
-from pipeline.output.tables import annotations_output, current_segments, output_column_names
 from pipeline.config import Config, ConfigError, CustomTask, load
 from pipeline.errors import UserError
-from pipeline.items import Item, ItemResult
-from pipeline.intake.durations import DECODED, HEADER, DurationCache, Entry
 from pipeline.intake.manifest import Manifest
-from pipeline.intake.manifests import default_out_name, read_manifests
-from pipeline.intake.sources import CurrentSources, read_sources
-from pipeline.plan import plan_batches, plan_items, within_budget
-from pipeline.reasons import Failure
+from pipeline.intake.manifests import read_manifests
 from pipeline.output import delta, error_gate, final
-from pipeline.output.console import (TOP_REASONS, Console, budget_line, counts_text, start_line, stopped_lines,
-                                     summary_lines)
+from pipeline.output.committer import Committer
+from pipeline.output.console import Console, budget_line, start_line, stopped_lines, summary_lines, warn_unreadable
+from pipeline.output.delta import DeltaWritten, write_run_delta
 from pipeline.output.lock import OutLock
 from pipeline.output.sink import OutputDir, Progress, Provenance
-from pipeline.reasons import Reason
-from pipeline.tasks.catalog import OUTPUT_COLUMNS, output_columns, resolve_tasks
+from pipeline.planning.batches import plan_batches
+from pipeline.planning.job import (annotation_columns, budget_option, check_passthrough, default_workers,
+                                   describe_sources, output_folder, run_settings, settings_fingerprint)
+from pipeline.planning.replanning import Replanner
+from pipeline.planning.work import Work, plan_work
 from pipeline.run.signals import StopRequested, StopSignals
-from pipeline.run.worker import failure_result
-
-PROBE_THREADS = 16  # header reads are I/O-bound
-# A CPU worker's kernels run on several threads; more workers than cores / this only contend (on
-# 2 cores one worker with 2 threads is faster than two with one each).
-CORES_PER_CPU_WORKER = 8
+from pipeline.tasks.catalog import resolve_tasks
 
 
 @dataclass
@@ -74,259 +63,6 @@ class RunSummary:
     @property
     def counts(self) -> dict:
         return self.run_info.get("counts", {})
-
-
-def annotation_columns(tasks) -> dict[str, str]:
-    """Every built-in column always (null when its task did not run, so schemas stay stable across
-    jobs), plus one column per custom task."""
-    return {**OUTPUT_COLUMNS, **output_columns(tasks)}
-
-
-def check_passthrough(manifest: Manifest, columns: dict[str, str]) -> None:
-    clashes = sorted(set(manifest.passthrough_columns) & output_column_names(columns))
-    if clashes:
-        raise UserError(f"manifest column(s) {clashes} would be overwritten by output columns; rename them")
-
-
-def resolve_paths(manifest: Manifest, config: Config) -> list:
-    """Every row's audio as a location, or the Failure that says why it cannot be one."""
-    audio_root = storage.location(config.audio_root) if config.audio_root else None
-    return [audio.resolve_path(path, base, audio_root) for path, base in zip(manifest.paths, manifest.base_dirs)]
-
-
-def intake(manifest: Manifest, config: Config, done_ids: set[str], resolved: list, planned: list,
-           sources: CurrentSources) -> tuple[list[Item], list[ItemResult], list, list[Entry]]:
-    """Find durations for every row not already fully committed (done_ids: a resume reads no header
-    twice): planned holds what is known without reading (the manifest's duration_s, OUT's duration
-    cache), file headers give the rest. Rows that fail here become error results straight away,
-    everything else is planned into items. resolved: resolve_paths(manifest).
-    -> (items, error results, each row's planned duration or None, the durations read from headers)."""
-    durations = list(planned)
-    rows = [r for r, item_id in enumerate(manifest.ids) if item_id not in done_ids]
-    to_probe = [r for r in rows if durations[r] is None and not isinstance(resolved[r], Failure)]
-    probed: list[Entry] = []
-    for row, info in zip(to_probe, parallel_map(lambda r: audio.probe(resolved[r]), to_probe, PROBE_THREADS)):
-        durations[row] = info if isinstance(info, Failure) else info.duration_s
-        version = sources.by_id[manifest.ids[row]].version
-        if not isinstance(info, Failure) and version is not None:
-            probed.append(Entry(str(resolved[row]), version, info.duration_s, HEADER))
-            sources.planned[manifest.ids[row]] = info.duration_s
-    good, failed = [], []
-    for row in rows:
-        path, duration = resolved[row], durations[row]
-        problem = path if isinstance(path, Failure) else duration if isinstance(duration, Failure) else None
-        if problem is None:
-            good.append(row)
-            continue
-        durations[row] = None
-        # planned_s 0: no plan. A later run that can read the file plans it anew, and its results
-        # supersede this one (sink: one plan per id), however many segments it finds.
-        item = Item(row, manifest.ids[row], str(manifest.paths[row]), 0, 1, 0.0, 0.0, planned_s=0.0)
-        failed.append(failure_result(item, problem))
-    items = plan_items(good, [manifest.ids[r] for r in good], [str(resolved[r]) for r in good],
-                       [durations[r] for r in good], config.segment_search_s)
-    return items, failed, durations, probed
-
-
-def parallel_map(function, values: list, threads: int) -> list:
-    """function over values in a thread pool; on any exception (a signal's StopRequested included)
-    the calls not started yet are dropped instead of all being waited for."""
-    pool = ThreadPoolExecutor(threads)
-    try:
-        return list(pool.map(function, values))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-@dataclass
-class Work:
-    """What a run of this manifest on this OUT has to do; annotate and the dry run plan it alike."""
-
-    sources: CurrentSources  # every row's audio now
-    progress: Progress  # what OUT holds for it
-    items: list[Item]  # the items of every row not finished
-    todo: list[Item]  # those not committed yet
-    failures: list[ItemResult]  # rows that cannot be read, not committed yet
-    planned: list  # each row's planned duration (None where unknown)
-    chosen: list[Item]  # what this run dispatches: todo within the work budgets
-    limited_by: str | None  # the budget that left rows for later runs, if any
-    durations: DurationCache  # OUT's duration cache, loaded for this manifest's files
-    probed: list[Entry]  # durations this planning read from headers (annotate records them)
-    resolved: list  # each row's location, or the Failure that says why it has none
-
-    @property
-    def row_ids(self) -> set[str]:
-        """Ids this run has work for, within the budgets or not."""
-        return {i.id for i in self.todo} | {r.item.id for r in self.failures}
-
-
-def plan_work(manifest: Manifest, config: Config, sink: OutputDir, discarded: bool = False) -> Work:
-    """Read every row's source, what OUT holds for it, and plan what is left within the budgets.
-    discarded: plan as if OUT were empty (a dry run with --restart)."""
-    resolved = resolve_paths(manifest, config)
-    current = CurrentSources(manifest.ids, read_sources(manifest.paths, manifest.durations, resolved,
-                                                        config.verify_content), config.verify_content)
-    cache = DurationCache(sink.durations)
-    if not discarded:
-        cache.load({(str(where), current.by_id[i].version) for where, i in zip(resolved, manifest.ids)
-                    if not isinstance(where, Failure) and current.by_id[i].version is not None})
-    planned = [None if isinstance(where, Failure) else cache.planned(str(where), current.by_id[i].version, d)
-               for where, i, d in zip(resolved, manifest.ids, manifest.durations)]
-    current.planned.update((i, p) for i, p in zip(manifest.ids, planned) if p is not None)
-    progress = Progress.nothing() if discarded else sink.progress(current, retry_errors(config))
-    items, failures, planned, probed = intake(manifest, config, progress.done_ids, resolved, planned, current)
-    todo = [i for i in items if i.key not in progress.keys]
-    max_audio_s = config.max_hours * 3600 if config.max_hours is not None else None
-    chosen, limited_by = within_budget(todo, config.max_rows, max_audio_s)
-    return Work(current, progress, items, todo, [r for r in failures if r.item.key not in progress.keys],
-                planned, chosen, limited_by, cache, probed, resolved)
-
-
-class Replanner:
-    """Rows whose file decodes longer than planned (a wrong duration_s, a header that
-    underestimates) are planned again from the decoded length within the run, and annotated whole:
-    nothing is silently cut. The decoded length goes to OUT's duration cache before any result of
-    the new plan, so a resumed run plans the row the same way; results of the old plan stop
-    counting (sink: one plan per row). A row planned again whose file is still longer (it changes
-    while it is read) keeps its duration_mismatch error."""
-
-    def __init__(self, work: Work, sink: OutputDir, manifest: Manifest, config: Config):
-        self.work, self.sink, self.config = work, sink, config
-        self.rows = {item_id: row for row, item_id in enumerate(manifest.ids)}
-        self.replanned: dict[str, float] = {}  # id -> the duration it was planned again from
-
-    def stale(self, result: ItemResult) -> bool:
-        """A result of an older plan of a row planned again in this run (still in flight then)."""
-        plan = self.replanned.get(result.item.id)
-        return plan is not None and result.item.planned_s != plan
-
-    def replan(self, result: ItemResult) -> list[Item] | None:
-        item = result.item
-        if result.measured_s is None or item.id in self.replanned:
-            return None
-        row, seconds = self.rows[item.id], result.measured_s
-        version = self.work.sources.by_id[item.id].version
-        self.work.durations.add([Entry(item.path, version, seconds, DECODED)])
-        self.replanned[item.id] = seconds
-        self.work.sources.planned[item.id] = seconds
-        self.work.planned[row] = seconds
-        self.sink.forget(item.id)
-        return plan_items([row], [item.id], [item.path], [seconds], self.config.segment_search_s)
-
-
-class Committer:
-    """Buffers results and commits them as parts; also drives the progress bar. Returns, for the
-    runner to dispatch, the batches of rows planned again (Replanner).
-
-    The bar counts audio in whole milliseconds, each item rounded once: its total is then exactly
-    the sum of its updates, so it never passes 100% (float sums taken in another order did, which
-    made tqdm clamp the bar and print a negative ETA).
-    """
-
-    def __init__(self, sink: OutputDir, columns, items: list[Item], console: Console, commit_items: int,
-                 commit_seconds: float, replanner: Replanner | None = None, batching: tuple[float, int] = (120.0, 64)):
-        self.sink, self.columns = sink, columns
-        self.replanner, self.batching = replanner, batching
-        self.bar = console.progress_bar(sum(audio_ms(i) for i in items))
-        # Until the first results: loading the model and compiling can take minutes.
-        self.bar.set_postfix_str("starting workers")
-        self.commit_items, self.commit_seconds = commit_items, commit_seconds
-        self.buffer: list[ItemResult] = []
-        self.stats: dict | None = None
-        self.last_flush = time.monotonic()
-        self.items_left = Counter(i.id for i in items)  # per row: its items still to come in this run
-        self.total_rows = len(self.items_left)
-        self.rows_done = 0
-        self.rows_with_errors: set[str] = set()
-        self.audio_ms_done = 0  # this invocation's audio with a result (its throughput)
-
-    def __call__(self, results: list[ItemResult], stats: dict | None) -> list | None:
-        results, again = self._replanned(results)
-        self.buffer.extend(results)
-        if stats is not None:
-            self.stats = stats if self.stats is None else {k: self.stats[k] + stats[k] for k in stats}
-        for r in results:
-            self.items_left[r.item.id] -= 1
-            self.rows_done += self.items_left[r.item.id] == 0
-            if r.status != "ok":
-                self.rows_with_errors.add(r.item.id)
-        # The text first: update() redraws the bar, and it should show this batch's counts.
-        self.bar.set_postfix_str(f"rows {self.rows_done}/{self.total_rows}, errors {len(self.rows_with_errors)}",
-                                 refresh=False)
-        done_ms = sum(audio_ms(r.item) for r in results)
-        self.audio_ms_done += done_ms
-        self.bar.update(done_ms)
-        if len(self.buffer) >= self.commit_items or time.monotonic() - self.last_flush > self.commit_seconds:
-            self.flush()
-        return plan_batches(again, *self.batching) if again else None
-
-    def _replanned(self, results: list[ItemResult]) -> tuple[list[ItemResult], list[Item]]:
-        """Drop results of rows planned again; plan again the rows found longer than planned."""
-        if self.replanner is None:
-            return results, []
-        kept, again = [], []
-        for r in results:
-            if self.replanner.stale(r):
-                continue
-            items = self.replanner.replan(r) if r.error == Reason.DURATION_MISMATCH else None
-            if items is None:
-                kept.append(r)
-                continue
-            self.buffer = [b for b in self.buffer if b.item.id != r.item.id]
-            kept = [k for k in kept if k.item.id != r.item.id]
-            self.items_left[r.item.id] = len(items)
-            self.bar.total += sum(audio_ms(i) for i in items)
-            again += items
-        return kept, again
-
-    def flush(self) -> None:
-        if self.buffer:
-            self.sink.commit(self.buffer, self.columns, self.stats)
-        self.buffer, self.stats = [], None
-        self.last_flush = time.monotonic()
-
-    def close(self) -> None:
-        self.flush()
-        self.bar.close()
-
-
-def audio_ms(item: Item) -> int:
-    return round((item.end_s - item.start_s) * 1000)
-
-
-def retry_errors(config: Config) -> frozenset[str]:
-    """The committed error reasons this run tries again (config.retry_errors: codes, or all)."""
-    if "all" in config.retry_errors:
-        return frozenset(Reason)
-    return frozenset(Reason(r) for r in config.retry_errors)
-
-
-def default_workers(config: Config, requested: int | None) -> int:
-    count = requested if requested else config.cpu_workers
-    return count if count > 0 else max(1, (os.cpu_count() or 1) // CORES_PER_CPU_WORKER)
-
-
-def run_settings(plan, config: Config, tasks) -> dict:
-    return {
-        "model": plan.model_dir, "revision": plan.revision, "prompt_style": plan.style,
-        "prompts": dict(zip(plan.task_names, plan.prompts.texts)),
-        "parsers": {t.name: t.parser for t in tasks},
-        "max_new_tokens": dict(zip(plan.task_names, plan.max_new_tokens)),
-        "decoding": asdict(plan.sampling), "dtype": plan.dtype, "device": plan.device,
-        "segment_search_s": config.segment_search_s, "silence_dbfs": config.silence_dbfs,
-        "audio_root": config.audio_root, "moderation_labels": list(config.moderation_labels),
-        # The weights, by file names and sizes (and hub revision): new files mean a new run.
-        "checkpoint": plan.checkpoint_identity(), "dims": asdict(plan.spec),
-    }
-
-
-def output_folder(manifest_path, out):
-    """OUT as given (a folder or an s3:// prefix), else outputs/<manifest name>/ here."""
-    return storage.location(out) if out else Path("outputs") / default_out_name(manifest_path)
-
-
-def describe_sources(manifest_path) -> str:
-    return manifest_path if isinstance(manifest_path, (str, Path)) else " ".join(map(str, manifest_path))
 
 
 def annotate(manifest_path, config: Config, out: str | Path | None = None, workers: int | None = None,
@@ -392,7 +128,7 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
         stamp = None
 
         def write_delta(outcome: str, after: Progress | None = None) -> DeltaWritten:
-            return write_run_delta(sink, manifest, work, columns, list(plan.task_names), stamp, {
+            return write_run_delta(sink, manifest, work.sources, work.planned, columns, list(plan.task_names), stamp, {
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "outcome": outcome,
                 "wall_s": round(time.time() - started, 2),
                 "audio_s": committer.audio_ms_done / 1000 if committer else 0.0}, after)
@@ -430,8 +166,7 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
 
             with signals.graceful():  # a signal here stops dispatch; what finished is committed below
                 committer = Committer(sink, columns, todo + [r.item for r in new_failures], console,
-                                      config.commit_items, config.commit_seconds,
-                                      Replanner(work, sink, manifest, config), (config.batch_audio_s, config.batch_items))
+                                      config.commit_items, config.commit_seconds, Replanner(work, sink, manifest, config))
                 if new_failures:
                     committer(new_failures, None)
                 if batches and past_deadline():  # intake alone used the window: no workers at all
@@ -511,37 +246,6 @@ def _stopped_by_signal(stop: BaseException, signals: StopSignals, committer, wor
                       rows_left=left, delta=written.location)
 
 
-def settings_fingerprint(settings: dict) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def budget_option(limited_by: str, config: Config) -> str:
-    """The option that names a budget, as a person typed it."""
-    return f"--max-rows {config.max_rows}" if limited_by == "max_rows" else f"--max-hours {config.max_hours:g}"
-
-
-@dataclass(frozen=True)
-class DeltaWritten:
-    location: storage.Location | None  # None: no row completed since the last runs/ file
-    statuses: list[str]  # each of its rows' status, for the error gate
-
-
-def write_run_delta(sink: OutputDir, manifest: Manifest, work: Work, columns: dict[str, str], tasks: list[str],
-                    stamp: str, run: dict, after: Progress | None = None) -> DeltaWritten:
-    """OUT/runs/<stamp>.parquet: every row completed since the last runs/ file, with its
-    annotations (output/delta.py). after: OUT's progress now, if read."""
-    after = after or sink.progress(work.sources)
-    ids = delta.delta_ids(after.rows, delta.written_stamps(sink))
-    rows = [r for r, item_id in enumerate(manifest.ids) if item_id in ids]
-    if not rows:
-        return DeltaWritten(None, [])
-    subset = manifest.subset(rows)
-    segments = current_segments(sink.segments(columns, work.sources, ids=subset.ids), subset)
-    table = annotations_output(segments, subset, [work.planned[r] for r in rows], columns, tasks)
-    where = delta.write(sink, stamp, table, {**run, "stamp": stamp, "rows": len(rows)})
-    return DeltaWritten(where, table.column("status").to_pylist())
-
-
 def parse_custom_task(text: str) -> CustomTask:
     parts = text.split("|", 3)
     if len(parts) != 4 or not parts[2].strip().isdigit():
@@ -549,16 +253,6 @@ def parse_custom_task(text: str) -> CustomTask:
                           "'speakers|text|16|How many people speak?'")
     name, parser, max_tokens, prompt = (p.strip() for p in parts)
     return CustomTask(name=name, prompt=prompt, max_new_tokens=int(max_tokens), parser=parser)
-
-
-def warn_unreadable(console: Console, failures: list[ItemResult]) -> None:
-    """Rows that fail before any model work (bad paths, unreadable headers), said at the start: a
-    wrong audio root shows in seconds, not in the summary hours later."""
-    if failures:
-        first = failures[0]
-        console.warning(f"{len(failures)} rows cannot be read and become error rows "
-                        f"({counts_text(Counter(r.error for r in failures), TOP_REASONS)}); "
-                        f"first: {first.item.id}: {first.error_detail}")
 
 
 def annotate_from_args(args) -> int:

@@ -1,7 +1,7 @@
 """`annotate --dry-run`: what a run would do, from the manifest(s) and OUT, without loading a model,
 starting Ray or a worker, or writing anything (not even a log file in OUT).
 
-It plans exactly as annotate does (annotate.plan_work: each row's audio now, what OUT holds, header
+It plans exactly as annotate does (planning/work.py's plan_work: each row's audio now, what OUT holds, header
 reads for unknown durations, the work budgets, batches) and declares the engine's shape from the
 checkpoint's config and tokenizer (model_plan.plan_model, which needs no MindSpore). What only a
 cluster knows is taken from here: with device auto, the device of OUT's earlier runs, else this
@@ -18,16 +18,17 @@ import time
 from collections import Counter, defaultdict
 
 from pipeline import exit_codes, storage
-from pipeline.annotate import (Work, annotation_columns, check_passthrough, default_workers, describe_sources,
-                               output_folder, plan_work, run_settings, settings_fingerprint, warn_unreadable)
 from pipeline.config import Config, ConfigError
 from pipeline.intake.manifest import Manifest
 from pipeline.intake.manifests import read_manifests
 from pipeline.output import delta
-from pipeline.output.console import Console, counts_text, duration_text
+from pipeline.output.console import Console, counts_text, duration_text, warn_unreadable
 from pipeline.output.lock import OutLock
 from pipeline.output.sink import OutputDir
-from pipeline.plan import plan_batches
+from pipeline.planning.batches import plan_batches
+from pipeline.planning.job import (annotation_columns, budget_option, check_passthrough, default_workers, describe_sources,
+                                   output_folder, run_settings, settings_fingerprint)
+from pipeline.planning.work import Work, plan_work
 from pipeline.reasons import TRANSIENT
 from pipeline.tasks.catalog import resolve_tasks
 
@@ -136,9 +137,8 @@ def work_lines(work: Work, config: Config, batches: int) -> list[str]:
     chosen_s = sum(i.end_s - i.start_s for i in work.chosen)
     budget = ""
     if work.limited_by:
-        named = f"--max-rows {config.max_rows}" if work.limited_by == "max_rows" else f"--max-hours {config.max_hours:g}"
         later = rows - chosen_rows - {r.item.id for r in work.failures}
-        budget = f"; {named} leaves {len(later)} rows for the next runs"
+        budget = f"; {budget_option(work.limited_by, config)} leaves {len(later)} rows for the next runs"
     lines.append(f"this run: {len(chosen_rows)} rows to the model ({len(work.chosen)} items, {duration_text(chosen_s)} "
                  f"of audio) in {batches} batch{'es' * (batches != 1)} of about {config.batch_audio_s:g} s (at most "
                  f"{config.batch_items} items){budget}")

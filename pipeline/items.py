@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from pipeline.reasons import Failure
+
 
 @dataclass(frozen=True)
 class Item:
@@ -70,3 +72,9 @@ class ItemResult:
     # With duration_mismatch: the file's length as decoded, longer than its plan allows (the driver
     # plans the row again from it instead of committing this result).
     measured_s: float | None = None
+
+
+def failure_result(item: Item, failure: Failure, start_s=None, end_s=None) -> ItemResult:
+    """The error result of an item whose audio cannot be used (the reason and its detail)."""
+    return ItemResult(item=item, status="error", error=str(failure.reason), error_detail=failure.detail,
+                      start_s=start_s, end_s=end_s)

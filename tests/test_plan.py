@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.plan import MAX_SEARCH_S, plan_batches, plan_items, segment_windows
+from pipeline.planning.batches import plan_batches
+from pipeline.planning.windows import MAX_SEARCH_S, plan_items, segment_windows
 from pipeline.shapes import WINDOW_FRAMES, fits_window, frames_for_seconds
 
 

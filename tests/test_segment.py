@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.items import Item
-from pipeline.plan import plan_items
+from pipeline.planning.windows import plan_items
 from pipeline.intake.segment import boundary_nominals, find_cut, search_window, segment_bounds
 from pipeline.shapes import fits_window, frames_for_samples
 

@@ -1,7 +1,8 @@
 """Cut points for long audio, chosen at pauses.
 
-Long audio is planned as equal nominal windows (pipeline.plan). Each inner boundary then moves to
-the quietest point within search_s of its nominal time, so a word is less likely to be split.
+Long audio is planned as equal nominal windows (pipeline/planning/windows.py). Each inner boundary
+then moves to the quietest point within search_s of its nominal time, so a word is less likely to
+be split.
 
 Both segments next to a boundary are processed independently, possibly on different machines, and
 must agree on the cut without talking to each other. So the cut is a pure function of the audio in

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections import Counter
 from collections.abc import Callable
 
 from tqdm import tqdm
@@ -52,7 +53,7 @@ class Console:
             self.log(text)
 
     def progress_bar(self, total_ms: int) -> tqdm:
-        """Audio seconds done, counted in whole milliseconds (see annotate.Committer). tqdm's
+        """Audio seconds done, counted in whole milliseconds (see output/committer.py). tqdm's
         disable=None hides it when the stream is not a terminal: in a file it is only noise."""
         return tqdm(total=total_ms, unit="audio-s", unit_scale=0.001, file=self.err,
                     disable=None if self.progress else True, dynamic_ncols=True,
@@ -111,6 +112,16 @@ def budget_line(limited_by: str, config, rows_later: int) -> str:
     budget = (f"--max-rows {config.max_rows}" if limited_by == "max_rows"
               else f"--max-hours {config.max_hours:g} ({duration_text(config.max_hours * 3600)} of audio)")
     return f"{budget}: {rows_later} more rows are left for the next runs"
+
+
+def warn_unreadable(console: Console, failures: list) -> None:
+    """Rows that fail before any model work (bad paths, unreadable headers; their ItemResults), said
+    at the start: a wrong audio root shows in seconds, not in the summary hours later."""
+    if failures:
+        first = failures[0]
+        console.warning(f"{len(failures)} rows cannot be read and become error rows "
+                        f"({counts_text(Counter(r.error for r in failures), TOP_REASONS)}); "
+                        f"first: {first.item.id}: {first.error_detail}")
 
 
 def stopped_lines(reason: str, rows_committed: int, rows_left: int, delta, out, log_path) -> list[str]:

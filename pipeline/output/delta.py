@@ -19,12 +19,16 @@ import json
 import re
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.output.sink import OutputDir
+from pipeline.intake.manifest import Manifest
+from pipeline.intake.sources import CurrentSources
+from pipeline.output.sink import OutputDir, Progress
+from pipeline.output.tables import annotations_output, current_segments
 from pipeline.storage import Location
 
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"  # sorts as time does; no ':' (awkward in file names and URLs)
@@ -59,6 +63,30 @@ def delta_ids(rows: pa.Table, written: set[str]) -> set[str]:
         expected[item_id] = n
         latest[item_id] = max(latest.get(item_id, ""), run or "")
     return {i for i, count in segments.items() if count == expected[i] and latest[i] and latest[i] not in written}
+
+
+@dataclass(frozen=True)
+class DeltaWritten:
+    location: Location | None  # None: no row completed since the last runs/ file
+    statuses: list[str]  # each of its rows' status, for the error gate
+
+
+def write_run_delta(sink: OutputDir, manifest: Manifest, sources: CurrentSources, planned: list,
+                    columns: dict[str, str], tasks: list[str], stamp: str, run: dict,
+                    after: Progress | None = None) -> DeltaWritten:
+    """OUT/runs/<stamp>.parquet: every row completed since the last runs/ file, with its
+    annotations. sources, planned: every row's audio now and its planned duration (planning's
+    Work); after: OUT's progress now, if read."""
+    after = after or sink.progress(sources)
+    ids = delta_ids(after.rows, written_stamps(sink))
+    rows = [r for r, item_id in enumerate(manifest.ids) if item_id in ids]
+    if not rows:
+        return DeltaWritten(None, [])
+    subset = manifest.subset(rows)
+    segments = current_segments(sink.segments(columns, sources, ids=subset.ids), subset)
+    table = annotations_output(segments, subset, [planned[r] for r in rows], columns, tasks)
+    where = write(sink, stamp, table, {**run, "stamp": stamp, "rows": len(rows)})
+    return DeltaWritten(where, table.column("status").to_pylist())
 
 
 def write(sink: OutputDir, stamp: str, rows: pa.Table, run: dict) -> Location:

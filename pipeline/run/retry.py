@@ -25,9 +25,8 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
-from pipeline.items import Batch, ItemResult
+from pipeline.items import Batch, ItemResult, failure_result
 from pipeline.reasons import TRANSIENT, Failure, Reason
-from pipeline.run.worker import failure_result
 
 BACKOFF_S = 1.0  # before the first retry alone; doubles with each attempt
 MAX_BACKOFF_S = 60.0

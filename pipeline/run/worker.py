@@ -26,7 +26,7 @@ from pipeline.intake.segment import (
     search_window,
     segment_bounds,
 )
-from pipeline.items import Batch, Item, ItemResult
+from pipeline.items import Batch, Item, ItemResult, failure_result
 from pipeline.model.interface import ClipInput, TextModel
 from pipeline.reasons import Failure, Reason
 from pipeline.tasks.catalog import Task, parse
@@ -47,11 +47,6 @@ class PreparedBatch:
     batch: Batch
     ready: list[ReadyClip] = field(default_factory=list)
     failed: list[ItemResult] = field(default_factory=list)
-
-
-def failure_result(item: Item, failure: Failure, start_s=None, end_s=None) -> ItemResult:
-    return ItemResult(item=item, status="error", error=str(failure.reason), error_detail=failure.detail,
-                      start_s=start_s, end_s=end_s)
 
 
 class BatchPreparer:

@@ -6,7 +6,7 @@ import pytest
 from pipeline import exit_codes
 from pipeline.config import ConfigError, Config
 from pipeline.items import Item
-from pipeline.plan import within_budget
+from pipeline.planning.batches import within_budget
 from pipeline.testing.fake_model import FakeModelFactory
 from tests.jobs.conftest import read_rows, run, run_files
 

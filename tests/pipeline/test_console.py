@@ -21,11 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pipeline.annotate import Committer, warn_unreadable
+from pipeline.output.committer import Committer
+from pipeline.output.console import warn_unreadable
 from pipeline.items import Item, ItemResult
 from pipeline.output.console import Console, start_line, summary_lines
 from pipeline.reasons import Failure, Reason
-from pipeline.run.worker import failure_result
+from pipeline.items import failure_result
 
 REPO = Path(__file__).resolve().parents[2]
 BAR = re.compile(r"(\d+)/(\d+) audio-s \[([^<\]]*)<([^,\]]*)")

@@ -5,7 +5,7 @@ import shutil
 
 import pyarrow.parquet as pq
 
-from pipeline.annotate import annotation_columns
+from pipeline.planning.job import annotation_columns
 from pipeline.config import Config
 from pipeline.intake.manifest import read_manifest
 from pipeline.intake.sources import CurrentSources, Source

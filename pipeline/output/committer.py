@@ -1,0 +1,93 @@
+"""The driver's single writer: results as they come from the workers, buffered and committed to
+OUT as parts (output/sink.py), with the progress bar and the counts the run reports."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+
+from pipeline.items import Item, ItemResult
+from pipeline.output.console import Console
+from pipeline.output.sink import OutputDir
+from pipeline.reasons import Reason
+
+
+class Committer:
+    """Buffers results and commits them as parts; also drives the progress bar. Returns, for the
+    runner to dispatch, the batches of rows planned again (replanner: planning/replanning.py's, or
+None where no row is planned again).
+
+    The bar counts audio in whole milliseconds, each item rounded once: its total is then exactly
+    the sum of its updates, so it never passes 100% (float sums taken in another order did, which
+    made tqdm clamp the bar and print a negative ETA).
+    """
+
+    def __init__(self, sink: OutputDir, columns, items: list[Item], console: Console, commit_items: int,
+                 commit_seconds: float, replanner=None):
+        self.sink, self.columns = sink, columns
+        self.replanner = replanner
+        self.bar = console.progress_bar(sum(audio_ms(i) for i in items))
+        # Until the first results: loading the model and compiling can take minutes.
+        self.bar.set_postfix_str("starting workers")
+        self.commit_items, self.commit_seconds = commit_items, commit_seconds
+        self.buffer: list[ItemResult] = []
+        self.stats: dict | None = None
+        self.last_flush = time.monotonic()
+        self.items_left = Counter(i.id for i in items)  # per row: its items still to come in this run
+        self.total_rows = len(self.items_left)
+        self.rows_done = 0
+        self.rows_with_errors: set[str] = set()
+        self.audio_ms_done = 0  # this invocation's audio with a result (its throughput)
+
+    def __call__(self, results: list[ItemResult], stats: dict | None) -> list | None:
+        results, again = self._replanned(results)
+        self.buffer.extend(results)
+        if stats is not None:
+            self.stats = stats if self.stats is None else {k: self.stats[k] + stats[k] for k in stats}
+        for r in results:
+            self.items_left[r.item.id] -= 1
+            self.rows_done += self.items_left[r.item.id] == 0
+            if r.status != "ok":
+                self.rows_with_errors.add(r.item.id)
+        # The text first: update() redraws the bar, and it should show this batch's counts.
+        self.bar.set_postfix_str(f"rows {self.rows_done}/{self.total_rows}, errors {len(self.rows_with_errors)}",
+                                 refresh=False)
+        done_ms = sum(audio_ms(r.item) for r in results)
+        self.audio_ms_done += done_ms
+        self.bar.update(done_ms)
+        if len(self.buffer) >= self.commit_items or time.monotonic() - self.last_flush > self.commit_seconds:
+            self.flush()
+        return self.replanner.batches(again) if again else None
+
+    def _replanned(self, results: list[ItemResult]) -> tuple[list[ItemResult], list[Item]]:
+        """Drop results of rows planned again; plan again the rows found longer than planned."""
+        if self.replanner is None:
+            return results, []
+        kept, again = [], []
+        for r in results:
+            if self.replanner.stale(r):
+                continue
+            items = self.replanner.replan(r) if r.error == Reason.DURATION_MISMATCH else None
+            if items is None:
+                kept.append(r)
+                continue
+            self.buffer = [b for b in self.buffer if b.item.id != r.item.id]
+            kept = [k for k in kept if k.item.id != r.item.id]
+            self.items_left[r.item.id] = len(items)
+            self.bar.total += sum(audio_ms(i) for i in items)
+            again += items
+        return kept, again
+
+    def flush(self) -> None:
+        if self.buffer:
+            self.sink.commit(self.buffer, self.columns, self.stats)
+        self.buffer, self.stats = [], None
+        self.last_flush = time.monotonic()
+
+    def close(self) -> None:
+        self.flush()
+        self.bar.close()
+
+
+def audio_ms(item: Item) -> int:
+    return round((item.end_s - item.start_s) * 1000)

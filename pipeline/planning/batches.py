@@ -1,0 +1,74 @@
+"""Batches: how planned Items group into Batches for dispatch, and which of them a run takes
+within its work budgets.
+
+Pure functions over durations: no audio, no Ray, no model. Batches are units of dispatch and retry,
+not model shapes: a worker packs the clips of the batches it holds into its fixed-shape rows
+(pipeline.model.packing), whatever their lengths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from pipeline.items import Batch, Item
+from pipeline.planning.windows import gc_paused
+
+
+def plan_batches(items: Sequence[Item], audio_s: float, max_items: int) -> list[Batch]:
+    """Group Items into Batches of about audio_s seconds of audio and at most max_items items.
+
+    Items keep (id, segment) order, so a batch mixes lengths (what lets a worker fill its rows:
+    a long clip leaves room that short ones fill) and the result depends only on the set of items,
+    not on their input order: a rerun plans the same batches (and batch ids).
+    """
+    if audio_s <= 0 or max_items < 1:
+        raise ValueError("audio_s and max_items must be positive")
+    with gc_paused():
+        order = sorted(items, key=lambda item: (item.id, item.segment))
+        batches: list[Batch] = []
+        current: list[Item] = []
+        seconds = 0.0
+        for item in order:
+            current.append(item)
+            seconds += item.end_s - item.start_s
+            if seconds >= audio_s or len(current) == max_items:
+                batches.append(Batch(tuple(current)))
+                current, seconds = [], 0.0
+        if current:
+            batches.append(Batch(tuple(current)))
+        return batches
+
+
+def within_budget(items: Sequence[Item], max_rows: int | None,
+                  max_audio_s: float | None) -> tuple[list[Item], str | None]:
+    """The items a run with these work budgets dispatches, and the budget ("max_rows" or
+    "max_hours") that left work for later runs (None when every item fits).
+
+    Whole rows in manifest order (a row's items are its clip, or its segments still to do) while
+    both budgets hold: never more rows, nor more audio, than they allow (None: no limit). The first
+    row that does not fit ends the selection, so rows are worked through as a queue and a long file
+    is never overtaken night after night by shorter ones. Only a row longer than the whole audio
+    budget is cut, at a segment boundary, when it heads the queue: its first segments go now and
+    the rest in the next runs (each segment is committed on its own). A budget of at least one
+    segment (30 s) always takes at least one item.
+    """
+    rows: dict[int, list[Item]] = {}
+    for item in sorted(items, key=lambda i: (i.row, i.segment)):
+        rows.setdefault(item.row, []).append(item)
+    chosen: list[Item] = []
+    audio_s = 0.0
+    for taken, row_items in enumerate(rows.values()):
+        if max_rows is not None and taken == max_rows:
+            return chosen, "max_rows"
+        row_s = sum(i.end_s - i.start_s for i in row_items)
+        if max_audio_s is not None and audio_s + row_s > max_audio_s:
+            if not chosen:  # heads the queue and alone exceeds the budget: its first segments that fit
+                for item in row_items:
+                    if audio_s + item.end_s - item.start_s > max_audio_s:
+                        break
+                    chosen.append(item)
+                    audio_s += item.end_s - item.start_s
+            return chosen, "max_hours"
+        chosen += row_items
+        audio_s += row_s
+    return chosen, None
