@@ -8,7 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import cli, storage
+from pipeline import cli
+from pipeline.storage import writing
 from pipeline.intake.manifest import ManifestError, read_manifest
 from pipeline.intake.manifest_build import build_manifest
 from pipeline.reasons import Reason
@@ -107,7 +108,7 @@ def test_a_failed_write_leaves_the_old_manifest(folder, monkeypatch):
             fh.write(b"half a parquet file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(storage.pq, "write_table", crash)  # storage writes every file
+    monkeypatch.setattr(writing.pq, "write_table", crash)  # storage writes every file
     with pytest.raises(OSError):
         build_manifest(folder, out)
     assert out.read_bytes() == before

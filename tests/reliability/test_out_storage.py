@@ -8,13 +8,14 @@ import pytest
 
 from pipeline import annotate as annotate_module
 from pipeline import cli, storage
+from pipeline.storage import atomic_files
 from tests.reliability.conftest import committed_keys, rows, run
 
 
 def refuse_writes(monkeypatch, out: Path, code: int, after: int = 0, only: str | None = None) -> list:
     """Writes under out fail with `code` (after `after` successful ones; only files in folder `only`)."""
     written = []
-    real = storage._readable
+    real = atomic_files._readable
 
     def readable(tmp):
         path = Path(tmp)
@@ -24,7 +25,7 @@ def refuse_writes(monkeypatch, out: Path, code: int, after: int = 0, only: str |
             written.append(path)
         return real(tmp)
 
-    monkeypatch.setattr(storage, "_readable", readable)
+    monkeypatch.setattr(atomic_files, "_readable", readable)
     return written
 
 

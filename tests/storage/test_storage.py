@@ -18,7 +18,7 @@ from pipeline.intake.manifest import ManifestError, read_manifest
 from pipeline.items import Item, ItemResult
 from pipeline.output.sink import OutputDir
 from pipeline.reasons import Failure, Reason
-from pipeline.storage import ObjectPath
+from pipeline.storage import ObjectPath, local_copies
 
 RATE = 16_000
 
@@ -118,7 +118,7 @@ def test_ffmpeg_only_objects_go_through_a_bounded_local_cache_that_is_cleaned_up
         sizes[name] = m4a.stat().st_size
         s3.put(s3.root / name, m4a.read_bytes())
     storage.configure(s3.settings(cache_bytes=max(sizes.values()) + 1))  # room for one copy
-    cache = storage._cache.root
+    cache = local_copies._cache.root
 
     def copies():
         return sorted(p.name for p in cache.rglob("*.m4a"))
