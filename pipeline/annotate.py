@@ -97,7 +97,8 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
               console: Console, started: float, lock: OutLock, read_faults, signals: StopSignals) -> RunSummary:
     from pipeline.model.model_plan import load_prompts, plan_model
     from pipeline.output import run_info
-    from pipeline.run import runner
+    from pipeline.run import cluster, runner
+    from pipeline.run.actors import WorkerSpec
 
     # --max-wall counts from the start: loading and compiling are part of a scheduled window.
     deadline = time.monotonic() + config.max_wall_minutes * 60 if config.max_wall_minutes else None
@@ -107,16 +108,16 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
     worker_count = default_workers(config, workers)
 
     # Tokenising the prompts needs no cluster: it runs while Ray starts (seconds each).
-    with ThreadPoolExecutor(1) as background, runner.ray_session(worker_count):
+    with ThreadPoolExecutor(1) as background, cluster.ray_session(worker_count):
         signals.install()  # again: Ray's start put its own SIGTERM handler (exit at once) in place
         checkpoint = background.submit(load_prompts, config, tasks)
-        npus = runner.cluster_npus()
+        npus = cluster.cluster_npus()
         device = config.device if config.device != "auto" else ("ascend" if npus else "cpu")
         if device == "ascend" and not npus:
             raise UserError("device is ascend but the Ray cluster has no NPU resources")
         try:
             plan = plan_model(config, tasks, device,
-                              runner.worker_memory_bytes(npus if device == "ascend" else worker_count, device == "ascend"),
+                              cluster.worker_memory_bytes(npus if device == "ascend" else worker_count, device == "ascend"),
                               checkpoint.result())
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
@@ -172,8 +173,8 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
                 if batches and past_deadline():  # intake alone used the window: no workers at all
                     report.stopped = True
                 elif batches and not signals.stop_requested():
-                    runner.check_room_for_decoding(npus if use_npu else worker_count)
-                    spec = runner.WorkerSpec(
+                    cluster.check_room_for_decoding(npus if use_npu else worker_count)
+                    spec = WorkerSpec(
                         plan=plan, tasks=tasks, moderation_labels=tuple(config.moderation_labels),
                         silence_dbfs=config.silence_dbfs, search_s=config.segment_search_s,
                         # Absolute: Ray workers need not share the driver's working directory.

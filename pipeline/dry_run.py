@@ -189,8 +189,8 @@ def local_npus() -> int:
 
 
 def local_worker_memory(workers: int, use_npu: bool) -> int:
-    """runner.worker_memory_bytes, estimated without Ray from this machine's memory."""
-    from pipeline.run.runner import CPU_MEMORY_SHARE, NPU_MEMORY_BYTES, NPU_MEMORY_SHARE
+    """cluster.worker_memory_bytes, estimated without Ray from this machine's memory."""
+    from pipeline.run.cluster import CPU_MEMORY_SHARE, NPU_MEMORY_BYTES, NPU_MEMORY_SHARE
 
     if use_npu:
         return int(NPU_MEMORY_BYTES * NPU_MEMORY_SHARE)

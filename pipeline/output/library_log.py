@@ -4,7 +4,7 @@ While a run lasts, this process's file descriptors 1 and 2 point at the log, so 
 (MindSpore, Ray's core), Python libraries (transformers, Ray, warnings) and any subprocess all land
 there; the terminal gets only what output/console.py writes. Ray workers' output arrives here too:
 Ray ships every worker's stdout and stderr to the driver, from every node of a cluster, and prints
-it on the driver's stderr (run/runner.ray_session). With echo (--verbose) the descriptors point at
+it on the driver's stderr (run/cluster.ray_session). With echo (--verbose) the descriptors point at
 a pipe instead, and a thread copies it to the log and to the terminal.
 
 One file per invocation, so a resumed run keeps the logs of the runs before it.

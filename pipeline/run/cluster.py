@@ -1,0 +1,88 @@
+"""The Ray cluster this run uses, and what it offers: the session (join RAY_ADDRESS, or start a
+private local Ray), its NPUs, the memory each model worker may plan for, and room for decoding.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+import ray
+
+from pipeline.errors import UserError
+from pipeline.model.runtime import log_environment
+from pipeline.run.signals import StopRequested
+
+
+@contextmanager
+def ray_session(workers: int):
+    """Join the cluster at RAY_ADDRESS, reuse a Ray already started in this process (tests share
+    one per session), or start a local one that ends with the run.
+
+    Every worker's stdout and stderr (MindSpore's glog included, see runtime.log_environment)
+    comes to this process (log_to_driver), from every node of a cluster, and Ray prints it on
+    this process's stderr: the run's log file when the command line runs (output/library_log.py).
+    """
+    if ray.is_initialized():
+        yield
+        return
+    runtime_env = {"env_vars": log_environment()}
+    try:
+        if os.environ.get("RAY_ADDRESS"):
+            # Ship this package to the cluster's workers; its dependencies must be installed there.
+            runtime_env["py_modules"] = [str(Path(__file__).parents[1])]
+            ray.init(runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
+        else:
+            # Logical CPUs, not cores: one per model worker and as many again for prepare tasks (one
+            # CPU each, see actors.remote_prepare), so decoding always has room beside the models.
+            # address="local": a private cluster for this run, even where another Ray runs on the
+            # node (`ray start`, another run): without it ray.init joins that one, and refuses
+            # num_cpus there.
+            ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 2 * workers), include_dashboard=False,
+                     logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
+    except SystemExit as exc:
+        # ray.init installs a SIGTERM handler that exits at once; a SIGTERM while Ray starts comes
+        # out here. Nothing has run: stop like any stop request (exit 75), leaving nothing behind.
+        if exc.code != signal.SIGTERM:
+            raise
+        ray.shutdown()
+        raise StopRequested(signal.SIGTERM) from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def cluster_npus() -> int:
+    return int(ray.cluster_resources().get("NPU", 0))
+
+
+# An Ascend 910B's memory; the engine plans its caches inside it (the host's memory is not used).
+NPU_MEMORY_BYTES = 64 * 2**30
+# What a worker may plan for, of its share of a device: the rest covers the framework's own
+# allocations, and on CPU the driver, the decode tasks and Ray's object store beside it (Ray's
+# memory monitor kills workers when a node passes 95%).
+NPU_MEMORY_SHARE = 0.85
+CPU_MEMORY_SHARE = 0.6
+
+
+def worker_memory_bytes(workers: int, use_npu: bool) -> int:
+    """Memory one worker may use in all: its NPU's, or its share of its node's (Ray's memory
+    resource, which already leaves the object store out)."""
+    if use_npu:
+        return int(NPU_MEMORY_BYTES * NPU_MEMORY_SHARE)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    smallest = min(n["Resources"].get("memory", 0) for n in nodes)
+    per_node = math.ceil(workers / len(nodes))
+    return int(smallest * CPU_MEMORY_SHARE / per_node)
+
+
+def check_room_for_decoding(model_workers: int) -> None:
+    """Prepare tasks take a CPU each: a Ray whose CPUs the model workers hold would wait forever."""
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if cpus < model_workers + 1:
+        raise UserError(f"the Ray cluster has {cpus:g} CPUs: {model_workers} model workers take one each, "
+                        "and decoding needs at least one more")
