@@ -25,8 +25,8 @@ from pathlib import Path
 from pipeline import exit_codes, storage
 from pipeline.config import Config, ConfigError, CustomTask, load
 from pipeline.errors import UserError
-from pipeline.intake.manifest import Manifest
-from pipeline.intake.manifests import read_manifests
+from pipeline.intake.manifest_set import read_manifests
+from pipeline.intake.manifest_table import Manifest
 from pipeline.output import delta, error_gate, final
 from pipeline.output.committer import Committer
 from pipeline.output.console import Console, budget_line, start_line, stopped_lines, summary_lines, warn_unreadable
@@ -68,7 +68,7 @@ class RunSummary:
 def annotate(manifest_path, config: Config, out: str | Path | None = None, workers: int | None = None,
              restart: bool = False, progress: bool = True, model_factory=None,
              console: Console | None = None, read_faults=None) -> RunSummary:
-    """manifest_path: a manifest file, a folder of them, a glob, or a list of those (intake/manifests.py).
+    """manifest_path: a manifest file, a folder of them, a glob, or a list of those (intake/manifest_set.py).
     read_faults: tests inject storage faults into the workers' reads here (testing/faults.py).
 
     Raises KeyboardInterrupt after Ctrl-C (everything finished committed first), OutLocked (a

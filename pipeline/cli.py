@@ -18,7 +18,7 @@ def _cmd_manifest_build(args) -> int:
 
 
 def _cmd_manifest_validate(args) -> int:
-    from pipeline.intake.manifests import read_manifests
+    from pipeline.intake.manifest_set import read_manifests
 
     manifest = read_manifests(args.manifest)
     known = sum(d is not None for d in manifest.durations)

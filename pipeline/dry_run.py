@@ -19,8 +19,8 @@ from collections import Counter, defaultdict
 
 from pipeline import exit_codes, storage
 from pipeline.config import Config, ConfigError
-from pipeline.intake.manifest import Manifest
-from pipeline.intake.manifests import read_manifests
+from pipeline.intake.manifest_set import read_manifests
+from pipeline.intake.manifest_table import Manifest
 from pipeline.output import delta
 from pipeline.output.console import Console, counts_text, duration_text, warn_unreadable
 from pipeline.output.lock import OutLock

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import cli
 from pipeline.storage import writing
-from pipeline.intake.manifest import ManifestError, read_manifest
+from pipeline.intake.manifest_table import ManifestError, read_manifest
 from pipeline.intake.manifest_build import build_manifest
 from pipeline.reasons import Reason
 

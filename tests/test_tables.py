@@ -2,7 +2,7 @@
 
 import pyarrow as pa
 
-from pipeline.intake.manifest import Manifest
+from pipeline.intake.manifest_table import Manifest
 from pipeline.output.sink import segment_schema
 from pipeline.output.tables import annotations_output, current_segments, output_column_names
 from pipeline.storage import location

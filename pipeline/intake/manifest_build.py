@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from pipeline import storage
 from pipeline.intake import audio
-from pipeline.intake.manifest import ManifestError
+from pipeline.intake.manifest_table import ManifestError
 from pipeline.reasons import Failure
 from pipeline.storage import Location, ObjectPath
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
-from pipeline.intake.manifest import Manifest
+from pipeline.intake.manifest_table import Manifest
 from pipeline.intake.sources import CurrentSources
 from pipeline.output.sink import OutputDir, Progress
 from pipeline.output.tables import annotations_output, current_segments

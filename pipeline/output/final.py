@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.intake.manifest import Manifest
+from pipeline.intake.manifest_table import Manifest
 from pipeline.intake.sources import CurrentSources
 from pipeline.output.sink import OutputDir, one_plan_per_id, one_per_key, segment_schema
 from pipeline.output.tables import annotations_output, current_segments, segments_output

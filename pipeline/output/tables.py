@@ -17,7 +17,7 @@ from collections import defaultdict
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.intake.manifest import Manifest
+from pipeline.intake.manifest_table import Manifest
 from pipeline.output.sink import PROVENANCE_COLUMNS, column_type
 from pipeline.tasks.merge import aggregate_row
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from pipeline import storage
 from pipeline.config import Config
 from pipeline.errors import UserError
-from pipeline.intake.manifest import Manifest
-from pipeline.intake.manifests import default_out_name
+from pipeline.intake.manifest_set import default_out_name
+from pipeline.intake.manifest_table import Manifest
 from pipeline.output.tables import output_column_names
 from pipeline.tasks.catalog import OUTPUT_COLUMNS, output_columns
 

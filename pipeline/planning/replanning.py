@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pipeline.config import Config
 from pipeline.intake.durations import DECODED, Entry
-from pipeline.intake.manifest import Manifest
+from pipeline.intake.manifest_table import Manifest
 from pipeline.items import Batch, Item, ItemResult
 from pipeline.output.sink import OutputDir
 from pipeline.planning.batches import plan_batches

@@ -13,7 +13,7 @@ from pipeline import storage
 from pipeline.config import Config
 from pipeline.intake import audio
 from pipeline.intake.durations import HEADER, DurationCache, Entry
-from pipeline.intake.manifest import Manifest
+from pipeline.intake.manifest_table import Manifest
 from pipeline.intake.sources import CurrentSources, read_sources
 from pipeline.items import Item, ItemResult, failure_result
 from pipeline.output.sink import OutputDir, Progress

@@ -4,8 +4,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.intake.manifest import ManifestError, read_manifest
-from pipeline.intake.manifests import default_out_name, read_manifests
+from pipeline.intake.manifest_set import default_out_name, read_manifests
+from pipeline.intake.manifest_table import ManifestError, read_manifest
 from tests.storage.conftest import s3, s3_server  # noqa: F401  (fixtures: a local S3-compatible server)
 
 

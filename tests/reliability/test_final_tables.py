@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 
 from pipeline.planning.job import annotation_columns
 from pipeline.config import Config
-from pipeline.intake.manifest import read_manifest
+from pipeline.intake.manifest_table import read_manifest
 from pipeline.intake.sources import CurrentSources, Source
 from pipeline.output import final, tables
 from pipeline.output.sink import OutputDir

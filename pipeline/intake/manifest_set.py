@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import storage
-from pipeline.intake.manifest import DIGEST_CHARS, ID, Manifest, ManifestError, read_manifest
+from pipeline.intake.manifest_table import DIGEST_CHARS, ID, Manifest, ManifestError, read_manifest
 from pipeline.storage import Location, ObjectPath
 
 _WILDCARD = re.compile(r"[*?[]")

@@ -42,14 +42,14 @@ class ManifestError(UserError):
 class Manifest:
     """A validated manifest. `table` holds id, audio and language as string and duration_s as
     float64 (cast from compatible types); other columns are exactly as read. Several manifest
-    files read as one (intake/manifests.py) keep, in `files` and `file_rows`, which file each row
+    files read as one (intake/manifest_set.py) keep, in `files` and `file_rows`, which file each row
     came from: relative audio paths resolve against their own file's folder."""
 
     path: Location  # a local file or an s3:// object; for several files, what named them (folder or glob)
     table: pa.Table
     files: tuple[Location, ...] = ()  # the files read, in row order (empty: just `path`)
     file_rows: tuple[int, ...] = ()  # rows of each of `files`
-    digest: str = ""  # of the bytes read: every file's name and bytes for several (intake/manifests.py)
+    digest: str = ""  # of the bytes read: every file's name and bytes for several (intake/manifest_set.py)
 
     @property
     def num_rows(self) -> int:
