@@ -9,6 +9,9 @@ this manifest and these settings, nothing changed) does no model work at all. Wo
 One run at a time per OUT (output/lock.py: a second one exits 2). SIGTERM and SIGINT stop
 dispatch and commit what finished within 30 s (run/signals.py: exit 75 and 130). The error gate
 (output/error_gate.py) makes a run whose rows mostly failed exit 3 without _SUCCESS.
+
+This module orchestrates: what a run has to do comes from planning/, the Ray execution from run/,
+the committing and the final tables from output/.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import exit_codes, storage
-from pipeline.config import Config, ConfigError, CustomTask, load
+from pipeline.config import Config, ConfigError
 from pipeline.errors import UserError
 from pipeline.intake.manifest_set import read_manifests
 from pipeline.intake.manifest_table import Manifest
@@ -247,37 +250,11 @@ def _stopped_by_signal(stop: BaseException, signals: StopSignals, committer, wor
                       rows_left=left, delta=written.location)
 
 
-def parse_custom_task(text: str) -> CustomTask:
-    parts = text.split("|", 3)
-    if len(parts) != 4 or not parts[2].strip().isdigit():
-        raise ConfigError(f"--custom-task {text!r}: expected NAME|PARSER|MAX_TOKENS|PROMPT, e.g. "
-                          "'speakers|text|16|How many people speak?'")
-    name, parser, max_tokens, prompt = (p.strip() for p in parts)
-    return CustomTask(name=name, prompt=prompt, max_new_tokens=int(max_tokens), parser=parser)
-
-
-def annotate_from_args(args) -> int:
+def annotate_from_args(args, config: Config, out) -> int:
+    """The annotate command (cli.py): the run with its log file in OUT, what the screen says, and its
+    exit code. config: the job with the command line's overrides; out: OUT."""
     from pipeline.output.library_log import LibraryLog
 
-    config = load(args.job)
-    overrides = {
-        "model": args.model, "audio_root": args.audio_root, "device": args.device, "dtype": args.dtype,
-        "tasks": [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
-        "max_rows": args.max_rows, "max_hours": args.max_hours, "max_wall_minutes": args.max_wall,
-        "verify_content": True if args.verify_content else None,
-        "max_error_rate": args.max_error_rate,
-        "retry_errors": [r.strip() for r in args.retry_errors.split(",") if r.strip()] if args.retry_errors else None,
-    }
-    if args.custom_task:
-        overrides["custom_tasks"] = [asdict(t) for t in config.custom_tasks] + \
-                                    [asdict(parse_custom_task(t)) for t in args.custom_task]
-    config = config.with_overrides(**overrides)
-    out = output_folder(args.manifest, args.out)
-    if args.dry_run:  # writes nothing, so no log file in OUT either: the libraries print where they are
-        from pipeline.dry_run import dry_run
-
-        return dry_run(args.manifest, config, out=out, workers=args.workers, restart=args.restart,
-                       console=Console(quiet=args.quiet, progress=False))
     with ExitStack() as stack:
         try:
             log = stack.enter_context(LibraryLog(out / "logs", echo=args.verbose))

@@ -38,9 +38,51 @@ def _cmd_tiny_model(args) -> int:
 
 
 def _cmd_annotate(args) -> int:
+    from pipeline.planning.job import output_folder
+
+    config = job_config(args)
+    out = output_folder(args.manifest, args.out)
+    if args.dry_run:  # writes nothing, so no log file in OUT either: the libraries print where they are
+        from pipeline.dry_run import dry_run
+        from pipeline.output.console import Console
+
+        return dry_run(args.manifest, config, out=out, workers=args.workers, restart=args.restart,
+                       console=Console(quiet=args.quiet, progress=False))
     from pipeline.annotate import annotate_from_args
 
-    return annotate_from_args(args)
+    return annotate_from_args(args, config, out)
+
+
+def job_config(args):
+    """The job file (--job, else the defaults) with the command line's overrides."""
+    from dataclasses import asdict
+
+    from pipeline.config import load
+
+    config = load(args.job)
+    overrides = {
+        "model": args.model, "audio_root": args.audio_root, "device": args.device, "dtype": args.dtype,
+        "tasks": [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
+        "max_rows": args.max_rows, "max_hours": args.max_hours, "max_wall_minutes": args.max_wall,
+        "verify_content": True if args.verify_content else None,
+        "max_error_rate": args.max_error_rate,
+        "retry_errors": [r.strip() for r in args.retry_errors.split(",") if r.strip()] if args.retry_errors else None,
+    }
+    if args.custom_task:
+        overrides["custom_tasks"] = [asdict(t) for t in config.custom_tasks] + \
+                                    [asdict(parse_custom_task(t)) for t in args.custom_task]
+    return config.with_overrides(**overrides)
+
+
+def parse_custom_task(text: str):
+    from pipeline.config import ConfigError, CustomTask
+
+    parts = text.split("|", 3)
+    if len(parts) != 4 or not parts[2].strip().isdigit():
+        raise ConfigError(f"--custom-task {text!r}: expected NAME|PARSER|MAX_TOKENS|PROMPT, e.g. "
+                          "'speakers|text|16|How many people speak?'")
+    name, parser, max_tokens, prompt = (p.strip() for p in parts)
+    return CustomTask(name=name, prompt=prompt, max_new_tokens=int(max_tokens), parser=parser)
 
 
 def _cmd_bench(args) -> int:

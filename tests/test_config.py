@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.annotate import parse_custom_task
+from pipeline.cli import parse_custom_task
 from pipeline.config import Config, ConfigError, load
 from pipeline.tasks.catalog import resolve_tasks
 
