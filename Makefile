@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: annotate test tiny-model bench example-manifest clean venv
+.PHONY: annotate test tiny-model bench bench-driver example-manifest clean venv
 
 $(RUNTIME_STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,14 @@ tiny-model: $(TEST_STAMP)
 BENCH_OUT ?= outputs/bench/bench.json
 bench: $(TEST_STAMP)
 	$(PY) -m pipeline bench --out $(BENCH_OUT)
+
+# The driver's own time and peak memory for --dry-run, a first dispatch (--max-rows 32) and a resume,
+# on manifests of ROWS rows over 100,000 real files (needs `make tiny-model`); figures to
+# DRIVER_BENCH_OUT (default outputs/bench/driver.json).
+ROWS ?= 1000000,2000000,10000000
+DRIVER_BENCH_OUT ?= outputs/bench/driver.json
+bench-driver: $(RUNTIME_STAMP)
+	$(PY) -m pipeline bench driver --rows $(ROWS) --model $(TINY_MODEL_DIR) --out $(DRIVER_BENCH_OUT)
 
 clean:
 	rm -rf $(VENV) outputs models .pytest_cache

@@ -86,6 +86,10 @@ def parse_custom_task(text: str):
 
 
 def _cmd_bench(args) -> int:
+    if args.mode == "driver":
+        from pipeline.bench.driver import run_driver_benchmark
+
+        return run_driver_benchmark(args)
     from pipeline.bench.realistic import run_benchmark
 
     return run_benchmark(args)
@@ -173,10 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser(
         "bench", help="the pipeline against transformers on a realistic workload, side by side",
-        description="Write a podcast-like mix and a checkpoint with the real model's proportions, run "
-                    "`annotate` (cold and warm compile cache) and transformers' batched generate on the same "
-                    "audio, check the texts are identical, print a table and save JSON (BENCH_OUT).",
+        description="realistic (default): write a podcast-like mix and a checkpoint with the real model's "
+                    "proportions, run `annotate` (cold and warm compile cache) and transformers' batched generate "
+                    "on the same audio, check the texts are identical, print a table and save JSON (BENCH_OUT). "
+                    "driver: the driver's own time and peak memory for --dry-run, a first dispatch under "
+                    "--max-rows 32 and a resume, on manifests of --rows rows over --files real files.",
     )
+    bench.add_argument("mode", nargs="?", choices=("realistic", "driver"), default="realistic")
     bench.add_argument("--out", help="JSON to write (default $BENCH_OUT or outputs/bench/bench.json)")
     bench.add_argument("--short", type=int, default=60, help="clips of 1-10 s")
     bench.add_argument("--medium", type=int, default=20, help="clips of 10-29.5 s")
@@ -185,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dims", choices=("proportions", "tiny"), default="proportions",
                        help="checkpoint size (proportions: the 7B's shape, ~20M parameters)")
     bench.add_argument("--quick", action="store_true", help="a few clips on the tiny checkpoint (what CI runs)")
+    bench.add_argument("--rows", default="1000000,2000000,10000000",
+                       help="driver: manifest sizes, comma-separated")
+    bench.add_argument("--files", type=int, default=100_000, help="driver: real audio files the rows name")
+    bench.add_argument("--commands", default="dry_run,first_dispatch,resume",
+                       help="driver: which commands to measure, comma-separated")
+    bench.add_argument("--work-dir", default="outputs/bench/driver", help="driver: where files, manifests and OUTs go")
+    bench.add_argument("--model", default="models/tiny-qwen2-audio",
+                       help="driver: the checkpoint the first dispatch loads (make tiny-model)")
     bench.set_defaults(handler=_cmd_bench)
     return parser
 
