@@ -35,6 +35,10 @@ class Reason(StrEnum):
     DECODER_UNAVAILABLE = "decoder_unavailable"
     NON_FINITE_SAMPLES = "non_finite_samples"
     DURATION_MISMATCH = "duration_mismatch"
+    # Audio kept inside other files (a Parquet shard's audio column, WebDataset tar shards).
+    NO_AUDIO = "no_audio"  # a null audio value or struct, or a WebDataset sample with no audio member
+    AMBIGUOUS_AUDIO = "ambiguous_audio"  # a WebDataset sample with more than one audio member
+    CORRUPT_SHARD = "corrupt_shard"  # the Parquet row group (or footer) holding the row cannot be read
     # Processing problems, found after retries were exhausted (the item failed alone every time).
     MODEL_ERROR = "model_error"
     WORKER_LOST = "worker_lost"
@@ -63,6 +67,9 @@ KIND: dict[Reason, Kind] = {
     Reason.DECODER_UNAVAILABLE: Kind.PERMANENT,
     Reason.NON_FINITE_SAMPLES: Kind.PERMANENT,
     Reason.DURATION_MISMATCH: Kind.PERMANENT,
+    Reason.NO_AUDIO: Kind.PERMANENT,
+    Reason.AMBIGUOUS_AUDIO: Kind.PERMANENT,
+    Reason.CORRUPT_SHARD: Kind.PERMANENT,
     Reason.MODEL_ERROR: Kind.PROCESSING,
     Reason.WORKER_LOST: Kind.PROCESSING,
     Reason.OUT_OF_MEMORY: Kind.PROCESSING,

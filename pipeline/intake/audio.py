@@ -10,7 +10,8 @@ checks, ffmpeg the ffmpeg fallback.
 
 Paths are local files or s3:// objects (pipeline.storage). libsndfile reads objects through
 ranged reads, so a segment of a long file downloads little more than the segment; ffmpeg gets a
-local copy from storage's bounded cache. A missing object is missing_file, a denied read
+local copy from storage's bounded cache. Audio embedded in other files (intake/embedded: a Parquet
+cell's bytes, a tar member read in place) goes through the same checks and decoders. A missing object is missing_file, a denied read
 permission_denied, and an object store that keeps failing after retries storage_unavailable;
 a local or network file system failing a read (EIO, ESTALE, a timeout) is read_error. Both are
 transient (reasons.Kind): retried, never reported as a content reason such as corrupt_audio.
@@ -31,6 +32,8 @@ import soundfile as sf
 import soxr
 
 from pipeline import storage
+from pipeline.intake.embedded.files import AudioBytes, Source, local_file, open_source, read_error
+from pipeline.intake.embedded.refs import TarMember
 from pipeline.intake.ffmpeg import decode_ffmpeg, probe_ffmpeg
 from pipeline.intake.formats import (  # the extension sets and AudioInfo are part of this module's API
     AUDIO_EXTENSIONS,
@@ -133,7 +136,7 @@ def _resolve_object(path: str, root: Location, audio_root: Location | None) -> O
     return target
 
 
-def probe(path: Location | str) -> AudioInfo | Failure:
+def probe(path: Source | str) -> AudioInfo | Failure:
     """Duration and format from headers only (no full decode): what manifest build and planning need."""
     path = _locate(path)
     if isinstance(path, Failure):
@@ -141,8 +144,8 @@ def probe(path: Location | str) -> AudioInfo | Failure:
     try:
         opened = _open(path)
         if opened is _USE_FFMPEG or isinstance(opened, _TryFfmpeg):
-            with storage.local_copy(path) as local:
-                return _or_otherwise(probe_ffmpeg(local), opened)
+            with local_file(path) as local:
+                return _named(_or_otherwise(probe_ffmpeg(local), opened), local, path)
         if isinstance(opened, Failure):
             return opened
         with _closing_source(opened), opened as f:
@@ -160,7 +163,15 @@ def _or_otherwise(result, opened):
     return result
 
 
-def _probe_sndfile(f: sf.SoundFile, path: Location) -> AudioInfo | Failure:
+def _named(result, local, path: Source):
+    """ffmpeg's messages name the temporary file embedded audio was written to: name the source."""
+    if isinstance(result, Failure) and isinstance(path, (AudioBytes, TarMember)):
+        detail = result.detail.replace(f"file:{local.absolute()}", path.name).replace(str(local.absolute()), path.name)
+        return Failure(result.reason, detail.replace(local.name, path.name))
+    return result
+
+
+def _probe_sndfile(f: sf.SoundFile, path: Source) -> AudioInfo | Failure:
     problem = length_problem(f, path)
     if problem:
         return problem
@@ -169,7 +180,7 @@ def _probe_sndfile(f: sf.SoundFile, path: Location) -> AudioInfo | Failure:
     return AudioInfo(f.frames / f.samplerate, f.samplerate, f.channels, f.frames, f"{f.format}/{f.subtype}")
 
 
-def decode(path: Location | str, start_s: float = 0.0, end_s: float | None = None,
+def decode(path: Source | str, start_s: float = 0.0, end_s: float | None = None,
            silence_dbfs: float = -60.0) -> DecodedAudio | Failure:
     """Decode [start_s, end_s) of a file (the whole file by default) to 16 kHz mono float32.
 
@@ -186,8 +197,8 @@ def decode(path: Location | str, start_s: float = 0.0, end_s: float | None = Non
     try:
         opened = _open(path)
         if opened is _USE_FFMPEG or isinstance(opened, _TryFfmpeg):
-            with storage.local_copy(path) as local:
-                result = _or_otherwise(decode_ffmpeg(local, start_s, end_s), opened)
+            with local_file(path) as local:
+                result = _named(_or_otherwise(decode_ffmpeg(local, start_s, end_s), opened), local, path)
         elif isinstance(opened, Failure):
             return opened
         else:
@@ -211,16 +222,22 @@ def decode(path: Location | str, start_s: float = 0.0, end_s: float | None = Non
 
 # --- path checks and choosing a reader -----------------------------------------------------------
 
-def _locate(path: Location | str) -> Location | Failure:
+def _locate(path: Source | str) -> Source | Failure:
+    if isinstance(path, (AudioBytes, TarMember)):
+        return path
     try:
         return storage.location(path)
     except storage.UnsupportedLocation as exc:
         return Failure(Reason.NOT_A_FILE, str(exc))
 
 
-def _read_head(path: Location) -> bytes | Failure:
+def _read_head(path: Source) -> bytes | Failure:
     """Stat the path and read its first bytes: maps path problems precisely, and the bytes let us
     recognise containers that only ffmpeg reads."""
+    if isinstance(path, AudioBytes):
+        return path.data[:64] if path.data else Failure(Reason.EMPTY_AUDIO, f"{path.name} holds 0 bytes")
+    if isinstance(path, TarMember):
+        return _read_member_head(path)
     if isinstance(path, ObjectPath):
         return _read_object_head(path)
     try:
@@ -263,7 +280,30 @@ def _read_object_head(path: ObjectPath) -> bytes | Failure:
         return _storage_failure(path, exc)
 
 
-def _open(path: Location):
+def _read_member_head(member: TarMember) -> bytes | Failure:
+    """A tar member: its shard is there and holds the whole member (a shard cut short is caught
+    here, before a decoder sees a member that ends early)."""
+    try:
+        found = storage.info(member.shard)
+        if found.kind == "missing":
+            return Failure(Reason.MISSING_FILE, f"the shard {member.shard} does not exist")
+        if found.kind != "file":
+            return Failure(Reason.NOT_A_FILE, f"the shard {member.shard} is not a file")
+        if member.size == 0:
+            return Failure(Reason.EMPTY_AUDIO, f"{member.name} is 0 bytes")
+        if found.size < member.offset + member.size:
+            return Failure(Reason.TRUNCATED_AUDIO,
+                           f"{member.name} is truncated: the tar declares {member.size} bytes but the shard ends "
+                           f"{max(0, found.size - member.offset)} bytes into it")
+        with open_source(member) as fh:
+            return fh.read(64)
+    except storage.StorageError as exc:
+        return _storage_failure(member, exc)
+    except OSError as exc:
+        return _os_failure(member, exc)
+
+
+def _open(path: Source):
     """An open SoundFile, _USE_FFMPEG, or a Failure saying why neither can read the file."""
     head = _read_head(path)
     if isinstance(head, Failure):
@@ -271,7 +311,7 @@ def _open(path: Location):
     # Through Python file objects, local files and objects alike, quiet because libsndfile's read
     # callbacks cannot raise: a failed read (an object store failing, EIO or ESTALE from a disk or
     # NFS) is kept and checked after, so it is reported as what it is, not as a damaged file.
-    source = storage.open_input(path, quiet=True)
+    source = open_source(path, quiet=True)
     try:
         return sf.SoundFile(source)
     except Exception as exc:  # LibsndfileError for every container it does not understand
@@ -307,7 +347,7 @@ def _closing_source(f: sf.SoundFile):
             f.name.close()
 
 
-def _decode_sndfile(f: sf.SoundFile, path: Location, start_s: float, end_s: float | None):
+def _decode_sndfile(f: sf.SoundFile, path: Source, start_s: float, end_s: float | None):
     problem = length_problem(f, path)
     if problem:
         return problem
@@ -354,14 +394,19 @@ def _decode_sndfile(f: sf.SoundFile, path: Location, start_s: float, end_s: floa
 
 # --- failures ----------------------------------------------------------------------------------------
 
-def _non_finite(path: Location, samples: np.ndarray, rate: int, offset_s: float) -> Failure:
+def _non_finite(path: Source, samples: np.ndarray, rate: int, offset_s: float) -> Failure:
     bad = ~np.isfinite(samples.reshape(len(samples), -1)).all(axis=1)
     first = offset_s + int(np.argmax(bad)) / rate
     return Failure(Reason.NON_FINITE_SAMPLES,
                    f"{path.name} holds NaN or infinite sample values (first at {first:.3f} s)")
 
 
-def _os_failure(path: Location, exc: OSError) -> Failure:
+def io_failure(path: Source, exc: OSError) -> Failure:
+    """What an OSError (a StorageError included) reading `path` means for its row."""
+    return _os_failure(path, exc)
+
+
+def _os_failure(path: Source, exc: OSError) -> Failure:
     """A local file system's error: transient when it is the storage failing, else the path's problem."""
     if isinstance(exc, storage.StorageError):
         return _storage_failure(path, exc)
@@ -375,7 +420,7 @@ def _os_failure(path: Location, exc: OSError) -> Failure:
     return Failure(Reason.NOT_A_FILE, f"cannot read {path}: {exc.strerror or exc}")
 
 
-def _storage_failure(path: Location, exc: storage.StorageError) -> Failure:
+def _storage_failure(path: Source, exc: storage.StorageError) -> Failure:
     if isinstance(exc, storage.ObjectNotFound):
         return Failure(Reason.MISSING_FILE, str(exc))
     if isinstance(exc, storage.AccessDenied):
@@ -385,13 +430,13 @@ def _storage_failure(path: Location, exc: storage.StorageError) -> Failure:
     return Failure(Reason.NOT_A_FILE, f"cannot read {path}: {exc}")
 
 
-def _read_failure(source, path: Location) -> Failure | None:
+def _read_failure(source, path: Source) -> Failure | None:
     """The reason a read failed inside libsndfile, which saw only an early end of file."""
-    error = storage.read_error(source)
+    error = read_error(source)
     return _os_failure(path, error) if error is not None else None
 
 
-def _unexpected(path: Location, exc: Exception) -> Failure:
+def _unexpected(path: Source, exc: Exception) -> Failure:
     if isinstance(exc, storage.StorageError):  # e.g. from the header checks or a local copy
         return _storage_failure(path, exc)
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:  # e.g. EIO in a header check

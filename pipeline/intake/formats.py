@@ -3,7 +3,8 @@
 
 Nothing here decodes audio: the answers come from a file's name, its headers and at most its
 last Ogg page, so a mislabelled or cut file gets a precise reason rather than a vague decode error.
-Files are local paths or s3:// objects, read through pipeline.storage (byte ranges for objects).
+Files are local paths or s3:// objects, read through pipeline.storage (byte ranges for objects), or
+audio embedded in a Parquet cell or a tar member (intake/embedded).
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from dataclasses import dataclass
 
 import soundfile as sf
 
-from pipeline import storage
 from pipeline.reasons import Failure, Reason
-from pipeline.storage import Location
+from pipeline.intake.embedded.files import Source, open_source
 
 # Containers libsndfile reads itself: garbage under these names is a damaged file, not an unknown format.
 SNDFILE_EXTENSIONS = frozenset({
@@ -45,7 +45,7 @@ class AudioInfo:
     format: str  # e.g. "WAV/PCM_16", "OGG/OPUS", or ffprobe's "mov,mp4,m4a,3gp,3g2,mj2/aac"
 
 
-def ffmpeg_only(path: Location, head: bytes) -> bool:
+def ffmpeg_only(path: Source, head: bytes) -> bool:
     """By extension or by signature: an .m4a renamed to .wav still needs ffmpeg, not a 'corrupt' row."""
     return (
         path.suffix.lower() in FFMPEG_EXTENSIONS
@@ -57,7 +57,7 @@ def ffmpeg_only(path: Location, head: bytes) -> bool:
     )
 
 
-def length_problem(f: sf.SoundFile, path: Location) -> Failure | None:
+def length_problem(f: sf.SoundFile, path: Source) -> Failure | None:
     """Truncation visible from the file's structure alone (cheap: no decode)."""
     if f.format in ("WAV", "WAVEX"):
         declared = _wav_declared_frames(path)  # byte-exact: no codec padding to allow for
@@ -69,10 +69,10 @@ def length_problem(f: sf.SoundFile, path: Location) -> Failure | None:
     return None
 
 
-def _wav_declared_frames(path: Location) -> int | None:
+def _wav_declared_frames(path: Source) -> int | None:
     """Frames the WAV data chunk claims. libsndfile silently clips this to the bytes present, which
     would let a file cut in half pass as a shorter clip."""
-    with storage.open_input(path) as fh:
+    with open_source(path) as fh:
         riff = fh.read(12)
         if riff[:4] != b"RIFF" or riff[8:12] != b"WAVE":
             return None
@@ -89,10 +89,10 @@ def _wav_declared_frames(path: Location) -> int | None:
     return None
 
 
-def _ogg_ends_cleanly(path: Location) -> bool:
+def _ogg_ends_cleanly(path: Source) -> bool:
     """True when the file ends with a complete Ogg page flagged end-of-stream. A cut Vorbis file
     otherwise reads as 0 frames (it would look empty) and a cut Opus file as a shorter clip."""
-    with storage.open_input(path) as fh:
+    with open_source(path) as fh:
         size = fh.seek(0, os.SEEK_END)
         fh.seek(max(0, size - _OGG_MAX_PAGE))
         tail = fh.read()
@@ -106,10 +106,10 @@ def _ogg_ends_cleanly(path: Location) -> bool:
     return False
 
 
-def mp3_declares_length(path: Location) -> bool:
+def mp3_declares_length(path: Source) -> bool:
     """True when the first MP3 frame carries a Xing/Info/VBRI length tag; without one libsndfile's
     length is an estimate from the bitrate, and a short decode is no evidence of truncation."""
-    with storage.open_input(path) as fh:
+    with open_source(path) as fh:
         head = fh.read(10)
         offset = 0
         if head[:3] == b"ID3" and len(head) == 10:  # skip an ID3v2 tag (its size is "synchsafe")
@@ -124,7 +124,7 @@ def truncation_tolerance(frames: int, rate: int) -> int:
     return max(round(_TRUNCATION_TOLERANCE_S * rate), round(frames * _TRUNCATION_TOLERANCE_FRACTION))
 
 
-def truncated(path: Location, rate: int, declared: int, present: int, error=None) -> Failure:
+def truncated(path: Source, rate: int, declared: int, present: int, error=None) -> Failure:
     why = f" ({error})" if error else ""
     return Failure(Reason.TRUNCATED_AUDIO,
                    f"{path.name} is truncated: its header declares {declared / rate:.2f} s "

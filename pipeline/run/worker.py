@@ -17,8 +17,11 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from pipeline import shapes, storage
+from pipeline import shapes
 from pipeline.intake import audio
+from pipeline.intake.embedded import refs
+from pipeline.intake.embedded.files import Source
+from pipeline.intake.embedded.parquet_cells import read_cells
 from pipeline.intake.features import clip_features
 from pipeline.intake.segment import (
     boundary_nominals,
@@ -57,7 +60,7 @@ class BatchPreparer:
         self.silence_dbfs = silence_dbfs
         self.search_s = search_s
 
-    def _cut(self, path: storage.Location, nominal_s: float | None) -> float | None | Failure:
+    def _cut(self, path: Source, nominal_s: float | None) -> float | None | Failure:
         """Where a boundary falls, decided from the audio around it alone, so both segments that
         share it find the same cut however and wherever they are processed."""
         if nominal_s is None:
@@ -68,8 +71,9 @@ class BatchPreparer:
             return window
         return find_cut(window.samples, shapes.SAMPLE_RATE, window.start_s, nominal_s, self.search_s)
 
-    def _decode(self, item: Item) -> ReadyClip | ItemResult:
-        path = storage.location(item.path)  # a resolved local path or s3:// URL
+    def _decode(self, item: Item, path: Source | Failure) -> ReadyClip | ItemResult:
+        if isinstance(path, Failure):  # embedded audio that could not be read
+            return failure_result(item, path, item.start_s, item.end_s)
         if item.n_segments == 1:
             decoded = audio.decode(path, silence_dbfs=self.silence_dbfs)
             start = 0.0
@@ -99,10 +103,20 @@ class BatchPreparer:
         features, valid = clip_features(self.extractor, decoded.samples)
         return ReadyClip(item, features, valid, start, end, decoded.silent)
 
+    @staticmethod
+    def _sources(batch: Batch) -> dict[str, Source | Failure]:
+        """Each item's audio: a resolved path or URL, a tar member (read in place), or the bytes of
+        a Parquet cell, read here for the whole batch so that a row group is read once per batch."""
+        found = {text: refs.parse(text) for text in dict.fromkeys(i.path for i in batch.items)}
+        cells = [where for where in found.values() if isinstance(where, refs.ParquetCell)]
+        read = read_cells(cells) if cells else {}
+        return {text: read.get(where, where) for text, where in found.items()}
+
     def prepare(self, batch: Batch) -> PreparedBatch:
         prepared = PreparedBatch(batch)
+        sources = self._sources(batch)
         for item in batch.items:
-            outcome = self._decode(item)
+            outcome = self._decode(item, sources[item.path])
             (prepared.ready if isinstance(outcome, ReadyClip) else prepared.failed).append(outcome)
         return prepared
 
