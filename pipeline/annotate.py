@@ -156,7 +156,7 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
             warn_unreadable(console, new_failures)
             rows_now = {i.id for i in todo} | {r.item.id for r in new_failures}
             console.info(start_line(len(rows_now), manifest.num_rows, todo_audio_s, npus if use_npu else worker_count,
-                                    use_npu, plan.dtype))
+                                    use_npu, plan.dtype, plan.decoding.describe()))
             changed = work.progress.changed_ids & work.row_ids
             if changed:
                 console.info(f"{len(changed)} of these rows are labelled again: their audio or its manifest values "

@@ -66,6 +66,8 @@ def job_config(args):
         "max_rows": args.max_rows, "max_hours": args.max_hours, "max_wall_minutes": args.max_wall,
         "verify_content": True if args.verify_content else None,
         "max_error_rate": args.max_error_rate,
+        **{key: getattr(args, key) for key in ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
+                                               "seed")},
         "retry_errors": [r.strip() for r in args.retry_errors.split(",") if r.strip()] if args.retry_errors else None,
     }
     if args.custom_task:
@@ -121,6 +123,18 @@ def build_parser() -> argparse.ArgumentParser:
     annotate.add_argument("--audio-root", help="resolve relative paths here and reject paths outside it")
     annotate.add_argument("--device", choices=("auto", "ascend", "cpu"))
     annotate.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"))
+    decoding = annotate.add_argument_group(
+        "decoding", "each overrides the job file, which overrides the checkpoint's generation_config.json")
+    sample_or_not = decoding.add_mutually_exclusive_group()
+    sample_or_not.add_argument("--greedy", dest="do_sample", action="store_const", const=False,
+                               help="greedy decoding, whatever the checkpoint and the job say (do_sample false)")
+    sample_or_not.add_argument("--do-sample", dest="do_sample", action="store_const", const=True,
+                               help="sample (temperature, top-k, top-p), seeded per row and task")
+    decoding.add_argument("--temperature", type=float)
+    decoding.add_argument("--top-k", type=int, help="0: no top-k")
+    decoding.add_argument("--top-p", type=float)
+    decoding.add_argument("--repetition-penalty", type=float, help="1: none")
+    decoding.add_argument("--seed", type=int, help="seeds each row's sampling draws")
     annotate.add_argument("--restart", action="store_true",
                           help="discard committed work in --out from a run with other settings")
     annotate.add_argument("--dry-run", action="store_true",

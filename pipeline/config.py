@@ -64,10 +64,17 @@ class Config:
     max_new_tokens: dict[str, int] = field(default_factory=dict)
 
     # --- decoding ---
-    # 0 means greedy, which makes reruns byte-identical. Sampling is seeded per (row id, task).
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
+    # null: the checkpoint's generation_config.json, as transformers' generate() reads it (and
+    # transformers' default where the file says nothing); a value here overrides it, an option
+    # (--temperature, --greedy, ...) overrides this. See model/decoding.py.
+    do_sample: bool | None = None
+    # Sampling only. 0 means greedy (do_sample false), as it always has here.
+    temperature: float | None = None
+    top_k: int | None = None  # 0: no top-k
+    top_p: float | None = None
+    repetition_penalty: float | None = None  # 1: none; greedy decoding applies it too
+    # Sampling draws are seeded per (row id, task) from this, so reruns give the same tokens. null: 0.
+    seed: int | None = None
 
     # --- model shapes and batching ---
     # Decode slots per worker: task rows decoded together (0 = as many as memory_budget_gb holds,
@@ -164,9 +171,28 @@ class Config:
     # stops with an error only when none is left.
     worker_start_timeout_s: float = 1800.0
 
+    # Not a job key: the keys command-line options set, for the provenance run.json records.
+    set_by_options: tuple[str, ...] = ()
+
     def with_overrides(self, **overrides) -> Config:
         clean = {k: v for k, v in overrides.items() if v is not None}
-        return from_mapping({**dataclasses.asdict(self), **clean}, source="command line")
+        merged = from_mapping({**job_keys(self), **clean}, source="command line")
+        return dataclasses.replace(merged, set_by_options=tuple(sorted(set(self.set_by_options) | set(clean))))
+
+    def decoding_keys(self, origin: str) -> dict:
+        """The decoding keys set here (not null), by "job" (the job file or code) or "option"."""
+        keys = ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty", "seed")
+        chosen = {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+        by_option = {k: v for k, v in chosen.items() if k in self.set_by_options}
+        return by_option if origin == "option" else {k: v for k, v in chosen.items() if k not in by_option}
+
+
+INTERNAL_FIELDS = frozenset({"set_by_options"})
+
+
+def job_keys(config: Config) -> dict:
+    """The config as a job file would hold it."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in INTERNAL_FIELDS}
 
 
 def _coerce(name: str, value, annotation, source: str):
@@ -223,8 +249,12 @@ def _check(config: Config, source: str) -> None:
     for key, allowed in _CHOICES.items():
         if getattr(config, key) not in allowed:
             raise ConfigError(f"{source}: '{key}' must be one of {allowed}, got {getattr(config, key)!r}")
-    if not 0 < config.top_p <= 1 or config.temperature < 0:
+    if (config.top_p is not None and not 0 < config.top_p <= 1) or (config.temperature or 0) < 0:
         raise ConfigError(f"{source}: need temperature >= 0 and 0 < top_p <= 1")
+    if (config.top_k or 0) < 0 or (config.repetition_penalty is not None and config.repetition_penalty <= 0):
+        raise ConfigError(f"{source}: need top_k >= 0 (0: no top-k) and repetition_penalty > 0 (1: none)")
+    if config.do_sample and config.temperature == 0:
+        raise ConfigError(f"{source}: do_sample with temperature 0; a temperature of 0 means greedy")
     if config.batch_items < 1 or config.batch_audio_s <= 0 or config.memory_budget_gb < 0 or config.max_attempts < 1:
         raise ConfigError(f"{source}: batch_items, batch_audio_s and max_attempts must be positive, "
                           "memory_budget_gb 0 (automatic) or positive")
@@ -271,7 +301,7 @@ def _check(config: Config, source: str) -> None:
 
 def from_mapping(data: dict, source: str = "config") -> Config:
     hints = typing.get_type_hints(Config)
-    known = {f.name for f in dataclasses.fields(Config)}
+    known = {f.name for f in dataclasses.fields(Config)} - INTERNAL_FIELDS
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys are {sorted(known)}")

@@ -67,7 +67,8 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
 
     lines = ["dry run: nothing is written, no model is loaded",
              manifest_line(manifest, manifest_path),
-             out_line(out, work, manifest, discarded)]
+             out_line(out, work, manifest, discarded),
+             f"decoding: {plan.decoding.describe()}"]
     owner = OutLock(out, "").read()
     if owner is not None:
         lines.append(f"in use: another run holds {out} ({owner.describe(time.time())}); a run now would exit 2 "

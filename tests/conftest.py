@@ -44,10 +44,15 @@ def write_tone(tmp_path):
 
 
 CHECKPOINTS = {
-    # (size, flavour, seed): the instruct model with plain multi-head attention, and the base
-    # model with grouped-query attention and odd sizes.
+    # (size, flavour, seed[, generation_config.json values]): the instruct model with plain
+    # multi-head attention, and the base model with grouped-query attention and odd sizes.
     "small-instruct": ("small", "instruct", 0),
     "odd-base": ("odd", "base", 3),
+    # Greedy with a repetition penalty, and two end-of-sequence ids (the instruct flavour's).
+    "penalty-instruct": ("small", "instruct", 5, {"repetition_penalty": 1.3}),
+    # The values Qwen2-Audio-7B-Instruct's generation_config.json publishes.
+    "sampling-instruct": ("small", "instruct", 0, {"do_sample": True, "top_k": 20, "top_p": 0.5, "temperature": 0.7,
+                                                   "repetition_penalty": 1.1}),
 }
 
 
@@ -59,8 +64,9 @@ def checkpoint_dir(tmp_path_factory):
 
     def get(name: str) -> Path:
         if name not in made:
-            size, flavour, seed = CHECKPOINTS[name]
-            made[name] = write_tiny_checkpoint(tmp_path_factory.mktemp(name), seed=seed, flavour=flavour, size=size)
+            size, flavour, seed, *generation = CHECKPOINTS[name]
+            made[name] = write_tiny_checkpoint(tmp_path_factory.mktemp(name), seed=seed, flavour=flavour, size=size,
+                                               generation=generation[0] if generation else None)
         return made[name]
 
     return get

@@ -36,7 +36,7 @@ def profile_graphs(model_dir: Path, task_prompts: list[str], budgets: list[int],
     from pipeline.model.generate import Generator
     from pipeline.model.graph_shapes import declare_shape
     from pipeline.model.graphs import Qwen2Audio
-    from pipeline.model.model_plan import Sampling
+    from pipeline.model.decoding import Decoding
     from pipeline.model.packing import pack_encoder_row, pack_prefill_row
     from pipeline.model.prompts import build_prompt_plan, eos_token_ids, resolve_style
     from pipeline.model.spec import ModelSpec
@@ -51,7 +51,7 @@ def profile_graphs(model_dir: Path, task_prompts: list[str], budgets: list[int],
     model = Qwen2Audio(spec, ms.float32)
     load_weights(model, model_dir, spec.tie_embeddings)
     shape = declare_shape(plan, budgets, slots, spec.max_positions, spec.n_mels)
-    generator = Generator(model, spec, plan, shape, budgets, ms.float32, Sampling())
+    generator = Generator(model, spec, plan, shape, budgets, ms.float32, Decoding())
     reference = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir).eval()
     rng = np.random.default_rng(0)
 
@@ -66,7 +66,7 @@ def profile_graphs(model_dir: Path, task_prompts: list[str], budgets: list[int],
     # Prefill: one packed row of L tokens vs 8 prompts of L tokens.
     audio_tokens = shape.prefill_len - plan.prefix_len(0) - sum(len(s) for s in plan.suffixes)
     prefill_row = pack_prefill_row(plan, [(0, audio_tokens)], shape.prefill_len, shape.audio_rows - 1)
-    prefill_inputs = generator.prefill_inputs(prefill_row, 0, [], [])
+    prefill_inputs = generator.prefill_inputs(prefill_row, 0, [], [], [])
     ours_prefill = _median_ms(lambda: generator.prefill_graph(*prefill_inputs)[0].asnumpy())
     ids = torch.randint(0, 400, (8, shape.prefill_len))
     with torch.no_grad():
@@ -91,7 +91,7 @@ def profile_graphs(model_dir: Path, task_prompts: list[str], budgets: list[int],
 
         ref_step_ms = _median_ms(ref_step, 4 * REPEATS)
 
-    insert_inputs = generator.insert_inputs([(tuple(range(shape.span)), slot) for slot in range(shape.insert_rows)])
+    insert_inputs = generator.insert_inputs([(tuple(range(shape.span)), slot, 0) for slot in range(shape.insert_rows)])
     ours_insert = _median_ms(lambda: generator.insert_graph(*insert_inputs).asnumpy())
     return {
         "encode": {"ours_ms_per_row": ours_encode, "ours_ms_per_1000_frames": ours_encode / 3,
@@ -109,4 +109,4 @@ class _Live:
     """A stand-in row for building step inputs: every slot live at one position."""
 
     def __init__(self, position: int):
-        self.next_token, self.position, self.draw = 1, position, None
+        self.next_token, self.position, self.draw, self.parameters = 1, position, None, ()

@@ -14,8 +14,15 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from pipeline.model.interface import BatchOutput, ClipInput
+from pipeline.model.interface import Answer, BatchOutput, ClipInput
+from pipeline.model.loops import looping
 from pipeline.model.model_plan import ModelPlan
+
+
+def answer(job, task: int) -> Answer:
+    """What a finished clip job says about one of its tasks' answers."""
+    tokens, ended = job.tokens[task], job.ended[task]
+    return Answer(len(tokens), ended, job.logprob_sums[task], looping(tokens, hit_cap=not ended))
 
 
 class _Request:
@@ -50,7 +57,7 @@ class MindSporeModel:
         load_weights(self.model, Path(plan.model_dir), plan.spec.tie_embeddings)
         self.decode = text_decoder(Path(plan.model_dir))
         self.generator = Generator(self.model, plan.spec, plan.prompts, plan.shape, list(plan.max_new_tokens),
-                                   self._dtype, plan.sampling)
+                                   self._dtype, plan.decoding.decoding, plan.decoding.retry)
         # Every graph compiles now, in a fixed order: that is what MindSpore's compile cache needs
         # (see runtime.configure), and it keeps compile time out of the first batches.
         with runtime.compile_lock(cache_folder):
@@ -76,10 +83,11 @@ class MindSporeModel:
         request.done.wait()
         if request.error is not None:
             raise RuntimeError(request.error)
-        texts = [[self.decode(ids) for ids in job.tokens] for job in request.jobs]
+        texts = [[self.decode(job.tokens[t]) for t in job.tasks] for job in request.jobs]
+        answers = [[answer(job, t) for t in job.tasks] for job in request.jobs]
         with self._cond:
             stats = self.generator.stats.taken()
-        return BatchOutput(texts, stats)
+        return BatchOutput(texts, stats, answers)
 
     def _loop(self) -> None:
         while True:

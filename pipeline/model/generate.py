@@ -29,8 +29,8 @@ from pipeline.model.graphs import (
     StepGraph,
     compiled_graph_count,
 )
+from pipeline.model.decoding import ROW_PARAMETERS, Decoding, GraphFeatures, row_parameters
 from pipeline.model.interface import ClipInput
-from pipeline.model.model_plan import Sampling
 from pipeline.model.packing import pack_encoder_row, pack_prefill_row, prompt_tokens
 from pipeline.model.prompts import PromptPlan
 from pipeline.model.scheduler import (
@@ -45,33 +45,49 @@ from pipeline.model.scheduler import (
 from pipeline.model.stats import GenerationStats
 
 
-def row_seed(key: str, task_index: int, seed: int) -> int:
-    """Sampling seed from the row's identity, so reruns and any batch composition give the same draws."""
-    digest = hashlib.sha256(f"{seed}\0{key}\0{task_index}".encode()).digest()
+def row_seed(key: str, task_index: int, seed: int, attempt: int = 0) -> int:
+    """Sampling seed from the row's identity, so reruns and any batch composition give the same
+    draws; a retry (attempt 1) draws from its own stream."""
+    retry = f"\0retry{attempt}" if attempt else ""
+    digest = hashlib.sha256(f"{seed}\0{key}\0{task_index}{retry}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
+
+
+def prompt_presence(prompts: PromptPlan, vocab: int) -> np.ndarray:
+    """[tasks, vocab]: 1 for every id in a task's prompt (head, audio placeholder, tail, suffix),
+    the ids transformers' repetition penalty sees before the first generated token."""
+    presence = np.zeros((len(prompts.suffixes), vocab), np.float32)
+    for task, suffix in enumerate(prompts.suffixes):
+        ids = [*prompts.head, prompts.audio_token_id, *prompts.tail, *suffix]
+        presence[task, [i for i in ids if i < vocab]] = 1.0
+    return presence
 
 
 class Generator:
     def __init__(self, model: Qwen2Audio, spec, prompts: PromptPlan, shape: EngineShape, budgets: list[int],
-                 dtype, sampling: Sampling):
+                 dtype, decoding: Decoding = Decoding(), retry: Decoding | None = None):
+        """decoding: the run's; retry: another some rows may ask for (retry_degenerate). The graphs
+        compile with what these two need (decoding.GraphFeatures), nothing more."""
         self.spec, self.prompts, self.shape = spec, prompts, shape
         self.budgets = list(budgets)
-        self.sampling = sampling
-        self.state = ModelState(spec, shape, dtype)
-        sample = not sampling.greedy
+        self.decoding = decoding
+        self.graph_features = GraphFeatures.needed(decoding, retry)
+        self.state = ModelState(spec, shape, dtype, self.graph_features)
+        if self.graph_features.penalty:
+            self.state.prompt_presence.set_data(ms.Tensor(prompt_presence(prompts, spec.vocab)))
         self.encode_graph = EncodeGraph(model, self.state)
-        self.prefill_graph = PrefillGraph(model, self.state, sample)
-        self.insert_graph = InsertGraph(spec, self.state)
-        self.step_graph = StepGraph(model, self.state, sample)
+        self.prefill_graph = PrefillGraph(model, self.state, self.graph_features)
+        self.insert_graph = InsertGraph(spec, self.state, self.graph_features)
+        self.step_graph = StepGraph(model, self.state, self.graph_features)
         self.reset()
         self.stats = GenerationStats()
         self.keep_first_logits = False
         self.first_logits: dict[tuple[str, int], np.ndarray] = {}
-        temperature = max(sampling.temperature, 1e-6)
-        self._temperature = {n: ms.Tensor(np.full((n, 1), temperature, np.float32))
-                             for n in (shape.first_tokens, shape.slots)}
-        self._top_p = {n: ms.Tensor(np.full((n, 1), sampling.top_p, np.float32))
-                       for n in (shape.first_tokens, shape.slots)}
+        # Graphs without features never read their parameters: one constant input each.
+        self._unused = {n: ms.Tensor(np.zeros((n, ROW_PARAMETERS), np.float32))
+                        for n in (shape.first_tokens, shape.slots)}
+        # What an idle slot or a padding output reads: plain argmax, nothing penalised.
+        self._idle = row_parameters(Decoding(), 1.0, spec.vocab)
 
     def reset(self) -> None:
         """Forget every clip and row (after a failed graph call). The state Parameters need no
@@ -97,7 +113,12 @@ class Generator:
             if clip.valid_frames > shapes.WINDOW_FRAMES:
                 raise ValueError(f"clip {clip.key} has {clip.valid_frames} frames, more than the 30 s window")
             tokens = shapes.audio_tokens(clip.valid_frames)
-            job = ClipJob(clip.key, clip.valid_frames, tokens, prompt_tokens(self.prompts, tokens), owner, index)
+            decoding = clip.decoding or self.decoding
+            if not self.graph_features.allows(decoding):
+                raise ValueError(f"clip {clip.key} asks for {decoding}, which these graphs were not compiled for")
+            tasks = tuple(range(self.shape.tasks)) if clip.tasks is None else tuple(clip.tasks)
+            job = ClipJob(clip.key, clip.valid_frames, tokens, prompt_tokens(self.prompts, tokens), owner, index,
+                          tasks=tasks, decoding=decoding, attempt=clip.attempt)
             self.features[job] = clip.features
             self.scheduler.submit(job, self.shape.tasks)
             jobs.append(job)
@@ -126,11 +147,17 @@ class Generator:
         return finished
 
     def generate(self, clips: list[ClipInput]) -> list[list[list[int]]]:
-        """All of clips, start to finish: -> [clip][task] generated token ids (end-of-sequence excluded)."""
+        """All of clips, start to finish: -> [clip][task] generated token ids (end-of-sequence
+        excluded; empty for a task the clip did not ask for)."""
+        return [job.tokens for job in self.run_all(clips)]
+
+    def run_all(self, clips: list[ClipInput]) -> list[ClipJob]:
+        """All of clips, start to finish: -> their jobs, with each task's tokens, whether it ended
+        and its log-probabilities."""
         jobs = self.submit(clips)
         while self.run_once() is not None:
             pass
-        return [job.tokens for job in jobs]
+        return jobs
 
     def _empty_calls(self):
         """Each graph with inputs built the way the run builds them, for nothing: no clip, no row."""
@@ -138,8 +165,8 @@ class Generator:
         prefill_row = pack_prefill_row(self.prompts, [], self.shape.prefill_len, self.shape.audio_rows - 1)
         return (
             (self.encode_graph, self.encode_inputs(row, 0)),
-            (self.prefill_graph, self.prefill_inputs(prefill_row, 0, [], [])),
-            (self.insert_graph, self.insert_inputs([((self.shape.stage_rows - 1,), 0)])),
+            (self.prefill_graph, self.prefill_inputs(prefill_row, 0, [], [], [])),
+            (self.insert_graph, self.insert_inputs([((self.shape.stage_rows - 1,), 0, 0)])),
             (self.step_graph, self.step_inputs()),
         )
 
@@ -181,63 +208,81 @@ class Generator:
         self.stats.encoder_rows += 1
         self.stats.clips_encoded += len(action.clips)
 
-    def prefill_inputs(self, row, block: int, draws: list[float], last: list[int]):
+    def _parameters(self, rows: list[tuple[float, ...]], n: int) -> ms.Tensor:
+        """The graphs' decoding parameters [n, 6]: rows, then idle rows."""
+        if not (self.graph_features.penalty or self.graph_features.sampling):
+            return self._unused[n]
+        table = np.empty((n, ROW_PARAMETERS), np.float32)
+        table[:] = self._idle
+        if rows:
+            table[: len(rows)] = rows
+        return ms.Tensor(table)
+
+    def prefill_inputs(self, row, block: int, last: list[int], tasks: list[int], parameters: list[tuple]):
         q = self.shape.first_tokens
         length = self.shape.prefill_len
         last_index = np.zeros(q, np.int32)
         last_index[: len(last)] = last
-        u = np.zeros((q, 1), np.float32)
-        u[: len(draws), 0] = draws
+        task_index = np.zeros(q, np.int32)
+        task_index[: len(tasks)] = tasks
         stage_rows = np.arange(block * length, (block + 1) * length, dtype=np.int32)
         return (ms.Tensor(row.ids[None]), ms.Tensor(row.audio_rows[None]), ms.Tensor(row.is_audio[None]),
                 ms.Tensor(row.positions[None]), ms.Tensor(row.mask[None]),
-                ms.Tensor(stage_rows), ms.Tensor(last_index), self._temperature[q], self._top_p[q], ms.Tensor(u))
+                ms.Tensor(stage_rows), ms.Tensor(last_index), ms.Tensor(task_index),
+                self._parameters(parameters, q))
 
     def _prefill(self, action: Prefill) -> list[ClipJob]:
         row = pack_prefill_row(self.prompts, [(c.audio_row, c.audio_tokens) for c in action.clips],
                                self.shape.prefill_len, self.shape.audio_rows - 1)
-        streams, last = [], []
+        wanted, last, parameters = [], [], []
         for clip, tasks in zip(action.clips, row.tasks):
             for task, prompt in enumerate(tasks):
-                streams.append(self._stream(clip.key, task))
+                if task not in clip.tasks:  # prefilled with the clip (its prefix is shared), not run
+                    continue
+                stream = self._stream(clip.key, task, clip.decoding, clip.attempt)
+                wanted.append((clip, task, prompt, stream, row_parameters(clip.decoding, 0.0, self.spec.vocab)))
                 last.append(prompt.last)
-        draws = [s() if s else 0.0 for s in streams]
-        tokens, logits = self.prefill_graph(*self.prefill_inputs(row, action.block, draws, last))
-        tokens = tokens.asnumpy()
+                parameters.append(wanted[-1][4][:-1] + (stream() if stream else 1.0,))
+        tokens, logprobs, logits = self.prefill_graph(*self.prefill_inputs(
+            row, action.block, last, [w[1] for w in wanted], parameters))
+        tokens, logprobs = tokens.asnumpy(), logprobs.asnumpy()
         if self.keep_first_logits:
             logits = logits.asnumpy()
         base = action.block * self.shape.prefill_len
-        rows, q = [], 0
-        for clip, tasks in zip(action.clips, row.tasks):
-            for task, prompt in enumerate(tasks):
-                rows.append(RowJob(clip, task, tuple(base + t for t in prompt.tokens), action.block,
-                                   self.budgets[task], int(tokens[q]), streams[q]))
-                if self.keep_first_logits:
-                    self.first_logits[(clip.key, task)] = logits[q]
-                q += 1
+        rows = []
+        for q, (clip, task, prompt, stream, fixed) in enumerate(wanted):
+            rows.append(RowJob(clip, task, tuple(base + t for t in prompt.tokens), action.block,
+                               self.budgets[task], int(tokens[q]), stream, fixed[:-1],
+                               first_logprob=float(logprobs[q])))
+            if self.keep_first_logits:
+                self.first_logits[(clip.key, task)] = logits[q]
         used = sum(c.prompt_tokens for c in action.clips)
         self.stats.valid_tokens += used
         self.stats.computed_tokens += self.shape.prefill_len
         self.stats.prefill_rows += 1
         return self.scheduler.prefilled(action, rows)
 
-    def _stream(self, key: str, task: int):
-        if self.sampling.greedy:
+    def _stream(self, key: str, task: int, decoding: Decoding, attempt: int):
+        """The row's uniform draws in (0, 1]: None when it decodes greedily."""
+        if decoding.greedy:
             return None
-        return np.random.default_rng(row_seed(key, task, self.sampling.seed)).random
+        random = np.random.default_rng(row_seed(key, task, decoding.seed, attempt)).random
+        return lambda: 1.0 - random()
 
-    def insert_inputs(self, entries: list[tuple[tuple[int, ...], int]]):
-        """entries: (staging rows of a prompt, slot); padded by repeating the last entry. Positions
-        past the prompt read the staging trash row, which nothing writes: zeros."""
+    def insert_inputs(self, entries: list[tuple[tuple[int, ...], int, int]]):
+        """entries: (staging rows of a prompt, slot, task); padded by repeating the last entry.
+        Positions past the prompt read the staging trash row, which nothing writes: zeros."""
         shape = self.shape
         entries = entries + [entries[-1]] * (shape.insert_rows - len(entries))
         src = np.full((shape.insert_rows, shape.cache_span), shape.stage_rows - 1, np.int32)
-        for i, (rows, _) in enumerate(entries):
+        for i, (rows, _, _) in enumerate(entries):
             src[i, : len(rows)] = rows
-        return ms.Tensor(src), ms.Tensor(np.asarray([slot for _, slot in entries], np.int32))
+        return (ms.Tensor(src), ms.Tensor(np.asarray([slot for _, slot, _ in entries], np.int32)),
+                ms.Tensor(np.asarray([task for _, _, task in entries], np.int32)))
 
     def _insert(self, action: Insert) -> None:
-        self.insert_graph(*self.insert_inputs([(row.src, slot) for row, slot in zip(action.rows, action.slots)]))
+        self.insert_graph(*self.insert_inputs([(row.src, slot, row.task)
+                                               for row, slot in zip(action.rows, action.slots)]))
         self.scheduler.inserted(action)
         self.stats.inserted_rows += len(action.rows)
         self.stats.insert_calls += 1
@@ -246,18 +291,19 @@ class Generator:
         n = self.shape.slots
         ids = np.full(n, self.prompts.eos_ids[0], np.int32)
         positions = np.full(n, self.shape.span, np.int32)  # idle slots: the scratch position
-        u = np.zeros((n, 1), np.float32)
+        with_parameters = self.graph_features.penalty or self.graph_features.sampling
+        parameters = [self._idle] * n if with_parameters else []
         for slot, row in enumerate(self.scheduler.slots):
             if row is not None:
                 ids[slot], positions[slot] = row.next_token, row.position
-                if row.draw is not None:
-                    u[slot, 0] = row.draw()
-        return ms.Tensor(ids), ms.Tensor(positions), self._temperature[n], self._top_p[n], ms.Tensor(u)
+                if with_parameters:
+                    parameters[slot] = row.parameters + (row.draw() if row.draw is not None else 1.0,)
+        return ms.Tensor(ids), ms.Tensor(positions), self._parameters(parameters, n)
 
     def _step(self) -> list[ClipJob]:
         active = self.scheduler.active
-        tokens, _ = self.step_graph(*self.step_inputs())
-        finished = self.scheduler.stepped(tokens.asnumpy())
+        tokens, logprobs = self.step_graph(*self.step_inputs())
+        finished = self.scheduler.stepped(tokens.asnumpy(), logprobs.asnumpy())
         self.stats.decode_steps += 1
         self.stats.row_steps += self.shape.slots
         self.stats.useful_row_steps += active

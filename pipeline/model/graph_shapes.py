@@ -92,9 +92,11 @@ def declare_shape(prompts: PromptPlan, max_new_tokens: list[int], slots: int, ma
     )
 
 
-def slot_bytes(spec: ModelSpec, shape_span: int, dtype: str) -> int:
-    """One decode slot's keys and values across layers."""
-    return 2 * spec.layers * spec.kv_heads * spec.head_dim * shape_span * DTYPE_BYTES[dtype]
+def slot_bytes(spec: ModelSpec, shape_span: int, dtype: str, penalty: bool = False) -> int:
+    """One decode slot's keys and values across layers, and its presence row (float32 per
+    vocabulary id) when the graphs apply a repetition penalty."""
+    presence = spec.vocab * 4 if penalty else 0
+    return 2 * spec.layers * spec.kv_heads * spec.head_dim * shape_span * DTYPE_BYTES[dtype] + presence
 
 
 def weight_bytes(spec: ModelSpec, dtype: str) -> int:
@@ -108,13 +110,15 @@ def weight_bytes(spec: ModelSpec, dtype: str) -> int:
     return (audio + text) * DTYPE_BYTES[dtype]
 
 
-def state_bytes(spec: ModelSpec, shape: EngineShape, dtype: str) -> int:
-    """The engine's Parameters: audio arena, staging caches and slot caches."""
+def state_bytes(spec: ModelSpec, shape: EngineShape, dtype: str, penalty: bool = False) -> int:
+    """The engine's Parameters: audio arena, staging caches and slot caches (and, with the
+    repetition penalty, each slot's and each task prompt's presence)."""
     size = DTYPE_BYTES[dtype]
     kv_width = spec.kv_heads * spec.head_dim
     arena = shape.audio_rows * spec.hidden * size
     staging = 2 * spec.layers * shape.stage_rows * kv_width * size
-    return arena + staging + shape.slots * slot_bytes(spec, shape.cache_span, dtype)
+    prompts = shape.tasks * spec.vocab * 4 if penalty else 0
+    return arena + staging + prompts + shape.slots * slot_bytes(spec, shape.cache_span, dtype, penalty)
 
 
 def working_bytes(spec: ModelSpec, shape: EngineShape, dtype: str, reuses_layer_memory: bool) -> int:

@@ -7,6 +7,11 @@ State (MindSpore Parameters, updated in place, never rebuilt):
   each block holds one prefill row. The last row is a trash row.
 - slot caches, per layer [slots, kv, span + 1, d]: each decode slot's prompt and generated tokens,
   and a scratch position for idle slots.
+- with the repetition penalty (decoding.GraphFeatures): presence [slots, V], above 0 for every
+  token id in a slot's sequence (its prompt, written at insert; each token fed, added at its step),
+  and prompt_presence [tasks, V], the ids of each task's prompt (a prompt's ids are those of its
+  head, tail and suffix and the audio placeholder, whatever the clip), which the first token's
+  penalty at prefill and each insert read.
 
 Graphs (one compiled graph each; nothing but declared shapes ever reaches them):
 - EncodeGraph: one packed row of clips' mel frames -> audio tokens in the arena.
@@ -23,8 +28,10 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from pipeline.model.decoder import LanguageModel
+from pipeline.model.decoding import GraphFeatures
 from pipeline.model.encoder import AudioEncoder, Projector
 from pipeline.model.layers import cast
+from pipeline.model.token_choice import choose
 
 
 class Qwen2Audio(nn.Cell):
@@ -44,7 +51,7 @@ def _state(shape, dtype, name: str) -> Parameter:
 class ModelState(nn.Cell):
     """The in-place state shared by the graphs (see the module docstring)."""
 
-    def __init__(self, spec, shapes, dtype):
+    def __init__(self, spec, shapes, dtype, features: GraphFeatures = GraphFeatures()):
         super().__init__(auto_prefix=False)
         kv_width = spec.kv_heads * spec.head_dim
         self.audio = _state((shapes.audio_rows, spec.hidden), dtype, "state.audio")
@@ -55,21 +62,10 @@ class ModelState(nn.Cell):
         cache = (shapes.slots, spec.kv_heads, shapes.cache_span, spec.head_dim)
         self.k_cache = ParameterTuple(_state(cache, dtype, f"state.k_cache.{i}") for i in range(spec.layers))
         self.v_cache = ParameterTuple(_state(cache, dtype, f"state.v_cache.{i}") for i in range(spec.layers))
-
-
-def choose(logits, temperature, top_p, u, sampling: bool):
-    """Next token per row: argmax, or top-p sampling driven by a per-row uniform draw u [n, 1]."""
-    if not sampling:
-        return ops.argmax(logits, -1).astype(ms.int32)
-    probs = ops.softmax(logits / temperature, -1)
-    sorted_p, order = ops.sort(probs, -1, True)
-    before = ops.cumsum(sorted_p, -1) - sorted_p
-    kept = sorted_p * (before < top_p).astype(sorted_p.dtype)  # the top token is always kept
-    cumulative = ops.cumsum(kept, -1)
-    target = u * cumulative[:, -1:]
-    index = (cumulative < target).astype(ms.int32).sum(-1, keepdims=True)
-    index = ops.minimum(index, ops.fill(ms.int32, index.shape, logits.shape[-1] - 1))
-    return ops.gather_elements(order, 1, index).reshape(-1).astype(ms.int32)
+        # One column per vocabulary id; a 1-row placeholder when no graph reads them.
+        rows, prompts = (shapes.slots, shapes.tasks) if features.penalty else (1, 1)
+        self.presence = _state((rows, spec.vocab), ms.float32, "state.presence")
+        self.prompt_presence = _state((prompts, spec.vocab), ms.float32, "state.prompt_presence")
 
 
 class EncodeGraph(nn.Cell):
@@ -90,17 +86,17 @@ class EncodeGraph(nn.Cell):
 
 class PrefillGraph(nn.Cell):
     """Packed prompt rows [r, l] (packing.PrefillRow) -> keys and values in the staging caches at
-    stage_rows [r * l]; the next token and its logits at the flat token indices `last` [q]."""
+    stage_rows [r * l]; the next token, its raw log-probability and the logits at the flat token
+    indices `last` [q], for rows of tasks `tasks` [q] with decoding `parameters` [q, 6]."""
 
-    def __init__(self, model: Qwen2Audio, state: ModelState, sampling: bool):
+    def __init__(self, model: Qwen2Audio, state: ModelState, features: GraphFeatures):
         super().__init__(auto_prefix=False)
         self.text = model.language_model.model
         self.lm_head = model.language_model.lm_head
         self.state = state
-        self.sampling = sampling
+        self.penalty, self.sampling = features.penalty, features.sampling
 
-    def construct(self, ids, audio_rows, is_audio, positions, mask, stage_rows, last,
-                  temperature, top_p, u):
+    def construct(self, ids, audio_rows, is_audio, positions, mask, stage_rows, last, tasks, parameters):
         r, l = ids.shape
         audio = ops.gather(self.state.audio, audio_rows, 0)
         embeds = ops.select(is_audio.reshape(r, l, 1), audio, self.text.embed_tokens(ids))
@@ -108,24 +104,31 @@ class PrefillGraph(nn.Cell):
                                    self.state.k_stage, self.state.v_stage)
         picked = ops.gather(hidden.reshape(r * l, -1), last, 0)
         logits = cast(self.lm_head(picked), ms.float32)
-        return choose(logits, temperature, top_p, u, self.sampling), logits
+        presence = ops.gather(self.state.prompt_presence, tasks, 0) if self.penalty else logits
+        tokens, logprobs = choose(logits, presence, parameters, self.penalty, self.sampling)
+        return tokens, logprobs, logits
 
 
 class InsertGraph(nn.Cell):
     """Rewrites whole decode slots: slot slots[j] gets the staging rows src[j] ([i, span]: its prompt,
-    then the staging trash row, which is all zeros, for the positions it will generate into).
-    Padding entries repeat a real one, so a padded call writes nothing new."""
+    then the staging trash row, which is all zeros, for the positions it will generate into), and,
+    with the penalty, the presence of its task tasks[j]'s prompt. Padding entries repeat a real
+    one, so a padded call writes nothing new."""
 
-    def __init__(self, spec, state: ModelState):
+    def __init__(self, spec, state: ModelState, features: GraphFeatures):
         super().__init__(auto_prefix=False)
         self.state = state
         self.layers = spec.layers
         self.kv_heads, self.head_dim = spec.kv_heads, spec.head_dim
+        self.penalty = features.penalty
 
-    def construct(self, src, slots):
+    def construct(self, src, slots, tasks):
         i, span = src.shape
         flat = src.reshape(-1)
         done = slots[:1]
+        if self.penalty:
+            prompt = ops.gather(self.state.prompt_presence, tasks, 0)
+            done = ops.depend(done, ops.scatter_update(self.state.presence, slots, prompt))
         for layer in range(self.layers):
             for stage, cache in ((self.state.k_stage[layer], self.state.k_cache[layer]),
                                  (self.state.v_stage[layer], self.state.v_cache[layer])):
@@ -135,19 +138,28 @@ class InsertGraph(nn.Cell):
 
 
 class StepGraph(nn.Cell):
-    """One decode step for every slot: ids [n] at positions [n] -> next tokens [n] and logits."""
+    """One decode step for every slot: ids [n] at positions [n], decoding parameters [n, 6] -> next
+    tokens [n] and their raw log-probabilities [n]. With the penalty, each fed id joins its slot's
+    presence first (the penalty covers every token generated so far)."""
 
-    def __init__(self, model: Qwen2Audio, state: ModelState, sampling: bool):
+    def __init__(self, model: Qwen2Audio, state: ModelState, features: GraphFeatures):
         super().__init__(auto_prefix=False)
         self.text = model.language_model.model
         self.lm_head = model.language_model.lm_head
         self.state = state
-        self.sampling = sampling
+        self.penalty, self.sampling = features.penalty, features.sampling
 
-    def construct(self, ids, positions, temperature, top_p, u):
+    def construct(self, ids, positions, parameters):
         hidden = self.text.step(self.text.embed_tokens(ids), positions, self.state.k_cache, self.state.v_cache)
         logits = cast(self.lm_head(hidden), ms.float32)
-        return choose(logits, temperature, top_p, u, self.sampling), logits
+        if not self.penalty:
+            return choose(logits, logits, parameters, False, self.sampling)
+        n = ids.shape[0]
+        at = ops.stack((ops.arange(0, n, 1, dtype=ms.int32), ids), -1)
+        # Added, not set: a count above 0 is presence, and scatter_nd_add writes in place
+        # (scatter_nd_update copies the whole state on the CPU backend).
+        added = ops.scatter_nd_add(self.state.presence, at, ops.ones((n,), ms.float32))
+        return choose(logits, ops.depend(self.state.presence, added), parameters, True, self.sampling)
 
 
 def compiled_graph_count(graphs) -> int:

@@ -1,8 +1,9 @@
 """What the runner and a model agree on (no MindSpore here, so fakes and workers can import it).
 
-A model takes clips and returns, for each clip in order, one raw text per task. It may be called
-from several threads at once: a worker holds a few batches, and a continuous-batching model serves
-them together, so no decode slot waits for the rest of one batch.
+A model takes clips and returns, for each clip in order, one raw text per task it was asked for
+(every task unless the clip names some), with what the model knows about each answer (Answer). It
+may be called from several threads at once: a worker holds a few batches, and a continuous-batching
+model serves them together, so no decode slot waits for the rest of one batch.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from pipeline.model.decoding import Decoding
 from pipeline.model.stats import GenerationStats
 
 
@@ -20,12 +22,31 @@ class ClipInput:
     key: str  # identifies the clip; seeds its sampling draws
     features: np.ndarray  # [n_mels, >= valid_frames + 2] log-mel frames (shapes.TRAILING_FRAMES)
     valid_frames: int
+    tasks: tuple[int, ...] | None = None  # indices of the tasks to run, in order (None: every task)
+    decoding: Decoding | None = None  # None: the run's (a retry asks for its own)
+    attempt: int = 0  # 1 for a retry: its sampling draws come from another stream
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one (clip, task) generated, besides its text."""
+
+    tokens: int  # ids generated, the end-of-sequence id excluded
+    ended: bool  # an end-of-sequence id ended it; False: it hit its max_new_tokens cap
+    logprob_sum: float  # natural-log probabilities of its ids and of its end id, under the raw logits
+    looped: bool = False  # it hit its cap while repeating itself (model/loops.py)
+
+    @property
+    def logprob_count(self) -> int:
+        """Ids the log-probability sum covers: the tokens, and the end id when one was generated."""
+        return self.tokens + int(self.ended)
 
 
 @dataclass
 class BatchOutput:
-    texts: list[list[str]]  # [clip][task] raw decoded text, special tokens kept
+    texts: list[list[str]]  # [clip][task asked for] raw decoded text, special tokens kept
     stats: GenerationStats = field(default_factory=GenerationStats)
+    answers: list[list[Answer]] | None = None  # [clip][task asked for]; None when the model cannot say
 
 
 class TextModel(Protocol):

@@ -9,26 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pipeline.model.checkpoint import resolve_checkpoint
 from pipeline.model.graph_shapes import EngineShape, declare_shape, slot_bytes, state_bytes, weight_bytes, working_bytes
-from pipeline.model.prompts import PromptPlan, build_prompt_plan, eos_token_ids, resolve_style
+from pipeline.model.decoding import (DecodingError, GraphFeatures, ResolvedDecoding, end_of_sequence, generation_config,
+                                     pad_token, resolve)
+from pipeline.model.prompts import PromptPlan, build_prompt_plan, resolve_style, tokenizer_eos_ids
 from pipeline.model.spec import ModelSpec
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """temperature 0 is greedy; otherwise top-p sampling with draws seeded per (row, task)."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
 
 
 @dataclass(frozen=True)
@@ -41,9 +30,13 @@ class ModelPlan:
     max_new_tokens: tuple[int, ...]
     device: str  # "ascend" or "cpu"
     dtype: str  # "bf16", "fp16" or "fp32"
-    sampling: Sampling
+    decoding: ResolvedDecoding
     shape: EngineShape
     memory_budget_bytes: int = 0  # per worker, besides the weights
+
+    @property
+    def graph_features(self) -> GraphFeatures:
+        return GraphFeatures.needed(self.decoding.decoding, self.decoding.retry)
 
     @property
     def style(self) -> str:
@@ -58,7 +51,7 @@ class ModelPlan:
 
     def compile_cache_key(self, mindspore_version: str) -> str:
         payload = [self.spec.fingerprint(), asdict(self.shape), self.dtype,
-                   self.device, self.sampling.greedy, mindspore_version]
+                   self.device, self.graph_features.key(), mindspore_version]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -70,14 +63,16 @@ def resolve_dtype(requested: str, device: str) -> str:
     return "bf16" if device == "ascend" else "fp32"
 
 
-def decode_slots(config, spec: ModelSpec, probe: EngineShape, dtype: str, budget_bytes: int, device: str) -> int:
+def decode_slots(config, spec: ModelSpec, probe: EngineShape, dtype: str, budget_bytes: int, device: str,
+                 penalty: bool = False) -> int:
     """Decode slots: the configured number, or as many as the memory budget holds beside the
     engine's arenas and the largest graph's working memory, at most MAX_AUTO_SLOTS (more slots read
     the weights fewer times per token, but a run's last rows then decode with more slots idle)."""
     if config.decode_slots:
         return config.decode_slots
-    fixed = state_bytes(spec, probe, dtype) + working_bytes(spec, probe, dtype, reuses_layer_memory=device == "ascend")
-    per_slot = slot_bytes(spec, probe.cache_span, dtype)
+    fixed = state_bytes(spec, probe, dtype, penalty) + working_bytes(spec, probe, dtype,
+                                                                     reuses_layer_memory=device == "ascend")
+    per_slot = slot_bytes(spec, probe.cache_span, dtype, penalty)
     return max(1, min(MAX_AUTO_SLOTS, int((budget_bytes - fixed) // per_slot)))
 
 
@@ -92,6 +87,7 @@ class CheckpointPrompts:
     revision: str | None
     spec: ModelSpec
     prompts: PromptPlan
+    decoding: ResolvedDecoding
 
 
 def load_prompts(config, tasks) -> CheckpointPrompts:
@@ -113,9 +109,15 @@ def load_prompts(config, tasks) -> CheckpointPrompts:
         from transformers import AutoProcessor
 
         renderer = AutoProcessor.from_pretrained(str(model_dir))
-    prompts = build_prompt_plan(renderer, style, [t.prompt(style) for t in tasks],
-                                eos_token_ids(model_dir, tokenizer, style))
-    return CheckpointPrompts(model_dir, revision, spec, prompts)
+    defaults = generation_config(model_dir)
+    eos_ids, eos_source = end_of_sequence(defaults, tokenizer_eos_ids(tokenizer, style))
+    prompts = build_prompt_plan(renderer, style, [t.prompt(style) for t in tasks], eos_ids)
+    try:
+        decoding = resolve(defaults, config.decoding_keys("job"), config.decoding_keys("option"))
+    except DecodingError as exc:
+        raise ValueError(str(exc)) from None
+    decoding = replace(decoding, eos_source=eos_source, pad_token_id=pad_token(defaults, eos_ids))
+    return CheckpointPrompts(model_dir, revision, spec, prompts, decoding)
 
 
 def plan_model(config, tasks, device: str, worker_memory_bytes: int,
@@ -131,11 +133,12 @@ def plan_model(config, tasks, device: str, worker_memory_bytes: int,
     else:
         budget_bytes = max(0, worker_memory_bytes - weight_bytes(spec, dtype))
     probe = declare_shape(prompts, list(max_new_tokens), 1, spec.max_positions, spec.n_mels)
-    slots = decode_slots(config, spec, probe, dtype, budget_bytes, device)
+    penalty = GraphFeatures.needed(checkpoint.decoding.decoding, checkpoint.decoding.retry).penalty
+    slots = decode_slots(config, spec, probe, dtype, budget_bytes, device, penalty)
     shape = declare_shape(prompts, list(max_new_tokens), slots, spec.max_positions, spec.n_mels)
     return ModelPlan(
         model_dir=str(checkpoint.model_dir), revision=checkpoint.revision, spec=spec, prompts=prompts,
         task_names=tuple(t.name for t in tasks), max_new_tokens=max_new_tokens, device=device, dtype=dtype,
-        sampling=Sampling(config.temperature, config.top_p, config.seed), shape=shape,
+        decoding=checkpoint.decoding, shape=shape,
         memory_budget_bytes=budget_bytes,
     )

@@ -13,6 +13,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.model.decoding import end_of_sequence, generation_config
+
 AUDIO_TOKEN = "<|AUDIO|>"
 AUDIO_BOS = "<|audio_bos|>"
 AUDIO_EOS = "<|audio_eos|>"
@@ -63,13 +65,14 @@ def render_prompt(processor, style: str, question: str) -> str:
 
 
 def eos_token_ids(model_dir: Path, tokenizer, style: str) -> tuple[int, ...]:
-    """End-of-sequence ids: the checkpoint's generation config, else the tokenizer's, plus
-    <|im_end|> for chat prompts (the instruct model ends its turn with it)."""
+    """End-of-sequence ids as transformers' generate() uses them: the checkpoint's
+    generation_config.json eos_token_id (model/decoding.py); for a checkpoint without one, the
+    tokenizer's, plus <|im_end|> for chat prompts (the instruct model ends its turn with it)."""
+    return end_of_sequence(generation_config(model_dir), tokenizer_eos_ids(tokenizer, style))[0]
+
+
+def tokenizer_eos_ids(tokenizer, style: str) -> tuple[int, ...]:
     ids: list[int] = []
-    generation_config = model_dir / "generation_config.json"
-    if generation_config.is_file():
-        eos = json.loads(generation_config.read_text()).get("eos_token_id")
-        ids.extend(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
     if style == "instruct":

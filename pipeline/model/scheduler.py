@@ -33,10 +33,18 @@ class ClipJob:
     prompt_tokens: int  # its prefix and every task suffix, as packed in a prefill row
     owner: object = None  # who gets the result (opaque here)
     index: int = 0  # position in the owner's submission
+    tasks: tuple[int, ...] | None = None  # the tasks it runs (None: all)
+    decoding: object = None  # model.decoding.Decoding of its rows
+    attempt: int = 0  # 1 for a retry (its sampling draws come from another stream)
     audio_block: int | None = None
     audio_row: int = 0  # arena row of its first audio token
     rows_left: int = 0  # task rows not yet finished
-    tokens: list[list[int]] = field(default_factory=list)  # per task, once finished
+    # Per task, once finished: the generated ids (end-of-sequence excluded), whether an
+    # end-of-sequence id ended it (else its cap), and the sum of the raw log-probabilities of its
+    # ids and of that end id.
+    tokens: list[list[int]] = field(default_factory=list)
+    ended: list[bool] = field(default_factory=list)
+    logprob_sums: list[float] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -50,8 +58,15 @@ class RowJob:
     budget: int  # most tokens it may generate
     next_token: int  # the token to feed at the next step (generated, not yet fed)
     draw: Callable[[], float] | None = None  # its sampling stream; None when greedy
+    parameters: tuple[float, ...] = ()  # its decoding as the graphs read it, but the draw
+    first_logprob: float = 0.0  # the raw log-probability of next_token as first chosen
     generated: list[int] = field(default_factory=list)
     slot: int | None = None
+    logprob_sum: float = 0.0  # of the ids chosen so far, next_token's included
+    ended: bool = False
+
+    def __post_init__(self):
+        self.logprob_sum = self.first_logprob
 
     @property
     def position(self) -> int:
@@ -110,8 +125,11 @@ class Scheduler:
         return bool(self.pending or self.encoded or self.staged or self.active)
 
     def submit(self, clip: ClipJob, tasks: int) -> None:
-        clip.rows_left = tasks
+        """tasks: how many the engine runs; the clip runs clip.tasks of them (all when None)."""
+        clip.rows_left = tasks if clip.tasks is None else len(clip.tasks)
         clip.tokens = [[] for _ in range(tasks)]
+        clip.ended = [False] * tasks
+        clip.logprob_sums = [0.0] * tasks
         self.pending.append(clip)
 
     # --- decisions -----------------------------------------------------------------------------
@@ -194,12 +212,15 @@ class Scheduler:
             self.slots[slot] = row
             self._release_stage(row.stage_block)
 
-    def stepped(self, tokens) -> list[ClipJob]:
-        """tokens[slot] is the next token of the slot's row; returns clips that finished."""
+    def stepped(self, tokens, logprobs=None) -> list[ClipJob]:
+        """tokens[slot] is the next token of the slot's row, logprobs[slot] its raw log-probability;
+        returns clips that finished."""
         finished = []
         for slot, row in enumerate(self.slots):
             if row is None:
                 continue
+            if logprobs is not None:
+                row.logprob_sum += float(logprobs[slot])
             if self._ended(row, int(tokens[slot]), first=False):
                 self.slots[slot] = None
                 finished += self._finish(row)
@@ -210,12 +231,15 @@ class Scheduler:
         if not first:
             row.next_token = token
         if token in self.eos:
+            row.ended = True
             return True
         row.generated.append(token)
         return len(row.generated) >= row.budget
 
     def _finish(self, row: RowJob) -> list[ClipJob]:
         row.clip.tokens[row.task] = list(row.generated)
+        row.clip.ended[row.task] = row.ended
+        row.clip.logprob_sums[row.task] = row.logprob_sum
         row.clip.rows_left -= 1
         return [row.clip] if row.clip.rows_left == 0 else []
 

@@ -42,7 +42,7 @@ def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest
                   "device": plan.device, "dims": asdict(plan.spec)},
         "tasks": [{"name": n, "prompt": p, "max_new_tokens": m}
                   for n, p, m in zip(plan.task_names, plan.prompts.texts, plan.max_new_tokens)],
-        "decoding": asdict(plan.sampling),
+        "decoding": plan.decoding.to_dict(),
         "eos_token_ids": list(plan.prompts.eos_ids),
         "shape": {**asdict(plan.shape), "graphs": list(plan.shape.graph_names())},
         "memory_budget_mb": round(plan.memory_budget_bytes / 2**20),

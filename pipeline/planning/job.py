@@ -56,7 +56,7 @@ def run_settings(plan, config: Config, tasks) -> dict:
         "prompts": dict(zip(plan.task_names, plan.prompts.texts)),
         "parsers": {t.name: t.parser for t in tasks},
         "max_new_tokens": dict(zip(plan.task_names, plan.max_new_tokens)),
-        "decoding": asdict(plan.sampling), "dtype": plan.dtype, "device": plan.device,
+        "decoding": plan.decoding.settings(), "dtype": plan.dtype, "device": plan.device,
         "segment_search_s": config.segment_search_s, "silence_dbfs": config.silence_dbfs,
         "audio_root": config.audio_root, "moderation_labels": list(config.moderation_labels),
         # The weights, by file names and sizes (and hub revision): new files mean a new run.

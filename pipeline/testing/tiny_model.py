@@ -123,8 +123,10 @@ def build_config(processor, size: str, flavour: str):
 
 
 def write_tiny_checkpoint(out_dir: str | os.PathLike, seed: int = 0, flavour: str = "instruct",
-                          size: str = "small") -> Path:
-    """Write a random Qwen2-Audio checkpoint to out_dir and return its path."""
+                          size: str = "small", generation: dict | None = None) -> Path:
+    """Write a random Qwen2-Audio checkpoint to out_dir and return its path. generation: values for
+    its generation_config.json besides the end-of-sequence and padding ids and do_sample false
+    (e.g. {"repetition_penalty": 1.3}, or {"do_sample": True, "top_k": 20})."""
     import torch
     from transformers import GenerationConfig, Qwen2AudioForConditionalGeneration
 
@@ -142,9 +144,10 @@ def write_tiny_checkpoint(out_dir: str | os.PathLike, seed: int = 0, flavour: st
     with torch.no_grad():
         table = model.model.audio_tower.embed_positions.weight
         table.normal_(0.0, 0.5)
-    model.generation_config = GenerationConfig(
-        eos_token_id=eos_ids, pad_token_id=eos_ids[0], do_sample=False, bos_token_id=None,
-    )
+    model.generation_config = GenerationConfig(**{
+        "eos_token_id": eos_ids, "pad_token_id": eos_ids[0], "do_sample": False, "bos_token_id": None,
+        **(generation or {}),
+    })
     model.save_pretrained(out)
     processor.save_pretrained(out)
     if flavour == "base":

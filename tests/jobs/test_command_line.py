@@ -62,11 +62,14 @@ def test_a_dry_run_then_a_budget_stop_then_the_rest(checkpoint_dir, tmp_path):
     job = job_file(tmp_path, checkpoint_dir("small-instruct"))
     options = ["--job", job, "--out", out, "--workers", "1", "--max-rows", "1", "--quiet"]
 
-    dry = subprocess.run([sys.executable, "-c", DRY_RUN, "annotate", str(manifest), "--dry-run", *map(str, options)],
+    decoding = ["--greedy", "--repetition-penalty", "1.05"]
+    dry = subprocess.run([sys.executable, "-c", DRY_RUN, "annotate", str(manifest), "--dry-run", *map(str, options),
+                          *decoding],
                          cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                          timeout=300)
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert "this run: 1 rows to the model" in dry.stdout and "--max-rows 1 leaves 1 rows" in dry.stdout
+    assert "decoding: greedy (option), repetition_penalty 1.05 (option)" in dry.stdout
     assert not out.exists()  # not even a log file
 
     first = command(manifest, *options)

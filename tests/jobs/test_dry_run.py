@@ -34,6 +34,7 @@ def test_a_fresh_out_is_planned_and_not_created(clips, model_dir, tmp_path):
     assert ("this run: 3 rows to the model (3 items, 8 s of audio) in 2 batches of about 60 s (at most 2 items); "
             "--max-rows 3 leaves 4 rows for the next runs") in text
     assert "graphs: encode[F=3000], prefill[" in text and ", step[N=6," in text  # the four declared graphs
+    assert "decoding: greedy (checkpoint)\n" in text
     assert "estimate: none (no earlier run in this OUT annotated audio)" in text
 
 
@@ -61,7 +62,25 @@ def test_other_settings_are_reported_as_the_run_would_stop(ray_cluster, clips, m
     run(clips, out, model_dir, max_rows=1)
     with pytest.raises(UserError, match="different settings"):
         plan_text(clips, out, model_dir, tasks=("caption",))
+    with pytest.raises(UserError, match=r"different settings \(changed: decoding\)"):
+        plan_text(clips, out, model_dir, repetition_penalty=1.2)
     shown = io.StringIO()
     config = fast_config(model_dir, clips, audio_root=None, tasks=("caption",))
     dry_run(clips, config, out=out, restart=True, console=Console(shown, shown, progress=False))
     assert "--restart discards its committed work" in shown.getvalue() and "to do: 7 rows" in shown.getvalue()
+
+
+def test_decoding_says_where_each_value_came_from(clips, checkpoint_dir, tmp_path):
+    """The checkpoint's generation_config.json, under job keys, under command-line options."""
+    model_dir = checkpoint_dir("sampling-instruct")
+    assert ("decoding: sampling (checkpoint): temperature 0.7 (checkpoint), top_k 20 (checkpoint), top_p 0.5 "
+            "(checkpoint), repetition_penalty 1.1 (checkpoint), seed 0 (default)\n") in plan_text(clips, tmp_path, model_dir)
+    shown = io.StringIO()
+    config = fast_config(model_dir, clips, audio_root=None, top_p=0.8, temperature=0.9).with_overrides(temperature=0.5)
+    dry_run(clips, config, out=tmp_path, console=Console(shown, shown, progress=False))
+    assert ("decoding: sampling (checkpoint): temperature 0.5 (option), top_k 20 (checkpoint), top_p 0.8 (job), "
+            "repetition_penalty 1.1 (checkpoint), seed 0 (default)\n") in shown.getvalue()
+    greedy = fast_config(model_dir, clips, audio_root=None, do_sample=True).with_overrides(do_sample=False)
+    shown = io.StringIO()
+    dry_run(clips, greedy, out=tmp_path, console=Console(shown, shown, progress=False))
+    assert "decoding: greedy (option), repetition_penalty 1.1 (checkpoint)\n" in shown.getvalue()

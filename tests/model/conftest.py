@@ -39,6 +39,23 @@ class Reference:
             tokens = tokens[:-1]
         return tokens, out.logits[0][0].numpy()
 
+    def generate_as_configured(self, text: str, audio: np.ndarray, max_new_tokens: int, **overrides):
+        """generate() as a user calls it: the checkpoint's generation_config.json decides the
+        decoding (overrides: generate's own arguments). -> (tokens without the end id, whether an
+        end id ended them, each chosen id's log-probability under the raw logits)."""
+        import torch
+
+        inputs = self.processor(text=[text], audio=[audio], sampling_rate=shapes.SAMPLE_RATE, return_tensors="pt")
+        with torch.no_grad():
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, output_logits=True,
+                                      return_dict_in_generate=True, **overrides)
+        tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        logprobs = [torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(out.logits, tokens)]
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos])
+        ended = bool(tokens) and tokens[-1] in eos
+        return (tokens[:-1] if ended else tokens), ended, logprobs
+
     def audio_features(self, audio: np.ndarray) -> np.ndarray:
         """Projected audio features of the valid tokens, from the 30 s reference encoder."""
         import torch

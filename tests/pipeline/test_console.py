@@ -176,7 +176,7 @@ def test_terminal_shows_start_bar_and_summary_and_no_library_output(example_run)
     # no Python warning (tqdm's clamping).
     noise = [line for line in lines if re.search(r"\[(WARNING|ERROR|INFO)\]|WARNING|pid=\d+|Warning|clamping", line)]
     assert not noise, noise
-    assert lines[0] == "annotating 8 rows (1.5 min of audio) with 1 worker on CPU, fp32"
+    assert lines[0] == "annotating 8 rows (1.5 min of audio) with 1 worker on CPU, fp32; decoding: greedy (checkpoint)"
     bars = [(int(n), int(total), remaining) for n, total, _, remaining in BAR.findall(shown)]
     assert bars and all(n <= total == 91 and not remaining.startswith("-") for n, total, remaining in bars)
     assert bars[-1][0] == 91
