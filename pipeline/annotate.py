@@ -36,6 +36,7 @@ from pipeline.output.console import Console, budget_line, start_line, stopped_li
 from pipeline.output.delta import DeltaWritten, write_run_delta
 from pipeline.output.lock import OutLock
 from pipeline.output.sink import OutputDir, Progress, Provenance
+from pipeline.output.timeline import Timeline
 from pipeline.planning.batches import plan_batches
 from pipeline.planning.job import (annotation_columns, budget_option, check_passthrough, default_workers,
                                    describe_sources, output_folder, run_settings, settings_fingerprint)
@@ -56,6 +57,7 @@ class RunSummary:
     rows_left: int = 0  # rows still to do after it
     delta: storage.Location | None = None  # its runs/ file, when it completed any row
     gate: error_gate.GateResult | None = None  # the error gate's verdict on this invocation's rows
+    report: storage.Location | None = None  # OUT/report.html, when it could be written
 
     @property
     def exit_code(self) -> int:
@@ -82,6 +84,7 @@ def annotate(manifest_path, config: Config, out: str | Path | None = None, worke
     manifest = read_manifests(manifest_path)
     tasks = resolve_tasks(config)
     check_passthrough(manifest, columns=annotation_columns(tasks))
+    check_reference_columns(config, manifest)
     out = output_folder(manifest_path, out)
     # Before anything touches OUT (and before Ray starts): a second driver is refused in seconds.
     with OutLock(out, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started))) as lock, StopSignals() as signals:
@@ -130,12 +133,17 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
         committer: Committer | None = None
         work: Work | None = None
         stamp = None
+        timeline = Timeline(started)
+        folders = manifest_folders(manifest)
 
         def write_delta(outcome: str, after: Progress | None = None) -> DeltaWritten:
+            wall = round(time.time() - started, 2)
             return write_run_delta(sink, manifest, work.sources, work.planned, columns, list(plan.task_names), stamp, {
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "outcome": outcome,
-                "wall_s": round(time.time() - started, 2),
-                "audio_s": committer.audio_ms_done / 1000 if committer else 0.0}, after)
+                "wall_s": wall, "audio_s": committer.audio_ms_done / 1000 if committer else 0.0,
+                # What the report shows for a run that stops early (it writes no run.json).
+                "timeline": timeline.to_dict(wall), "generation": committer.stats_total if committer else {},
+                "manifest_folders": folders}, after)
 
         try:
             sink.open(fingerprint, settings, restart)
@@ -170,7 +178,8 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
 
             with signals.graceful():  # a signal here stops dispatch; what finished is committed below
                 committer = Committer(sink, columns, todo + [r.item for r in new_failures], console,
-                                      config.commit_items, config.commit_seconds, Replanner(work, sink, manifest, config))
+                                      config.commit_items, config.commit_seconds, Replanner(work, sink, manifest, config),
+                                      timeline)
                 if new_failures:
                     committer(new_failures, None)
                 if batches and past_deadline():  # intake alone used the window: no workers at all
@@ -201,7 +210,8 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
                 written = write_delta("stopped", after)
                 return RunSummary(out=out, stopped_early=True, stop_reason=reason, rows_committed=rows_done,
                                   rows_left=len(work.row_ids) - rows_done, delta=written.location,
-                                  gate=error_gate.judge(written.statuses, config.max_error_rate))
+                                  gate=error_gate.judge(written.statuses, config.max_error_rate),
+                                  report=write_report_safely(out, config, console, stopped=True))
             written = write_delta("finished", after)
             gate = error_gate.judge(written.statuses, config.max_error_rate)
 
@@ -210,12 +220,14 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
                 plan=plan, config=config, settings=settings, fingerprint=fingerprint,
                 manifest_path=describe_sources(manifest_path), manifest_digest=digest, out=out, totals=totals,
                 part_stats=list(sink.part_stats()), report=report, started=started,
-                audio_s_this_run=todo_audio_s, items_this_run=len(todo) + len(new_failures),
+                audio_s_this_run=todo_audio_s, items_this_run=len(todo) + len(new_failures), timeline=timeline,
+                manifest_folders=folders,
             )
             info["error_gate"] = gate.to_dict()
             sink.write_summary(info, {"manifest_digest": digest, "fingerprint": fingerprint,
                                       "finished": info["finished"]}, totals.transient_segments, success=gate.passed)
-            return RunSummary(out=out, run_info=info, rows_committed=rows_done, delta=written.location, gate=gate)
+            return RunSummary(out=out, run_info=info, rows_committed=rows_done, delta=written.location, gate=gate,
+                              report=write_report_safely(out, config, console, stopped=False))
         except (StopRequested, KeyboardInterrupt) as stop:
             return _stopped_by_signal(stop, signals, committer, work, write_delta, console, out)
 
@@ -250,6 +262,38 @@ def _stopped_by_signal(stop: BaseException, signals: StopSignals, committer, wor
                       rows_left=left, delta=written.location)
 
 
+def check_reference_columns(config: Config, manifest: Manifest) -> None:
+    """The job's reference columns must come through from the manifest (before any work)."""
+    missing = {t: c for t, c in config.references.items() if c not in manifest.passthrough_columns}
+    if missing:
+        raise ConfigError("references: " + ", ".join(f"{t}: column '{c}'" for t, c in missing.items())
+                          + " not in the manifest (its pass-through columns: "
+                          + (", ".join(manifest.passthrough_columns) or "none") + ")")
+
+
+def manifest_folders(manifest: Manifest) -> list[str]:
+    """The folders relative audio paths resolve in (each manifest file's own), absolute: the
+    report links audio from OUT, whatever folder it is built from later."""
+    files = manifest.files or (manifest.path,)
+    folders = {os.path.abspath(f.parent) if isinstance(f, Path) else str(f.parent) for f in files}
+    return sorted(folders)[:100]
+
+
+def write_report_safely(out, config: Config, console: Console, stopped: bool):
+    """OUT/report.html (and quality.json with references): a report that cannot be written is a
+    warning, never a failed run; everything it describes is committed already."""
+    from pipeline.report import write_report
+    from pipeline.report.rows import COMMITTED, FINAL
+
+    try:
+        written = write_report(out, config.references, kind=COMMITTED if stopped else FINAL)
+    except Exception as exc:  # noqa: BLE001 - the run's outcome must not depend on its report
+        console.warning(f"the report could not be written: {type(exc).__name__}: {exc}")
+        return None
+    console.note(f"report written in {written.seconds:.2f} s ({written.page_bytes} bytes)")
+    return written.page
+
+
 def annotate_from_args(args, config: Config, out) -> int:
     """The annotate command (cli.py): the run with its log file in OUT, what the screen says, and its
     exit code. config: the job with the command line's overrides; out: OUT."""
@@ -281,9 +325,10 @@ def annotate_from_args(args, config: Config, out) -> int:
                 raise
         if summary.stopped_early:
             console.summary(stopped_lines(summary.stop_reason, summary.rows_committed, summary.rows_left,
-                                          summary.delta, summary.out, log.destination))
+                                          summary.delta, summary.out, log.destination, summary.report))
         elif not summary.already_complete:
-            console.summary(summary_lines(summary.run_info, summary.out, log.destination, summary.delta))
+            console.summary(summary_lines(summary.run_info, summary.out, log.destination, summary.delta,
+                                          report=summary.report is not None))
         if summary.gate is not None and not summary.gate.passed:
             console.error(f"error gate: {summary.gate.describe()}; no _SUCCESS written, exit "
                           f"{exit_codes.OVER_ERROR_THRESHOLD}. Look at the errors by reason; rows that failed "

@@ -87,6 +87,12 @@ def parse_custom_task(text: str):
     return CustomTask(name=name, prompt=prompt, max_new_tokens=int(max_tokens), parser=parser)
 
 
+def _cmd_report(args) -> int:
+    from pipeline.report import report_from_args
+
+    return report_from_args(args)
+
+
 def _cmd_bench(args) -> int:
     if args.mode == "driver":
         from pipeline.bench.driver import run_driver_benchmark
@@ -164,6 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
                                "to OUT/logs/")
     loudness.add_argument("--quiet", action="store_true", help="print only errors and the summary (for cron)")
     annotate.set_defaults(handler=_cmd_annotate)
+
+    report = commands.add_parser(
+        "report", help="write OUT/report.html (and quality.json against reference columns)",
+        description="Write OUT/report.html, a self-contained page about the run (annotate writes it at the end of "
+                    "every run), and with --reference, OUT/quality.json: the labels against reference columns "
+                    "carried through from the manifest.",
+    )
+    report.add_argument("out", help="an output folder or s3:// prefix that annotate wrote")
+    report.add_argument("--reference", action="append", default=[], metavar="TASK=COLUMN",
+                        help="compare TASK's labels with this pass-through column, e.g. transcript=ref_text or "
+                             "events=ref_tags; repeatable (default: the job's `references`)")
+    report.set_defaults(handler=_cmd_report)
 
     manifest = commands.add_parser("manifest", help="build or validate manifests")
     manifest_commands = manifest.add_subparsers(dest="manifest_command", required=True, metavar="ACTION")

@@ -171,6 +171,13 @@ class Config:
     # stops with an error only when none is left.
     worker_start_timeout_s: float = 1800.0
 
+    # --- label quality (README "The report") ---
+    # Reference columns to compare the labels with, {task: column}, e.g. {transcript: ref_text,
+    # events: ref_tags}: pass-through columns of the manifest. Every run's report then measures the
+    # labels against them (WER/CER, precision/recall/F1) and writes OUT/quality.json. Not part of
+    # the settings' fingerprint: references never change the labels.
+    references: dict[str, str] = field(default_factory=dict)
+
     # Not a job key: the keys command-line options set, for the provenance run.json records.
     set_by_options: tuple[str, ...] = ()
 
@@ -290,6 +297,13 @@ def _check(config: Config, source: str) -> None:
                           "'worker_start_timeout_s' positive")
     if not config.tasks and not config.custom_tasks:
         raise ConfigError(f"{source}: no tasks to run")
+    known_tasks = set(config.tasks) | {t.name for t in config.custom_tasks}
+    for task, column in config.references.items():
+        if task not in known_tasks:
+            raise ConfigError(f"{source}: 'references': '{task}' is not a task of this job (tasks: "
+                              f"{', '.join(sorted(known_tasks))})")
+        if not column:
+            raise ConfigError(f"{source}: 'references': '{task}' needs a column name")
     for task in config.custom_tasks:
         if task.parser not in ("text", "list"):
             raise ConfigError(f"{source}: custom task '{task.name}' parser must be 'text' or 'list'")

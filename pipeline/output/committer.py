@@ -9,6 +9,7 @@ from collections import Counter
 from pipeline.items import Item, ItemResult
 from pipeline.output.console import Console
 from pipeline.output.sink import OutputDir
+from pipeline.output.timeline import Timeline
 from pipeline.reasons import Reason
 
 
@@ -23,8 +24,9 @@ None where no row is planned again).
     """
 
     def __init__(self, sink: OutputDir, columns, items: list[Item], console: Console, commit_items: int,
-                 commit_seconds: float, replanner=None):
+                 commit_seconds: float, replanner=None, timeline: Timeline | None = None):
         self.sink, self.columns = sink, columns
+        self.timeline = timeline  # each worker's returns over time, for the report
         self.replanner = replanner
         self.bar = console.progress_bar(sum(audio_ms(i) for i in items))
         # Until the first results: loading the model and compiling can take minutes.
@@ -32,6 +34,7 @@ None where no row is planned again).
         self.commit_items, self.commit_seconds = commit_items, commit_seconds
         self.buffer: list[ItemResult] = []
         self.stats: dict | None = None
+        self.stats_total: dict = {}  # this invocation's generation counts and times (its runs/ file records them)
         self.last_flush = time.monotonic()
         self.items_left = Counter(i.id for i in items)  # per row: its items still to come in this run
         self.total_rows = len(self.items_left)
@@ -39,11 +42,13 @@ None where no row is planned again).
         self.rows_with_errors: set[str] = set()
         self.audio_ms_done = 0  # this invocation's audio with a result (its throughput)
 
-    def __call__(self, results: list[ItemResult], stats: dict | None) -> list | None:
+    def __call__(self, results: list[ItemResult], stats: dict | None, worker: dict | None = None) -> list | None:
+        """worker: the ready() info of the worker that returned these results (None: no worker did)."""
         results, again = self._replanned(results)
         self.buffer.extend(results)
         if stats is not None:
             self.stats = stats if self.stats is None else {k: self.stats[k] + stats[k] for k in stats}
+            self.stats_total = {k: self.stats_total.get(k, 0) + v for k, v in stats.items()}
         for r in results:
             self.items_left[r.item.id] -= 1
             self.rows_done += self.items_left[r.item.id] == 0
@@ -54,6 +59,8 @@ None where no row is planned again).
                                  refresh=False)
         done_ms = sum(audio_ms(r.item) for r in results)
         self.audio_ms_done += done_ms
+        if self.timeline is not None:
+            self.timeline.record(worker, done_ms / 1000)
         self.bar.update(done_ms)
         if len(self.buffer) >= self.commit_items or time.monotonic() - self.last_flush > self.commit_seconds:
             self.flush()

@@ -127,21 +127,25 @@ def warn_unreadable(console: Console, failures: list) -> None:
                         f"first: {first.item.id}: {first.error_detail}")
 
 
-def stopped_lines(reason: str, rows_committed: int, rows_left: int, delta, out, log_path) -> list[str]:
-    """The end of a run a budget (or a stop request) ended early: what it did, what is left."""
+def stopped_lines(reason: str, rows_committed: int, rows_left: int, delta, out, log_path, report=None) -> list[str]:
+    """The end of a run a budget (or a stop request) ended early: what it did, what is left
+    (report: the page written for what is committed, if any)."""
     lines = [f"stopped early ({reason}): {rows_committed} rows committed, {rows_left} left; "
              "run the same command again to continue"]
     if delta is not None:
         lines.append(f"this run's rows: {delta}")
     lines.append(f"committed results: {out}/parts/ (the final tables are written when a run finishes)")
+    if report is not None:
+        lines.append(f"report: {report}")
     if log_path is not None:
         lines.append(f"log: {log_path}")
     return lines
 
 
-def summary_lines(run_info: dict, out, log_path, delta=None) -> list[str]:
+def summary_lines(run_info: dict, out, log_path, delta=None, report: bool = False) -> list[str]:
     """The end of a run: rows by status and the top error reasons (for all of OUT), then this
-    invocation's audio, wall time and throughput, then where everything is."""
+    invocation's audio, wall time and throughput, then where everything is (report: whether
+    report.html was written)."""
     counts, this_run = run_info["counts"], run_info["this_run"]
     lines = [f"done: {counts['rows']} rows ({counts_text(counts['rows_by_status'])})"]
     if counts["rows_by_error"]:
@@ -149,7 +153,7 @@ def summary_lines(run_info: dict, out, log_path, delta=None) -> list[str]:
     rate = this_run["throughput_audio_s_per_s"]
     lines.append(f"this run: {duration_text(this_run['audio_hours'] * 3600)} of audio in "
                  f"{duration_text(this_run['wall_s'])}" + (f" ({rate:.2f} audio-s/s)" if rate else ""))
-    lines.append(f"outputs: {out}/annotations.parquet, segments.parquet, run.json")
+    lines.append(f"outputs: {out}/annotations.parquet, segments.parquet, run.json" + (", report.html" if report else ""))
     if delta is not None:
         lines.append(f"this run's rows: {delta}")
     if log_path is not None:

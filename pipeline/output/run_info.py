@@ -27,15 +27,17 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 
 
 def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest, out, totals, part_stats, report,
-          started, audio_s_this_run, items_this_run) -> dict:
-    """totals: output/final.Totals, the counts over the final tables."""
+          started, audio_s_this_run, items_this_run, timeline=None, manifest_folders=()) -> dict:
+    """totals: output/final.Totals, the counts over the final tables. timeline: the invocation's
+    output/timeline.Timeline; manifest_folders: where relative audio paths resolve (the report
+    links the audio it shows)."""
     finished = time.time()
     stats = Counter()
     for part in part_stats:
         stats.update(part)
     wall = finished - started
     return {
-        "manifest": {"path": str(manifest_path), "digest": manifest_digest},
+        "manifest": {"path": str(manifest_path), "digest": manifest_digest, "folders": list(manifest_folders)},
         "out": str(out),
         "fingerprint": fingerprint,
         "model": {"path": plan.model_dir, "revision": plan.revision, "style": plan.style, "dtype": plan.dtype,
@@ -71,6 +73,7 @@ def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest
             "transient_retries": report.transient_retries,
             "timeouts": report.timeouts,
             "workers_given_up": report.workers_given_up,
+            "timeline": timeline.to_dict(round(wall, 2)) if timeline is not None else None,
         },
         "padding_efficiency": {
             "frames": _ratio(stats["valid_frames"], stats["computed_frames"]),

@@ -114,11 +114,12 @@ WAIT_S = 1.0  # the driver loop's longest sleep: stops, signals and the watchdog
 
 
 def execute(batches: list[Batch], spec: WorkerSpec, workers: int, use_npu: bool, prefetch: int,
-            max_attempts: int, on_results: Callable[[list[ItemResult], dict | None], list[Batch] | None],
+            max_attempts: int, on_results: Callable[..., list[Batch] | None],
             stop: Callable[[], bool] = lambda: False, abandon: Callable[[], bool] = lambda: False,
             policy: RunPolicy = RunPolicy()) -> ExecutionReport:
-    """Run every batch; on_results receives results as they come (every item exactly once, except
-    what a stop leaves undone) and may return more batches to run (a row planned again).
+    """Run every batch; on_results(results, stats, worker) receives results as they come (every item
+    exactly once, except what a stop leaves undone), with the returning worker's ready() info (None
+    for items given up), and may return more batches to run (a row planned again).
 
     When stop() turns true (a work budget is spent, a signal came), no more batches are dispatched:
     the ones in flight finish and are reported, the rest are left undone (report.stopped). When
@@ -131,7 +132,7 @@ class Execution:
     Its methods are the loop's steps; they share the state below."""
 
     def __init__(self, batches: list[Batch], spec: WorkerSpec, workers: int, use_npu: bool, prefetch: int,
-                 max_attempts: int, on_results: Callable[[list[ItemResult], dict | None], list[Batch] | None],
+                 max_attempts: int, on_results: Callable[..., list[Batch] | None],
                  policy: RunPolicy):
         self.on_results = on_results
         self.report = ExecutionReport()
@@ -291,7 +292,7 @@ class Execution:
             self.queue.put([again], delay, now)
         if keep:
             self.pool.item_finished()
-        more = self.on_results(keep, stats)
+        more = self.on_results(keep, stats, worker.info)
         self.queue.put(list(more or []), 0.0, now)
 
     def watch(self, now: float, elapsed: float) -> None:

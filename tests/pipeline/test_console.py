@@ -185,7 +185,8 @@ def test_terminal_shows_start_bar_and_summary_and_no_library_output(example_run)
     summary = lines[-5:]
     assert summary[0] == "done: 8 rows (ok 8)"
     assert re.fullmatch(r"this run: 1.5 min of audio in [\d.]+ (s|min) \([\d.]+ audio-s/s\)", summary[1])
-    assert summary[2] == f"outputs: {out}/annotations.parquet, segments.parquet, run.json"
+    assert summary[2] == f"outputs: {out}/annotations.parquet, segments.parquet, run.json, report.html"
+    assert (out / "report.html").is_file()
     assert re.fullmatch(rf"this run's rows: {out}/runs/\d{{8}}T\d{{6}}Z\.parquet", summary[3])
     assert summary[4] == f"log: {log}"
     assert log.parent == out / "logs" and log.is_file()
