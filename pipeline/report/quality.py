@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import heapq
+import json
 import sys
 import unicodedata
 from collections import Counter, defaultdict
@@ -63,11 +64,23 @@ def normalise(text: str) -> str:
 
 def tag_set(value) -> frozenset[str]:
     """A list task's labels as a set: lower-cased, stripped, empty ones dropped. A string (a
-    reference column written as text) is split at commas."""
+    reference column written as text) is split at commas, unless it is a JSON array of strings."""
     if value is None:
         return frozenset()
-    items = value.split(",") if isinstance(value, str) else value
+    items = _json_list(value) if isinstance(value, str) else value
+    if items is None:
+        items = value.split(",")
     return frozenset(t for t in (str(i).strip().lower() for i in items if i is not None) if t)
+
+
+def _json_list(text: str) -> list | None:
+    if not text.lstrip().startswith("["):
+        return None
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return None
+    return found if isinstance(found, list) and all(isinstance(i, str) for i in found) else None
 
 
 def _ratio(num: float, den: float) -> float:

@@ -143,6 +143,8 @@ def test_normalisation_and_tag_sets():
     assert normalise(text) == independent_normalise(text)
     assert tag_set([" Speech", "speech", "", None, "Dog Barking "]) == {"speech", "dog barking"}
     assert tag_set("rain, , Wind") == {"rain", "wind"}
+    assert tag_set('["Rain", "dog, barking"]') == {"rain", "dog, barking"}  # a JSON array written as text
+    assert tag_set("[not json, rain") == {"[not json", "rain"}
     assert tag_set(None) == frozenset()
 
 
