@@ -65,9 +65,6 @@ def render(page: PageInput) -> str:
     shown = "".join(body)
     links = " \u00b7 ".join(f'<a href="#{anchor}">{name}</a>' for anchor, name in NAVIGATION if f'id="{anchor}"' in shown)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            # No script, no external resource: the policy makes any that slipped in fail loudly.
-            "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'; "
-            "img-src data:; media-src 'self' file:\">"
             f"<title>Annotation report: {text(page.out)}</title><style>{CSS}</style></head><body><main>"
             f"<h1>Annotation report</h1><div class=\"muted\"><code>{text(page.out)}</code> \u00b7 built "
             f"{text(page.generated)}</div><nav>{links}</nav>{run_sections.summary(page)}{shown}</main></body></html>\n")

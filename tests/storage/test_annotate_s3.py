@@ -114,7 +114,11 @@ def test_end_to_end_with_manifest_audio_and_out_on_the_server(s3_runs):
     keys = s3.keys(out)
     parts = [k for k in keys if k.startswith("parts/")]
     assert parts and sorted(f"commits/{p[len('parts/'):]}.json" for p in parts) == [k for k in keys if k.startswith("commits/")]
-    assert {"annotations.parquet", "segments.parquet", "run.json", "_SUCCESS", "state.json"} <= set(keys)
+    assert {"annotations.parquet", "segments.parquet", "run.json", "_SUCCESS", "state.json", "report.html"} <= set(keys)
+    # The report on the store: its rows, and the audio by path only (no player, no presigned URL).
+    page = s3.get(out / "report.html").decode()
+    assert summary.report == out / "report.html" and f'data-figure="rows">{len(rows)}<' in page
+    assert "<audio" not in page and 'class="path">' in page
 
 
 def test_a_transient_failure_is_retried_by_the_next_run_and_only_it(s3_runs):
