@@ -81,7 +81,7 @@ def annotate(manifest_path, config: Config, out: str | Path | None = None, worke
     started = time.time()
     console = console or Console(progress=progress)
     storage.configure(storage.Settings.from_config(config))
-    manifest = read_manifests(manifest_path)
+    manifest = read_manifests(manifest_path, id_column=config.id_column)
     tasks = resolve_tasks(config)
     check_passthrough(manifest, columns=annotation_columns(tasks))
     check_reference_columns(config, manifest)

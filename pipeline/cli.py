@@ -18,14 +18,17 @@ def _cmd_manifest_build(args) -> int:
 
 
 def _cmd_manifest_validate(args) -> int:
+    from pipeline.intake.embedded.refs import audio_kinds
     from pipeline.intake.manifest_set import read_manifests
 
-    manifest = read_manifests(args.manifest)
+    manifest = read_manifests(args.manifest, id_column=args.id_column)
     known = sum(d is not None for d in manifest.durations)
     extra = ", ".join(manifest.passthrough_columns) or "none"
     files = f" in {len(manifest.files)} files" if len(manifest.files) > 1 else ""
+    kinds = audio_kinds(manifest.paths)
+    audio = "" if set(kinds) <= {"paths"} else "; audio: " + ", ".join(f"{n} {kind}" for kind, n in kinds.items())
     print(f"{' '.join(args.manifest)}: {manifest.num_rows} rows{files}, valid ({known} with duration_s; "
-          f"pass-through columns: {extra})")
+          f"pass-through columns: {extra}{audio})")
     return 0
 
 
@@ -61,7 +64,7 @@ def job_config(args):
 
     config = load(args.job)
     overrides = {
-        "model": args.model, "audio_root": args.audio_root, "device": args.device, "dtype": args.dtype,
+        "model": args.model, "audio_root": args.audio_root, "id_column": args.id_column, "device": args.device, "dtype": args.dtype,
         "tasks": [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
         "max_rows": args.max_rows, "max_hours": args.max_hours, "max_wall_minutes": args.max_wall,
         "verify_content": True if args.verify_content else None,
@@ -127,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     annotate.add_argument("--workers", type=int, help="CPU workers when there are no NPUs")
     annotate.add_argument("--audio-root", help="resolve relative paths here and reject paths outside it")
+    annotate.add_argument("--id-column", help="shards without an `id` column (Hub Parquet, WebDataset): the "
+                                              "column or KEY.json field of ids (default: <shard>/<row>, or the key)")
     annotate.add_argument("--device", choices=("auto", "ascend", "cpu"))
     annotate.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"))
     decoding = annotate.add_argument_group(
@@ -193,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("-o", "--output", required=True, help="manifest to write (.parquet)")
     build.set_defaults(handler=_cmd_manifest_build)
     validate = manifest_commands.add_parser("validate", help="check a manifest without running anything")
-    validate.add_argument("manifest", nargs="+", help="a manifest, a folder of them or a glob; several are one")
+    validate.add_argument("manifest", nargs="+", help="a manifest, a folder of them or a glob; several are one; "
+                                                      "Parquet shards holding their audio and WebDataset tars too")
+    validate.add_argument("--id-column", help="shards without an `id` column: the column or KEY.json field of ids")
     validate.set_defaults(handler=_cmd_manifest_validate)
 
     tiny = commands.add_parser(

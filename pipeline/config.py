@@ -95,6 +95,10 @@ class Config:
     # --- audio intake ---
     # When set, relative manifest paths resolve against it and paths outside it are rejected.
     audio_root: str | None = None
+    # Shards that hold their audio (Parquet with an audio column of bytes, WebDataset tars) and have
+    # no `id` column: the column (or KEY.json field) whose values are the ids. null: `<shard>/<row>`
+    # for Parquet, the sample's key for WebDataset (stable while the shards are).
+    id_column: str | None = None
     # Peak level (dBFS) under which a clip is flagged silent; silent clips are still annotated.
     silence_dbfs: float = -60.0
 

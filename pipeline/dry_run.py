@@ -42,7 +42,7 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
 
     console = console or Console(progress=False)
     storage.configure(storage.Settings.from_config(config))
-    manifest = read_manifests(manifest_path)
+    manifest = read_manifests(manifest_path, id_column=config.id_column)
     tasks = resolve_tasks(config)
     columns = annotation_columns(tasks)
     check_passthrough(manifest, columns)

@@ -24,7 +24,7 @@ import math
 import shutil
 import stat
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,8 @@ import soundfile as sf
 import soxr
 
 from pipeline import storage
-from pipeline.intake.embedded.files import AudioBytes, Source, local_file, open_source, read_error
+from pipeline.intake.embedded.files import AudioBytes, Source, local_file, member_head, open_source, read_error
+from pipeline.intake.embedded import refs
 from pipeline.intake.embedded.refs import TarMember
 from pipeline.intake.ffmpeg import decode_ffmpeg, probe_ffmpeg
 from pipeline.intake.formats import (  # the extension sets and AudioInfo are part of this module's API
@@ -86,7 +87,7 @@ class DecodedAudio:
         return len(self.samples) / SAMPLE_RATE
 
 
-def resolve_path(path: str, base_dir: Location, audio_root: Location | None) -> Location | Failure:
+def resolve_path(path: str, base_dir: Location, audio_root: Location | None) -> refs.Ref | Failure:
     """Turn a manifest path into an absolute, symlink-free path or an s3:// object, or say why it
     cannot be used.
 
@@ -95,6 +96,8 @@ def resolve_path(path: str, base_dir: Location, audio_root: Location | None) -> 
     folder or an s3:// prefix. With audio_root set, a path whose real location (after `..` and
     symlinks) lies outside it is rejected. Existence is checked later, by probe and decode.
     """
+    if refs.is_embedded(path):
+        return _resolve_embedded(path, base_dir, audio_root)
     if not isinstance(path, str) or not path.strip():
         return Failure(Reason.NOT_A_FILE, f"the audio path is empty: {path!r}")
     if "\x00" in path:
@@ -115,6 +118,20 @@ def resolve_path(path: str, base_dir: Location, audio_root: Location | None) -> 
     except (OSError, RuntimeError) as exc:  # symlink loops: RuntimeError on 3.11, OSError later
         return Failure(Reason.NOT_A_FILE, f"cannot resolve {path}: {exc}")
     return resolved
+
+
+def _resolve_embedded(text: str, base_dir: Location, audio_root: Location | None) -> refs.Ref | Failure:
+    """A shard's row (intake/embedded/refs.py): its shard is already absolute; a Hugging Face
+    struct's path, read when the row's bytes are null, resolves as a manifest path does (a failure
+    is kept in the reference for the worker to report, since the bytes may make it moot)."""
+    ref = refs.parse(text)
+    if isinstance(ref, refs.NoAudio):
+        return ref.failure
+    if isinstance(ref, refs.ParquetCell) and ref.fallback and not ref.fallback.startswith("!"):
+        found = resolve_path(ref.fallback, base_dir, audio_root)
+        kept = f"!{found.reason}:{found.detail}" if isinstance(found, Failure) else str(found)
+        return replace(ref, fallback=kept)
+    return ref
 
 
 def _resolve_object(path: str, root: Location, audio_root: Location | None) -> ObjectPath | Failure:
@@ -237,7 +254,10 @@ def _read_head(path: Source) -> bytes | Failure:
     if isinstance(path, AudioBytes):
         return path.data[:64] if path.data else Failure(Reason.EMPTY_AUDIO, f"{path.name} holds 0 bytes")
     if isinstance(path, TarMember):
-        return _read_member_head(path)
+        try:
+            return member_head(path)
+        except OSError as exc:  # StorageErrors included
+            return io_failure(path, exc)
     if isinstance(path, ObjectPath):
         return _read_object_head(path)
     try:
@@ -249,7 +269,7 @@ def _read_head(path: Source) -> bytes | Failure:
     except PermissionError:
         return Failure(Reason.PERMISSION_DENIED, f"no permission to reach {path}")
     except OSError as exc:
-        return _os_failure(path, exc)
+        return io_failure(path, exc)
     if stat.S_ISDIR(st.st_mode):
         return Failure(Reason.NOT_A_FILE, f"{path} is a folder, not a file")
     if not stat.S_ISREG(st.st_mode):  # a FIFO or device could block a worker forever
@@ -262,7 +282,7 @@ def _read_head(path: Source) -> bytes | Failure:
     except PermissionError:
         return Failure(Reason.PERMISSION_DENIED, f"no permission to read {path}")
     except OSError as exc:
-        return _os_failure(path, exc)
+        return io_failure(path, exc)
 
 
 def _read_object_head(path: ObjectPath) -> bytes | Failure:
@@ -278,29 +298,6 @@ def _read_object_head(path: ObjectPath) -> bytes | Failure:
             return fh.read(64)
     except storage.StorageError as exc:
         return _storage_failure(path, exc)
-
-
-def _read_member_head(member: TarMember) -> bytes | Failure:
-    """A tar member: its shard is there and holds the whole member (a shard cut short is caught
-    here, before a decoder sees a member that ends early)."""
-    try:
-        found = storage.info(member.shard)
-        if found.kind == "missing":
-            return Failure(Reason.MISSING_FILE, f"the shard {member.shard} does not exist")
-        if found.kind != "file":
-            return Failure(Reason.NOT_A_FILE, f"the shard {member.shard} is not a file")
-        if member.size == 0:
-            return Failure(Reason.EMPTY_AUDIO, f"{member.name} is 0 bytes")
-        if found.size < member.offset + member.size:
-            return Failure(Reason.TRUNCATED_AUDIO,
-                           f"{member.name} is truncated: the tar declares {member.size} bytes but the shard ends "
-                           f"{max(0, found.size - member.offset)} bytes into it")
-        with open_source(member) as fh:
-            return fh.read(64)
-    except storage.StorageError as exc:
-        return _storage_failure(member, exc)
-    except OSError as exc:
-        return _os_failure(member, exc)
 
 
 def _open(path: Source):
@@ -402,12 +399,8 @@ def _non_finite(path: Source, samples: np.ndarray, rate: int, offset_s: float) -
 
 
 def io_failure(path: Source, exc: OSError) -> Failure:
-    """What an OSError (a StorageError included) reading `path` means for its row."""
-    return _os_failure(path, exc)
-
-
-def _os_failure(path: Source, exc: OSError) -> Failure:
-    """A local file system's error: transient when it is the storage failing, else the path's problem."""
+    """A local file system's error (or a StorageError): transient when it is the storage failing,
+    else the path's problem."""
     if isinstance(exc, storage.StorageError):
         return _storage_failure(path, exc)
     if isinstance(exc, PermissionError):
@@ -433,12 +426,12 @@ def _storage_failure(path: Source, exc: storage.StorageError) -> Failure:
 def _read_failure(source, path: Source) -> Failure | None:
     """The reason a read failed inside libsndfile, which saw only an early end of file."""
     error = read_error(source)
-    return _os_failure(path, error) if error is not None else None
+    return io_failure(path, error) if error is not None else None
 
 
 def _unexpected(path: Source, exc: Exception) -> Failure:
     if isinstance(exc, storage.StorageError):  # e.g. from the header checks or a local copy
         return _storage_failure(path, exc)
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:  # e.g. EIO in a header check
-        return _os_failure(path, exc)
+        return io_failure(path, exc)
     return Failure(Reason.CORRUPT_AUDIO, f"unexpected error reading {path.name}: {type(exc).__name__}: {exc}")

@@ -2,7 +2,7 @@
 recursively), a glob such as `incoming/date=*/` (date-partitioned incoming folders), locally or on
 object storage, or several of those (what a shell passes after expanding an unquoted glob).
 
-- Files: every `.parquet` file found, in path order, so `date=YYYY-MM-DD` partitions come oldest
+- Files: every `.parquet` file (and WebDataset `.tar` shard, intake/embedded) found, in path order, so `date=YYYY-MM-DD` partitions come oldest
   first. Names starting with `.` or `_` (temporary files, `_SUCCESS`, `_temporary/`) are skipped,
   as Spark and Hive skip them.
 - Globs: `*`, `?` and `[...]` match within one path part, `**` any number of parts; a pattern that
@@ -14,7 +14,8 @@ object storage, or several of those (what a shell passes after expanding an unqu
 - Pass-through columns may differ between files: a column a file lacks is null for its rows.
 - A relative audio path resolves against its own file's folder (Manifest.base_dirs).
 - The digest covers every file's name and bytes, so a finished run is recognised only when no file
-  was added, removed or changed.
+  was added, removed or changed (for shards that hold their audio: their versions, not their bytes).
+- A brace range names shards as WebDataset writes them: `shards/shard-{000000..000099}.tar`.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline import storage
+from pipeline.intake.embedded.webdataset import expand_braces
 from pipeline.intake.manifest_table import DIGEST_CHARS, ID, Manifest, ManifestError, read_manifest
 from pipeline.storage import Location, ObjectPath
 
@@ -40,18 +42,20 @@ _READERS = 8  # manifest files read at once (object stores: a request or a few e
 _NAMED = 10  # repeated ids named in the message
 
 
-def read_manifests(sources: str | Path | Location | Sequence[str | Path | Location]) -> Manifest:
-    """Read and validate one manifest or several as one (see the module's docstring)."""
-    sources = [sources] if isinstance(sources, (str, Path, ObjectPath)) else list(sources)
+def read_manifests(sources: str | Path | Location | Sequence[str | Path | Location],
+                   id_column: str | None = None) -> Manifest:
+    """Read and validate one manifest or several as one (see the module's docstring). id_column:
+    where the ids of shards without an `id` column are (intake/embedded)."""
+    sources = _expanded(sources)
     if not sources:
         raise ManifestError("no manifest given")
     if len(sources) == 1 and not _is_glob(sources[0]):
         single = _location(sources[0])
         if _kind(single) != "dir":
-            return read_manifest(single)  # one file: exactly as before, digest included
+            return read_manifest(single, id_column=id_column)  # one file: exactly as before, digest included
     files = manifest_files(sources)
     with ThreadPoolExecutor(_READERS) as pool:
-        manifests = list(pool.map(lambda f: read_manifest(f, allow_empty=True), files))
+        manifests = list(pool.map(lambda f: read_manifest(f, allow_empty=True, id_column=id_column), files))
     try:
         table = pa.concat_tables([m.table for m in manifests], promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -68,24 +72,31 @@ def read_manifests(sources: str | Path | Location | Sequence[str | Path | Locati
 def manifest_files(sources: Sequence[str | Path | Location]) -> list[Location]:
     """Every manifest file the sources name, without repeats, in path order."""
     found: dict[str, Location] = {}
-    for source in sources:
+    for source in _expanded(sources):
         for path in _files_of(source):
             found[str(path)] = path
     if not found:
-        raise ManifestError(f"no Parquet manifests found in {_describe(sources)}")
+        raise ManifestError(f"no Parquet manifests or tar shards found in {_describe(sources)}")
     return [found[name] for name in sorted(found)]
 
 
 def default_out_name(sources: str | Path | Location | Sequence) -> str:
     """outputs/<this>/ when no OUT is given: a file's stem, a folder's name, a glob's last folder
     before its first wildcard ('incoming' for 'incoming/date=*/'), the folder holding several."""
-    sources = [sources] if isinstance(sources, (str, Path, ObjectPath)) else list(sources)
+    sources = _expanded(sources)
     if len(sources) > 1:  # e.g. the partitions a shell expanded a glob to: the folder holding them
         return _common_location([_split_glob(s)[0] for s in sources]).name or "manifests"
     base, pattern = _split_glob(sources[0])
     if pattern:
         return base.name or "manifests"
-    return base.stem if base.suffix == ".parquet" else base.name
+    return base.stem if base.suffix in (".parquet", ".tar") else base.name
+
+
+def _expanded(sources) -> list:
+    """The sources as a list, WebDataset brace ranges (`shard-{000000..000099}.tar`) spelled out."""
+    sources = [sources] if isinstance(sources, (str, Path, ObjectPath)) else list(sources)
+    return [one for source in sources for one in
+            (expand_braces(source) if isinstance(source, str) and "{" in source else [source])]
 
 
 def _files_of(source) -> list[Location]:
@@ -97,7 +108,7 @@ def _files_of(source) -> list[Location]:
         if kind != "dir":
             raise ManifestError(f"manifest {base} does not exist")
         pattern = ["**"]
-    return [path for path in _walk(base) if path.suffix.lower() == ".parquet"
+    return [path for path in _walk(base) if path.suffix.lower() in (".parquet", ".tar")
             and _matches(pattern, _relative_parts(path, base))]
 
 

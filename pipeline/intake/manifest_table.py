@@ -105,21 +105,43 @@ class Manifest:
                         (1,) * len(rows), self.digest)
 
 
-def read_manifest(path: str | Path | Location, allow_empty: bool = False) -> Manifest:
+def read_manifest(path: str | Path | Location, allow_empty: bool = False, id_column: str | None = None) -> Manifest:
     """Read and validate a manifest (a local file or an s3:// object); raises ManifestError listing
     every problem found. allow_empty: a file with no rows is valid (one of several manifests, e.g.
-    a day with no new audio)."""
+    a day with no new audio). A Parquet file whose audio column holds the audio itself, or a
+    WebDataset tar shard, reads as its rows (intake/embedded; id_column: where their ids are)."""
     try:
         path = storage.location(path)
     except storage.UnsupportedLocation as exc:
         raise ManifestError(str(exc)) from None
-    table, digest = _read_table(path)
+    table, digest = _read_shard(path, id_column) or _read_table(path)
     table = _normalise_types(table, path)
     problems = _row_problems(table, allow_empty)
     if problems:
         raise ManifestError(f"{path} is not a valid manifest (rows count from 0):\n"
                             + "\n".join(f"  - {p}" for p in problems))
     return Manifest(path, table, (path,), (table.num_rows,), digest)
+
+
+def _read_shard(path: Location, id_column: str | None) -> tuple[pa.Table, str] | None:
+    """A shard's rows (never its audio bytes) and a digest of its version, or None for a manifest
+    that lists audio by path."""
+    from pipeline.intake.embedded import parquet_shards, webdataset
+
+    if not webdataset.is_tar(path) and not parquet_shards.holds_audio_bytes(path):
+        return None
+    try:
+        if webdataset.is_tar(path):
+            table, _, digest = webdataset.shards_table([path], id_column)
+        else:
+            table, digest = parquet_shards.shard_table(path, id_column)
+    except parquet_shards.ShardError as exc:
+        raise ManifestError(str(exc)) from None
+    except (storage.StorageError, PermissionError) as exc:
+        raise ManifestError(f"cannot read the shard {path}: {exc}") from None
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise ManifestError(f"{path} is not a readable shard: {exc}") from None
+    return table, digest[:DIGEST_CHARS]
 
 
 def _read_table(path: Location) -> tuple[pa.Table, str]:

@@ -3,7 +3,9 @@ changed since it was labelled is labelled again on the next run.
 
 A row's source is its manifest `audio` value and `duration_s` (either changes the work), and the
 version of its file (storage.version: size and modification time locally, size and ETag on object
-storage), plus the file's SHA-256 with verify_content. A committed result is current when:
+storage), plus the file's SHA-256 with verify_content. Audio inside a shard (intake/embedded) has its
+shard's version; with verify_content a tar member's own bytes are hashed, a Parquet cell's are not
+(the driver never reads them): its shard's version decides. A committed result is current when:
 - it was committed before sources were recorded (parts without these columns): kept as it is;
 - its audio value and duration_s equal the manifest's now;
 - its file is the same: by SHA-256 with verify_content where the result recorded one, else by
@@ -16,6 +18,7 @@ object store failing, must not erase labels. A file that appears where there was
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,6 +26,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from pipeline import storage
+from pipeline.intake.embedded.files import open_source
+from pipeline.intake.embedded.refs import ParquetCell, TarMember
 from pipeline.reasons import Failure
 from pipeline.storage import Location
 
@@ -51,20 +56,42 @@ def read_sources(paths: Sequence[str], durations: Sequence[float | None], resolv
     """Every row's source now: one stat (or HEAD request) per row, and with verify_content a full
     read of every file. Rows whose path did not resolve have no file."""
 
+    shard_versions: dict[str, str | None] = {}  # rows of one shard share its version: one stat or HEAD each
+
+    def version_of(where) -> str | None:
+        if isinstance(where, (ParquetCell, TarMember)):
+            key = str(where.shard)
+            if key not in shard_versions:
+                shard_versions[key] = storage.version(where.shard)
+            return shard_versions[key]
+        return storage.version(where)
+
     def one(index: int) -> Source:
         where = resolved[index]
         version = sha256 = None
         if not isinstance(where, Failure):
             try:
-                version = storage.version(where)
-                if version is not None and verify_content:
-                    sha256 = storage.content_sha256(where)
+                version = version_of(where)
+                # A Parquet cell is compared by its shard's version: the driver never reads audio bytes.
+                if version is not None and verify_content and not isinstance(where, ParquetCell):
+                    sha256 = content_sha256(where)
             except OSError:  # denied or unavailable now (StorageErrors are OSErrors): results are kept
                 version = sha256 = None
         return Source(paths[index], durations[index], version, sha256)
 
     with ThreadPoolExecutor(_THREADS) as pool:
         return list(pool.map(one, range(len(paths))))
+
+
+def content_sha256(where) -> str:
+    """SHA-256 of a file's bytes, or of a tar member's (read by range from its shard)."""
+    if not isinstance(where, TarMember):
+        return storage.content_sha256(where)
+    digest = hashlib.sha256()
+    with open_source(where) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 class CurrentSources:

@@ -17,6 +17,7 @@ from collections import defaultdict
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.intake.embedded import refs
 from pipeline.intake.manifest_table import Manifest
 from pipeline.output.sink import PROVENANCE_COLUMNS, column_type
 from pipeline.tasks.merge import aggregate_row
@@ -118,7 +119,11 @@ def annotations_output(segments: pa.Table, manifest: Manifest, planned_durations
 
     fields = [*FILE_COLUMNS, *((c, column_type(kind)) for c, kind in columns.items()), RAW_COLUMN]
     body = pa.Table.from_pylist(rows, schema=pa.schema(fields))
-    table = manifest.table.select(["id", "audio"])
+    # Where the audio came from: the path as written, or `shard#row` / `shard.tar#key` for audio
+    # inside a shard (never its bytes, never the reference's internals).
+    audio = manifest.table.column("audio")
+    table = manifest.table.select(["id"]).append_column(
+        "audio", pa.array([refs.display(v) for v in audio.to_pylist()], pa.string()))
     for name in body.column_names:
         table = table.append_column(name, body.column(name))
     for name, kind, source in MANIFEST_VALUE_COLUMNS:

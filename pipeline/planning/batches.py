@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from pipeline.intake.embedded import refs
 from pipeline.items import Batch, Item
 from pipeline.planning.windows import gc_paused
+from pipeline.shapes import WINDOW_S
 
 
 def plan_batches(items: Sequence[Item], audio_s: float, max_items: int) -> list[Batch]:
@@ -19,12 +21,14 @@ def plan_batches(items: Sequence[Item], audio_s: float, max_items: int) -> list[
 
     Items keep (id, segment) order, so a batch mixes lengths (what lets a worker fill its rows:
     a long clip leaves room that short ones fill) and the result depends only on the set of items,
-    not on their input order: a rerun plans the same batches (and batch ids).
+    not on their input order: a rerun plans the same batches (and batch ids). Rows whose audio is
+    a Parquet cell come after the others, by shard and row group first: a worker reads a row group
+    once for a batch, so its rows should share batches.
     """
     if audio_s <= 0 or max_items < 1:
         raise ValueError("audio_s and max_items must be positive")
     with gc_paused():
-        order = sorted(items, key=lambda item: (item.id, item.segment))
+        order = sorted(items, key=lambda item: (_row_group(item.path), item.id, item.segment))
         batches: list[Batch] = []
         current: list[Item] = []
         seconds = 0.0
@@ -60,15 +64,32 @@ def within_budget(items: Sequence[Item], max_rows: int | None,
     for taken, row_items in enumerate(rows.values()):
         if max_rows is not None and taken == max_rows:
             return chosen, "max_rows"
-        row_s = sum(i.end_s - i.start_s for i in row_items)
+        row_s = sum(_budget_s(i) for i in row_items)
         if max_audio_s is not None and audio_s + row_s > max_audio_s:
             if not chosen:  # heads the queue and alone exceeds the budget: its first segments that fit
                 for item in row_items:
-                    if audio_s + item.end_s - item.start_s > max_audio_s:
+                    if audio_s + _budget_s(item) > max_audio_s:
                         break
                     chosen.append(item)
-                    audio_s += item.end_s - item.start_s
+                    audio_s += _budget_s(item)
             return chosen, "max_hours"
         chosen += row_items
         audio_s += row_s
     return chosen, None
+
+
+def _budget_s(item: Item) -> float:
+    """The audio an item counts for in the budgets: its window, or for a row whose length is not
+    known before decoding (a Parquet cell without duration_s: planned_s 0) one whole window, the
+    most it can be without being planned again."""
+    if item.planned_s == 0 and item.end_s <= item.start_s:
+        return WINDOW_S
+    return item.end_s - item.start_s
+
+
+def _row_group(path: str) -> tuple[str, int]:
+    """(shard, row group) for a Parquet cell, ("", 0) for anything else."""
+    if not path.startswith(refs.PARQUET_ROW):
+        return "", 0
+    cell = refs.parse(path)
+    return str(cell.shard), cell.group

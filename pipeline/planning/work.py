@@ -13,6 +13,7 @@ from pipeline import storage
 from pipeline.config import Config
 from pipeline.intake import audio
 from pipeline.intake.durations import HEADER, DurationCache, Entry
+from pipeline.intake.embedded.refs import ParquetCell
 from pipeline.intake.manifest_table import Manifest
 from pipeline.intake.sources import CurrentSources, read_sources
 from pipeline.items import Item, ItemResult, failure_result
@@ -90,7 +91,10 @@ def intake(manifest: Manifest, config: Config, done_ids: set[str], resolved: lis
     -> (items, error results, each row's planned duration or None, the durations read from headers)."""
     durations = list(planned)
     rows = [r for r, item_id in enumerate(manifest.ids) if item_id not in done_ids]
-    to_probe = [r for r in rows if durations[r] is None and not isinstance(resolved[r], Failure)]
+    # A Parquet cell's duration is never read here (its bytes stay out of the driver): it is planned
+    # as one item of unknown length, and a worker that finds it longer than a window has it planned
+    # again from the decoded length (planning/replanning.py), as a file longer than its header says.
+    to_probe = [r for r in rows if durations[r] is None and not isinstance(resolved[r], (Failure, ParquetCell))]
     probed: list[Entry] = []
     for row, info in zip(to_probe, parallel_map(lambda r: audio.probe(resolved[r]), to_probe, PROBE_THREADS)):
         durations[row] = info if isinstance(info, Failure) else info.duration_s

@@ -94,11 +94,11 @@ class BatchPreparer:
         if not shapes.fits_window(frames):
             # Longer than the plan allows: the driver plans the row again from this length.
             planned = item.planned_s if item.planned_s is not None else item.end_s
-            result = failure_result(item, Failure(
-                Reason.DURATION_MISMATCH,
-                f"{path.name} decodes to {end:.2f} s but was planned as {planned:.2f} s (from the manifest's "
-                f"duration_s or the file header); fix or drop duration_s for this row",
-            ), start, end)
+            detail = (f"{path.name} decodes to {end:.2f} s but was planned as {planned:.2f} s (from the manifest's "
+                      f"duration_s or the file header); fix or drop duration_s for this row") if planned else (
+                      f"{path.name} decodes to {end:.2f} s, longer than one window; its length was not known "
+                      "before decoding, so it is planned again from this length")
+            result = failure_result(item, Failure(Reason.DURATION_MISMATCH, detail), start, end)
             return replace(result, measured_s=end)
         features, valid = clip_features(self.extractor, decoded.samples)
         return ReadyClip(item, features, valid, start, end, decoded.silent)

@@ -99,13 +99,15 @@ def test_binary_column_and_struct_edge_cases(tmp_path):
     struct = write_hf_parquet(tmp_path / "struct.parquet", [
         None, {"bytes": None, "path": "dog_barks.flac"}, {"bytes": None, "path": None},
         {"bytes": None, "path": "elsewhere.wav"}])
-    got = read_cells([ParquetCell(struct, 0), ParquetCell(struct, 1, str(file)), ParquetCell(struct, 2),
+    got = read_cells([ParquetCell(struct, 0), ParquetCell(struct, 1, fallback=str(file)), ParquetCell(struct, 2),
                       ParquetCell(struct, 3), ParquetCell(struct, 9)])
     assert "null" in failed(got[ParquetCell(struct, 0)], Reason.NO_AUDIO).detail
-    assert got[ParquetCell(struct, 1, str(file))] == file  # bytes null: the path, resolved by planning
+    assert got[ParquetCell(struct, 1, fallback=str(file))] == file  # bytes null: the path, resolved by planning
     failed(got[ParquetCell(struct, 2)], Reason.NO_AUDIO)
     assert "elsewhere.wav" in failed(got[ParquetCell(struct, 3)], Reason.NO_AUDIO).detail
     failed(got[ParquetCell(struct, 9)], Reason.MISSING_FILE)  # the shard has fewer rows now
+    outside = ParquetCell(struct, 1, fallback="!outside_audio_root:/x.wav resolves outside the audio root")
+    failed(read_cells([outside])[outside], Reason.OUTSIDE_AUDIO_ROOT)  # planning's reason, reported by the worker
 
 
 def test_an_unreadable_row_group_fails_its_rows_only(tmp_path):
@@ -155,7 +157,7 @@ def test_tar_samples_and_members_read_in_place(tmp_path):
         assert sample.metadata == {"source": name, "format": name.rsplit(".", 1)[1]} and sample.text.startswith("the ")
         file = as_file(tmp_path, name)
         np.testing.assert_array_equal(audio.decode(member).samples, audio.decode(file).samples)
-        assert refs.parse(member.text) == member
+        assert refs.parse(str(member)) == member
     assert samples["set/no_audio"].audio == [] and len(samples["set/two"].audio) == 2
     assert "bad_meta.json" in samples["set/bad_meta"].problem
 
@@ -182,11 +184,15 @@ def test_cut_and_broken_tars(tmp_path):
 
 
 def test_references_round_trip_and_never_look_like_paths(tmp_path):
-    cell = ParquetCell(tmp_path / "we:ird#.parquet", 12, "s3://b/x y:z.wav")
+    cell = ParquetCell(tmp_path / "we:ird#.parquet", 12, 1, "s3://b/x y:z.wav")
     member = TarMember(refs.parse("s3://b/shards/s:1.tar"), "a:b/c d.flac", 1536, 99)
-    assert refs.parse(cell.text) == cell and refs.parse(member.text) == member
-    assert refs.is_embedded(cell.text) and not refs.is_embedded(str(tmp_path / "a.wav"))
+    assert refs.parse(str(cell)) == cell and refs.parse(str(member)) == member
+    assert refs.is_embedded(str(cell)) and not refs.is_embedded(str(tmp_path / "a.wav"))
     assert refs.parse(str(tmp_path / "a.wav")) == tmp_path / "a.wav"
+    bad = refs.NoAudio("s.tar#k:1", Failure(Reason.AMBIGUOUS_AUDIO, "two: k.wav, k.flac"))
+    assert refs.parse(str(bad)) == bad
+    assert refs.display(str(cell)) == f"{tmp_path}/we:ird#.parquet#12"
+    assert refs.display(str(member)) == "s3://b/shards/s:1.tar#a:b/c d" and refs.display("a.wav") == "a.wav"
 
 
 # --- a worker's batch ------------------------------------------------------------------------------------
@@ -206,8 +212,8 @@ def test_a_batch_mixes_files_cells_and_members(tmp_path):
     tar = write_tar(tmp_path / "s.tar", webdataset_members({"rain.opus": CLIPS["rain.opus"]}))
     [sample] = read_samples(tar)
     garbage = write_hf_parquet(tmp_path / "garbage.parquet", [{"bytes": b"\x01" * 500, "path": "x.mp3"}])
-    paths = [str(EXAMPLE_AUDIO / "room_tone.flac"), *(ParquetCell(shard, r).text for r in range(3)),
-             sample.audio[0].text, ParquetCell(garbage, 0).text]
+    paths = [str(EXAMPLE_AUDIO / "room_tone.flac"), *(str(ParquetCell(shard, r, r // 2)) for r in range(3)),
+             str(sample.audio[0]), str(ParquetCell(garbage, 0))]
     items = tuple(Item(i, f"id{i}", p, 0, 1, 0.0, 0.0, 0.0) for i, p in enumerate(paths))
     prepared = BatchPreparer(_Extractor(), -60.0, 1.0).prepare(Batch(items))
     ready = {c.item.id: c for c in prepared.ready}

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from pipeline import storage
 from pipeline.intake.embedded.refs import TarMember
+from pipeline.reasons import Failure, Reason
 from pipeline.storage import Location
 
 _COPY_BLOCK = 1 << 20
@@ -97,6 +98,24 @@ def open_source(source: Source, quiet: bool = False):
     return storage.open_input(source, quiet=quiet)
 
 
+def member_head(member: TarMember) -> bytes | Failure:
+    """A tar member's first bytes, once its shard is known to be there and to hold the whole member
+    (a shard cut short is caught here, before a decoder sees a member that ends early). Raises
+    OSError (StorageError) when the shard cannot be read."""
+    found = storage.info(member.shard)
+    if found.kind == "missing":
+        return Failure(Reason.MISSING_FILE, f"the shard {member.shard} does not exist")
+    if found.kind != "file":
+        return Failure(Reason.NOT_A_FILE, f"the shard {member.shard} is not a file")
+    if member.size == 0:
+        return Failure(Reason.EMPTY_AUDIO, f"{member.name} is 0 bytes")
+    if found.size < member.offset + member.size:
+        return Failure(Reason.TRUNCATED_AUDIO, f"{member.name} is truncated: the tar declares {member.size} bytes "
+                                               f"but the shard ends {max(0, found.size - member.offset)} bytes into it")
+    with open_source(member) as fh:
+        return fh.read(64)
+
+
 def read_error(opened) -> OSError | None:
     """The storage error a quiet file kept (storage.read_error), through a member's window too."""
     if isinstance(opened, WindowFile):
@@ -130,4 +149,4 @@ def local_file(source: Source) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-__all__ = ["AudioBytes", "Source", "WindowFile", "local_file", "open_source", "read_error"]
+__all__ = ["AudioBytes", "Source", "WindowFile", "local_file", "member_head", "open_source", "read_error"]

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import storage
+from pipeline.intake.audio import io_failure
 from pipeline.intake.embedded.files import AudioBytes, read_error
 from pipeline.intake.embedded.refs import ParquetCell
 from pipeline.reasons import Failure, Reason
@@ -42,8 +43,6 @@ def read_cells(cells: Iterable[ParquetCell]) -> dict[ParquetCell, Audio]:
 
 
 def _read_shard(shard: Location, cells: list[ParquetCell]) -> dict[ParquetCell, Audio]:
-    from pipeline.intake.audio import io_failure  # audio imports this package's files module
-
     try:
         opened = storage.open_input(shard, quiet=True)
     except OSError as exc:
@@ -95,6 +94,8 @@ def _audio_of(cell: ParquetCell, value) -> Audio:
         data, path = value.get("bytes"), value.get("path")
         if data is not None:
             return AudioBytes(cell.name, data, path or "")
+        if cell.fallback_failure is not None:  # planning could not resolve the path (outside the audio root...)
+            return cell.fallback_failure
         if cell.fallback:
             return storage.location(cell.fallback)
         named = f" and its path {path!r} could not be used" if path else " and it names no path"
@@ -126,8 +127,6 @@ def _is_binary(kind: pa.DataType) -> bool:
 
 def _read_failure(opened, shard: Location) -> Failure | None:
     """The storage's failure behind a read pyarrow saw as a short or damaged file, if any."""
-    from pipeline.intake.audio import io_failure
-
     error = read_error(opened)
     return io_failure(shard, error) if error is not None else None
 

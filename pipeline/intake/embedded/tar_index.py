@@ -25,12 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from pipeline import storage
-from pipeline.intake.embedded.refs import TarMember
+from pipeline.intake.embedded.refs import TarMember, split_key
 from pipeline.intake.formats import AUDIO_EXTENSIONS
 from pipeline.storage import Location
 
 JSON_FIELD, TEXT_FIELD = "json", "txt"
 MAX_METADATA_BYTES = 16 << 20  # a KEY.json or KEY.txt larger than this is not metadata
+
+
+__all__ = ["NotATar", "Sample", "is_audio_member", "read_samples", "split_key"]
 
 
 class NotATar(ValueError):
@@ -47,13 +50,6 @@ class Sample:
     text: str | None = None  # KEY.txt
     problem: str | None = None  # why its metadata could not be read (the sample is still listed)
     truncated: bool = False  # its audio member runs past the end of the shard
-
-
-def split_key(name: str) -> tuple[str, str]:
-    """(key, field) of a member name, as WebDataset splits it."""
-    folder, _, base = name.rpartition("/")
-    stem, dot, rest = base.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), (rest if dot else "")
 
 
 def is_audio_member(name: str) -> bool:
