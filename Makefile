@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: annotate test tiny-model bench bench-driver example-manifest clean venv
+.PHONY: annotate test tiny-model bench bench-driver bench-shards example-manifest clean venv
 
 $(RUNTIME_STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -58,6 +58,12 @@ ROWS ?= 1000000,2000000,10000000
 DRIVER_BENCH_OUT ?= outputs/bench/driver.json
 bench-driver: $(RUNTIME_STAMP)
 	$(PY) -m pipeline bench driver --rows $(ROWS) --model $(TINY_MODEL_DIR) --out $(DRIVER_BENCH_OUT)
+
+# The driver's and a decode task's peak memory on a generated Hub-layout Parquet shard of GB GB.
+GB ?= 1
+bench-shards: $(TEST_STAMP)
+	$(PY) -m pipeline bench shards --gb $(GB) --model $(TINY_MODEL_DIR) --work-dir outputs/bench/shards \
+		--out outputs/bench/shards.json
 
 clean:
 	rm -rf $(VENV) outputs models .pytest_cache

@@ -97,6 +97,10 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    if args.mode == "shards":
+        from pipeline.bench.shard_memory import run_shard_benchmark
+
+        return run_shard_benchmark(args)
     if args.mode == "driver":
         from pipeline.bench.driver import run_driver_benchmark
 
@@ -220,9 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "proportions, run `annotate` (cold and warm compile cache) and transformers' batched generate "
                     "on the same audio, check the texts are identical, print a table and save JSON (BENCH_OUT). "
                     "driver: the driver's own time and peak memory for --dry-run, a first dispatch under "
-                    "--max-rows 32 and a resume, on manifests of --rows rows over --files real files.",
+                    "--max-rows 32 and a resume, on manifests of --rows rows over --files real files. "
+                    "shards: the driver's and a decode task's peak memory on a generated Hub-layout Parquet "
+                    "shard of --gb GB (--work-dir, --model).",
     )
-    bench.add_argument("mode", nargs="?", choices=("realistic", "driver"), default="realistic")
+    bench.add_argument("mode", nargs="?", choices=("realistic", "driver", "shards"), default="realistic")
     bench.add_argument("--out", help="JSON to write (default $BENCH_OUT or outputs/bench/bench.json)")
     bench.add_argument("--short", type=int, default=60, help="clips of 1-10 s")
     bench.add_argument("--medium", type=int, default=20, help="clips of 10-29.5 s")
@@ -239,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--work-dir", default="outputs/bench/driver", help="driver: where files, manifests and OUTs go")
     bench.add_argument("--model", default="models/tiny-qwen2-audio",
                        help="driver: the checkpoint the first dispatch loads (make tiny-model)")
+    bench.add_argument("--gb", type=float, default=1.0, help="shards: the generated Hub-layout shard's size")
     bench.set_defaults(handler=_cmd_bench)
     return parser
 

@@ -169,3 +169,36 @@ def test_a_tar_that_is_not_a_tar_stops_the_run_naming_it(model_dir, tmp_path):
 
     with pytest.raises(ManifestError, match="shard-000000.tar is not a tar file"):
         run(bad, tmp_path / "out", model_dir)
+
+
+def test_resume_budgets_and_changed_shards(ray_cluster, model_dir, tmp_path):
+    names = list(CLIPS)[:6]
+    shards = tmp_path / "shards"
+    for i, part in enumerate((names[:3], names[3:])):
+        write_tar(shards / f"shard-00000{i}.tar", webdataset_members({n: CLIPS[n] for n in part}))
+    out = tmp_path / "out"
+    first = run(str(shards), out, model_dir, max_rows=2)
+    assert first.stopped_early and first.rows_committed == 2
+    finished = run(str(shards), out, model_dir)
+    assert finished.run_info["this_run"]["items"] == 4  # the rest, not the first two again
+    assert run(str(shards), out, model_dir).already_complete
+    # A shard written anew (new content, new version): its samples are labelled again, the others kept.
+    write_tar(shards / "shard-000001.tar", webdataset_members({n: CLIPS[n] for n in names[3:]}, prefix=""))
+    (shards / "shard-000001.tar").touch()
+    again = run(str(shards), out, model_dir)
+    assert again.run_info["this_run"]["items"] == 3
+
+
+def test_manifest_validate_reports_the_shards_checks(tmp_path, capsys):
+    from pipeline import cli
+
+    shard, expected = hub_parquet(tmp_path)
+    assert cli.main(["manifest", "validate", str(shard)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{len(expected)} rows" in printed and "pass-through columns: speaker" in printed
+    assert f"{len(expected)} embedded in Parquet" in printed  # one row group holds nulls: every row a cell
+    write_tar(tmp_path / "s" / "shard-000000.tar", webdataset_members({"a.wav": CLIPS["speech_greeting.wav"]}) + [
+        ("b.json", b"{}"), ("c.wav", CLIPS["speech_greeting.wav"]), ("c.flac", CLIPS["dog_barks.flac"])])
+    assert cli.main(["manifest", "validate", str(tmp_path / "s" / "shard-{000000..000000}.tar")]) == 0
+    printed = capsys.readouterr().out
+    assert "3 rows" in printed and "1 tar members, 1 no_audio, 1 ambiguous_audio" in printed
