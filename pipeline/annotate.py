@@ -103,7 +103,7 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
               console: Console, started: float, lock: OutLock, read_faults, signals: StopSignals) -> RunSummary:
     from pipeline.model.model_plan import load_prompts, plan_model
     from pipeline.output import run_info
-    from pipeline.run import cluster, runner
+    from pipeline.run import cluster, ray_address, runner
     from pipeline.run.actors import WorkerSpec
 
     # --max-wall counts from the start: loading and compiling are part of a scheduled window.
@@ -114,7 +114,8 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
     worker_count = default_workers(config, workers)
 
     # Tokenising the prompts needs no cluster: it runs while Ray starts (seconds each).
-    with ThreadPoolExecutor(1) as background, cluster.ray_session(worker_count):
+    ray_choice = ray_address.choose(config.ray_address)
+    with ThreadPoolExecutor(1) as background, cluster.ray_session(worker_count, ray_choice) as ray_used:
         signals.install()  # again: Ray's start put its own SIGTERM handler (exit at once) in place
         checkpoint = background.submit(load_prompts, config, tasks)
         npus = cluster.cluster_npus()
@@ -164,7 +165,7 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
             warn_unreadable(console, new_failures)
             rows_now = {i.id for i in todo} | {r.item.id for r in new_failures}
             console.info(start_line(len(rows_now), manifest.num_rows, todo_audio_s, npus if use_npu else worker_count,
-                                    use_npu, plan.dtype, plan.decoding.describe()))
+                                    use_npu, plan.dtype, plan.decoding.describe(), ray_used))
             changed = work.progress.changed_ids & work.row_ids
             if changed:
                 console.info(f"{len(changed)} of these rows are labelled again: their audio or its manifest values "

@@ -68,7 +68,7 @@ def job_config(args):
         "tasks": [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None,
         "max_rows": args.max_rows, "max_hours": args.max_hours, "max_wall_minutes": args.max_wall,
         "verify_content": True if args.verify_content else None,
-        "max_error_rate": args.max_error_rate,
+        "max_error_rate": args.max_error_rate, "ray_address": args.ray_address,
         **{key: getattr(args, key) for key in ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty",
                                                "seed")},
         "retry_errors": [r.strip() for r in args.retry_errors.split(",") if r.strip()] if args.retry_errors else None,
@@ -133,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="add a task: name, parser (text or list), max new tokens, question; repeatable",
     )
     annotate.add_argument("--workers", type=int, help="CPU workers when there are no NPUs")
+    annotate.add_argument("--ray-address", metavar="HOST:PORT",
+                          help="Ray cluster to join (its head's GCS port, or auto: the one `ray start` left on this "
+                               "node); default: RAY_ADDRESS when set, else a private local Ray for this run "
+                               "(local forces that); job key ray_address")
     annotate.add_argument("--audio-root", help="resolve relative paths here and reject paths outside it")
     annotate.add_argument("--id-column", help="shards without an `id` column (Hub Parquet, WebDataset): the "
                                               "column or KEY.json field of ids (default: <shard>/<row>, or the key)")

@@ -120,6 +120,11 @@ class Config:
     object_cache_gb: float = 2.0
 
     # --- execution ---
+    # The Ray cluster to join: HOST:PORT of its head (the GCS port of `ray start --head --port`), or
+    # auto (the one `ray start` left running on this node). null: RAY_ADDRESS when set, else a
+    # private local Ray for this run, whatever else runs on the node; local: that private Ray even
+    # when RAY_ADDRESS is set. --ray-address overrides it. README "Ray clusters".
+    ray_address: str | None = None
     # Workers: one per NPU when NPUs exist, else this many CPU workers (0 = one per 8 cores, at
     # least 1: a worker's kernels use several threads, and more workers than that only contend).
     cpu_workers: int = 0

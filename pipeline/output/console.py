@@ -100,14 +100,15 @@ def counts_text(counts: dict[str, int], limit: int | None = None) -> str:
 
 
 def start_line(rows_todo: int, rows_total: int, audio_s: float, workers: int, npu: bool, dtype: str,
-               decoding: str | None = None) -> str:
-    """decoding: the decoding in effect with where each value came from (ResolvedDecoding.describe)."""
+               decoding: str | None = None, ray_cluster: str | None = None) -> str:
+    """decoding: the decoding in effect with where each value came from (ResolvedDecoding.describe);
+    ray_cluster: which Ray the run uses (run/ray_address.describe)."""
     where = f"{workers} worker{'s' * (workers != 1)} on {'Ascend NPUs' if npu else 'CPU'}, {dtype}"
     if rows_todo == 0:
         return f"all {rows_total} rows were annotated by an earlier run; writing the outputs"
     rows = f"{rows_todo} rows" if rows_todo == rows_total else f"{rows_todo} of {rows_total} rows left"
     return f"annotating {rows} ({duration_text(audio_s)} of audio) with {where}" + \
-        (f"; decoding: {decoding}" if decoding else "")
+        (f"; Ray: {ray_cluster}" if ray_cluster else "") + (f"; decoding: {decoding}" if decoding else "")
 
 
 def budget_line(limited_by: str, config, rows_later: int) -> str:

@@ -11,6 +11,7 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import ray
 
@@ -96,8 +97,11 @@ class AnnotationWorker:
         self.load_s = time.perf_counter() - started
 
     def ready(self) -> dict:
+        # package: where this worker imported the pipeline from; on a joined cluster, the copy the
+        # driver shipped (cluster.ray_session's py_modules), not whatever version the node has installed.
         return {"error": self.error, "pid": os.getpid(), "load_s": round(self.load_s, 2),
-                "npu": os.environ.get("ASCEND_RT_VISIBLE_DEVICES"), "node": ray.get_runtime_context().get_node_id()}
+                "npu": os.environ.get("ASCEND_RT_VISIBLE_DEVICES"), "node": ray.get_runtime_context().get_node_id(),
+                "package": str(Path(__file__).resolve().parents[1])}
 
     def run(self, prepared):
         if self.error:

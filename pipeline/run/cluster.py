@@ -1,5 +1,6 @@
-"""The Ray cluster this run uses, and what it offers: the session (join RAY_ADDRESS, or start a
-private local Ray), its NPUs, the memory each model worker may plan for, and room for decoding.
+"""The Ray cluster this run uses, and what it offers: the session (join the cluster the run names,
+or start a private local Ray: run/ray_address.py), its NPUs, the memory each model worker may plan
+for, and room for decoding.
 """
 
 from __future__ import annotations
@@ -14,28 +15,26 @@ import ray
 
 from pipeline.errors import UserError
 from pipeline.model.runtime import log_environment
+from pipeline.run import ray_address
 from pipeline.run.signals import StopRequested
 
 
 @contextmanager
-def ray_session(workers: int):
-    """Join the cluster at RAY_ADDRESS, reuse a Ray already started in this process (tests share
-    one per session), or start a local one that ends with the run.
+def ray_session(workers: int, cluster: ray_address.ClusterChoice):
+    """Join the cluster the run names (run/ray_address.py), reuse a Ray already started in this
+    process (tests share one per session), or start a private local one that ends with the run.
+    Yields what the start line says about it.
 
     Every worker's stdout and stderr (MindSpore's glog included, see runtime.log_environment)
     comes to this process (log_to_driver), from every node of a cluster, and Ray prints it on
     this process's stderr: the run's log file when the command line runs (output/library_log.py).
     """
     if ray.is_initialized():
-        yield
+        yield "the one already started in this process"
         return
     runtime_env = {"env_vars": log_environment()}
     try:
-        if os.environ.get("RAY_ADDRESS"):
-            # Ship this package to the cluster's workers; its dependencies must be installed there.
-            runtime_env["py_modules"] = [str(Path(__file__).parents[1])]
-            ray.init(runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
-        else:
+        if cluster.private:
             # Logical CPUs, not cores: one per model worker and as many again for prepare tasks (one
             # CPU each, see actors.remote_prepare), so decoding always has room beside the models.
             # address="local": a private cluster for this run, even where another Ray runs on the
@@ -43,6 +42,10 @@ def ray_session(workers: int):
             # num_cpus there.
             ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 2 * workers), include_dashboard=False,
                      logging_level="WARNING", log_to_driver=True, runtime_env=runtime_env)
+        else:
+            # Ship this package to the cluster's workers; its dependencies must be installed there.
+            runtime_env["py_modules"] = [str(Path(__file__).parents[1])]
+            ray_address.join(cluster, runtime_env=runtime_env, logging_level="WARNING", log_to_driver=True)
     except SystemExit as exc:
         # ray.init installs a SIGTERM handler that exits at once; a SIGTERM while Ray starts comes
         # out here. Nothing has run: stop like any stop request (exit 75), leaving nothing behind.
@@ -51,7 +54,7 @@ def ray_session(workers: int):
         ray.shutdown()
         raise StopRequested(signal.SIGTERM) from None
     try:
-        yield
+        yield ray_address.describe(cluster)
     finally:
         ray.shutdown()
 

@@ -85,6 +85,10 @@ def test_start_line_says_what_is_left_on_a_resume():
     assert start_line(8, 8, 91.1, 2, False, "fp32") == "annotating 8 rows (1.5 min of audio) with 2 workers on CPU, fp32"
     assert start_line(3, 8, 4000, 8, True, "bf16") == \
         "annotating 3 of 8 rows left (1.11 h of audio) with 8 workers on Ascend NPUs, bf16"
+    assert start_line(8, 8, 91.1, 2, False, "fp32", decoding="greedy (checkpoint)",
+                      ray_cluster="the cluster at 10.0.0.5:6379 (named by RAY_ADDRESS), 3 nodes") == \
+        "annotating 8 rows (1.5 min of audio) with 2 workers on CPU, fp32; Ray: the cluster at 10.0.0.5:6379 " \
+        "(named by RAY_ADDRESS), 3 nodes; decoding: greedy (checkpoint)"
 
 
 def test_quiet_console_shows_errors_and_the_summary_only():
@@ -176,7 +180,8 @@ def test_terminal_shows_start_bar_and_summary_and_no_library_output(example_run)
     # no Python warning (tqdm's clamping).
     noise = [line for line in lines if re.search(r"\[(WARNING|ERROR|INFO)\]|WARNING|pid=\d+|Warning|clamping", line)]
     assert not noise, noise
-    assert lines[0] == "annotating 8 rows (1.5 min of audio) with 1 worker on CPU, fp32; decoding: greedy (checkpoint)"
+    assert lines[0] == ("annotating 8 rows (1.5 min of audio) with 1 worker on CPU, fp32; "
+                        "Ray: a private local cluster for this run; decoding: greedy (checkpoint)")
     bars = [(int(n), int(total), remaining) for n, total, _, remaining in BAR.findall(shown)]
     assert bars and all(n <= total == 91 and not remaining.startswith("-") for n, total, remaining in bars)
     assert bars[-1][0] == 91
