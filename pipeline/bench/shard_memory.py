@@ -3,7 +3,8 @@ audio, as a Hugging Face dataset's shard does (the `audio` struct {bytes, path},
 rows), of at least --gb GB.
 
 1. Write the shard from the project's real recordings (manifests/audio, repeated), no `id` column.
-2. The driver: `annotate SHARD --dry-run` and `annotate SHARD --max-rows 256` (a first dispatch:
+2. The driver: `annotate --dry-run` of the 8-row example manifest (the baseline: imports, tokenizer),
+   then `annotate SHARD --dry-run` and `annotate SHARD --max-rows 256` (a first dispatch:
    Ray, the model worker on the tiny checkpoint, 256 rows decoded and annotated, exit 75), each in
    its own process (bench/rss.py: getrusage of the driver process alone, not of its Ray workers).
 3. A worker's decode task: in its own process, the BatchPreparer a prepare task runs (read the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import json
 import resource
+from collections import Counter
 import subprocess
 import sys
 import time
@@ -33,12 +35,15 @@ def write_shard(path: Path, gigabytes: float) -> Path:
     """A Hub-layout shard of about `gigabytes` GB of real recordings (written a row group at a time)."""
     if path.exists() and path.stat().st_size >= gigabytes * 1e9:
         return path
+    path.unlink(missing_ok=True)
     clips = list(recordings(with_m4a=False).items())
     path.parent.mkdir(parents=True, exist_ok=True)
     schema = pa.schema([("speaker", pa.string()), ("audio", AUDIO_STRUCT)],
                        metadata={b"huggingface": json.dumps(HF_FEATURES).encode()})
     written, row = 0, 0
-    with pq.ParquetWriter(path, schema) as writer:
+    # No dictionary for the audio: a real dataset's clips are all different, and a dictionary would
+    # store these repeated recordings once (a "1 GB" shard of 80 MB on disk).
+    with pq.ParquetWriter(path, schema, use_dictionary=["speaker"]) as writer:
         while written < gigabytes * 1e9:
             chosen = [clips[(row + i) % len(clips)] for i in range(ROW_GROUP)]
             writer.write_table(pa.table({
@@ -90,12 +95,13 @@ def _prepare(shard: str, model: str) -> dict:
     batches = plan_batches(items, config.batch_audio_s, config.batch_items)
     preparer = BatchPreparer(WhisperFeatureExtractor.from_pretrained(model), config.silence_dbfs, config.segment_search_s)
     planned = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    started, ok, failed = time.perf_counter(), 0, 0
+    started, ok, failed = time.perf_counter(), 0, Counter()
     for batch in batches:
         prepared = preparer.prepare(batch)
-        ok, failed = ok + len(prepared.ready), failed + len(prepared.failed)
+        ok += len(prepared.ready)
+        failed.update(r.error for r in prepared.failed)  # duration_mismatch: a 54 s clip, planned again in a run
         del prepared
-    return {"rows": len(rows), "batches": len(batches), "ok": ok, "failed": failed,
+    return {"rows": len(rows), "batches": len(batches), "ok": ok, "failed": dict(failed),
             "seconds": round(time.perf_counter() - started, 1),
             "peak_mb_before_reading": round(planned / 1024, 1),
             "worker_peak_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -109,6 +115,10 @@ def run_shard_benchmark(args) -> int:
     meta = pq.ParquetFile(shard).metadata
     print(f"shard: {shard} ({size / 1e9:.2f} GB, {meta.num_rows} rows in {meta.num_row_groups} row groups)")
     figures = {"shard_bytes": size, "rows": meta.num_rows, "row_groups": meta.num_row_groups}
+    example = Path(__file__).resolve().parents[2] / "manifests" / "example.parquet"
+    figures["baseline_dry_run"] = driver_peak(["annotate", str(example), "--model", args.model, "--quiet",
+                                               "--out", str(work / "out-example"), "--dry-run"], work)
+    print(f"driver, annotate --dry-run of the 8-row example manifest (the baseline): {figures['baseline_dry_run']}")
     common = ["annotate", str(shard), "--model", args.model, "--quiet", "--no-progress"]
     figures["dry_run"] = driver_peak([*common, "--out", str(work / "out-dry"), "--dry-run"], work)
     print(f"driver, annotate --dry-run: {figures['dry_run']}")
