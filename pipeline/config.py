@@ -75,6 +75,10 @@ class Config:
     repetition_penalty: float | None = None  # 1: none; greedy decoding applies it too
     # Sampling draws are seeded per (row id, task) from this, so reruns give the same tokens. null: 0.
     seed: int | None = None
+    # Answers that hit their cap while repeating (the `looped` column) are generated once more with
+    # these decoding keys changed, e.g. {repetition_penalty: 1.2} or {do_sample: true, seed: 1}; the
+    # retry's answer is kept and the `retried` column says so. null: never.
+    retry_degenerate: dict[str, object] | None = None
 
     # --- model shapes and batching ---
     # Decode slots per worker: task rows decoded together (0 = as many as memory_budget_gb holds,
@@ -271,6 +275,16 @@ def _check(config: Config, source: str) -> None:
         raise ConfigError(f"{source}: need top_k >= 0 (0: no top-k) and repetition_penalty > 0 (1: none)")
     if config.do_sample and config.temperature == 0:
         raise ConfigError(f"{source}: do_sample with temperature 0; a temperature of 0 means greedy")
+    if config.retry_degenerate == {}:
+        raise ConfigError(f"{source}: 'retry_degenerate' needs the decoding keys a retry changes, "
+                          "e.g. {repetition_penalty: 1.2} (null: no retry)")
+    if config.retry_degenerate is not None:
+        from pipeline.model.decoding import DecodingError, Decoding, retry_decoding
+
+        try:  # the keys and their types now; what they make of the checkpoint's decoding at planning
+            retry_decoding(Decoding(do_sample=True), config.retry_degenerate)
+        except DecodingError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
     if config.batch_items < 1 or config.batch_audio_s <= 0 or config.memory_budget_gb < 0 or config.max_attempts < 1:
         raise ConfigError(f"{source}: batch_items, batch_audio_s and max_attempts must be positive, "
                           "memory_budget_gb 0 (automatic) or positive")

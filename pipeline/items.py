@@ -72,6 +72,11 @@ class ItemResult:
     # With duration_mismatch: the file's length as decoded, longer than its plan allows (the driver
     # plans the row again from it instead of committing this result).
     measured_s: float | None = None
+    # What the model says about each task's answer (model.interface.Answer), keyed by task name;
+    # empty when the model cannot say.
+    answers: dict[str, object] = field(default_factory=dict)
+    # Tasks whose looping answer was generated again (retry_degenerate): what the retry changed.
+    retried: dict[str, str] = field(default_factory=dict)
 
 
 def failure_result(item: Item, failure: Failure, start_s=None, end_s=None) -> ItemResult:

@@ -37,6 +37,10 @@ def test_default_job_file_lists_every_key_with_its_default():
     ("segment_search_s: 7", "below 5 s"),
     ("custom_tasks: [{name: x}]", "needs 'name' and 'prompt'"),
     ("custom_tasks: [{name: x, prompt: y, parser: json}]", "parser"),
+    ("retry_degenerate: {}", "needs the decoding keys a retry changes"),
+    ("retry_degenerate: {top_q: 0.5}", "unknown key"),
+    ("retry_degenerate: {repetition_penalty: 0}", "repetition_penalty 0 .from the retry_degenerate."),
+    ("do_sample: true\ntemperature: 0", "a temperature of 0 means greedy"),
     ("- a list", "mapping"),
     ("key: [unclosed", "not valid YAML"),
 ])

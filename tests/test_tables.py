@@ -46,3 +46,36 @@ def test_detected_language_wins_and_manifest_language_is_null_without_the_column
 
 def test_manifest_language_is_an_output_column_a_manifest_column_must_not_shadow():
     assert "manifest_language" in output_column_names(OUTPUT_COLUMNS)
+
+
+def _answered(segment, index, n, sums, tokens, hit_cap, looped=None, retried=None):
+    """A successful segment of a long row, with what the model said about its caption answer."""
+    return {**segment, "key": f"{segment['id']}#{index}", "segment": index, "n_segments": n,
+            "logprob_sum": [("caption", sums)], "answer_tokens": [("caption", tokens)],
+            "hit_cap": [("caption", hit_cap)], "looped": [("caption", bool(looped))],
+            "retried": [("caption", retried)] if retried else []}
+
+
+def test_a_rows_logprob_is_the_mean_over_all_its_segments_tokens():
+    """Sums and token counts are added up before the mean: a segment's mean weighs by its tokens
+    (and its end token when it has one), never one segment one vote."""
+    from pipeline.output.tables import segments_output
+
+    manifest = Manifest(location("/nowhere/m.parquet"), pa.table({"id": ["long", "bad"], "audio": ["l.wav", "b.wav"]}))
+    first = _answered(_segment("long", "ok", caption="Talk."), 0, 2, sums=-2.0, tokens=3, hit_cap=False)
+    second = _answered(_segment("long", "ok", caption="Music."), 1, 2, sums=-1.8, tokens=9, hit_cap=True,
+                       looped=True, retried="repetition_penalty=1.2")
+    table = pa.Table.from_pylist([first, second, _segment("bad", "error", error="missing_file")],
+                                 schema=segment_schema(OUTPUT_COLUMNS))
+    found = current_segments(table, manifest)
+    segments = segments_output(found).to_pylist()
+    assert [dict(s["logprob"]) for s in segments[:2]] == [{"caption": -2.0 / 4}, {"caption": -1.8 / 9}]
+    assert "logprob_sum" not in segments[0] and segments[2]["logprob"] is None
+    rows = annotations_output(found, manifest, [60.0, 1.0], OUTPUT_COLUMNS, TASKS_RAN).to_pylist()
+    long, bad = rows
+    assert dict(long["logprob"]) == {"caption": (-2.0 - 1.8) / (4 + 9)}  # not (-0.5 - 0.2) / 2
+    assert dict(long["answer_tokens"]) == {"caption": 12}
+    assert dict(long["hit_cap"]) == {"caption": True} and dict(long["looped"]) == {"caption": True}
+    assert dict(long["retried"]) == {"caption": "repetition_penalty=1.2"}
+    assert all(bad[c] is None for c in ("logprob", "answer_tokens", "hit_cap", "looped", "retried"))
+    assert list(long)[list(long).index("raw") + 1:][:5] == ["logprob", "answer_tokens", "hit_cap", "looped", "retried"]

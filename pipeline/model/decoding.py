@@ -108,10 +108,18 @@ class ResolvedDecoding:
     eos_source: str = CHECKPOINT  # end-of-sequence ids: from the checkpoint or the tokenizer
     pad_token_id: int | None = None
 
+    @property
+    def retry_label(self) -> str | None:
+        """What a retry changes, as the `retried` column records it: 'repetition_penalty=1.2'."""
+        if self.retry is None:
+            return None
+        return ", ".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                         for k, v in sorted(self.retry_changes.items()))
+
     def describe(self) -> str:
         text = self.decoding.describe(self.sources)
         if self.retry is not None:
-            text += "; loops retried with " + ", ".join(f"{k} {v}" for k, v in self.retry_changes.items())
+            text += f"; looping answers generated again with {self.retry_label}"
         return text
 
     def to_dict(self) -> dict:

@@ -113,7 +113,8 @@ def load_prompts(config, tasks) -> CheckpointPrompts:
     eos_ids, eos_source = end_of_sequence(defaults, tokenizer_eos_ids(tokenizer, style))
     prompts = build_prompt_plan(renderer, style, [t.prompt(style) for t in tasks], eos_ids)
     try:
-        decoding = resolve(defaults, config.decoding_keys("job"), config.decoding_keys("option"))
+        decoding = resolve(defaults, config.decoding_keys("job"), config.decoding_keys("option"),
+                           config.retry_degenerate)
     except DecodingError as exc:
         raise ValueError(str(exc)) from None
     decoding = replace(decoding, eos_source=eos_source, pad_token_id=pad_token(defaults, eos_ids))

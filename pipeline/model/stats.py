@@ -22,6 +22,7 @@ class GenerationStats:
     row_steps: int = 0  # decode slots x steps
     useful_row_steps: int = 0  # slots that held a live row during a step
     generated_tokens: int = 0
+    retried_answers: int = 0  # looping answers generated again (retry_degenerate)
     encode_s: float = 0.0
     prefill_s: float = 0.0
     insert_s: float = 0.0

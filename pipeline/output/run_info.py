@@ -81,7 +81,7 @@ def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest
             "decode_row_steps": _ratio(stats["useful_row_steps"], stats["row_steps"]),
         },
         "generation": {
-            **{k: stats[k] for k in ("generated_tokens", "decode_steps", "encoder_rows", "prefill_rows",
+            **{k: stats[k] for k in ("generated_tokens", "retried_answers", "decode_steps", "encoder_rows", "prefill_rows",
                                      "inserted_rows", "insert_calls", "clips_encoded", "valid_frames",
                                      "computed_frames", "valid_tokens", "computed_tokens", "row_steps",
                                      "useful_row_steps")},

@@ -63,6 +63,7 @@ from pipeline import storage
 from pipeline.errors import UserError
 from pipeline.intake.sources import SOURCE_COLUMNS, SOURCE_FIELDS, CurrentSources, Source
 from pipeline.items import ItemResult
+from pipeline.output import answer_columns
 from pipeline.reasons import TRANSIENT
 from pipeline.storage import Location
 
@@ -106,7 +107,8 @@ class Provenance:
 
 
 def segment_schema(columns: dict[str, str]) -> pa.Schema:
-    """Part schema (segments.parquet drops key, row and the provenance columns); columns maps each
+    """Part schema (segments.parquet drops key, row and the provenance columns, and shows the answers'
+    mean log-probabilities instead of their sums: output/answer_columns.py); columns maps each
     annotation column to string or list."""
     fields = [
         pa.field("key", pa.string()), pa.field("id", pa.string()), pa.field("row", pa.int64()),
@@ -117,7 +119,7 @@ def segment_schema(columns: dict[str, str]) -> pa.Schema:
     ]
     for name, kind in columns.items():
         fields.append(pa.field(name, column_type(kind)))
-    return pa.schema(fields + list(PROVENANCE_FIELDS))
+    return pa.schema(fields + list(answer_columns.PART_FIELDS) + list(PROVENANCE_FIELDS))
 
 
 def results_table(results: list[ItemResult], columns: dict[str, str], stats: dict | None,
@@ -132,6 +134,7 @@ def results_table(results: list[ItemResult], columns: dict[str, str], stats: dic
         }
         for name in columns:
             row[name] = r.parsed.get(name)
+        row.update(answer_columns.part_values(r.answers if r.status == "ok" else {}, r.retried))
         row["planned_s"] = r.item.planned_s
         if provenance is not None:
             row["run"] = provenance.run

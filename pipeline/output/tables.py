@@ -19,13 +19,15 @@ import pyarrow.compute as pc
 
 from pipeline.intake.embedded import refs
 from pipeline.intake.manifest_table import Manifest
+from pipeline.output import answer_columns
 from pipeline.output.sink import PROVENANCE_COLUMNS, column_type
 from pipeline.tasks.merge import aggregate_row
 
 # Resume state, not output: where a result sits and what it was labelled from (sink.Provenance).
 SEGMENT_COLUMNS_DROPPED = ("key", "row", *PROVENANCE_COLUMNS)
 # annotations.parquet's own columns, between the manifest's id and audio and the annotation
-# columns; raw comes after the annotations, pass-through columns last.
+# columns; raw comes after the annotations, then what the model says about each answer
+# (output/answer_columns.py), pass-through columns last.
 FILE_COLUMNS = (
     ("status", pa.string()), ("error", pa.string()), ("error_detail", pa.string()),
     ("duration_s", pa.float64()), ("n_segments", pa.int32()), ("silent", pa.bool_()),
@@ -40,7 +42,7 @@ MANIFEST_VALUE_COLUMNS = (("manifest_language", pa.string(), "language"),)
 def output_column_names(columns: dict[str, str]) -> set[str]:
     """Every column annotations.parquet writes besides the manifest's own."""
     return ({name for name, _ in FILE_COLUMNS} | set(columns) | {RAW_COLUMN[0]}
-            | {name for name, _, _ in MANIFEST_VALUE_COLUMNS})
+            | set(answer_columns.OUTPUT_NAMES) | {name for name, _, _ in MANIFEST_VALUE_COLUMNS})
 
 
 def current_segments(segments: pa.Table, manifest: Manifest) -> pa.Table:
@@ -57,7 +59,15 @@ def current_segments(segments: pa.Table, manifest: Manifest) -> pa.Table:
 
 
 def segments_output(segments: pa.Table) -> pa.Table:
-    return segments.drop_columns(list(SEGMENT_COLUMNS_DROPPED))
+    """segments.parquet's rows: the parts' without resume state, each answer's log-probability sum
+    turned into its mean (output/answer_columns.py)."""
+    table = segments.drop_columns(list(SEGMENT_COLUMNS_DROPPED))
+    values = [answer_columns.segment_values(row) for row in
+              table.select(list(answer_columns.PART_NAMES)).to_pylist()]
+    table = table.drop_columns(list(answer_columns.PART_NAMES))
+    for field in answer_columns.OUTPUT_FIELDS:
+        table = table.append_column(field, pa.array([v[field.name] for v in values], field.type))
+    return table
 
 
 def _detail(failed: list[dict], n_segments: int) -> str:
@@ -94,9 +104,11 @@ def _file_row(segments: list[dict], columns: dict[str, str], tasks: list[str], p
         row.update(aggregate_row(ok, answered))
         raws = [dict(s["raw"] or []) for s in ok]
         row["raw"] = [(t, "\n".join(r[t] for r in raws if t in r)) for t in tasks]
+        row.update(answer_columns.file_values(ok, tasks))
     else:
         row.update({c: None for c in columns})
         row["raw"] = None
+        row.update({name: None for name in answer_columns.OUTPUT_NAMES})
     return row
 
 
@@ -117,7 +129,8 @@ def annotations_output(segments: pa.Table, manifest: Manifest, planned_durations
             raise RuntimeError(f"id {manifest.ids[index]!r} has segments {indices}, expected each once")
         rows.append(_file_row(found, columns, tasks, planned_durations[index]))
 
-    fields = [*FILE_COLUMNS, *((c, column_type(kind)) for c, kind in columns.items()), RAW_COLUMN]
+    fields = [*FILE_COLUMNS, *((c, column_type(kind)) for c, kind in columns.items()), RAW_COLUMN,
+              *answer_columns.OUTPUT_FIELDS]
     body = pa.Table.from_pylist(rows, schema=pa.schema(fields))
     # Where the audio came from: the path as written, or `shard#row` / `shard.tar#key` for audio
     # inside a shard (never its bytes, never the reference's internals).

@@ -122,12 +122,16 @@ class BatchPreparer:
 
 
 class BatchAnnotator:
-    """The model side: generate for the ready clips, parse, and pass the failed ones through."""
+    """The model side: generate for the ready clips, parse, and pass the failed ones through.
+    decoding: the run's (model.decoding.ResolvedDecoding); with its retry (retry_degenerate), answers
+    the model flags as loops are generated once more with the retry's decoding, and kept."""
 
-    def __init__(self, model: TextModel, tasks: list[Task], moderation_labels):
+    def __init__(self, model: TextModel, tasks: list[Task], moderation_labels, decoding=None):
         self.model = model
         self.tasks = tasks
         self.moderation_labels = tuple(moderation_labels)
+        self.retry = decoding.retry if decoding is not None else None
+        self.retry_label = decoding.retry_label if self.retry is not None else None
 
     def run(self, prepared: PreparedBatch):
         """-> (results for every item of the batch, generation stats or None)."""
@@ -136,17 +140,46 @@ class BatchAnnotator:
             return results, None
         clips = prepared.ready
         output = self.model.generate([ClipInput(c.item.key, c.features, c.valid_frames) for c in clips])
-        if len(output.texts) != len(clips) or any(len(t) != len(self.tasks) for t in output.texts):
-            raise RuntimeError(
-                f"the model returned {len(output.texts)} results for {len(clips)} clips; "
-                "it must return one list of task texts per clip, in order"
-            )
-        for clip, texts in zip(clips, output.texts):
+        _check(output, [len(self.tasks)] * len(clips))
+        texts = [list(t) for t in output.texts]
+        answers = [list(a) for a in output.answers] if output.answers else [[] for _ in clips]
+        retried = [{} for _ in clips]
+        if self.retry is not None:
+            self._retry_loops(clips, texts, answers, retried, output.stats)
+        for clip, clip_texts, known, again in zip(clips, texts, answers, retried):
             parsed: dict[str, object] = {}
-            for task, text in zip(self.tasks, texts):
+            for task, text in zip(self.tasks, clip_texts):
                 parsed.update(parse(task, text, self.moderation_labels))
             results.append(ItemResult(
                 item=clip.item, status="ok", start_s=clip.start_s, end_s=clip.end_s, silent=clip.silent,
-                raw={task.name: text for task, text in zip(self.tasks, texts)}, parsed=parsed,
+                raw={task.name: text for task, text in zip(self.tasks, clip_texts)}, parsed=parsed,
+                answers={task.name: answer for task, answer in zip(self.tasks, known)}, retried=again,
             ))
         return results, output.stats
+
+    def _retry_loops(self, clips, texts, answers, retried, stats) -> None:
+        """Generate the looping answers again (only those tasks of those clips), in place."""
+        again = [(c, tuple(t for t, answer in enumerate(known) if answer.looped)) for c, known in enumerate(answers)]
+        again = [(c, tasks) for c, tasks in again if tasks]
+        if not again:
+            return
+        second = self.model.generate([ClipInput(clips[c].item.key, clips[c].features, clips[c].valid_frames,
+                                                tasks=tasks, decoding=self.retry, attempt=1) for c, tasks in again])
+        _check(second, [len(tasks) for _, tasks in again])
+        for (c, tasks), new_texts, new_answers in zip(again, second.texts, second.answers or [[]] * len(again)):
+            for t, text, answer in zip(tasks, new_texts, new_answers or [None] * len(tasks)):
+                texts[c][t] = text
+                if answer is not None:
+                    answers[c][t] = answer
+                retried[c][self.tasks[t].name] = self.retry_label
+        second.stats.retried_answers += sum(len(tasks) for _, tasks in again)
+        stats.add(second.stats)
+
+
+def _check(output, tasks_per_clip: list[int]) -> None:
+    """The model's side of the contract: one list of texts per clip, one text per task asked for."""
+    if len(output.texts) != len(tasks_per_clip) or any(len(t) != n for t, n in zip(output.texts, tasks_per_clip)):
+        raise RuntimeError(
+            f"the model returned {len(output.texts)} results for {len(tasks_per_clip)} clips; "
+            "it must return one list of task texts per clip, in order"
+        )

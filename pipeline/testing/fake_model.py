@@ -7,7 +7,10 @@ kill the worker process outright (a lost worker); keys in `hang_keys` make gener
 worker, for the watchdog). `memory_clips` plays a worker's memory: holding more clips than that at
 once (over the batches it serves together) kills the process with SIGKILL, as the kernel's OOM
 killer does. `calls_dir` gets one file per generate call, so tests can count model work across
-processes. Lives in the package so Ray workers can import it.
+processes. Every answer comes with what a model says about it (interface.Answer): its words count
+as tokens, its mean log-probability is -0.05 x (task index + 1). Keys in `loop_keys` get answers
+that repeat one word until the cap (flagged as loops), unless asked again by a retry (attempt 1).
+Lives in the package so Ray workers can import it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.model.interface import BatchOutput, ClipInput
+from pipeline.model.interface import Answer, BatchOutput, ClipInput
+from pipeline.model.loops import looping
 from pipeline.model.stats import GenerationStats
 
 ANSWERS = {
@@ -31,16 +35,24 @@ ANSWERS = {
     "transcript": "<|en|>words of {key}",
     "moderation": "none",
 }
+LOOP_WORDS = 12  # a looping answer's length: its cap
+
+
+def fake_answer(task: int, text: str, loops: bool) -> Answer:
+    words = text.split()
+    ended = not loops
+    return Answer(len(words), ended, -0.05 * (task + 1) * (len(words) + ended), looping(words, hit_cap=loops))
 
 
 class FakeModel:
     def __init__(self, spec, fail_keys=(), crash_keys=(), delay_s=0.0, hang_keys=(), memory_clips=None,
-                 calls_dir=None):
+                 calls_dir=None, loop_keys=()):
         self.task_names = list(spec.plan.task_names)
         self.fail_keys, self.crash_keys, self.hang_keys = set(fail_keys), set(crash_keys), set(hang_keys)
         self.delay_s = delay_s  # per batch, to make a run long enough to interrupt
         self.memory_clips = memory_clips
         self.calls_dir = calls_dir
+        self.loop_keys = set(loop_keys)
         self.graphs_compiled = 0
         self.calls = 0
         self.holding = 0
@@ -70,12 +82,18 @@ class FakeModel:
                 os._exit(17)
             if clip.key in self.fail_keys:
                 raise RuntimeError(f"injected model failure on {clip.key}")
-        texts = []
+        texts, answers = [], []
         for clip in clips:
             level = float(np.round(clip.features[:, :clip.valid_frames].mean(), 3))
-            texts.append([ANSWERS.get(t, "{key} {level}").format(key=clip.key, level=level) for t in self.task_names])
+            tasks = range(len(self.task_names)) if clip.tasks is None else clip.tasks
+            loops = clip.key in self.loop_keys and clip.attempt == 0
+            clip_texts = [" ".join(["la"] * LOOP_WORDS) if loops else
+                          ANSWERS.get(self.task_names[t], "{key} {level}").format(key=clip.key, level=level)
+                          for t in tasks]
+            texts.append(clip_texts)
+            answers.append([fake_answer(t, text, loops) for t, text in zip(tasks, clip_texts)])
         frames = sum(c.valid_frames for c in clips)
-        return BatchOutput(texts, GenerationStats(valid_frames=frames, computed_frames=frames))
+        return BatchOutput(texts, GenerationStats(valid_frames=frames, computed_frames=frames), answers)
 
 
 @dataclass(frozen=True)
@@ -88,7 +106,8 @@ class FakeModelFactory:
     hang_keys: tuple[str, ...] = ()
     memory_clips: int | None = None
     calls_dir: str | None = None
+    loop_keys: tuple[str, ...] = ()
 
     def __call__(self, spec) -> FakeModel:
         return FakeModel(spec, self.fail_keys, self.crash_keys, self.delay_s, self.hang_keys, self.memory_clips,
-                         self.calls_dir)
+                         self.calls_dir, self.loop_keys)

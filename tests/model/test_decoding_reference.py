@@ -89,3 +89,39 @@ def test_sampling_follows_numpy_draws_and_ignores_the_batch(checkpoint_dir, refe
     reseeded, _ = make_generator(model_dir, ref, spec, model, QUESTIONS[:2], budgets, slots=2,
                                  decoding=Decoding(**{**decoding.__dict__, "seed": 8}))
     assert reseeded.generate(inputs) != first
+
+
+def test_looping_answers_are_flagged_and_retried_alone_with_the_retry_decoding(checkpoint_dir, reference,
+                                                                                mindspore_cpu):
+    """The engine flags answers that hit their cap repeating themselves; a retry asks for only those
+    (clip, task) rows with its own decoding, in graphs shared with rows decoded the run's way."""
+    from dataclasses import replace
+
+    from pipeline.model.engine import answer
+
+    model_dir = checkpoint_dir("small-instruct")
+    ref = reference(model_dir)
+    spec, model = load_model(model_dir)
+    retry = Decoding(repetition_penalty=1.3)
+    budgets = [16, 16, 16]
+    generator, plan = make_generator(model_dir, ref, spec, model, QUESTIONS, budgets, retry=retry)
+    assert generator.graph_features.penalty
+    clips, inputs = clip_inputs(ref.processor.feature_extractor, [1.0, 2.73, 4.9])
+    jobs = generator.run_all(inputs)
+    flagged = {(c, t) for c, job in enumerate(jobs) for t in range(3) if answer(job, t).looped}
+    assert flagged and len(flagged) < 9  # the tiny random model loops on some answers, not all
+    for c, job in enumerate(jobs):
+        for t, text in enumerate(plan.texts):
+            assert job.tokens[t] == ref.generate_as_configured(text, clips[c], budgets[t])[0]  # the run's own way
+            if (c, t) in flagged:
+                assert not job.ended[t] and len(job.tokens[t]) == budgets[t]
+    again = [replace(inputs[c], tasks=tuple(t for t in range(3) if (c, t) in flagged), decoding=retry, attempt=1)
+             for c in sorted({c for c, _ in flagged})]
+    for request, job in zip(again, generator.run_all(again)):
+        c = inputs.index(next(i for i in inputs if i.key == request.key))
+        for t, text in enumerate(plan.texts):
+            if t in request.tasks:
+                expected, _, _ = ref.generate_as_configured(text, clips[c], budgets[t], repetition_penalty=1.3)
+                assert job.tokens[t] == expected, (c, t)
+            else:
+                assert job.tokens[t] == []  # not asked for: not run

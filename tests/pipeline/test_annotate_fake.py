@@ -43,6 +43,18 @@ def test_every_row_once_with_status_and_reason(ray_cluster, mixed_manifest, mode
             assert dict(row["raw"])["events"].startswith("speech, ")
     by_id = {r["id"]: r for r in rows}
     assert by_id["silent"]["silent"] is True and by_id["short"]["silent"] is False
+    # What the model said about each answer (the fake: its words are its tokens, each task a mean
+    # log-probability of its own); a long row's tokens add up over its segments.
+    tasks = ("caption", "events", "transcript", "moderation")
+    for row in rows:
+        if row["status"] == "error":
+            assert all(row[c] is None for c in ("logprob", "answer_tokens", "hit_cap", "looped", "retried"))
+            continue
+        assert dict(row["logprob"]) == pytest.approx({t: -0.05 * (i + 1) for i, t in enumerate(tasks)})
+        assert dict(row["hit_cap"]) == dict(row["looped"]) == {t: False for t in tasks} and not row["retried"]
+    segments = [s for s in read(out, "segments.parquet") if s["id"] == "long"]
+    assert dict(by_id["long"]["answer_tokens"])["caption"] == sum(dict(s["answer_tokens"])["caption"] for s in segments)
+    assert dict(segments[0]["answer_tokens"])["caption"] == len("A sound recorded for long#0.".split())
     assert by_id["short"]["language"] == "en" and by_id["short"]["transcript"] == "words of short#0"
     assert [r["source"] for r in rows] == [f"src-{i}" for i in range(len(EXPECTED))]  # pass-through
     assert summary.counts["rows_by_status"] == {"ok": 5, "error": 7}
@@ -232,3 +244,34 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_completes(mixed_manifest, model_dir,
     summary = annotate(mixed_manifest, config, out=out, **options)
     assert summary.run_info["this_run"]["items"] == total - len(committed)
     assert read(out) == read(full)
+
+
+def test_looping_answers_are_flagged_and_retried_when_asked(ray_cluster, mixed_manifest, model_dir, tmp_path):
+    """A looping answer is flagged per task; with retry_degenerate it alone is generated again with
+    the retry's decoding, and the output records that it was."""
+    loops = FakeModelFactory(loop_keys=("short#0",))
+    flagged = tmp_path / "flagged"
+    run(mixed_manifest, flagged, model_dir, factory=loops)
+    by_id = {r["id"]: r for r in read(flagged)}
+    short = by_id["short"]
+    tasks = ("caption", "events", "transcript", "moderation")
+    assert dict(short["looped"]) == dict(short["hit_cap"]) == {t: True for t in tasks} and not short["retried"]
+    assert dict(short["answer_tokens"])["caption"] == 12
+    assert dict(by_id["medium"]["looped"]) == {t: False for t in tasks}
+
+    retried = tmp_path / "retried"
+    summary = run(mixed_manifest, retried, model_dir, factory=loops, retry_degenerate={"repetition_penalty": 1.2})
+    rows = {r["id"]: r for r in read(retried)}
+    short = rows["short"]
+    assert dict(short["retried"]) == {t: "repetition_penalty=1.2" for t in tasks}
+    assert dict(short["looped"]) == {t: False for t in tasks} and short["caption"] == "A sound recorded for short#0."
+    assert all(not r["retried"] for i, r in rows.items() if i != "short" and r["status"] == "ok")
+    # Only the flagged answers ran again; everything else is as the run without the retry gave it.
+    for item_id, row in rows.items():
+        if item_id != "short":
+            assert row["raw"] == by_id[item_id]["raw"], item_id
+    info = summary.run_info
+    assert info["generation"]["retried_answers"] == 4
+    assert info["decoding"]["retry_degenerate"]["changes"] == {"repetition_penalty": 1.2}
+    assert json.loads((retried / "state.json").read_text())["settings"]["decoding"]["retry_degenerate"] == {
+        "do_sample": False, "repetition_penalty": 1.2}

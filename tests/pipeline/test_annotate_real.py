@@ -66,11 +66,17 @@ def test_annotations_equal_the_reference_on_the_same_audio(real_run):
                                return_tensors="pt")
             with torch.no_grad():
                 generated = model.generate(**inputs, max_new_tokens=prompts[task]["max_new_tokens"], do_sample=False,
-                                           eos_token_id=info["eos_token_ids"])
-            tokens = generated[0, inputs["input_ids"].shape[1]:].tolist()
-            tokens = [t for t in tokens if t not in info["eos_token_ids"]]
+                                           eos_token_id=info["eos_token_ids"], output_logits=True,
+                                           return_dict_in_generate=True)
+            chosen = generated.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+            tokens = [t for t in chosen if t not in info["eos_token_ids"]]
             expected = processor.tokenizer.decode(tokens, skip_special_tokens=False)
             assert dict(segment["raw"])[task] == expected, (item_id, index, task)
+            # The mean raw log-probability of its tokens and end token, as transformers' logits give it.
+            logprobs = [torch.log_softmax(step[0], -1)[t].item() for step, t in zip(generated.logits, chosen)]
+            assert abs(dict(segment["logprob"])[task] - sum(logprobs) / len(logprobs)) < 2e-3, (item_id, task)
+            assert dict(segment["answer_tokens"])[task] == len(tokens)
+            assert dict(segment["hit_cap"])[task] == (len(chosen) == len(tokens))
 
 
 def _cli(manifest, job, out):
