@@ -107,9 +107,8 @@ class Provenance:
 
 
 def segment_schema(columns: dict[str, str]) -> pa.Schema:
-    """Part schema (segments.parquet drops key, row and the provenance columns, and shows the answers'
-    mean log-probabilities instead of their sums: output/answer_columns.py); columns maps each
-    annotation column to string or list."""
+    """Part schema (segments.parquet drops key, row and provenance, and shows answers' mean
+    log-probabilities, not sums: output/answer_columns.py); columns: annotation column -> kind."""
     fields = [
         pa.field("key", pa.string()), pa.field("id", pa.string()), pa.field("row", pa.int64()),
         pa.field("segment", pa.int32()), pa.field("n_segments", pa.int32()),

@@ -136,6 +136,13 @@ def test_kill_midway_then_resume_gives_the_uninterrupted_rows(real_run, tmp_path
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert _committed(out) > committed_before
     for name in ("annotations.parquet", "segments.parquet"):
-        assert pq.read_table(out / name).to_pylist() == pq.read_table(full_out / name).to_pylist(), name
+        resumed_rows, full_rows = (pq.read_table(o / name).to_pylist() for o in (out, full_out))
+        # Every value identical but the log-probabilities: the clips a clip shares its encoder, prefill
+        # and decode rows with change float rounding in its logits (not its greedy tokens), by ~1e-6.
+        logprobs = [[dict(r.pop("logprob") or {}) for r in rows] for rows in (resumed_rows, full_rows)]
+        assert resumed_rows == full_rows, name
+        for resumed_row, full_row in zip(*logprobs):
+            assert resumed_row.keys() == full_row.keys()
+            assert all(abs(resumed_row[t] - full_row[t]) < 1e-4 for t in full_row), name
     keys = pq.read_table(out / "parts").column("key").to_pylist()
     assert len(keys) == len(set(keys))
