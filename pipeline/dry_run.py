@@ -26,8 +26,8 @@ from pipeline.output.console import Console, counts_text, duration_text, warn_un
 from pipeline.output.lock import OutLock
 from pipeline.output.sink import OutputDir
 from pipeline.planning.batches import plan_batches
-from pipeline.planning.job import (annotation_columns, budget_option, check_passthrough, default_workers, describe_sources,
-                                   output_folder, run_settings, settings_fingerprint)
+from pipeline.planning.job import (annotation_columns, budget_option, check_passthrough, default_workers,
+                                   describe_sources, output_folder, run_settings, settings_fingerprint)
 from pipeline.planning.work import Work, plan_work
 from pipeline.reasons import TRANSIENT
 from pipeline.tasks.catalog import resolve_tasks
