@@ -74,9 +74,14 @@ def model_calls(folder: Path) -> list[str]:
 def worker_processes() -> list:
     import psutil
 
+    # Only this test process's own (its Ray's raylet, or a run it started, spawns them): other
+    # test sessions on the same machine have model workers of their own, never to be touched.
     found = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
+    for process in psutil.Process().children(recursive=True):
+        try:
+            cmdline = " ".join(process.cmdline())
+        except psutil.Error:  # gone meanwhile
+            continue
         if "ray::AnnotationWorker" in cmdline:
             found.append(process)
     return found
