@@ -35,12 +35,15 @@ def test_a_stalled_read_is_abandoned_and_retried(ray_cluster, model_dir, tmp_pat
     lengths = {f"s{i}": 1.0 for i in range(6)}
     manifest = write_clips(tmp_path / "data", lengths, durations=lengths)
     (tmp_path / "faults").mkdir()
-    faults = ReadFaults(str(tmp_path / "faults"), stall_once={"s2.wav": 120.0})
+    # The stall (10 minutes) dwarfs every margin: a run that waited for it would take that long. The
+    # timeout (10 s at least) is far above a 1 s clip's decoding even on a loaded machine; should one
+    # still time out there, it is retried like the stalled one, so only "at least one" is asserted.
+    faults = ReadFaults(str(tmp_path / "faults"), stall_once={"s2.wav": 600.0})
     summary = run(manifest, tmp_path / "out", model_dir, read_faults=faults, batch_items=2,
-                  batch_timeout_min_s=2.0, batch_timeout_factor=2.0)
+                  batch_timeout_min_s=10.0, batch_timeout_factor=2.0)
     assert [r["status"] for r in rows(tmp_path / "out")] == ["ok"] * 6
-    assert summary.run_info["this_run"]["timeouts"] == 1 and faults.reads("s2.wav") >= 2
-    assert summary.run_info["this_run"]["wall_s"] < 60  # not the stall's 120 s
+    assert summary.run_info["this_run"]["timeouts"] >= 1 and faults.reads("s2.wav") >= 2
+    assert summary.run_info["this_run"]["wall_s"] < 300  # abandoned, not waited for
 
 
 def test_retry_errors_reruns_committed_error_rows_only(ray_cluster, model_dir, tmp_path):

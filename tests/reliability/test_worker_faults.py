@@ -15,23 +15,31 @@ from tests.reliability.conftest import (assert_nothing_left, committed_keys, mod
 
 
 def test_workers_killed_three_times_lose_and_duplicate_nothing(ray_cluster, clips, model_dir, tmp_path):
-    slow = FakeModelFactory(delay_s=1.0)
     full = tmp_path / "full"
-    run(clips, full, model_dir, factory=slow, batch_items=1)
-    out = tmp_path / "out"
-    killed, finished = [], threading.Event()
+    run(clips, full, model_dir, batch_items=1)
+    out, calls = tmp_path / "out", tmp_path / "calls"
+    calls.mkdir()
+    # Each model call writes a file named after its process, holding its keys, as it starts, then
+    # takes 2 s: the killer waits for such a file (the event "a worker is running a batch"), not for
+    # a time, and kills that worker mid-batch. Each kill is of another process and of other items (an
+    # item killed every time it runs would rightly end as a poison row).
+    slow = FakeModelFactory(delay_s=2.0, calls_dir=str(calls))
+    killed, killed_keys, finished = [], set(), threading.Event()
 
     def killer():
-        """SIGKILL a model worker three times, each half a second after a new one began working."""
-        seen = set()
         while len(killed) < 3 and not finished.is_set():
-            working = [p for p in worker_processes() if p.pid not in seen and ".run" in " ".join(p.cmdline())]
-            if working:
-                time.sleep(0.5)
-                os.kill(working[0].pid, signal.SIGKILL)
-                killed.append(working[0].pid)
-                seen.update(p.pid for p in worker_processes())
-            time.sleep(0.1)
+            for call in sorted(calls.iterdir()):
+                pid, keys = int(call.name.split("-")[0]), set(call.read_text().split())
+                if pid in killed or keys & killed_keys:
+                    continue
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # gone meanwhile (the run replaced it): not our kill
+                    continue
+                killed.append(pid)
+                killed_keys.update(keys)
+                break
+            time.sleep(0.05)
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
