@@ -38,7 +38,7 @@ RAY_MEMORY_SHARE = 0.7
 
 def dry_run(manifest_path, config: Config, out=None, workers: int | None = None, restart: bool = False,
             console: Console | None = None) -> int:
-    from pipeline.model.model_plan import plan_model
+    from pipeline.model.model_plan import load_prompts, plan_model
 
     console = console or Console(progress=False)
     storage.configure(storage.Settings.from_config(config))
@@ -51,14 +51,17 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
     device, device_source = planned_device(config, sink)
     npus = local_npus()
     worker_count = npus if device == "ascend" and npus else default_workers(config, workers)
+    # A hub checkpoint that is not local is fetched without its weights: a dry run reads only its
+    # config and tokenizer, and the weights' sizes (part of the settings) are known once they are there.
+    checkpoint = load_prompts(config, tasks, weights=False)
     try:
-        plan = plan_model(config, tasks, device, local_worker_memory(worker_count, device == "ascend"))
+        plan = plan_model(config, tasks, device, local_worker_memory(worker_count, device == "ascend"), checkpoint)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     settings = run_settings(plan, config, tasks)
     fingerprint = settings_fingerprint(settings)
-    discarded = restart and sink.settings_conflict(fingerprint, settings) is not None
-    if not restart:
+    discarded = restart and checkpoint.has_weights and sink.settings_conflict(fingerprint, settings) is not None
+    if not restart and checkpoint.has_weights:
         sink.refuse_other_settings(fingerprint, settings)  # what the run would stop with (exit 2)
     work = plan_work(manifest, config, sink, discarded)
     warn_unreadable(console, work.failures)
@@ -69,6 +72,11 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
              manifest_line(manifest, manifest_path),
              out_line(out, work, manifest, discarded),
              f"decoding: {plan.decoding.describe()}"]
+    if not checkpoint.has_weights:
+        lines.append(f"model: {config.model}: the weights are not here (only its configuration and tokenizer, "
+                     + ("fetched now); the run downloads them first, and only then knows whether OUT's committed "
+                        "work is from these settings" if checkpoint.hub_id else
+                        f"in {checkpoint.model_dir}); the run would fail to load them"))
     owner = OutLock(out, "").read()
     if owner is not None:
         lines.append(f"in use: another run holds {out} ({owner.describe(time.time())}); a run now would exit 2 "

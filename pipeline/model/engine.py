@@ -14,6 +14,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+from pipeline.model.checkpoint import checkpoint_on_this_node
 from pipeline.model.interface import Answer, BatchOutput, ClipInput
 from pipeline.model.loops import looping
 from pipeline.model.model_plan import ModelPlan
@@ -53,9 +54,12 @@ class MindSporeModel:
 
         self.plan = plan
         self._dtype = runtime.mindspore_dtype(plan.dtype)
+        # This node's copy of the checkpoint the driver planned with (it may be elsewhere than the
+        # driver's, or missing: CheckpointMissing names the node).
+        folder = checkpoint_on_this_node(plan)
         self.model = Qwen2Audio(plan.spec, self._dtype)
-        load_weights(self.model, Path(plan.model_dir), plan.spec.tie_embeddings)
-        self.decode = text_decoder(Path(plan.model_dir))
+        load_weights(self.model, folder, plan.spec.tie_embeddings)
+        self.decode = text_decoder(folder)
         self.generator = Generator(self.model, plan.spec, plan.prompts, plan.shape, list(plan.max_new_tokens),
                                    self._dtype, plan.decoding.decoding, plan.decoding.retry)
         # Every graph compiles now, in a fixed order: that is what MindSpore's compile cache needs

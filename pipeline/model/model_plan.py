@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pipeline.model.checkpoint import resolve_checkpoint
+from pipeline.model.checkpoint import checkpoint_files, has_weights, is_hub_id, resolve_checkpoint
 from pipeline.model.graph_shapes import EngineShape, declare_shape, slot_bytes, state_bytes, weight_bytes, working_bytes
 from pipeline.model.decoding import (DecodingError, GraphFeatures, ResolvedDecoding, end_of_sequence, generation_config,
                                      pad_token, resolve)
@@ -33,6 +33,10 @@ class ModelPlan:
     decoding: ResolvedDecoding
     shape: EngineShape
     memory_budget_bytes: int = 0  # per worker, besides the weights
+    # How a node other than the driver's finds the same checkpoint (model/checkpoint.py): the hub id
+    # of a hub snapshot (None: a folder, at model_dir on every node), and its files' names and sizes.
+    hub_id: str | None = None
+    checkpoint_files: tuple[tuple[str, int], ...] = ()
 
     @property
     def graph_features(self) -> GraphFeatures:
@@ -45,9 +49,8 @@ class ModelPlan:
 
     def checkpoint_identity(self) -> dict:
         """What identifies the weights without hashing gigabytes: file names, sizes and revision."""
-        folder = Path(self.model_dir)
-        files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
-        return {"revision": self.revision, "files": {p.name: p.stat().st_size for p in files}}
+        files = dict(self.checkpoint_files) if self.checkpoint_files else checkpoint_files(Path(self.model_dir))
+        return {"revision": self.revision, "files": files}
 
     def compile_cache_key(self, mindspore_version: str) -> str:
         payload = [self.spec.fingerprint(), asdict(self.shape), self.dtype,
@@ -88,14 +91,19 @@ class CheckpointPrompts:
     spec: ModelSpec
     prompts: PromptPlan
     decoding: ResolvedDecoding
+    hub_id: str | None = None  # the model was given as a hub id
+    # False only for a dry run's hub snapshot fetched without its weights: the checkpoint's identity
+    # (and so the run's fingerprint) is not known before they are downloaded.
+    has_weights: bool = True
 
 
-def load_prompts(config, tasks) -> CheckpointPrompts:
+def load_prompts(config, tasks, weights: bool = True) -> CheckpointPrompts:
     """Resolve the checkpoint, read its dims, tokenise the task prompts (no Ray, no MindSpore: the
-    driver does this while Ray starts)."""
+    driver does this while Ray starts). weights=False (a dry run): a hub snapshot that is not local
+    is fetched without its weights."""
     from transformers import AutoTokenizer
 
-    model_dir, revision = resolve_checkpoint(config.model, config.revision)
+    model_dir, revision = resolve_checkpoint(config.model, config.revision, weights=weights)
     spec = ModelSpec.from_checkpoint(model_dir)
     style = resolve_style(config.prompt_style, model_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -118,7 +126,8 @@ def load_prompts(config, tasks) -> CheckpointPrompts:
     except DecodingError as exc:
         raise ValueError(str(exc)) from None
     decoding = replace(decoding, eos_source=eos_source, pad_token_id=pad_token(defaults, eos_ids))
-    return CheckpointPrompts(model_dir, revision, spec, prompts, decoding)
+    return CheckpointPrompts(model_dir, revision, spec, prompts, decoding,
+                             config.model if is_hub_id(config.model) else None, has_weights(model_dir))
 
 
 def plan_model(config, tasks, device: str, worker_memory_bytes: int,
@@ -141,5 +150,6 @@ def plan_model(config, tasks, device: str, worker_memory_bytes: int,
         model_dir=str(checkpoint.model_dir), revision=checkpoint.revision, spec=spec, prompts=prompts,
         task_names=tuple(t.name for t in tasks), max_new_tokens=max_new_tokens, device=device, dtype=dtype,
         decoding=checkpoint.decoding, shape=shape,
-        memory_budget_bytes=budget_bytes,
+        memory_budget_bytes=budget_bytes, hub_id=checkpoint.hub_id,
+        checkpoint_files=tuple(checkpoint_files(checkpoint.model_dir).items()),
     )

@@ -17,6 +17,7 @@ import ray
 
 from pipeline import storage
 from pipeline.items import Batch
+from pipeline.model.checkpoint import checkpoint_on_this_node
 
 
 @dataclass
@@ -55,7 +56,7 @@ def prepare_batch(spec: WorkerSpec, batch: Batch):
     storage.configure(spec.storage_settings)
     storage.inject_read_faults(spec.read_faults)
     started = time.perf_counter()
-    prepared = _preparer(spec.plan.model_dir, spec.silence_dbfs, spec.search_s).prepare(batch)
+    prepared = _preparer(str(checkpoint_on_this_node(spec.plan)), spec.silence_dbfs, spec.search_s).prepare(batch)
     return {"seconds": round(time.perf_counter() - started, 3), "failed": len(prepared.failed)}, prepared
 
 

@@ -84,3 +84,16 @@ def test_decoding_says_where_each_value_came_from(clips, checkpoint_dir, tmp_pat
     shown = io.StringIO()
     dry_run(clips, greedy, out=tmp_path, console=Console(shown, shown, progress=False))
     assert "decoding: greedy (option), repetition_penalty 1.1 (checkpoint)\n" in shown.getvalue()
+
+
+def test_a_hub_model_that_is_not_local_is_fetched_without_its_weights(clips, model_dir, tmp_path, monkeypatch):
+    """A dry run needs the configuration and tokenizer, not gigabytes of weights."""
+    from tests.fake_hub import FakeHub
+
+    hub = FakeHub(monkeypatch, model_dir, tmp_path / "hub-cache")
+    text = plan_text(clips, tmp_path / "out", "tiny-org/tiny-audio")
+    assert hub.downloads and all(call["allow_patterns"] for call in hub.downloads)
+    fetched = {p.name for p in hub.snapshot("tiny-org/tiny-audio").iterdir()}
+    assert "config.json" in fetched and "tokenizer_config.json" in fetched and "model.safetensors" not in fetched
+    assert "model: tiny-org/tiny-audio: the weights are not here" in text and "the run downloads them first" in text
+    assert "graphs: encode[F=3000], prefill[" in text  # still planned from the configuration
