@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 TEST_STAMP := $(VENV)/.test-installed
 
-.PHONY: annotate test tiny-model bench bench-driver bench-shards example-manifest clean venv
+.PHONY: annotate test tiny-model bench bench-driver bench-shards bench-final example-manifest clean venv
 
 $(RUNTIME_STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,13 @@ GB ?= 1
 bench-shards: $(TEST_STAMP)
 	$(PY) -m pipeline bench shards --gb $(GB) --model $(TINY_MODEL_DIR) --work-dir outputs/bench/shards \
 		--out outputs/bench/shards.json
+
+# The driver's cost of OUT at scale: resume state and the final tables over a million committed
+# results (time, CPU and peak memory printed and saved to BENCH_FINAL_OUT).
+BENCH_FINAL_OUT ?= outputs/bench/final_tables.json
+BENCH_FINAL_ROWS ?= 1000000
+bench-final: $(RUNTIME_STAMP)
+	$(PY) -m pipeline.bench.final_tables --rows $(BENCH_FINAL_ROWS) --out $(BENCH_FINAL_OUT)
 
 clean:
 	rm -rf $(VENV) outputs models .pytest_cache

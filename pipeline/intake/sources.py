@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline import storage
 from pipeline.intake.embedded.files import open_source
@@ -103,6 +104,7 @@ class CurrentSources:
         # Each row's planned duration, where known (annotate fills it in): results planned from
         # another duration belong to an older plan of the row and no longer count (output/sink.py).
         self.planned: dict[str, float] = {}
+        self._table: pa.Table | None = None
 
     def is_current(self, item_id: str, audio, duration_s, version, sha256) -> bool:
         now = self.by_id.get(item_id)
@@ -116,7 +118,35 @@ class CurrentSources:
             return sha256 == now.sha256
         return version == now.version
 
-    def mask(self, table: pa.Table) -> list[bool]:
-        """For a table with `id` and the SOURCE_COLUMNS: which rows are current."""
-        columns = [table.column(name).to_pylist() for name in ("id", *SOURCE_COLUMNS)]
-        return [self.is_current(*values) for values in zip(*columns)]
+    def mask(self, table: pa.Table | pa.RecordBatch) -> pa.BooleanArray:
+        """For a table with `id` and the SOURCE_COLUMNS: which rows are current (is_current,
+        vectorised: a million committed results take a fraction of a second, not a Python loop)."""
+        now = self._columns()
+        position = pc.index_in(table.column("id"), value_set=now.column("id"))
+        audio, duration, version, sha256 = (table.column(name) for name in SOURCE_COLUMNS)
+        now_audio, now_duration, now_version, now_sha256 = (now.column(name).take(position) for name in SOURCE_COLUMNS)
+        unknown = pc.or_(pc.is_null(position), pc.is_null(audio))  # not in the manifest now, or recorded before sources
+        same_file = _same(version, now_version)
+        if self.verify_content:
+            hashed = pc.and_(pc.is_valid(sha256), pc.is_valid(now_sha256))
+            same_file = pc.if_else(hashed, _same(sha256, now_sha256), same_file)
+        same_file = pc.or_(pc.is_null(now_version), same_file)  # gone or unreadable now: keep what was labelled
+        current = pc.and_(pc.and_(_same(audio, now_audio), _same(duration, now_duration)), same_file)
+        found = pc.or_(unknown, current)
+        return found.combine_chunks() if isinstance(found, pa.ChunkedArray) else found
+
+    def _columns(self) -> pa.Table:
+        """Every row's source now as columns (built once: the mask runs for every batch of results)."""
+        if self._table is None:
+            sources = list(self.by_id.values())
+            self._table = pa.table({
+                "id": pa.array(list(self.by_id), pa.string()),
+                **{name: pa.array([getattr(s, attr) for s in sources], field.type)
+                   for name, attr, field in zip(SOURCE_COLUMNS, ("audio", "duration_s", "version", "sha256"),
+                                                SOURCE_FIELDS)}})
+        return self._table
+
+
+def _same(a, b):
+    """Null-safe equality, row by row: two nulls are the same, a null and a value are not."""
+    return pc.if_else(pc.is_null(a), pc.is_null(b), pc.fill_null(pc.equal(a, b), False))

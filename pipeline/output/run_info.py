@@ -9,7 +9,8 @@ from collections import Counter
 from dataclasses import asdict
 from importlib import metadata
 
-LIBRARIES = ("mindspore", "transformers", "tokenizers", "ray", "pyarrow", "pandas", "numpy", "librosa", "soundfile")
+LIBRARIES = ("mindspore", "transformers", "tokenizers", "huggingface_hub", "ray", "pyarrow", "duckdb", "numpy",
+             "soundfile", "soxr")
 
 
 def versions() -> dict:

@@ -48,7 +48,6 @@ import hashlib
 import json
 import re
 import secrets
-from collections import Counter
 from contextlib import contextmanager
 from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -252,9 +251,10 @@ class OutputDir:
         return parts, records
 
     def committed_parts(self) -> list[Location]:
-        """The parts readers use: those with a commit record (or committed by rename, before records)."""
+        """The parts readers use: those with a commit record (or committed by rename, before records),
+        in name order (two reads of OUT see its results in the same order: output/final.py)."""
         parts, records = self._listing()
-        return [self.parts / n for n in parts if n in records or _LEGACY_PART.match(n)]
+        return [self.parts / n for n in sorted(parts) if n in records or _LEGACY_PART.match(n)]
 
     def _dataset(self, schema: pa.Schema):
         """The committed parts as one dataset with this schema: columns a part lacks (parts from
@@ -269,23 +269,27 @@ class OutputDir:
         """Committed keys, finished ids and changed ids for these sources (None: every result is
         current). Transient failures do not count as committed: the next run tries those keys again;
         nor do errors whose reason is in retry_errors (--retry-errors): this run tries them again."""
-        schema = segment_schema({})
-        dataset = self._dataset(pa.schema([schema.field(name) for name in _STATE_COLUMNS]))
-        table = dataset.to_table() if dataset is not None else _empty_state()
+        table = self.state()
         changed: set[str] = set()
         if current is not None and table.num_rows:
             keep = current.mask(table)
-            changed = {i for i, k in zip(table.column("id").to_pylist(), keep) if not k}
-            table = table.filter(pa.array(keep, pa.bool_()))
-        table = one_per_key(one_plan_per_id(table, current.planned if current is not None else {}))
-        lasting = table.filter(pa.array([e not in TRANSIENT and e not in retry_errors
-                                         for e in table.column("error").to_pylist()], pa.bool_()))
+            changed = set(pc.unique(table.column("id").filter(pc.invert(keep))).to_pylist())
+            table = table.filter(keep)
+        table = current_results(table, current.planned if current is not None else {})
+        not_counted = pa.array(sorted({*TRANSIENT, *retry_errors}), pa.string())
+        lasting = table.filter(pc.invert(pc.fill_null(pc.is_in(table.column("error"), value_set=not_counted), False)))
         keys = set(lasting.column("key").to_pylist())
-        ids = lasting.column("id").to_pylist()
-        counts = Counter(ids)
-        done = {i for i, n in zip(ids, lasting.column("n_segments").to_pylist()) if counts[i] == n}
+        per_id = lasting.group_by("id").aggregate([("key", "count"), ("n_segments", "max")])
+        done = set(per_id.filter(pc.equal(per_id.column("key_count"), per_id.column("n_segments_max")))
+                   .column("id").to_pylist())
         self._keys = set(keys)
         return Progress(keys, done, changed, table.drop_columns(list(SOURCE_COLUMNS)))
+
+    def state(self) -> pa.Table:
+        """Every committed result's state columns (what resume reads: _STATE_COLUMNS), in one table."""
+        schema = segment_schema({})
+        dataset = self._dataset(pa.schema([schema.field(name) for name in _STATE_COLUMNS]))
+        return dataset.to_table() if dataset is not None else _empty_state()
 
     def committed(self, current: CurrentSources | None = None) -> tuple[set[str], set[str]]:
         """-> (committed keys, ids whose every segment is committed), from one read of the parts."""
@@ -341,9 +345,9 @@ class OutputDir:
         wanted = None if ids is None else pc.field("id").isin(pa.array(sorted(ids), pa.string()))
         table = dataset.to_table(filter=wanted)
         if current is not None and table.num_rows:
-            table = table.filter(pa.array(current.mask(table), pa.bool_()))
-        table = one_plan_per_id(table, current.planned if current is not None else {})
-        return one_per_key(table).sort_by([("row", "ascending"), ("segment", "ascending")])
+            table = table.filter(current.mask(table))
+        table = current_results(table, current.planned if current is not None else {})
+        return table.sort_by([("row", "ascending"), ("segment", "ascending")])
 
     def batches(self, columns: dict[str, str]) -> Iterable[pa.RecordBatch]:
         """Every committed result, batch by batch (memory bounded by a batch, not by OUT)."""
@@ -387,54 +391,94 @@ class OutputDir:
                            success)
 
 
-def one_plan_per_id(table: pa.Table, planned: Mapping[str, float]) -> pa.Table:
-    """The results of one plan per id. A row's plan is its planned duration (planned_s), which
-    decides how many segments it has and where: results planned from another duration (an intake
-    failure, 0, that a later run could read; a file re-planned from its decoded length) would mix
-    segment numbers of two plans. Where the row's plan now is known (planned: the manifest's
-    duration_s, OUT's duration cache, a header read this run), its results count; elsewhere the
-    plan of its best result (lasting over transient, then the latest run, then the longer plan).
-    Results from before plans were recorded (null) count with any plan."""
-    if not table.num_rows:
-        return table
-    ids, plans = table.column("id").to_pylist(), table.column("planned_s").to_pylist()
-    if all(p is None for p in plans):
-        return table
-    errors, runs = table.column("error").to_pylist(), table.column("run").to_pylist()
-    best: dict[str, tuple] = {}
-    for item_id, plan, error, run in zip(ids, plans, errors, runs):
-        if plan is not None and item_id not in planned:
-            rank = (error not in TRANSIENT, run or "", plan)
-            best[item_id] = max(best.get(item_id, rank), rank)
-    keep = [index for index, (item_id, plan) in enumerate(zip(ids, plans))
-            if plan is None or plan == planned.get(item_id, best.get(item_id, (None, None, None))[2])]
-    return table if len(keep) == len(ids) else table.take(keep)
+class CurrentResults:
+    """Which results count where OUT holds several for a row or a key, decided over the state
+    columns of a table of current results (id, key, planned_s, error, run):
+
+    - One plan per id. A row's plan is its planned duration (planned_s), which decides how many
+      segments it has and where: results planned from another duration (an intake failure, 0, that a
+      later run could read; a file re-planned from its decoded length) would mix segment numbers of
+      two plans. Where the row's plan now is known (planned: the manifest's duration_s, OUT's
+      duration cache, a header read this run), its results count; elsewhere the plan of its best
+      result (lasting over transient, then the latest run, then the longer plan). Results from before
+      plans were recorded (null) count with any plan.
+    - One result per key, where a key has several: a lasting result wins over transient ones (a
+      retried storage_unavailable), then the latest run's; a key with only transient results keeps
+      its first. Two lasting results of one run are both kept, for the caller's consistency check
+      (tables.current_segments): one run never commits a key twice.
+
+    Columnar (pyarrow.compute, group_by): a million results decide in seconds, with Python only for
+    keys left with several transient results.
+    """
+
+    def __init__(self, planned: Mapping[str, float]):
+        self._planned = _lookup_table(planned)
+
+    def mask(self, table: pa.Table) -> pa.BooleanArray:
+        """Which rows of table count (every result of the rows concerned must be in table)."""
+        if not table.num_rows:
+            return pa.array([], pa.bool_())
+        plan_now = _look_up(self._planned, table.column("id"), "value")
+        plan = table.column("planned_s")
+        candidates = pc.and_(pc.is_valid(plan), pc.is_null(plan_now))
+        ranked = _ranked(table)
+        best_plan = _first_by(ranked.append_column("plan", plan).filter(candidates), "id",
+                              [("lasting", "descending"), ("run_", "descending"), ("plan", "descending")], ["plan"])
+        chosen = pc.coalesce(plan_now, _look_up(best_plan, table.column("id"), "plan"))
+        same_plan = pc.or_(pc.is_null(plan), pc.fill_null(pc.equal(plan, chosen), False))
+
+        contenders = ranked.filter(same_plan)
+        counts = contenders.group_by("key").aggregate([("key", "count")])
+        repeated = counts.filter(pc.greater(counts.column("key_count"), 1)).column("key")
+        several = pc.fill_null(pc.is_in(ranked.column("key"), value_set=repeated), False)
+        best = _first_by(contenders.filter(pc.is_in(contenders.column("key"), value_set=repeated)), "key",
+                         [("lasting", "descending"), ("run_", "descending")], ["lasting", "run_"])
+        wins = pc.and_(pc.equal(ranked.column("lasting"), _look_up(best, ranked.column("key"), "lasting")),
+                       pc.equal(ranked.column("run_"), _look_up(best, ranked.column("key"), "run_")))
+        keep = pc.and_(same_plan, pc.or_(pc.invert(several), pc.fill_null(wins, False)))
+        # A key whose winners are transient keeps its first one (Python: such keys are few).
+        extra = pc.and_(pc.and_(keep, several), pc.invert(ranked.column("lasting")))
+        if pc.any(extra).as_py():
+            seen: set[str] = set()
+            flags = keep.to_pylist()
+            for index in pc.indices_nonzero(extra).to_pylist():
+                key = ranked.column("key")[index].as_py()
+                flags[index] = key not in seen
+                seen.add(key)
+            keep = pa.array(flags, pa.bool_())
+        return keep.combine_chunks() if isinstance(keep, pa.ChunkedArray) else keep
 
 
-def one_per_key(table: pa.Table) -> pa.Table:
-    """One row per key where a key has several results: a lasting result wins over transient ones
-    (a retried storage_unavailable), then the latest run's; a key with only transient results
-    keeps one. Two lasting results of one run are left for the caller's consistency check
-    (tables.current_segments): one run never commits a key twice."""
-    keys, errors = table.column("key").to_pylist(), table.column("error").to_pylist()
-    if len(set(keys)) == len(keys):
-        return table
-    runs = table.column("run").to_pylist()
-    best: dict[str, tuple] = {}
-    for key, error, run in zip(keys, errors, runs):
-        rank = (error not in TRANSIENT, run or "")
-        best[key] = max(best.get(key, rank), rank)
-    keep, kept_transient = [], set()
-    for index, (key, error, run) in enumerate(zip(keys, errors, runs)):
-        lasting = error not in TRANSIENT
-        if (lasting, run or "") != best[key]:
-            continue
-        if not lasting:
-            if key in kept_transient:
-                continue
-            kept_transient.add(key)
-        keep.append(index)
-    return table if len(keep) == len(keys) else table.take(keep)
+def current_results(table: pa.Table, planned: Mapping[str, float]) -> pa.Table:
+    """The results of table that count (CurrentResults), for a table holding every result at once."""
+    return table.filter(CurrentResults(planned).mask(table)) if table.num_rows else table
+
+
+def _lasting(table) -> pa.Array:
+    error = table.column("error")
+    return pc.invert(pc.fill_null(pc.is_in(error, value_set=pa.array(sorted(TRANSIENT), pa.string())), False))
+
+
+def _ranked(table) -> pa.Table:
+    """key, id and the rank of each result: lasting (not transient), then its run ('' for none)."""
+    return pa.table({"key": table.column("key"), "id": table.column("id"), "lasting": _lasting(table),
+                     "run_": pc.fill_null(table.column("run"), "")})
+
+
+def _first_by(table: pa.Table, group: str, order: list[tuple[str, str]], columns: list[str]) -> pa.Table:
+    """Per value of group, the given columns of its first row in this order: group first, then columns."""
+    ordered = table.sort_by([(group, "ascending"), *order])
+    found = ordered.group_by(group, use_threads=False).aggregate([(c, "first") for c in columns])
+    return found.select([group, *(f"{c}_first" for c in columns)]).rename_columns([group, *columns])
+
+
+def _lookup_table(mapping: Mapping[str, float]) -> pa.Table:
+    return pa.table({"id": pa.array(list(mapping), pa.string()), "value": pa.array(list(mapping.values()), pa.float64())})
+
+
+def _look_up(table: pa.Table, keys, column: str) -> pa.Array:
+    """table's column for each of keys, matched against table's first column; null where absent."""
+    return table.column(column).take(pc.index_in(keys, value_set=table.column(0)))
 
 
 def _empty_state() -> pa.Table:

@@ -3,10 +3,13 @@ committed before it was recorded."""
 
 import os
 
+import pyarrow as pa
 import pyarrow.parquet as pq
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipeline import storage
-from pipeline.intake.sources import CurrentSources, Source, read_sources
+from pipeline.intake.sources import SOURCE_COLUMNS, SOURCE_FIELDS, CurrentSources, Source, read_sources
 from pipeline.items import Item, ItemResult
 from pipeline.output.sink import PROVENANCE_COLUMNS, OutputDir, Provenance
 from pipeline.reasons import Failure, Reason
@@ -60,6 +63,25 @@ def test_which_results_are_current():
     assert by_hash.is_current("a", "a.wav", 2.0, "size=1 mtime_ns=4", "h1")  # new time, same bytes
     assert not by_hash.is_current("a", "a.wav", 2.0, "size=1 mtime_ns=5", "h0")  # same time, other bytes
     assert not by_hash.is_current("a", "a.wav", 2.0, "size=1 mtime_ns=4", None)  # no hash recorded: by time
+
+
+_maybe = lambda values: st.one_of(st.none(), st.sampled_from(values))  # noqa: E731
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "gone"]), _maybe(["a.wav", "b.wav"]), _maybe([1.0, 2.0]),
+                          _maybe(["v1", "v2"]), _maybe(["h1", "h2"])), max_size=30),
+       st.tuples(_maybe(["v1", "v2"]), _maybe(["h1", "h2"]), _maybe([1.0, 2.0])), st.booleans())
+def test_the_columnar_mask_says_what_is_current_says(results, now, verify_content):
+    """mask() decides a whole table at once (a million results in a fraction of a second); row by
+    row it must say exactly what is_current says."""
+    version, sha256, duration = now
+    current = CurrentSources(["a", "b"], [Source("a.wav", duration, version, sha256), Source("b.wav", 2.0, None)],
+                             verify_content)
+    names = ("id", *SOURCE_COLUMNS)
+    table = pa.table({name: [r[i] for r in results] for i, name in enumerate(names)},
+                     schema=pa.schema([pa.field("id", pa.string()), *SOURCE_FIELDS]))
+    assert current.mask(table).to_pylist() == [current.is_current(*r) for r in results]
 
 
 def test_unresolved_paths_have_no_file(tmp_path):
