@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.intake.manifest import Manifest
+from pipeline.intake.manifest_table import Manifest
 from pipeline.intake.sources import CurrentSources, Source
 from pipeline.output.sink import OutputDir, atomic_write_bytes, atomic_write_table, segment_schema
 from pipeline.storage import location

@@ -10,7 +10,7 @@ from pipeline.items import Batch, Item
 from pipeline.model import checkpoint
 from pipeline.model.checkpoint import CheckpointMissing, checkpoint_on_this_node, has_weights, resolve_checkpoint
 from pipeline.model.model_plan import plan_model
-from pipeline.run import actors as runner
+from pipeline.run import actors
 from pipeline.tasks.catalog import resolve_tasks
 from tests.fake_hub import COMMIT, FakeHub
 
@@ -25,11 +25,11 @@ def source(checkpoint_dir):
 @pytest.fixture(autouse=True)
 def fresh_caches():
     """Each test is another node: nothing found by an earlier test in this process counts."""
-    for cached in (getattr(checkpoint, "_on_this_node", None), runner._preparer):
+    for cached in (getattr(checkpoint, "_on_this_node", None), actors._preparer):
         if cached is not None:
             cached.cache_clear()
     yield
-    for cached in (getattr(checkpoint, "_on_this_node", None), runner._preparer):
+    for cached in (getattr(checkpoint, "_on_this_node", None), actors._preparer):
         if cached is not None:
             cached.cache_clear()
 
@@ -42,9 +42,9 @@ def _plan(model: str):
 def _prepare(plan, write_tone):
     """What a worker's decode task does first on its node: load the feature extractor, then decode."""
     clip = write_tone("clip.wav", seconds=1.0)
-    spec = runner.WorkerSpec(plan=plan, tasks=[], moderation_labels=(), silence_dbfs=-60.0, search_s=2.0,
+    spec = actors.WorkerSpec(plan=plan, tasks=[], moderation_labels=(), silence_dbfs=-60.0, search_s=2.0,
                              compile_cache_root=None, cpu_threads=1)
-    summary, prepared = runner.prepare_batch(spec, Batch((Item(0, "a", str(clip), 0, 1, 0.0, 1.0, 1.0),)))
+    summary, prepared = actors.prepare_batch(spec, Batch((Item(0, "a", str(clip), 0, 1, 0.0, 1.0, 1.0),)))
     return summary
 
 
