@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.items import Item, ItemResult
-from pipeline.output.sink import OutputDir, atomic_write_table
+from pipeline.output.sink import OutputDir, atomic_write_bytes, atomic_write_table
 
 
 def result(i):
@@ -80,3 +80,19 @@ def test_parts_committed_by_rename_before_commit_records_still_count(tmp_path):
     OutputDir(tmp_path / "out").open("fp", {}, restart=False)
     assert legacy.exists() and not orphan.exists()
     assert OutputDir(tmp_path / "out").committed()[0] == {"id0#0", "id1#0"}
+
+
+def test_atomic_writes_never_touch_the_process_umask(tmp_path, monkeypatch):
+    """Reading the umask by setting it (os.umask(0), then back) races with every file another thread
+    creates meanwhile (the lock's heartbeat beside commits): such a file could be made world-writable,
+    and the umask left at 0. Files get their mode at creation instead."""
+    umask = os.umask(0o027)  # the test's own, in a single thread: a group-readable, world-private mode
+    try:
+        monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("the process umask was changed"))
+        atomic_write_table(tmp_path / "t.parquet", pa.table({"a": [1]}))
+        atomic_write_bytes(tmp_path / "b.json", b"{}")
+    finally:
+        monkeypatch.undo()
+        os.umask(umask)
+    for name in ("t.parquet", "b.json"):
+        assert stat.S_IMODE(os.stat(tmp_path / name).st_mode) == 0o640

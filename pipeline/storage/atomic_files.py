@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,14 +26,12 @@ def atomic_file(path: Path) -> Iterator[str]:
     and renamed into place (removed otherwise)."""
     with _local_write(path):
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-        os.close(fd)
+        tmp = _create_temporary(path)
         try:
             yield tmp
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
-            _readable(tmp)
-            os.replace(tmp, path)
+            _present(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
@@ -57,11 +55,25 @@ def _local_write(path: Path) -> Iterator[None]:
         raise WriteFailed(f"cannot write {path}: {exc.strerror or exc}" + (f" ({hint})" if hint else "")) from exc
 
 
-def _readable(tmp: str) -> None:
-    """mkstemp creates 0600 files; outputs get the usual permissions (0666 less the umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+def _create_temporary(path: Path) -> str:
+    """A new, empty file beside path under a name no one else uses, created with mode 0666 for the
+    kernel to apply the process umask to: the permissions any file the user writes gets (tempfile's
+    0600 would hide outputs from a group that reads them). The mode is given at creation: the
+    process umask is never read by setting it, which would race with files other threads create
+    (the lock's heartbeat writes while commits do)."""
+    for _ in range(100):
+        tmp = path.parent / f".tmp-{path.name}-{secrets.token_hex(6)}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, f"no free temporary name beside {path}")
+
+
+def _present(tmp: str, path: Path) -> None:
+    """The complete temporary file takes the target's name (readers see the old file or this one)."""
+    os.replace(tmp, path)
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -15,17 +15,17 @@ from tests.reliability.conftest import committed_keys, rows, run
 def refuse_writes(monkeypatch, out: Path, code: int, after: int = 0, only: str | None = None) -> list:
     """Writes under out fail with `code` (after `after` successful ones; only files in folder `only`)."""
     written = []
-    real = atomic_files._readable
+    real = atomic_files._present
 
-    def readable(tmp):
+    def present(tmp, target):
         path = Path(tmp)
         if path.is_relative_to(out) and (only is None or path.parent.name == only):
             if len(written) >= after:
                 raise OSError(code, "simulated", tmp)
             written.append(path)
-        return real(tmp)
+        return real(tmp, target)
 
-    monkeypatch.setattr(atomic_files, "_readable", readable)
+    monkeypatch.setattr(atomic_files, "_present", present)
     return written
 
 
