@@ -317,8 +317,17 @@ def annotate_from_args(args, config: Config, out) -> int:
                 console.error(f"stopped by a second {signal.Signals(stop.signum).name}; committed work is kept, "
                               "rerun the same command to resume.")
                 return exit_codes.INTERRUPTED if stop.signum == signal.SIGINT else exit_codes.STOPPED_EARLY
+            except storage.StorageUnavailable as exc:  # the store kept failing: a scheduler retries (75)
+                raise type(exc)(f"{exc}. Committed work is kept: rerun the same command later to resume "
+                                f"(exit {exc.exit_code})") from None
             except storage.StorageError as exc:  # OUT (or the manifest) cannot be written or read
                 raise type(exc)(f"{exc}. Committed work is kept: fix this and rerun the same command to resume.") from None
+            except OSError as exc:  # the object store failing inside pyarrow (a dataset read), unclassified
+                if not storage.is_transient(exc):
+                    raise
+                raise storage.StorageUnavailable(f"the object store kept failing: {exc}. Committed work is kept: "
+                                                 "rerun the same command later to resume "
+                                                 f"(exit {storage.StorageUnavailable.exit_code})") from None
             except UserError:
                 raise
             except Exception:

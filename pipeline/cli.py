@@ -263,4 +263,4 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return exit_codes.INVALID
+        return exc.exit_code

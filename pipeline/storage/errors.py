@@ -6,6 +6,7 @@ reason codes as they map local OSErrors.
 
 from __future__ import annotations
 
+from pipeline import exit_codes
 from pipeline.errors import UserError
 
 
@@ -24,7 +25,10 @@ class AccessDenied(StorageError, PermissionError):
 
 
 class StorageUnavailable(StorageError):
-    """Transient: throttling, 5xx, timeouts or dropped connections outlasted every retry."""
+    """Transient: throttling, 5xx, timeouts or dropped connections outlasted every retry. A run it
+    ends exits 75, which schedulers retry: the next run resumes (configuration errors stay 2)."""
+
+    exit_code = exit_codes.STORAGE_UNAVAILABLE
 
 
 class WriteFailed(StorageError):

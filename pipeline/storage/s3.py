@@ -61,6 +61,11 @@ _TRANSIENT = re.compile(r"SLOW_DOWN|THROTTL|SERVICE_UNAVAILABLE|INTERNAL_FAILURE
                         r"REQUEST_TIMEOUT|HTTP status (429|5\d\d)|curlCode|[Tt]imeout|timed out")
 
 
+def is_transient(exc: OSError) -> bool:
+    """An error the object store's client raised that says it was unavailable, not that it refused."""
+    return isinstance(exc, StorageUnavailable) or bool(_TRANSIENT.search(" ".join(str(exc).split())))
+
+
 def _classify(exc: OSError, where: ObjectPath) -> StorageError:
     if isinstance(exc, StorageError):
         return exc

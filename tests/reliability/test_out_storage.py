@@ -66,3 +66,23 @@ def test_the_command_says_what_to_do(tmp_path, monkeypatch, capfd):
     status = cli.main(["annotate", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "out"), "--quiet"])
     err = capfd.readouterr().err
     assert status == 2 and "the disk is full" in err and "rerun the same command to resume" in err
+
+
+@pytest.mark.parametrize("failure", [
+    storage.StorageUnavailable("the object store kept failing on s3://b/out/commits/x.json (retried): SLOW_DOWN"),
+    OSError("When reading information for key 'out/parts' in bucket 'b': AWS Error NETWORK_CONNECTION during "
+            "ListObjectsV2 operation: curlCode: 7, Couldn't connect to server"),  # raised by pyarrow itself
+])
+def test_a_storage_outage_that_ends_a_run_exits_75_for_the_scheduler_to_retry(tmp_path, monkeypatch, capfd, failure):
+    def outage(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(annotate_module, "annotate", outage)
+    status = cli.main(["annotate", str(tmp_path / "m.parquet"), "--out", str(tmp_path / "out"), "--quiet"])
+    err = capfd.readouterr().err
+    assert status == 75 and "rerun the same command later to resume" in err and "Traceback" not in err
+
+
+def test_configuration_errors_still_exit_2(tmp_path, capfd):
+    status = cli.main(["annotate", str(tmp_path / "missing.parquet"), "--out", str(tmp_path / "out"), "--quiet"])
+    assert status == 2 and "error:" in capfd.readouterr().err
