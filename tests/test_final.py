@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.bench.final_tables import STALE_CAPTION, TASKS, _layout, _manifest, _sources, write_out
 from pipeline.output import final
-from pipeline.output.sink import OutputDir, current_results
+from pipeline.output.current_results import current_results
+from pipeline.output.sink import OutputDir
 from pipeline.output.tables import annotations_output, current_segments, segments_output
 from pipeline.tasks.catalog import OUTPUT_COLUMNS
 

@@ -29,7 +29,8 @@ import pyarrow.compute as pc
 
 from pipeline.intake.manifest_table import Manifest
 from pipeline.intake.sources import CurrentSources
-from pipeline.output.sink import CurrentResults, OutputDir, segment_schema
+from pipeline.output.current_results import CurrentResults
+from pipeline.output.sink import OutputDir, segment_schema
 from pipeline.output.tables import annotations_output, current_segments, segments_output
 from pipeline.reasons import TRANSIENT
 
