@@ -147,6 +147,15 @@ def test_batches_close_at_their_audio_budget():
     assert [[i.end_s for i in b.items] for b in batches] == [[10.0, 25.0], [30.0], [5.0, 1.0]]
 
 
+def test_batches_follow_the_manifest_not_the_ids():
+    """Ids that sort against the manifest: dispatch still starts at the manifest's head."""
+    ids = [f"z{9 - i}" for i in range(10)]  # z9, z8, ... z0 in manifest order
+    items = plan_items(range(10), ids, [f"/a/{i}.wav" for i in range(10)], [5.0, 40.0, *[5.0] * 8], 2.0)
+    batches = plan_batches(items, 20.0, 3)
+    assert [(i.row, i.segment) for b in batches for i in b.items] == sorted((i.row, i.segment) for i in items)
+    assert batches[0].items[0].id == "z9"
+
+
 def test_no_items_no_batches_and_bounds_are_checked():
     assert plan_batches([], 60.0, 8) == []
     with pytest.raises(ValueError):

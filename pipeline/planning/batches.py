@@ -17,18 +17,23 @@ from pipeline.shapes import WINDOW_S
 
 
 def plan_batches(items: Sequence[Item], audio_s: float, max_items: int) -> list[Batch]:
-    """Group Items into Batches of about audio_s seconds of audio and at most max_items items.
+    """Group Items into Batches of about audio_s seconds of audio and at most max_items items, in
+    the order they are dispatched: manifest order, (row, segment), where rows of several manifests
+    follow their files' order (oldest partition first). So what a run stopped early (--max-wall, a
+    signal, a crash) has done is the head of the manifest, whatever its ids, and the rows left wait
+    at the head of the next run's queue: none can starve behind rows that sort before it by id.
 
-    Items keep (id, segment) order, so a batch mixes lengths (what lets a worker fill its rows:
-    a long clip leaves room that short ones fill) and the result depends only on the set of items,
-    not on their input order: a rerun plans the same batches (and batch ids). Rows whose audio is
-    a Parquet cell come after the others, by shard and row group first: a worker reads a row group
-    once for a batch, so its rows should share batches.
+    Consecutive rows go together, so a batch mixes lengths as the manifest does (what lets a worker
+    fill its rows: a long clip leaves room that short ones fill; a worker packs the clips of all
+    the batches it holds), as it did when batches followed ids. The result depends only on the set
+    of items, not on their input order: a rerun plans the same batches (and batch ids). Rows whose audio is a Parquet cell
+    come after the others, by shard and row group first (in manifest order again: a dataset's rows
+    follow its shards'): a worker reads a row group once for a batch, so its rows should share batches.
     """
     if audio_s <= 0 or max_items < 1:
         raise ValueError("audio_s and max_items must be positive")
     with gc_paused():
-        order = sorted(items, key=lambda item: (_row_group(item.path), item.id, item.segment))
+        order = sorted(items, key=lambda item: (_row_group(item.path), item.row, item.segment))
         batches: list[Batch] = []
         current: list[Item] = []
         seconds = 0.0

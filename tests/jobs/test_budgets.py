@@ -97,3 +97,40 @@ def test_max_wall_stops_dispatch_and_the_rerun_completes(ray_cluster, clips, mod
     done = run(clips, out, model_dir, batch_items=1, prefetch_batches=0, max_wall_minutes=30)
     assert done.exit_code == 0 and done.rows_committed == stopped.rows_left
     assert [r["status"] for r in read_rows(out / "annotations.parquet")] == ["ok"] * 7
+
+
+class ClockJumpingAfterCalls:
+    """annotate's clock (the time module as it sees it), jumping an hour ahead once the fake model
+    has started `calls` generate calls: --max-wall runs out at an event, not at a time."""
+
+    def __init__(self, calls_dir, calls: int):
+        import time
+
+        self._time, self.calls_dir, self.calls = time, calls_dir, calls
+
+    def __getattr__(self, name):
+        return getattr(self._time, name)
+
+    def monotonic(self) -> float:
+        jumped = len(list(self.calls_dir.iterdir())) >= self.calls
+        return self._time.monotonic() + (3600.0 if jumped else 0.0)
+
+
+def test_max_wall_leaves_the_tail_of_the_manifest_whatever_the_ids(ray_cluster, model_dir, tmp_path, monkeypatch):
+    """Dispatch follows the manifest, not the ids: ids that sort against the manifest (z6 first,
+    z0 last) must not make its tail go first and its head wait, night after night."""
+    from pipeline import annotate as annotate_module
+    from tests.jobs.conftest import write_clip, write_manifest
+
+    ids = [f"z{6 - i}" for i in range(7)]
+    for index, item_id in enumerate(ids):
+        write_clip(tmp_path / "data" / "audio" / f"{item_id}.wav", 1.0 + 0.1 * index, 300.0 + 30 * index)
+    manifest = write_manifest(tmp_path / "data" / "m.parquet", {i: f"audio/{i}.wav" for i in ids})
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    monkeypatch.setattr(annotate_module, "time", ClockJumpingAfterCalls(calls, 2))
+    stopped = run(manifest, tmp_path / "out", model_dir, factory=FakeModelFactory(calls_dir=str(calls)),
+                  batch_items=1, prefetch_batches=0, max_wall_minutes=30)
+    assert stopped.exit_code == 75 and stopped.stop_reason == "--max-wall 30 min"
+    done = [r["id"] for r in read_rows(stopped.delta)]
+    assert 0 < len(done) < len(ids) and done == ids[:len(done)]  # the head of the manifest, in its order
