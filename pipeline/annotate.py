@@ -195,11 +195,15 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
                         cpu_threads=config.cpu_threads_per_worker or max(1, (os.cpu_count() or 1) // worker_count),
                         model_factory=model_factory, storage_settings=store, read_faults=read_faults,
                     )
-                    report = runner.execute(
-                        batches, spec, npus if use_npu else worker_count, use_npu, config.prefetch_batches,
-                        config.max_attempts, committer,
-                        stop=lambda: past_deadline() or signals.stop_requested(),
-                        abandon=signals.abandon_in_flight, policy=runner.RunPolicy.from_config(config))
+                    try:
+                        report = runner.execute(
+                            batches, spec, npus if use_npu else worker_count, use_npu, config.prefetch_batches,
+                            config.max_attempts, committer,
+                            stop=lambda: past_deadline() or signals.stop_requested(),
+                            abandon=signals.abandon_in_flight, policy=runner.RunPolicy.from_config(config))
+                    except BaseException:
+                        committer.close_after_failure()  # what finished is kept, whatever ended the run
+                        raise
                 committer.close()
             signals.raise_if_requested()
 

@@ -3,6 +3,7 @@ OUT as parts (output/sink.py), with the progress bar and the counts the run repo
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 
@@ -11,6 +12,8 @@ from pipeline.output.console import Console
 from pipeline.output.sink import OutputDir
 from pipeline.output.timeline import Timeline
 from pipeline.reasons import Reason
+
+log = logging.getLogger(__name__)
 
 
 class Committer:
@@ -94,6 +97,14 @@ None where no row is planned again).
     def close(self) -> None:
         self.flush()
         self.bar.close()
+
+    def close_after_failure(self) -> None:
+        """Commit what is buffered while an error ends the run: the error, not a second one from
+        this commit (OUT may be what failed), is what the run reports."""
+        try:
+            self.close()
+        except Exception as exc:
+            log.warning("could not commit the %d results still buffered: %s", len(self.buffer), exc)
 
 
 def audio_ms(item: Item) -> int:

@@ -93,7 +93,7 @@ class AnnotationWorker:
 
                 self.model = MindSporeModel(spec.plan, spec.compile_cache_root, spec.cpu_threads)
             self.annotator = BatchAnnotator(self.model, spec.tasks, spec.moderation_labels, spec.plan.decoding)
-        except Exception as exc:  # reported through ready(): a worker that cannot load stops the run
+        except Exception as exc:  # reported through ready(): the pool replaces it, then gives its place up
             self.error = f"{type(exc).__name__}: {exc}"
         self.load_s = time.perf_counter() - started
 

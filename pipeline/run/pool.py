@@ -4,6 +4,7 @@ docstring for the guarantees)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -12,7 +13,13 @@ import ray
 from pipeline.errors import UserError
 from pipeline.run.actors import AnnotationWorker, WorkerSpec, remote_prepare
 
+log = logging.getLogger(__name__)
+
 GROW_AFTER = 16  # batches a shrunk worker returns before it holds one more again
+# Tries at loading the model in one worker's place (the first and its replacements) before that
+# place is given up: a bad device or node fails every time, a passing fault (a file system
+# hiccup, memory still held by a dead worker) not.
+LOAD_ATTEMPTS = 3
 START_GRACE_S = 60.0  # after the first worker is ready, how long dispatch waits for the others
 
 
@@ -30,6 +37,7 @@ class WorkerHandle:
     progress_at: float = 0.0  # when it last returned a batch, or began holding prepared work
     busy_s: float = 0.0  # seconds with prepared work since it last returned a batch (the watchdog's measure)
     returned: int = 0  # batches returned since it started or last shrank
+    load_failures: int = 0  # failed loads in this place before this worker (its predecessors')
 
     @property
     def ready(self) -> bool:
@@ -63,6 +71,7 @@ class WorkerPool:
         self.deaths_in_a_row = 0
         self.replacements = 0
         self.given_up = 0
+        self.load_errors: list[str] = []  # each failed load's error, for the log and the message
         self.workers: list[WorkerHandle] = []
         self.info: list[dict] = []  # every worker that became ready, for run.json
         self.first_ready_at: float | None = None
@@ -80,9 +89,10 @@ class WorkerPool:
         self.initial = []
         return True
 
-    def _start(self, slots: int) -> None:
+    def _start(self, slots: int, load_failures: int = 0) -> None:
         actor = self.actor_class.remote(self.spec)
-        self.workers.append(WorkerHandle(actor, slots, time.monotonic(), actor.ready.remote()))
+        self.workers.append(WorkerHandle(actor, slots, time.monotonic(), actor.ready.remote(),
+                                         load_failures=load_failures))
 
     @property
     def ready(self) -> list[WorkerHandle]:
@@ -103,7 +113,8 @@ class WorkerPool:
                     self.lost(worker)
                     continue
                 if info["error"]:
-                    raise UserError(f"a worker could not load the model: {info['error']}")
+                    self.load_failed(worker, info)
+                    continue
                 worker.ready_ref = None
                 worker.progress_at = now
                 if self.first_ready_at is None:
@@ -113,6 +124,26 @@ class WorkerPool:
             elif now - worker.started_at > self.start_timeout_s:
                 self.given_up += 1
                 self.lost(worker, died=False)
+
+    def load_failed(self, worker: WorkerHandle, info: dict) -> None:
+        """A worker could not load the model: another one takes its place, up to LOAD_ATTEMPTS in
+        that place, then the place is given up and the run goes on with the others. Only no worker
+        left at all stops the run: with the load's error, as a UserError (a checkpoint or device
+        every worker fails on is the run's configuration)."""
+        failures = worker.load_failures + 1
+        error = info["error"]
+        self.load_errors.append(f"{error} (node {info.get('node')}, NPU {info.get('npu')})")
+        log.warning("a model worker could not load the model (try %d of %d in its place): %s",
+                    failures, LOAD_ATTEMPTS, self.load_errors[-1])
+        self.workers.remove(worker)
+        ray.kill(worker.actor, no_restart=True)
+        if failures < LOAD_ATTEMPTS:
+            self.replacements += 1
+            self._start(worker.slots, load_failures=failures)
+        else:
+            self.given_up += 1
+        if not self.workers:
+            raise UserError(f"no model worker could load the model ({len(self.load_errors)} tries): {error}")
 
     def lost(self, worker: WorkerHandle, died: bool = True) -> None:
         """A worker died (died), or was killed by the watchdog or never started: replace it while

@@ -10,7 +10,8 @@ killer does. `calls_dir` gets one file per generate call, so tests can count mod
 processes. Every answer comes with what a model says about it (interface.Answer): its words count
 as tokens, its mean log-probability is -0.05 x (task index + 1). Keys in `loop_keys` get answers
 that repeat one word until the cap (flagged as loops), unless asked again by a retry (attempt 1).
-Lives in the package so Ray workers can import it.
+`fail_loads` makes the first loads
+fail (the model cannot be built). Lives in the package so Ray workers can import it.
 """
 
 from __future__ import annotations
@@ -107,7 +108,24 @@ class FakeModelFactory:
     memory_clips: int | None = None
     calls_dir: str | None = None
     loop_keys: tuple[str, ...] = ()
+    # The first fail_loads models built (counted across processes in loads_dir) fail to load, as
+    # on a bad device or a node without the checkpoint.
+    fail_loads: int = 0
+    loads_dir: str | None = None
 
     def __call__(self, spec) -> FakeModel:
+        if self.fail_loads and _next_load(self.loads_dir) <= self.fail_loads:
+            raise RuntimeError("injected load failure: the device is unusable")
         return FakeModel(spec, self.fail_keys, self.crash_keys, self.delay_s, self.hang_keys, self.memory_clips,
                          self.calls_dir, self.loop_keys)
+
+
+def _next_load(folder: str) -> int:
+    """This load's number, 1 for the first, across processes (a file created exclusively per load)."""
+    number = 1
+    while True:
+        try:
+            os.close(os.open(os.path.join(folder, f"load-{number}"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return number
+        except FileExistsError:
+            number += 1

@@ -7,7 +7,9 @@ import threading
 import time
 
 import pyarrow.parquet as pq
+import pytest
 
+from pipeline.errors import UserError
 from pipeline.testing.fake_model import FakeModelFactory
 from pipeline.testing.faults import ReadFaults
 from tests.reliability.conftest import (assert_nothing_left, committed_keys, model_calls, rows, run,
@@ -106,3 +108,40 @@ def test_a_crashing_decode_task_is_decode_crashed_not_a_model_error(ray_cluster,
     assert summary.run_info["this_run"]["worker_replacements"] == 0  # no model worker was lost over it
     keys = pq.read_table(tmp_path / "out" / "parts").column("key").to_pylist()
     assert len(keys) == len(set(keys)) == 16
+
+
+def test_workers_that_cannot_load_are_replaced_then_given_up_and_the_run_goes_on(ray_cluster, clips, model_dir,
+                                                                              tmp_path):
+    """Three failed loads (a bad device): whichever places they hit are tried again, a place that
+    fails three times is given up, and the other worker does the run. It used to end the run (exit 2)."""
+    loads = tmp_path / "loads"
+    loads.mkdir()
+    summary = run(clips, tmp_path / "out", model_dir, factory=FakeModelFactory(fail_loads=3, loads_dir=str(loads)))
+    assert summary.exit_code == 0 and [r["status"] for r in rows(tmp_path / "out")] == ["ok"] * 16
+    this_run = summary.run_info["this_run"]
+    assert this_run["worker_replacements"] + this_run["workers_given_up"] == 3
+    assert_nothing_left()
+
+
+def test_no_worker_that_can_load_is_a_clear_error(ray_cluster, clips, model_dir, tmp_path):
+    loads = tmp_path / "loads"
+    loads.mkdir()
+    with pytest.raises(UserError, match=r"no model worker could load the model \(6 tries\): RuntimeError: injected"):
+        run(clips, tmp_path / "out", model_dir, factory=FakeModelFactory(fail_loads=1000, loads_dir=str(loads)))
+    assert_nothing_left()
+
+
+def test_results_finished_before_a_failure_are_committed(ray_cluster, clips, model_dir, tmp_path, monkeypatch):
+    """Whatever ends the run, what the workers had finished is committed, not lost with the buffer."""
+    from pipeline.items import ItemResult
+    from pipeline.run import runner
+
+    def finish_two_then_fail(batches, spec, workers, use_npu, prefetch, max_attempts, on_results, **_):
+        first = [item for batch in batches for item in batch.items][:2]
+        on_results([ItemResult(i, "ok", start_s=0.0, end_s=1.0, silent=False, raw={}, parsed={}) for i in first], None)
+        raise RuntimeError("the driver lost its Ray connection")
+
+    monkeypatch.setattr(runner, "execute", finish_two_then_fail)
+    with pytest.raises(RuntimeError, match="lost its Ray connection"):
+        run(clips, tmp_path / "out", model_dir, commit_items=512, commit_seconds=3600)
+    assert len(committed_keys(tmp_path / "out")) == 2
