@@ -12,8 +12,7 @@ import pytest
 from pipeline.errors import UserError
 from pipeline.testing.fake_model import FakeModelFactory
 from pipeline.testing.faults import ReadFaults
-from tests.reliability.conftest import (assert_nothing_left, committed_keys, model_calls, rows, run,
-                                        worker_processes)
+from tests.reliability.conftest import assert_nothing_left, committed_keys, model_calls, rows, run
 
 
 def test_workers_killed_three_times_lose_and_duplicate_nothing(ray_cluster, clips, model_dir, tmp_path):
