@@ -29,7 +29,7 @@ from pipeline import exit_codes, storage
 from pipeline.config import Config, ConfigError
 from pipeline.errors import UserError
 from pipeline.intake.manifest_set import read_manifests
-from pipeline.intake.manifest_table import Manifest
+from pipeline.intake.manifest_table import Manifest, duration_warnings
 from pipeline.output import delta, error_gate, final
 from pipeline.output.committer import Committer
 from pipeline.output.console import Console, budget_line, start_line, stopped_lines, summary_lines, warn_unreadable
@@ -82,6 +82,8 @@ def annotate(manifest_path, config: Config, out: str | Path | None = None, worke
     console = console or Console(progress=progress)
     storage.configure(storage.Settings.from_config(config))
     manifest = read_manifests(manifest_path, id_column=config.id_column)
+    for warning in duration_warnings(manifest):
+        console.warning(warning)
     tasks = resolve_tasks(config)
     check_passthrough(manifest, columns=annotation_columns(tasks))
     check_reference_columns(config, manifest)
@@ -225,7 +227,7 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
                 plan=plan, config=config, settings=settings, fingerprint=fingerprint,
                 manifest_path=describe_sources(manifest_path), manifest_digest=digest, out=out, totals=totals,
                 part_stats=list(sink.part_stats()), report=report, started=started,
-                audio_s_this_run=todo_audio_s, items_this_run=len(todo) + len(new_failures), timeline=timeline,
+                audio_s_this_run=committer.audio_ms_done / 1000, items_this_run=len(todo) + len(new_failures), timeline=timeline,
                 manifest_folders=folders,
             )
             info["error_gate"] = gate.to_dict()

@@ -20,8 +20,11 @@ def _cmd_manifest_build(args) -> int:
 def _cmd_manifest_validate(args) -> int:
     from pipeline.intake.embedded.refs import audio_kinds
     from pipeline.intake.manifest_set import read_manifests
+    from pipeline.intake.manifest_table import duration_warnings
 
     manifest = read_manifests(args.manifest, id_column=args.id_column)
+    for warning in duration_warnings(manifest):
+        print(f"warning: {warning}", file=sys.stderr)
     known = sum(d is not None for d in manifest.durations)
     extra = ", ".join(manifest.passthrough_columns) or "none"
     files = f" in {len(manifest.files)} files" if len(manifest.files) > 1 else ""

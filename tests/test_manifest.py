@@ -177,3 +177,20 @@ def test_example_manifest_validates_and_decodes():
         if decoded.silent:
             silent.append(id_)
     assert silent == ["room_tone"]
+
+
+@pytest.mark.parametrize("durations, warned", [
+    ([4000, 54000, 12000], ["these look like milliseconds"]),  # whole numbers, median 12000: ms
+    ([4.0, 100000.0, 30.5], ["1 row has a duration_s over 24 hours: 'b' (row 1: 100000.0)"]),
+    ([4, 54, 120], []),  # whole seconds
+    ([None, 3.5, 7200.0], []),  # two hours is a podcast, not a mistake
+])
+def test_duration_values_that_cannot_be_right_are_warned_about(tmp_path, capfd, durations, warned):
+    path = tmp_path / "m.parquet"
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "audio": ["a.wav", "b.wav", "c.wav"],
+                             "duration_s": pa.array(durations, pa.float64())}), path)
+    assert cli.main(["manifest", "validate", str(path)]) == 0  # warnings, not errors: the run copes
+    err = capfd.readouterr().err
+    assert [line for line in err.splitlines() if line.startswith("warning:")] == [
+        line for line in err.splitlines() if any(w in line for w in warned)]
+    assert all(w in err for w in warned)

@@ -247,6 +247,32 @@ def _row_problems(table: pa.Table, allow_empty: bool = False) -> list[str]:
     return problems
 
 
+# duration_s values that cannot be right: a day or more for one recording; and a column of whole
+# numbers whose median is 1000 or more (17 minutes a clip), which is milliseconds written as seconds.
+IMPLAUSIBLE_S = 24 * 3600.0
+MILLISECONDS_MEDIAN = 1000.0
+
+
+def duration_warnings(manifest: Manifest) -> list[str]:
+    """duration_s values that cannot be right, each warning naming rows (vectorised). They are not
+    errors: a file shorter than its plan is planned again from its decoded length and annotated
+    whole, but the work budgets, the progress bar and the time estimate go by these values."""
+    table = manifest.table
+    if DURATION not in table.column_names:
+        return []
+    durations, warnings = table.column(DURATION), []
+    over = pc.indices_nonzero(pc.fill_null(pc.greater(durations, IMPLAUSIBLE_S), False).combine_chunks())
+    if len(over):
+        warnings.append(_describe(table.column(ID), over, "a duration_s over 24 hours", durations))
+    known = durations.filter(pc.fill_null(pc.greater(durations, 0), False))
+    if len(known) and pc.all(pc.equal(pc.floor(known), known)).as_py():
+        median = pc.quantile(known, q=0.5, interpolation="lower")[0].as_py()
+        if median >= MILLISECONDS_MEDIAN:
+            warnings.append(f"duration_s holds whole numbers with a median of {median:g}: these look like "
+                            "milliseconds, not seconds (divide them by 1000)")
+    return warnings
+
+
 def _describe(ids: pa.ChunkedArray, rows: pa.Array, what: str, values=None) -> str:
     shown_rows = rows[:_EXAMPLES]
     shown_ids = ids.take(shown_rows).to_pylist()

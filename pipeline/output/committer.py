@@ -43,7 +43,9 @@ None where no row is planned again).
         self.total_rows = len(self.items_left)
         self.rows_done = 0
         self.rows_with_errors: set[str] = set()
-        self.audio_ms_done = 0  # this invocation's audio with a result (its throughput)
+        # This invocation's audio annotated, as decoded (its throughput): not as planned, which an
+        # overstated duration_s inflates (the bar, which must reach its total, counts the plan).
+        self.audio_ms_done = 0
 
     def __call__(self, results: list[ItemResult], stats: dict | None, worker: dict | None = None) -> list | None:
         """worker: the ready() info of the worker that returned these results (None: no worker did)."""
@@ -60,11 +62,11 @@ None where no row is planned again).
         # The text first: update() redraws the bar, and it should show this batch's counts.
         self.bar.set_postfix_str(f"rows {self.rows_done}/{self.total_rows}, errors {len(self.rows_with_errors)}",
                                  refresh=False)
-        done_ms = sum(audio_ms(r.item) for r in results)
-        self.audio_ms_done += done_ms
+        decoded = sum(decoded_ms(r) for r in results)
+        self.audio_ms_done += decoded
         if self.timeline is not None:
-            self.timeline.record(worker, done_ms / 1000)
-        self.bar.update(done_ms)
+            self.timeline.record(worker, decoded / 1000)
+        self.bar.update(sum(audio_ms(r.item) for r in results))
         if len(self.buffer) >= self.commit_items or time.monotonic() - self.last_flush > self.commit_seconds:
             self.flush()
         return self.replanner.batches(again) if again else None
@@ -109,3 +111,10 @@ None where no row is planned again).
 
 def audio_ms(item: Item) -> int:
     return round((item.end_s - item.start_s) * 1000)
+
+
+def decoded_ms(result: ItemResult) -> int:
+    """The audio an ok result annotated, as decoded (its actual cut points)."""
+    if result.status != "ok" or result.start_s is None or result.end_s is None:
+        return 0
+    return round((result.end_s - result.start_s) * 1000)

@@ -34,9 +34,11 @@ FILE_COLUMNS = (
 )
 RAW_COLUMN = ("raw", pa.map_(pa.string(), pa.string()))
 # The manifest's values of its schema columns that the output replaces with what was found
-# (`language` is the detected one), so that annotations.parquet loses none of the manifest's values;
-# they come after raw, before the pass-through columns.
-MANIFEST_VALUE_COLUMNS = (("manifest_language", pa.string(), "language"),)
+# (`duration_s` is the decoded length, `language` the detected one), so that annotations.parquet
+# loses none of the manifest's values and a wrong one shows beside the real one; they come after
+# raw, before the pass-through columns.
+MANIFEST_VALUE_COLUMNS = (("manifest_duration_s", pa.float64(), "duration_s"),
+                          ("manifest_language", pa.string(), "language"))
 
 
 def output_column_names(columns: dict[str, str]) -> set[str]:

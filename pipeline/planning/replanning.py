@@ -1,4 +1,4 @@
-"""Planning again within a run: rows whose file decodes longer than planned."""
+"""Planning again within a run: rows whose file decodes longer or shorter than planned."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from pipeline.planning.work import Work
 
 class Replanner:
     """Rows whose file decodes longer than planned (a wrong duration_s, a header that
-    underestimates) are planned again from the decoded length within the run, and annotated whole:
-    nothing is silently cut. The decoded length goes to OUT's duration cache before any result of
+    underestimates), or shorter (an overstated duration_s: segments planned past the file's end
+    would fail), are planned again from the decoded length within the run, and annotated whole:
+    nothing is silently cut, no good audio becomes an error. The decoded length goes to OUT's duration cache before any result of
     the new plan, so a resumed run plans the row the same way; results of the old plan stop
     counting (sink: one plan per row). A row planned again whose file is still longer (it changes
     while it is read) keeps its duration_mismatch error."""

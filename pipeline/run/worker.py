@@ -81,25 +81,23 @@ class BatchPreparer:
             before, after = (self._cut(path, nominal) for nominal in boundary_nominals(item))
             for cut in (before, after):
                 if isinstance(cut, Failure):
-                    return failure_result(item, cut, item.start_s, item.end_s)
+                    return self._shorter_than_planned(item, path, cut) or failure_result(item, cut, item.start_s,
+                                                                                          item.end_s)
             start, end = segment_bounds(item, before, after)
             # The last segment decodes to the end of the file, not to the planned end: a file longer
             # than planned is noticed, never silently cut.
             last = item.segment == item.n_segments - 1
             decoded = audio.decode(path, start, None if last else end, self.silence_dbfs)
+            if isinstance(decoded, Failure):
+                return self._shorter_than_planned(item, path, decoded) or failure_result(item, decoded, item.start_s,
+                                                                                          item.end_s)
         if isinstance(decoded, Failure):
             return failure_result(item, decoded, item.start_s, item.end_s)
         end = start + decoded.duration_s
         frames = shapes.frames_for_samples(len(decoded.samples))
         if not shapes.fits_window(frames):
             # Longer than the plan allows: the driver plans the row again from this length.
-            planned = item.planned_s if item.planned_s is not None else item.end_s
-            detail = (f"{path.name} decodes to {end:.2f} s but was planned as {planned:.2f} s (from the manifest's "
-                      f"duration_s or the file header); fix or drop duration_s for this row") if planned else (
-                      f"{path.name} decodes to {end:.2f} s, longer than one window; its length was not known "
-                      "before decoding, so it is planned again from this length")
-            result = failure_result(item, Failure(Reason.DURATION_MISMATCH, detail), start, end)
-            return replace(result, measured_s=end)
+            return _mismatch(item, path, start, end)
         features, valid = clip_features(self.extractor, decoded.samples)
         return ReadyClip(item, features, valid, start, end, decoded.silent)
 
@@ -112,6 +110,20 @@ class BatchPreparer:
         read = read_cells(cells) if cells else {}
         return {text: read.get(where, where) for text, where in found.items()}
 
+    def _shorter_than_planned(self, item: Item, path: Source, failure: Failure) -> ItemResult | None:
+        """A segment's region, or the region around one of its cuts, holds no audio: the file may end
+        before its plan (an overstated duration_s: minutes written for seconds, milliseconds for
+        seconds). Then -> a duration_mismatch result with the file's real length, from which the
+        driver plans the row again (every segment planned past the end would fail otherwise, and
+        for good: empty_audio is permanent). None when the file is as long as planned."""
+        if failure.reason != Reason.EMPTY_AUDIO:
+            return None
+        real = file_length(path)
+        planned = item.planned_s if item.planned_s is not None else item.end_s
+        if not real or real >= planned - SHORTER_BY_S:  # unreadable now, empty (an error anyway), or as planned
+            return None
+        return _mismatch(item, path, 0.0, real)
+
     def prepare(self, batch: Batch) -> PreparedBatch:
         prepared = PreparedBatch(batch)
         sources = self._sources(batch)
@@ -119,6 +131,37 @@ class BatchPreparer:
             outcome = self._decode(item, sources[item.path])
             (prepared.ready if isinstance(outcome, ReadyClip) else prepared.failed).append(outcome)
         return prepared
+
+
+# A file is shorter than its plan when it ends this much before the planned length (a frame's
+# rounding is not a difference).
+SHORTER_BY_S = 0.05
+_TAIL_S = 60.0  # decoded from before the header's end to find the real one
+
+
+def file_length(path: Source) -> float | None:
+    """The file's length as decoded: the header's length checked by decoding its last _TAIL_S to the
+    end (headers may be estimates), from the start when that region is empty. None when the file
+    cannot be read now."""
+    info = audio.probe(path)
+    from_s = max(0.0, info.duration_s - _TAIL_S) if not isinstance(info, Failure) else 0.0
+    tail = audio.decode(path, from_s)
+    if isinstance(tail, Failure) and from_s > 0:
+        from_s, tail = 0.0, audio.decode(path, 0.0)
+    if isinstance(tail, Failure):
+        return 0.0 if tail.reason == Reason.EMPTY_AUDIO else None
+    return tail.start_s + tail.duration_s
+
+
+def _mismatch(item: Item, path: Source, start: float, end: float) -> ItemResult:
+    """The file decodes to `end` s, which its plan does not fit: the driver plans the row again."""
+    planned = item.planned_s if item.planned_s is not None else item.end_s
+    detail = (f"{path.name} decodes to {end:.2f} s but was planned as {planned:.2f} s (from the manifest's "
+              f"duration_s or the file header); fix or drop duration_s for this row") if planned else (
+              f"{path.name} decodes to {end:.2f} s, longer than one window; its length was not known "
+              "before decoding, so it is planned again from this length")
+    result = failure_result(item, Failure(Reason.DURATION_MISMATCH, detail), start, end)
+    return replace(result, measured_s=end)
 
 
 class BatchAnnotator:

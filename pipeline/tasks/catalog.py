@@ -87,7 +87,7 @@ _COLUMNS_BY_PARSER = {
 # custom task must not shadow them.
 RESERVED_COLUMNS = frozenset({
     "id", "audio", "path", "duration_s", "row", "segment", "segments", "n_segments", "start_s",
-    "end_s", "status", "error", "error_detail", "silent", "raw", "manifest_language",
+    "end_s", "status", "error", "error_detail", "silent", "raw", "manifest_language", "manifest_duration_s",
     # What the model says about each answer (output/answer_columns.py).
     "logprob", "logprob_sum", "answer_tokens", "hit_cap", "looped", "retried",
 })

@@ -35,6 +35,33 @@ def test_audio_longer_than_its_manifest_duration_is_planned_again_and_annotated_
     assert rows(out) == list(by_id.values())
 
 
+def test_audio_shorter_than_its_manifest_duration_is_planned_again_and_annotated_whole(ray_cluster, model_dir,
+                                                                                        tmp_path):
+    """An overstated duration_s (100 s for 54 s; 4000, milliseconds, for 4 s) used to plan segments
+    past the file's end, which failed with empty_audio (permanent): rows partial or errors, and the
+    summary counted the planned hours. Now the row is planned again from the file's real length."""
+    lengths = {"over": 54.0, "millis": 4.0, "right": 40.0}
+    said = {"over": 100.0, "millis": 4000.0, "right": 40.0}
+    manifest = write_clips(tmp_path / "data", lengths, said)
+    out, calls = tmp_path / "out", tmp_path / "calls"
+    calls.mkdir()
+    summary = run(manifest, out, model_dir, factory=FakeModelFactory(calls_dir=str(calls)))
+    by_id = {r["id"]: r for r in rows(out)}
+    assert {i: (r["status"], r["error"]) for i, r in by_id.items()} == {i: ("ok", None) for i in lengths}
+    for item_id, seconds in lengths.items():
+        assert by_id[item_id]["duration_s"] == pytest.approx(seconds, abs=0.01), item_id  # the real length
+        assert by_id[item_id]["manifest_duration_s"] == said[item_id]  # beside what the manifest said
+    assert [by_id[i]["n_segments"] for i in lengths] == [3, 1, 2]
+    segments = [s for s in rows(out, "segments.parquet") if s["id"] == "over"]
+    assert [s["status"] for s in segments] == ["ok"] * 3 and segments[-1]["end_s"] == pytest.approx(54.0, abs=0.01)
+    # Throughput counts the audio decoded (98 s), not the 4140 s the manifest claimed.
+    assert summary.run_info["this_run"]["audio_hours"] == pytest.approx(98.0 / 3600, abs=0.001)
+    (out / "_SUCCESS").unlink()  # the real lengths are kept in OUT: the rerun plans the same way
+    before = len(model_calls(calls))
+    again = run(manifest, out, model_dir, factory=FakeModelFactory(calls_dir=str(calls)))
+    assert again.run_info["this_run"]["items"] == 0 and len(model_calls(calls)) == before
+
+
 def test_headers_are_read_once_across_resumes(ray_cluster, model_dir, tmp_path, monkeypatch):
     manifest = write_clips(tmp_path / "data", {f"h{i}": 1.0 + i for i in range(6)})  # no duration_s
     probed = []
