@@ -227,7 +227,8 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
                 plan=plan, config=config, settings=settings, fingerprint=fingerprint,
                 manifest_path=describe_sources(manifest_path), manifest_digest=digest, out=out, totals=totals,
                 part_stats=list(sink.part_stats()), report=report, started=started,
-                audio_s_this_run=committer.audio_ms_done / 1000, items_this_run=len(todo) + len(new_failures), timeline=timeline,
+                audio_s_this_run=committer.audio_ms_done / 1000, items_this_run=len(todo) + len(new_failures),
+                timeline=timeline,
                 manifest_folders=folders,
             )
             info["error_gate"] = gate.to_dict()
