@@ -126,7 +126,8 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
             raise UserError("device is ascend but the Ray cluster has no NPU resources")
         try:
             plan = plan_model(config, tasks, device,
-                              cluster.worker_memory_bytes(npus if device == "ascend" else worker_count, device == "ascend"),
+                              cluster.worker_memory_bytes(npus if device == "ascend" else worker_count,
+                                                          device == "ascend", config.npu_memory_gb),
                               checkpoint.result())
         except ValueError as exc:
             raise ConfigError(str(exc)) from None

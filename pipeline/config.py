@@ -87,6 +87,9 @@ class Config:
     # Per-worker memory for the engine's caches and working memory, beside the weights (0 = what the
     # worker's share of its machine has: host memory on CPU, the NPU's memory on Ascend).
     memory_budget_gb: float = 0.0
+    # Each NPU's memory, what memory_budget_gb 0 plans within on Ascend (the driver, which plans the
+    # shapes for every worker, need not see an NPU): 64 for an Ascend 910B; set it for another device.
+    npu_memory_gb: float = 64.0
     # Work is dispatched to workers in batches of about this much audio (and at most batch_items
     # items): a unit of dispatch and retry, not a model shape (workers pack clips themselves).
     batch_audio_s: float = 60.0
@@ -288,6 +291,8 @@ def _check(config: Config, source: str) -> None:
     if config.batch_items < 1 or config.batch_audio_s <= 0 or config.memory_budget_gb < 0 or config.max_attempts < 1:
         raise ConfigError(f"{source}: batch_items, batch_audio_s and max_attempts must be positive, "
                           "memory_budget_gb 0 (automatic) or positive")
+    if config.npu_memory_gb <= 0:
+        raise ConfigError(f"{source}: 'npu_memory_gb' must be positive (an Ascend 910B has 64)")
     if config.decode_slots < 0:
         raise ConfigError(f"{source}: 'decode_slots' must be 0 (automatic) or positive")
     if not 0 <= config.segment_search_s < 5:

@@ -55,7 +55,8 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
     # config and tokenizer, and the weights' sizes (part of the settings) are known once they are there.
     checkpoint = load_prompts(config, tasks, weights=False)
     try:
-        plan = plan_model(config, tasks, device, local_worker_memory(worker_count, device == "ascend"), checkpoint)
+        memory = local_worker_memory(worker_count, device == "ascend", config.npu_memory_gb)
+        plan = plan_model(config, tasks, device, memory, checkpoint)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     settings = run_settings(plan, config, tasks)
@@ -197,11 +198,11 @@ def local_npus() -> int:
     return len(glob.glob("/dev/davinci[0-9]*"))
 
 
-def local_worker_memory(workers: int, use_npu: bool) -> int:
+def local_worker_memory(workers: int, use_npu: bool, npu_memory_gb: float) -> int:
     """cluster.worker_memory_bytes, estimated without Ray from this machine's memory."""
-    from pipeline.run.cluster import CPU_MEMORY_SHARE, NPU_MEMORY_BYTES, NPU_MEMORY_SHARE
+    from pipeline.run.cluster import CPU_MEMORY_SHARE, NPU_MEMORY_SHARE
 
     if use_npu:
-        return int(NPU_MEMORY_BYTES * NPU_MEMORY_SHARE)
+        return int(npu_memory_gb * 2**30 * NPU_MEMORY_SHARE)
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return int(total * RAY_MEMORY_SHARE * CPU_MEMORY_SHARE / max(1, workers))

@@ -63,8 +63,6 @@ def cluster_npus() -> int:
     return int(ray.cluster_resources().get("NPU", 0))
 
 
-# An Ascend 910B's memory; the engine plans its caches inside it (the host's memory is not used).
-NPU_MEMORY_BYTES = 64 * 2**30
 # What a worker may plan for, of its share of a device: the rest covers the framework's own
 # allocations, and on CPU the driver, the decode tasks and Ray's object store beside it (Ray's
 # memory monitor kills workers when a node passes 95%).
@@ -72,11 +70,12 @@ NPU_MEMORY_SHARE = 0.85
 CPU_MEMORY_SHARE = 0.6
 
 
-def worker_memory_bytes(workers: int, use_npu: bool) -> int:
-    """Memory one worker may use in all: its NPU's, or its share of its node's (Ray's memory
+def worker_memory_bytes(workers: int, use_npu: bool, npu_memory_gb: float) -> int:
+    """Memory one worker may use in all: its NPU's (the job's npu_memory_gb: the engine plans its
+    caches inside the device, not in the host's memory), or its share of its node's (Ray's memory
     resource, which already leaves the object store out)."""
     if use_npu:
-        return int(NPU_MEMORY_BYTES * NPU_MEMORY_SHARE)
+        return int(npu_memory_gb * 2**30 * NPU_MEMORY_SHARE)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     smallest = min(n["Resources"].get("memory", 0) for n in nodes)
     per_node = math.ceil(workers / len(nodes))

@@ -97,3 +97,17 @@ def test_a_hub_model_that_is_not_local_is_fetched_without_its_weights(clips, mod
     assert "config.json" in fetched and "tokenizer_config.json" in fetched and "model.safetensors" not in fetched
     assert "model: tiny-org/tiny-audio: the weights are not here" in text and "the run downloads them first" in text
     assert "graphs: encode[F=3000], prefill[" in text  # still planned from the configuration
+
+
+def test_npu_memory_is_the_job_s_not_a_constant(clips, model_dir, tmp_path):
+    """Decode slots on Ascend are sized from npu_memory_gb (the driver need not see an NPU): a device
+    with less memory gets fewer slots, instead of plans for a 64 GB 910B that it cannot hold."""
+    import re
+
+    def slots(npu_memory_gb: float) -> int:
+        text = plan_text(clips, tmp_path / "out", model_dir, device="ascend", decode_slots=0,
+                         npu_memory_gb=npu_memory_gb, max_new_tokens={"caption": 64, "events": 48,
+                                                                      "transcript": 192, "moderation": 32})
+        return int(re.search(r"(\d+) decode slots", text).group(1))
+
+    assert slots(64) == 32 and slots(0.0625) < 32
