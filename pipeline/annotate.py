@@ -204,8 +204,8 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
                             config.max_attempts, committer,
                             stop=lambda: past_deadline() or signals.stop_requested(),
                             abandon=signals.abandon_in_flight, policy=runner.RunPolicy.from_config(config))
-                    except BaseException:
-                        committer.close_after_failure()  # what finished is kept, whatever ended the run
+                    except Exception:  # signals are _stopped_by_signal's; a crash (BaseException) is a crash
+                        committer.close_after_failure()  # what finished is kept, whatever error ended the run
                         raise
                 committer.close()
             signals.raise_if_requested()

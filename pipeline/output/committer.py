@@ -46,6 +46,7 @@ None where no row is planned again).
         # This invocation's audio annotated, as decoded (its throughput): not as planned, which an
         # overstated duration_s inflates (the bar, which must reach its total, counts the plan).
         self.audio_ms_done = 0
+        self.decoded_ms_by_id: Counter = Counter()  # the part of it each row's results hold
 
     def __call__(self, results: list[ItemResult], stats: dict | None, worker: dict | None = None) -> list | None:
         """worker: the ready() info of the worker that returned these results (None: no worker did)."""
@@ -64,6 +65,8 @@ None where no row is planned again).
                                  refresh=False)
         decoded = sum(decoded_ms(r) for r in results)
         self.audio_ms_done += decoded
+        for r in results:
+            self.decoded_ms_by_id[r.item.id] += decoded_ms(r)
         if self.timeline is not None:
             self.timeline.record(worker, decoded / 1000)
         self.bar.update(sum(audio_ms(r.item) for r in results))
@@ -86,6 +89,8 @@ None where no row is planned again).
             self.buffer = [b for b in self.buffer if b.item.id != r.item.id]
             kept = [k for k in kept if k.item.id != r.item.id]
             self.items_left[r.item.id] = len(items)
+            # Its results so far belong to the old plan, replaced: their audio is not this run's.
+            self.audio_ms_done -= self.decoded_ms_by_id.pop(r.item.id, 0)
             self.bar.total += sum(audio_ms(i) for i in items)
             again += items
         return kept, again
