@@ -91,7 +91,7 @@ def write_out(out: Path, rows: int) -> None:
         captions, transcripts = _text(rng, n, 8), _text(rng, n, 30)
         captions = [STALE_CAPTION if c[3] == STALE_VERSION else text for c, text in zip(chunk, captions)]
         row_ids = [f"clip-{i:08d}" for i in ids[index]]
-        table = pa.table({
+        columns = {
             "key": [f"{r}#{s}" for r, s in zip(row_ids, segment[index])], "id": row_ids,
             "row": ids[index], "segment": pa.array(segment[index], pa.int32()),
             "n_segments": pa.array(segments[ids[index]], pa.int32()),
@@ -109,7 +109,10 @@ def write_out(out: Path, rows: int) -> None:
             "run": [c[1] for c in chunk], "planned_s": segments[ids[index]] * 10.0,
             "source_audio": [f"audio/{r}.wav" for r in row_ids], "source_duration_s": np.full(n, 10.0),
             "source_version": [c[3] for c in chunk], "source_sha256": pa.nulls(n, pa.string()),
-        }, schema=schema)
+        }
+        # Columns this synthetic OUT leaves empty (what the model said about each answer).
+        columns.update({f.name: pa.nulls(n, f.type) for f in schema if f.name not in columns})
+        table = pa.table(columns, schema=schema)
         name = f"part-{start:020x}-{0:012x}.parquet"
         atomic_write_table(sink.parts / name, table)
         atomic_write_bytes(sink.commits / (name + ".json"), json.dumps({"part": name, "rows": n}).encode())
