@@ -104,7 +104,6 @@ class CurrentSources:
         # Each row's planned duration, where known (annotate fills it in): results planned from
         # another duration belong to an older plan of the row and no longer count (output/sink.py).
         self.planned: dict[str, float] = {}
-        self._table: pa.Table | None = None
 
     def is_current(self, item_id: str, audio, duration_s, version, sha256) -> bool:
         now = self.by_id.get(item_id)
@@ -136,15 +135,14 @@ class CurrentSources:
         return found.combine_chunks() if isinstance(found, pa.ChunkedArray) else found
 
     def _columns(self) -> pa.Table:
-        """Every row's source now as columns (built once: the mask runs for every batch of results)."""
-        if self._table is None:
-            sources = list(self.by_id.values())
-            self._table = pa.table({
-                "id": pa.array(list(self.by_id), pa.string()),
-                **{name: pa.array([getattr(s, attr) for s in sources], field.type)
-                   for name, attr, field in zip(SOURCE_COLUMNS, ("audio", "duration_s", "version", "sha256"),
-                                                SOURCE_FIELDS)}})
-        return self._table
+        """Every row's source now as columns: built for each mask (a few per run), not kept, so the
+        driver holds no second copy of every row's source for the whole run."""
+        sources = list(self.by_id.values())
+        return pa.table({
+            "id": pa.array(list(self.by_id), pa.string()),
+            **{name: pa.array([getattr(s, attr) for s in sources], field.type)
+               for name, attr, field in zip(SOURCE_COLUMNS, ("audio", "duration_s", "version", "sha256"),
+                                            SOURCE_FIELDS)}})
 
 
 def _same(a, b):
