@@ -35,13 +35,15 @@ from pipeline.output.committer import Committer
 from pipeline.output.console import Console, budget_line, start_line, stopped_lines, summary_lines, warn_unreadable
 from pipeline.output.delta import DeltaWritten, write_run_delta
 from pipeline.output.lock import OutLock
-from pipeline.output.sink import OutputDir, Progress, Provenance
+from pipeline.intake.durations import DurationCache
+from pipeline.output.committed import CommittedIndex
+from pipeline.output.sink import OutputDir, Provenance
 from pipeline.output.timeline import Timeline
-from pipeline.planning.batches import plan_batches
 from pipeline.planning.job import (annotation_columns, budget_option, check_passthrough, default_workers,
                                    describe_sources, output_folder, run_settings, settings_fingerprint)
 from pipeline.planning.replanning import Replanner
-from pipeline.planning.work import Work, plan_work
+from pipeline.planning.stream import WorkStream
+from pipeline.planning.work import Planner, retry_errors, rows_left_after
 from pipeline.run.signals import StopRequested, StopSignals
 from pipeline.tasks.catalog import resolve_tasks
 
@@ -135,61 +137,75 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
         fingerprint = settings_fingerprint(settings)
         sink = OutputDir(out, guard=lock.check)
         committer: Committer | None = None
-        work: Work | None = None
+        stream: WorkStream | None = None
         stamp = None
         timeline = Timeline(started)
         folders = manifest_folders(manifest)
 
-        def write_delta(outcome: str, after: Progress | None = None) -> DeltaWritten:
+        def write_delta(outcome: str) -> DeltaWritten:
             wall = round(time.time() - started, 2)
-            return write_run_delta(sink, manifest, work.sources, work.planned, columns, list(plan.task_names), stamp, {
+            now = final.RowsNow(stream.planner.facts if stream else None, config.verify_content)
+            return write_run_delta(sink, manifest, now, columns, list(plan.task_names), stamp, {
                 "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "outcome": outcome,
                 "wall_s": wall, "audio_s": committer.audio_ms_done / 1000 if committer else 0.0,
                 # What the report shows for a run that stops early (it writes no run.json).
                 "timeline": timeline.to_dict(wall), "generation": committer.stats_total if committer else {},
-                "manifest_folders": folders}, after)
+                "manifest_folders": folders})
+
+        def rows_left() -> int:
+            done = committer.rows_completed if committer is not None else 0
+            return rows_left_after(stream.planner, stream.totals.rows_with_work, done) if stream is not None else 0
 
         try:
             sink.open(fingerprint, settings, restart)
-            work = plan_work(manifest, config, sink)
-            todo, new_failures = work.chosen, work.failures
-            if not work.todo and not new_failures and sink.completed_for(digest, fingerprint):
+            committed = CommittedIndex.read(sink, retry_errors(config))
+            durations = DurationCache(sink.durations).load()
+            planner = Planner(manifest, config, committed, durations)
+            stream = WorkStream(planner, config, durations)
+            head = stream.head()
+            if not head and sink.completed_for(digest, fingerprint):
                 console.summary([f"{out} is already complete for this manifest and settings; nothing to do."])
                 return RunSummary(out=out, already_complete=True)
 
-            work.durations.add(work.probed)  # read once: later runs plan these rows without reading again
-            stamp = delta.run_stamp(started, delta.written_stamps(sink) | set(work.progress.rows.column("run").to_pylist()))
-            sink.record_provenance(Provenance(stamp, work.sources.by_id))
-            todo_audio_s = sum(i.end_s - i.start_s for i in todo)
-            if work.todo or new_failures:
+            stamp = delta.run_stamp(started, delta.written_stamps(sink), committed.runs())
+            sink.record_provenance(Provenance(stamp))
+            if head:
                 sink.invalidate_final()
-            batches = plan_batches(todo, config.batch_audio_s, config.batch_items)
             use_npu = device == "ascend"
-            warn_unreadable(console, new_failures)
-            rows_now = {i.id for i in todo} | {r.item.id for r in new_failures}
-            console.info(start_line(len(rows_now), manifest.num_rows, todo_audio_s, npus if use_npu else worker_count,
-                                    use_npu, plan.dtype, plan.decoding.describe(), ray_used))
-            changed = work.progress.changed_ids & work.row_ids
+            workers_now = npus if use_npu else worker_count
+            failures = [r for w in head for r in w.failures]
+            warn_unreadable(console, failures)
+            console.info(head_start_line(head, planner, manifest.num_rows, workers_now, use_npu, plan.dtype,
+                                         plan.decoding.describe(), ray_used))
+            changed = sum(w.rows_changed for w in head)
             if changed:
-                console.info(f"{len(changed)} of these rows are labelled again: their audio or its manifest values "
-                             "changed since they were labelled")
-            if work.limited_by:
-                console.info(budget_line(work.limited_by, config, len(work.row_ids) - len(rows_now)))
+                console.info(f"{changed} of these rows are labelled again: their audio or its manifest "
+                             "values changed since they were labelled")
+            if planner.limited_by:
+                taken = sum(w.rows_taken + len(w.failures) for w in head)
+                console.info(budget_line(planner.limited_by, config, rows_left() - taken))
             report = runner.ExecutionReport()
 
             def past_deadline() -> bool:
                 return deadline is not None and time.monotonic() >= deadline
 
             with signals.graceful():  # a signal here stops dispatch; what finished is committed below
-                committer = Committer(sink, columns, todo + [r.item for r in new_failures], console,
-                                      config.commit_items, config.commit_seconds, Replanner(work, sink, manifest, config),
-                                      timeline)
-                if new_failures:
-                    committer(new_failures, None)
-                if batches and past_deadline():  # intake alone used the window: no workers at all
+                committer = Committer(sink, columns, [], console, config.commit_items, config.commit_seconds,
+                                      Replanner(durations, planner.facts, sink, config), timeline)
+                stream.committer = committer
+                # Windows with error rows only are committed here; the first with items starts the workers.
+                while not signals.stop_requested() and (head and not head[0].items or not head):
+                    if head:
+                        stream.feed(head.pop(0))
+                    else:
+                        window = stream.next_with_work()
+                        if window is None:
+                            break
+                        head.append(window)
+                if head and past_deadline():  # intake alone used the window: no workers at all
                     report.stopped = True
-                elif batches and not signals.stop_requested():
-                    cluster.check_room_for_decoding(npus if use_npu else worker_count)
+                elif head and not signals.stop_requested():
+                    cluster.check_room_for_decoding(workers_now)
                     spec = WorkerSpec(
                         plan=plan, tasks=tasks, moderation_labels=tuple(config.moderation_labels),
                         silence_dbfs=config.silence_dbfs, search_s=config.segment_search_s,
@@ -200,7 +216,7 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
                     )
                     try:
                         report = runner.execute(
-                            batches, spec, npus if use_npu else worker_count, use_npu, config.prefetch_batches,
+                            stream.batches(head), spec, workers_now, use_npu, config.prefetch_batches,
                             config.max_attempts, committer,
                             stop=lambda: past_deadline() or signals.stop_requested(),
                             abandon=signals.abandon_in_flight, policy=runner.RunPolicy.from_config(config))
@@ -210,27 +226,26 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
                 committer.close()
             signals.raise_if_requested()
 
-            after = sink.progress(work.sources)
-            rows_done = len(work.row_ids & after.done_ids)
-            if report.stopped or work.limited_by:  # the tables describe a finished run only
+            rows_done = committer.rows_completed
+            if report.stopped or planner.limited_by:  # the tables describe a finished run only
                 reason = (f"--max-wall {config.max_wall_minutes:g} min" if report.stopped and past_deadline()
-                          else budget_option(work.limited_by, config) if work.limited_by else "a stop request")
-                written = write_delta("stopped", after)
+                          else budget_option(planner.limited_by, config) if planner.limited_by else "a stop request")
+                written = write_delta("stopped")
                 return RunSummary(out=out, stopped_early=True, stop_reason=reason, rows_committed=rows_done,
-                                  rows_left=len(work.row_ids) - rows_done, delta=written.location,
-                                  gate=error_gate.judge(written.statuses, config.max_error_rate),
+                                  rows_left=rows_left(), delta=written.location,
+                                  gate=error_gate.judge_counts(written.rows, written.failed, config.max_error_rate),
                                   report=write_report_safely(out, config, console, stopped=True))
-            written = write_delta("finished", after)
-            gate = error_gate.judge(written.statuses, config.max_error_rate)
+            written = write_delta("finished")
+            gate = error_gate.judge_counts(written.rows, written.failed, config.max_error_rate)
 
-            totals = final.write_tables(sink, manifest, work.sources, work.planned, columns, list(plan.task_names))
+            totals = final.write_tables(sink, manifest, final.RowsNow(planner.facts, config.verify_content), columns,
+                                        list(plan.task_names))
             info = run_info.build(
                 plan=plan, config=config, settings=settings, fingerprint=fingerprint,
                 manifest_path=describe_sources(manifest_path), manifest_digest=digest, out=out, totals=totals,
                 part_stats=list(sink.part_stats()), report=report, started=started,
-                audio_s_this_run=committer.audio_ms_done / 1000, items_this_run=len(todo) + len(new_failures),
-                timeline=timeline,
-                manifest_folders=folders,
+                audio_s_this_run=committer.audio_ms_done / 1000, items_this_run=committer.items_planned,
+                timeline=timeline, manifest_folders=folders,
             )
             info["error_gate"] = gate.to_dict()
             sink.write_summary(info, {"manifest_digest": digest, "fingerprint": fingerprint,
@@ -238,7 +253,19 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
             return RunSummary(out=out, run_info=info, rows_committed=rows_done, delta=written.location, gate=gate,
                               report=write_report_safely(out, config, console, stopped=False))
         except (StopRequested, KeyboardInterrupt) as stop:
-            return _stopped_by_signal(stop, signals, committer, work, write_delta, console, out)
+            return _stopped_by_signal(stop, signals, committer, rows_left, write_delta, console, out)
+
+
+def head_start_line(head, planner, rows_total: int, workers: int, npu: bool, dtype: str, decoding: str,
+                    ray_cluster: str | None = None) -> str:
+    """The start line: what this run does, when planning already knows it (the manifest fits the
+    first window, or the budgets were spent in it), else what the first window holds."""
+    if planner.planned_until >= rows_total or planner.limited_by:
+        rows = sum(w.rows_taken + len(w.failures) for w in head)
+        audio_s = sum(i.end_s - i.start_s for w in head for i in w.items)
+        return start_line(rows, rows_total, audio_s, workers, npu, dtype, decoding, ray_cluster)
+    return start_line(sum(w.rows_todo for w in head), rows_total, sum(w.audio_todo_s for w in head), workers, npu,
+                      dtype, decoding, ray_cluster, window=planner.window_rows)
 
 
 # A run stopped by a signal writes its runs/ file only while it is this young, so that it exits
@@ -246,13 +273,13 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
 DELTA_WITHIN_S = 20.0
 
 
-def _stopped_by_signal(stop: BaseException, signals: StopSignals, committer, work, write_delta, console: Console,
+def _stopped_by_signal(stop: BaseException, signals: StopSignals, committer, rows_left, write_delta, console: Console,
                        out) -> RunSummary:
     """SIGTERM or Ctrl-C: commit what is buffered, write this run's runs/ file when there is time,
     and say what is left. SIGTERM returns a stopped summary (exit 75); Ctrl-C re-raises
     KeyboardInterrupt (exit 130), as callers of annotate() have always seen it."""
     interrupted = isinstance(stop, KeyboardInterrupt) or getattr(stop, "signum", None) == signal.SIGINT
-    written = DeltaWritten(None, [])
+    written = DeltaWritten(None)
     if committer is not None:
         with signals.graceful():
             committer.close()
@@ -266,9 +293,8 @@ def _stopped_by_signal(stop: BaseException, signals: StopSignals, committer, wor
         console.error(f"interrupted: {done} of {total} rows of this run are committed; "
                       "rerun the same command to resume.")
         raise KeyboardInterrupt
-    left = len(work.row_ids) - done if work is not None else 0
     return RunSummary(out=out, stopped_early=True, stop_reason=signals.name or str(stop), rows_committed=done,
-                      rows_left=left, delta=written.location)
+                      rows_left=rows_left(), delta=written.location)
 
 
 def check_reference_columns(config: Config, manifest: Manifest) -> None:

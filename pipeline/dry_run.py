@@ -1,9 +1,14 @@
 """`annotate --dry-run`: what a run would do, from the manifest(s) and OUT, without loading a model,
 starting Ray or a worker, or writing anything (not even a log file in OUT).
 
-It plans exactly as annotate does (planning/work.py's plan_work: each row's audio now, what OUT holds, header
-reads for unknown durations, the work budgets, batches) and declares the engine's shape from the
-checkpoint's config and tokenizer (model_plan.plan_model, which needs no MindSpore). What only a
+It plans exactly as annotate does (planning/work.py's Planner, window by window: each row's audio
+now, what OUT holds, durations, the work budgets, batches), keeping counts only, and declares the
+engine's shape from the checkpoint's config and tokenizer (model_plan.plan_model, which needs no
+MindSpore). Rows of unknown duration: it reads at most ESTIMATE_PROBES headers (distinct files, in
+manifest order: what the next run takes first) and counts the others at the mean known duration,
+one item each, and says so. A dry run writes nothing, so headers it read would be read again by the
+run; on a manifest of millions of rows without durations, reading them all would take it minutes
+each time it is asked a question. What only a
 cluster knows is taken from here: with device auto, the device of OUT's earlier runs, else this
 machine's NPUs; memory for the decode slots from this machine's (where a cluster's workers have
 more or less, the run may declare other slots: the shape line says so).
@@ -15,7 +20,8 @@ import glob
 import json
 import os
 import time
-from collections import Counter, defaultdict
+from collections import Counter
+from dataclasses import dataclass, field
 
 from pipeline import exit_codes, storage
 from pipeline.config import Config, ConfigError
@@ -25,11 +31,12 @@ from pipeline.output import delta
 from pipeline.output.console import Console, counts_text, duration_text, warn_unreadable
 from pipeline.output.lock import OutLock
 from pipeline.output.sink import OutputDir
-from pipeline.planning.batches import plan_batches
-from pipeline.planning.job import (annotation_columns, budget_option, check_passthrough, default_workers,
-                                   describe_sources, output_folder, run_settings, settings_fingerprint)
-from pipeline.planning.work import Work, plan_work
-from pipeline.reasons import TRANSIENT
+from pipeline.planning.batches import count_batches
+from pipeline.planning.job import (annotation_columns, budget_option, check_passthrough, default_workers, describe_sources,
+                                   output_folder, run_settings, settings_fingerprint)
+from pipeline.intake.durations import DurationCache
+from pipeline.output.committed import CommittedIndex
+from pipeline.planning.work import ESTIMATE_PROBES, Planner, retry_errors
 from pipeline.tasks.catalog import resolve_tasks
 
 # What Ray's memory resource is of a machine's memory (the rest is its object store, 30% by default).
@@ -64,14 +71,14 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
     discarded = restart and checkpoint.has_weights and sink.settings_conflict(fingerprint, settings) is not None
     if not restart and checkpoint.has_weights:
         sink.refuse_other_settings(fingerprint, settings)  # what the run would stop with (exit 2)
-    work = plan_work(manifest, config, sink, discarded)
-    warn_unreadable(console, work.failures)
-    batches = plan_batches(work.chosen, config.batch_audio_s, config.batch_items)
-    complete = not work.todo and not work.failures and not discarded and sink.completed_for(manifest.digest, fingerprint)
+    plan_figures = DryPlan.of(manifest, config, sink, discarded)
+    warn_unreadable(console, plan_figures.first_failures, plan_figures.failure_reasons)
+    complete = (not plan_figures.rows_todo and not discarded
+                and sink.completed_for(manifest.digest, fingerprint))
 
     lines = ["dry run: nothing is written, no model is loaded",
              manifest_line(manifest, manifest_path),
-             out_line(out, work, manifest, discarded),
+             out_line(out, plan_figures, discarded),
              f"decoding: {plan.decoding.describe()}"]
     if not checkpoint.has_weights:
         lines.append(f"model: {config.model}: the weights are not here (only its configuration and tokenizer, "
@@ -85,7 +92,7 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
     if complete:
         lines.append("to do: nothing; the run would find OUT complete for this manifest and these settings")
     else:
-        lines += work_lines(work, config, len(batches))
+        lines += work_lines(plan_figures, config)
         where = (f"{worker_count} worker{'s' * (worker_count != 1)}" if device == "cpu" or npus
                  else "one worker per NPU of the cluster")
         automatic = not config.decode_slots and not config.memory_budget_gb
@@ -93,9 +100,65 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
                      f"(device: {device_source}); {plan.shape.slots} decode slots"
                      + (" (sized for this machine's memory: a cluster's workers may get others)" if automatic else ""))
         lines.append(f"graphs: {', '.join(plan.shape.graph_names())}")
-        lines.append(estimate_line(sink, sum(i.end_s - i.start_s for i in work.chosen), config))
+        lines.append(estimate_line(sink, plan_figures.taken_s, config))
     console.summary(lines)
     return exit_codes.DONE
+
+
+@dataclass
+class DryPlan:
+    """A run's plan, counted window by window as the run would plan it (planning/work.py), keeping
+    no row: the dry run's figures. Durations no header gave are estimated past ESTIMATE_PROBES reads."""
+
+    rows_todo: int = 0  # rows with work (items or error rows), taken or not
+    rows_changed: int = 0
+    rows_retried: int = 0
+    items_todo: int = 0
+    audio_todo_s: float = 0.0
+    rows_taken: int = 0
+    items_taken: int = 0
+    taken_s: float = 0.0
+    batches: int = 0
+    failures: int = 0
+    failure_reasons: Counter = field(default_factory=Counter)
+    first_failures: list = field(default_factory=list)
+    finished: Counter = field(default_factory=Counter)  # rows OUT holds finished, by status
+    finished_transient: int = 0
+    estimated_rows: int = 0
+    estimated_s: float = 0.0
+    limited_by: str | None = None
+
+    @classmethod
+    def of(cls, manifest, config: Config, sink: OutputDir, discarded: bool) -> DryPlan:
+        committed = CommittedIndex() if discarded else CommittedIndex.read(sink, retry_errors(config))
+        durations = DurationCache(sink.durations)
+        if not discarded:
+            durations.load()
+        planner = Planner(manifest, config, committed, durations, count_all=True, estimate=True, keep_facts=False)
+        found = cls()
+        for window in planner.windows():
+            found.add(window, config)
+        found.limited_by = planner.limited_by
+        return found
+
+    def add(self, window, config: Config) -> None:
+        self.rows_todo += window.rows_todo
+        self.rows_changed += window.rows_changed
+        self.rows_retried += window.rows_retried
+        self.items_todo += window.items_todo
+        self.audio_todo_s += window.audio_todo_s
+        self.rows_taken += window.rows_taken
+        self.items_taken += len(window.taken_seconds)
+        self.taken_s += sum(window.taken_seconds)
+        self.batches += count_batches(window.taken_seconds, config.batch_audio_s, config.batch_items)
+        self.failures += len(window.failures)
+        self.failure_reasons.update(r.error for r in window.failures)
+        if not self.first_failures:
+            self.first_failures = window.failures[:1]
+        self.finished.update(window.finished)
+        self.finished_transient += window.finished_transient
+        self.estimated_rows += window.estimated_rows
+        self.estimated_s += window.estimated_s
 
 
 def manifest_line(manifest: Manifest, manifest_path) -> str:
@@ -103,55 +166,37 @@ def manifest_line(manifest: Manifest, manifest_path) -> str:
     return f"manifest: {describe_sources(manifest_path)}: {manifest.num_rows} rows{files}"
 
 
-def out_line(out, work: Work, manifest: Manifest, discarded: bool) -> str:
+def out_line(out, found: DryPlan, discarded: bool) -> str:
     """Rows of this manifest that OUT holds finished, by status; failed ones, and the retryable."""
     if discarded:
         return f"output: {out}: --restart discards its committed work (other settings)"
-    statuses, transient = row_statuses(work, set(manifest.ids))
-    if not statuses:
+    rows = sum(found.finished.values())
+    if not rows:
         return f"output: {out}: nothing committed yet"
-    counts = Counter(statuses.values())
-    failed = counts["error"] + counts["partial"]
-    return (f"output: {out}: {len(statuses)} rows done ({counts_text(counts)}); {failed} failed, "
-            f"{len(transient)} of them retryable (storage_unavailable, read_error: retried by this run)")
+    failed = found.finished["error"] + found.finished["partial"]
+    return (f"output: {out}: {rows} rows done ({counts_text(found.finished)}); {failed} failed, "
+            f"{found.finished_transient} of them retryable (storage_unavailable, read_error: retried by this run)")
 
 
-def row_statuses(work: Work, ids: set[str]) -> tuple[dict[str, str], set[str]]:
-    """Each finished row's status as annotations.parquet would say it, and the rows with a
-    transient failure."""
-    rows = work.progress.rows
-    statuses: dict[str, list[str]] = defaultdict(list)
-    expected, transient = {}, set()
-    for item_id, n, status, error in zip(*(rows.column(c).to_pylist() for c in ("id", "n_segments", "status", "error"))):
-        if item_id in ids:
-            statuses[item_id].append(status)
-            expected[item_id] = n
-            if error in TRANSIENT:
-                transient.add(item_id)
-    finished = {i: s for i, s in statuses.items() if len(s) == expected[i]}
-    return ({i: "ok" if all(x == "ok" for x in s) else "error" if "ok" not in s else "partial"
-             for i, s in finished.items()}, transient & set(finished))
-
-
-def work_lines(work: Work, config: Config, batches: int) -> list[str]:
-    rows = work.row_ids
-    changed = work.progress.changed_ids & rows
-    _, transient = row_statuses(work, rows)
-    notes = [f"{len(changed)} changed since labelled"] if changed else []
-    notes += [f"{len(transient)} retried"] if transient else []
-    notes += [f"{len(work.failures)} cannot be read: error rows"] if work.failures else []
-    todo_s = sum(i.end_s - i.start_s for i in work.todo)
-    lines = [f"to do: {len(rows)} rows{' (' + ', '.join(notes) + ')' if notes else ''}, {len(work.todo)} items "
-             f"(clips and segments of long files), {duration_text(todo_s)} of audio"]
-    chosen_rows = {i.id for i in work.chosen}
-    chosen_s = sum(i.end_s - i.start_s for i in work.chosen)
+def work_lines(found: DryPlan, config: Config) -> list[str]:
+    notes = [f"{found.rows_changed} changed since labelled"] if found.rows_changed else []
+    notes += [f"{found.rows_retried} retried"] if found.rows_retried else []
+    notes += [f"{found.failures} cannot be read: error rows"] if found.failures else []
+    lines = [f"to do: {found.rows_todo} rows{' (' + ', '.join(notes) + ')' if notes else ''}, {found.items_todo} items "
+             f"(clips and segments of long files), {duration_text(found.audio_todo_s)} of audio"]
+    if found.estimated_rows:
+        lines.append(f"estimated: {found.estimated_rows} rows have no duration_s and no duration in OUT; past "
+                     f"{ESTIMATE_PROBES} header reads each is counted at the mean known duration "
+                     f"({duration_text(found.estimated_s)} in all, one item each): a run reads their headers when it "
+                     "reaches them")
     budget = ""
-    if work.limited_by:
-        later = rows - chosen_rows - {r.item.id for r in work.failures}
-        budget = f"; {budget_option(work.limited_by, config)} leaves {len(later)} rows for the next runs"
-    lines.append(f"this run: {len(chosen_rows)} rows to the model ({len(work.chosen)} items, {duration_text(chosen_s)} "
-                 f"of audio) in {batches} batch{'es' * (batches != 1)} of about {config.batch_audio_s:g} s (at most "
-                 f"{config.batch_items} items){budget}")
+    if found.limited_by:
+        later = found.rows_todo - found.rows_taken - found.failures
+        budget = f"; {budget_option(found.limited_by, config)} leaves {later} rows for the next runs"
+    batches = found.batches
+    lines.append(f"this run: {found.rows_taken} rows to the model ({found.items_taken} items, "
+                 f"{duration_text(found.taken_s)} of audio) in {batches} batch{'es' * (batches != 1)} of about "
+                 f"{config.batch_audio_s:g} s (at most {config.batch_items} items){budget}")
     return lines
 
 

@@ -13,6 +13,20 @@ from pipeline.reasons import Failure
 
 
 @dataclass(frozen=True)
+class Source:
+    """What a row's audio was when it was planned (intake/sources.py), recorded with its results."""
+
+    audio: str  # the manifest's audio value
+    duration_s: float | None  # the manifest's duration_s
+    version: str | None  # storage.version of the file; None: no readable file there now
+    sha256: str | None = None  # with verify_content
+
+    def row(self) -> dict:
+        return {"source_audio": self.audio, "source_duration_s": self.duration_s,
+                "source_version": self.version, "source_sha256": self.sha256}
+
+
+@dataclass(frozen=True)
 class Item:
     """One clip or one segment of a long file: at most the 30 s window of audio."""
 
@@ -29,6 +43,9 @@ class Item:
     # a row that could not be planned, None for items from before this was recorded. Results of
     # one row count only when they come from one plan (output/sink.py).
     planned_s: float | None = None
+    # The row's audio as it was planned (None: not recorded, e.g. items built by hand in tests):
+    # committed with the results, so that a later run can tell whether the audio changed since.
+    source: Source | None = None
 
     @property
     def key(self) -> str:

@@ -29,7 +29,8 @@ def test_final_tables_hold_each_current_result_once_in_manifest_order(out, monke
     manifest, sink = _manifest(len(segments)), OutputDir(out)
     current = _sources(manifest, segments)
     planned = [current.planned[i] for i in manifest.ids]
-    totals = final.write_tables(sink, manifest, current, planned, OUTPUT_COLUMNS, TASKS, chunk_rows=400)
+    totals = final.write_tables(sink, manifest, final.RowsNow(sources=current, planned=planned), OUTPUT_COLUMNS,
+                                TASKS, chunk_rows=400)
     annotations = pq.read_table(out / "annotations.parquet")
     written = pq.read_table(out / "segments.parquet")
     assert annotations.column("id").to_pylist() == manifest.ids
@@ -38,9 +39,10 @@ def test_final_tables_hold_each_current_result_once_in_manifest_order(out, monke
     assert written.num_rows == RESULTS == totals.segments
     assert STALE_CAPTION not in written.column("caption").to_pylist()  # results for older audio
     # The same rows as from every result at once, in memory.
-    whole = current_segments(sink.segments(OUTPUT_COLUMNS, current), manifest)
+    rows = next(manifest.batches(rows=manifest.num_rows)).table  # every column, as the final tables read them
+    whole = current_segments(sink.segments(OUTPUT_COLUMNS, current), rows.column("id"))
     assert written.equals(segments_output(whole))
-    assert annotations.equals(annotations_output(whole, manifest, planned, OUTPUT_COLUMNS, TASKS))
+    assert annotations.equals(annotations_output(whole, rows, planned, OUTPUT_COLUMNS, TASKS))
 
 
 def _state(rows):

@@ -19,10 +19,11 @@ def _segment(item_id, status, caption=None, language=None, error=None):
 
 
 def _rows(manifest_table, segments):
-    manifest = Manifest(location("/nowhere/m.parquet"), manifest_table)
+    manifest = Manifest.from_table(location("/nowhere/m.parquet"), manifest_table)
     table = pa.Table.from_pylist(segments, schema=segment_schema(OUTPUT_COLUMNS))
-    found = current_segments(table, manifest)
-    return annotations_output(found, manifest, [2.0] * manifest.num_rows, OUTPUT_COLUMNS, TASKS_RAN).to_pylist()
+    rows = next(manifest.batches()).table  # every column, as the final tables read them
+    found = current_segments(table, rows.column("id"))
+    return annotations_output(found, rows, [2.0] * manifest.num_rows, OUTPUT_COLUMNS, TASKS_RAN).to_pylist()
 
 
 def test_language_is_null_where_the_transcript_did_not_run_and_on_error_rows():
@@ -61,17 +62,19 @@ def test_a_rows_logprob_is_the_mean_over_all_its_segments_tokens():
     (and its end token when it has one), never one segment one vote."""
     from pipeline.output.tables import segments_output
 
-    manifest = Manifest(location("/nowhere/m.parquet"), pa.table({"id": ["long", "bad"], "audio": ["l.wav", "b.wav"]}))
+    manifest = Manifest.from_table(location("/nowhere/m.parquet"),
+                                   pa.table({"id": ["long", "bad"], "audio": ["l.wav", "b.wav"]}))
+    manifest_rows = next(manifest.batches()).table
     first = _answered(_segment("long", "ok", caption="Talk."), 0, 2, sums=-2.0, tokens=3, hit_cap=False)
     second = _answered(_segment("long", "ok", caption="Music."), 1, 2, sums=-1.8, tokens=9, hit_cap=True,
                        looped=True, retried="repetition_penalty=1.2")
     table = pa.Table.from_pylist([first, second, _segment("bad", "error", error="missing_file")],
                                  schema=segment_schema(OUTPUT_COLUMNS))
-    found = current_segments(table, manifest)
+    found = current_segments(table, manifest_rows.column("id"))
     segments = segments_output(found).to_pylist()
     assert [dict(s["logprob"]) for s in segments[:2]] == [{"caption": -2.0 / 4}, {"caption": -1.8 / 9}]
     assert "logprob_sum" not in segments[0] and segments[2]["logprob"] is None
-    rows = annotations_output(found, manifest, [60.0, 1.0], OUTPUT_COLUMNS, TASKS_RAN).to_pylist()
+    rows = annotations_output(found, manifest_rows, [60.0, 1.0], OUTPUT_COLUMNS, TASKS_RAN).to_pylist()
     long, bad = rows
     assert dict(long["logprob"]) == {"caption": (-2.0 - 1.8) / (4 + 9)}  # not (-0.5 - 0.2) / 2
     assert dict(long["answer_tokens"]) == {"caption": 12}

@@ -55,16 +55,15 @@ def _text(rng: np.random.Generator, n: int, words: int) -> list[str]:
 
 
 def _manifest(n: int) -> Manifest:
-    return Manifest(location("/bench/manifest.parquet"), pa.table({
+    return Manifest.from_table(location("/bench/manifest.parquet"), pa.table({
         "id": [f"clip-{i:08d}" for i in range(n)], "audio": [f"audio/clip-{i:08d}.wav" for i in range(n)],
         "duration_s": pa.array(np.full(n, 10.0)), "language": pa.nulls(n, pa.string()),
         "source": [f"src-{i % 97}" for i in range(n)]}))
 
 
 def _sources(manifest: Manifest, segments: np.ndarray) -> CurrentSources:
-    current = CurrentSources(manifest.ids, [Source(a, 10.0, VERSION) for a in manifest.paths], False)
-    current.planned.update(zip(manifest.ids, (segments * 10.0).tolist()))
-    return current
+    return CurrentSources.of(manifest.ids, [Source(a, 10.0, VERSION) for a in manifest.paths], False,
+                             dict(zip(manifest.ids, (segments * 10.0).tolist())))
 
 
 def write_out(out: Path, rows: int) -> None:
@@ -144,7 +143,8 @@ def measure(out: Path, rows: int, phase: str) -> dict:
         found = sink.progress(current)
         detail = {"done_ids": len(found.done_ids), "changed_ids": len(found.changed_ids)}
     else:
-        totals = final.write_tables(sink, manifest, current, planned, OUTPUT_COLUMNS, TASKS)
+        totals = final.write_tables(sink, manifest, final.RowsNow(sources=current, planned=planned), OUTPUT_COLUMNS,
+                                    TASKS)
         detail = {"rows": totals.rows, "segments": totals.segments}
     seconds = time.perf_counter() - started
     return {"phase": phase, "seconds": round(seconds, 2), "cpu_s": round(_cpu_s() - cpu, 2),

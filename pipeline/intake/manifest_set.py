@@ -24,17 +24,17 @@ import fnmatch
 import hashlib
 import os
 import re
-from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pipeline import storage
 from pipeline.intake.embedded.webdataset import expand_braces
-from pipeline.intake.manifest_table import DIGEST_CHARS, ID, Manifest, ManifestError, read_manifest
+from pipeline.intake.manifest_checks import repeated_ids
+from pipeline.intake.manifest_table import DIGEST_CHARS, Manifest, ManifestError, read_manifest
 from pipeline.storage import Location, ObjectPath
 
 _WILDCARD = re.compile(r"[*?[]")
@@ -57,16 +57,20 @@ def read_manifests(sources: str | Path | Location | Sequence[str | Path | Locati
     with ThreadPoolExecutor(_READERS) as pool:
         manifests = list(pool.map(lambda f: read_manifest(f, allow_empty=True, id_column=id_column), files))
     try:
-        table = pa.concat_tables([m.table for m in manifests], promote_options="permissive")
+        schema = pa.unify_schemas([m.schema for m in manifests], promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise ManifestError(f"the manifests under {_describe(sources)} do not fit together: {exc}") from None
-    if table.num_rows == 0:
+    if sum(m.num_rows for m in manifests) == 0:
         raise ManifestError(f"the {len(files)} manifest(s) under {_describe(sources)} have no rows, "
                             "so there is nothing to annotate")
-    _check_unique_ids(manifests)
+    hashes = np.concatenate([m.id_hashes for m in manifests])
+    _check_unique_ids(manifests, hashes)
     digest = hashlib.sha256("\n".join(f"{f}\t{m.digest}" for f, m in zip(files, manifests)).encode())
-    return Manifest(_location(sources[0]) if len(sources) == 1 else _common_folder(files), table, tuple(files),
-                    tuple(m.num_rows for m in manifests), digest.hexdigest()[:DIGEST_CHARS])
+    tables = tuple(m.tables[0] if m.tables else None for m in manifests)
+    return Manifest(_location(sources[0]) if len(sources) == 1 else _common_folder(files), tuple(files),
+                    tuple(m.num_rows for m in manifests), schema, digest.hexdigest()[:DIGEST_CHARS], hashes,
+                    tables if any(t is not None for t in tables) else (),
+                    tuple(f"{m.path}: {w}" for m in manifests for w in m.warnings))
 
 
 def manifest_files(sources: Sequence[str | Path | Location]) -> list[Location]:
@@ -180,17 +184,13 @@ def _kind(where: Location) -> str:
         raise ManifestError(f"cannot read the manifest {where}: {exc}") from None
 
 
-def _check_unique_ids(manifests: list[Manifest]) -> None:
-    where: dict[str, list[str]] = defaultdict(list)
-    ids = pa.chunked_array([m.table.column(ID) for m in manifests], pa.string())
-    counts = pc.value_counts(ids)
-    repeated = set(counts.filter(pc.greater(counts.field("counts"), 1)).field("values").to_pylist())
+def _check_unique_ids(manifests: list[Manifest], hashes: np.ndarray) -> None:
+    """Ids unique across the files (each file's own repeats were found when it was read)."""
+    repeated = repeated_ids(manifests, hashes)
     if not repeated:
         return
-    for manifest in manifests:
-        for found in set(manifest.ids) & repeated:
-            where[found].append(str(manifest.path))
-    shown = "; ".join(f"{i!r} in {', '.join(files)}" for i, files in sorted(where.items())[:_NAMED])
+    shown = "; ".join(f"{i!r} in {', '.join(str(manifests[m].path) for m in where)}"
+                      for i, where in sorted(repeated.items())[:_NAMED])
     more = f" and {len(repeated) - _NAMED} more" if len(repeated) > _NAMED else ""
     raise ManifestError(f"{len(repeated)} id(s) appear in more than one manifest (ids must be unique across "
                         f"them): {shown}{more}")

@@ -1,4 +1,5 @@
-"""Manifests: the Parquet table of audio to annotate, read and validated before any model loads.
+"""Manifests: the Parquet table of audio to annotate, validated before any model loads, then read
+in record batches of the columns each step needs.
 
 Schema (manifests/README.md is the user-facing description):
     id          string, unique, not null, not empty
@@ -9,100 +10,248 @@ Schema (manifests/README.md is the user-facing description):
     language    optional: string (e.g. "en") or null
 Every other column is carried through to the output untouched.
 
-Validation is vectorised with pyarrow.compute, so a million rows check in about a second, and a
-bad manifest stops the run with one message naming the offending ids or rows, never a traceback.
+A Manifest is a handle, not the table: the files, their row counts, the normalised schema, a digest
+of the bytes and each row's id hash (8 bytes a row, what resume and the output join on). Nothing
+holds the manifest's rows: planning reads id, audio and duration_s window by window, the final
+tables read every column chunk by chunk (Manifest.batches). Validation streams the same way
+(manifest_checks.py), so a bad manifest stops the run with one message naming the offending ids or
+rows, never a traceback, whatever its size.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import UserError
+from pipeline.key_index import hash_strings
 from pipeline.storage import Location
 
 ID, AUDIO, DURATION, LANGUAGE = "id", "audio", "duration_s", "language"
 SCHEMA_COLUMNS = (ID, AUDIO, DURATION, LANGUAGE)
+# The types the schema columns are read as (cast from compatible ones: manifest_checks.py).
+SCHEMA_TYPES = {ID: pa.string(), AUDIO: pa.string(), DURATION: pa.float64(), LANGUAGE: pa.string()}
 DIGEST_CHARS = 20
-_EXAMPLES = 10  # offending ids shown per problem; the message also gives the total count
+BATCH_ROWS = 65_536  # rows per batch read (a manifest file's row groups are joined or cut to this)
+_DIGEST_BLOCK = 8 << 20
 
 
 class ManifestError(UserError):
     """A manifest that cannot be used; the message names the offending ids or rows."""
 
 
+@dataclass(frozen=True)
+class ManifestBatch:
+    """Consecutive rows of one manifest file: rows [start, start + table.num_rows) of the manifest."""
+
+    start: int
+    file: int  # index in Manifest.files
+    table: pa.Table
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.table.num_rows
+
+
 @dataclass(frozen=True, eq=False)
 class Manifest:
-    """A validated manifest. `table` holds id, audio and language as string and duration_s as
-    float64 (cast from compatible types); other columns are exactly as read. Several manifest
-    files read as one (intake/manifest_set.py) keep, in `files` and `file_rows`, which file each row
-    came from: relative audio paths resolve against their own file's folder."""
+    """A validated manifest (read_manifest, manifest_set.read_manifests). Several manifest files read
+    as one keep, in `files` and `file_rows`, which file each row came from: relative audio paths
+    resolve against their own file's folder. `tables` holds a file's rows themselves where they
+    were made in memory (a shard that holds its audio: intake/embedded, whose rows are built from
+    it without its bytes; a manifest made from a table in tests); other files are read batch by
+    batch."""
 
     path: Location  # a local file or an s3:// object; for several files, what named them (folder or glob)
-    table: pa.Table
-    files: tuple[Location, ...] = ()  # the files read, in row order (empty: just `path`)
-    file_rows: tuple[int, ...] = ()  # rows of each of `files`
-    digest: str = ""  # of the bytes read: every file's name and bytes for several (intake/manifest_set.py)
+    files: tuple[Location, ...]  # the files read, in row order
+    file_rows: tuple[int, ...]  # rows of each of `files`
+    schema: pa.Schema  # id, audio (and duration_s, language where present) as SCHEMA_TYPES, the rest as read
+    digest: str = ""  # of the bytes read: every file's name and bytes for several (manifest_set.py)
+    id_hashes: np.ndarray | None = None  # each row's key_index.hash_strings(id)
+    tables: tuple[pa.Table | None, ...] = ()  # per file: its rows in memory, or None (read from the file)
+    warnings: tuple[str, ...] = ()  # duration_s values that cannot be right (manifest_checks.py)
+
+    @classmethod
+    def from_table(cls, path: Location, table: pa.Table, digest: str = "") -> Manifest:
+        """A manifest of rows already in memory (already normalised and checked)."""
+        return cls(path, (path,), (table.num_rows,), table.schema, digest,
+                   hash_strings(table.column(ID)), (table,))
 
     @property
     def num_rows(self) -> int:
-        return self.table.num_rows
+        return sum(self.file_rows)
 
     @property
     def base_dir(self) -> Location:
         """Where relative audio paths of a single manifest resolve when no audio root is set (a
-        folder or a prefix); see base_dirs for several."""
+        folder or a prefix); base_dir_of gives each file's."""
         return self.path.parent
 
-    @cached_property
-    def row_files(self) -> list[Location]:
-        """The manifest file each row came from."""
-        if not self.files:
-            return [self.path] * self.num_rows
-        return [f for f, n in zip(self.files, self.file_rows) for _ in range(n)]
-
-    @property
-    def base_dirs(self) -> list[Location]:
-        """Each row's base folder for relative audio paths: its own manifest file's folder."""
-        return [f.parent for f in self.row_files]
-
-    @cached_property
-    def ids(self) -> list[str]:
-        return self.table.column(ID).to_pylist()
-
-    @cached_property
-    def paths(self) -> list[str]:
-        return self.table.column(AUDIO).to_pylist()
-
-    @cached_property
-    def durations(self) -> list[float | None]:
-        return self._optional(DURATION)
-
-    @cached_property
-    def languages(self) -> list[str | None]:
-        return self._optional(LANGUAGE)
+    def base_dir_of(self, file: int) -> Location:
+        """The folder relative audio paths of rows from files[file] resolve against."""
+        return self.files[file].parent
 
     @property
     def passthrough_columns(self) -> list[str]:
-        return [name for name in self.table.column_names if name not in SCHEMA_COLUMNS]
+        return [name for name in self.schema.names if name not in SCHEMA_COLUMNS]
 
-    def _optional(self, name: str) -> list:
-        if name in self.table.column_names:
-            return self.table.column(name).to_pylist()
-        return [None] * self.num_rows
+    @property
+    def columns(self) -> list[str]:
+        """Every column the output carries: the schema columns (optional ones as nulls where the
+        manifest lacks them), then the pass-through columns."""
+        return [*SCHEMA_COLUMNS, *self.passthrough_columns]
 
-    def subset(self, rows: list[int]) -> Manifest:
-        """These rows only, in this order (e.g. the rows of one run's delta)."""
-        files = self.row_files
-        return Manifest(self.path, self.table.take(pa.array(rows, pa.int64())), tuple(files[r] for r in rows),
-                        (1,) * len(rows), self.digest)
+    def field(self, name: str) -> pa.Field:
+        if name in self.schema.names:
+            return self.schema.field(name)
+        if name in SCHEMA_TYPES:
+            return pa.field(name, SCHEMA_TYPES[name])
+        raise KeyError(name)
+
+    def batches(self, columns: Sequence[str] | None = None, rows: int = BATCH_ROWS, start: int = 0,
+                stop: int | None = None) -> Iterator[ManifestBatch]:
+        """Rows [start, stop) in order, in batches of at most `rows` rows from one file, with these
+        columns (default: Manifest.columns) as the schema says (optional ones null where absent)."""
+        columns = list(columns) if columns is not None else self.columns
+        stop = self.num_rows if stop is None else min(stop, self.num_rows)
+        offset = 0
+        for file, count in enumerate(self.file_rows):
+            first, offset = offset, offset + count
+            if offset <= start or first >= stop or count == 0:
+                continue
+            pieces = self._file_batches(file, columns, max(0, start - first), min(count, stop - first))
+            for at, table in _rebatched(pieces, rows):
+                yield ManifestBatch(first + at, file, self._normalised(table, columns))
+
+    def read_rows(self, rows: np.ndarray, columns: Sequence[str] | None = None) -> pa.Table:
+        """These rows (ascending positions) with these columns, reading only the batches that hold them."""
+        rows = np.asarray(rows, np.int64)
+        if not len(rows):
+            return pa.schema([self.field(c) for c in (columns or self.columns)]).empty_table()
+        found = []
+        for batch in self.batches(columns, start=int(rows[0]), stop=int(rows[-1]) + 1):
+            inside = rows[(rows >= batch.start) & (rows < batch.stop)] - batch.start
+            if len(inside):
+                found.append(batch.table.take(pa.array(inside)))
+        return pa.concat_tables(found)
+
+    def _file_batches(self, file: int, columns: list[str], start: int, stop: int) -> Iterator[tuple[int, pa.Table]]:
+        """(row within the file, table) for the file's rows [start, stop), row group by row group."""
+        held = self.tables[file] if self.tables else None
+        if held is not None:
+            present = [c for c in columns if c in held.column_names]
+            yield start, held.select(present).slice(start, stop - start)
+            return
+        with open_parquet(self.files[file]) as parquet:
+            present = [c for c in columns if c in parquet.schema_arrow.names]
+            at = 0
+            for group in range(parquet.num_row_groups):
+                group_rows = parquet.metadata.row_group(group).num_rows
+                first, at = at, at + group_rows
+                if at <= start or first >= stop:
+                    continue
+                # Streamed within a row group too: a file written as one huge group costs a batch.
+                batch_at = first
+                for batch in parquet.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=present):
+                    lo, hi = max(start, batch_at), min(stop, batch_at + batch.num_rows)
+                    if lo < hi:
+                        yield lo, pa.Table.from_batches([batch]).slice(lo - batch_at, hi - lo)
+                    batch_at += batch.num_rows
+
+    def _normalised(self, table: pa.Table, columns: list[str]) -> pa.Table:
+        arrays, fields = [], []
+        for name in columns:
+            field = self.field(name)
+            if name in table.column_names:
+                column = table.column(name)
+                arrays.append(column if column.type == field.type else column.cast(field.type))
+            else:
+                arrays.append(pa.nulls(table.num_rows, field.type))
+            fields.append(field)
+        return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+    # --- whole columns, for small manifests (tests, `manifest validate`): the driver never uses these ---
+
+    @cached_property
+    def table(self) -> pa.Table:
+        """Every row and column in memory: for small manifests only."""
+        return pa.concat_tables([b.table for b in self.batches()]) if self.num_rows else \
+            pa.schema([self.field(c) for c in self.columns]).empty_table()
+
+    @property
+    def ids(self) -> list[str]:
+        return self.table.column(ID).to_pylist()
+
+    @property
+    def paths(self) -> list[str]:
+        return self.table.column(AUDIO).to_pylist()
+
+    @property
+    def durations(self) -> list[float | None]:
+        return self.table.column(DURATION).to_pylist()
+
+    @property
+    def languages(self) -> list[str | None]:
+        return self.table.column(LANGUAGE).to_pylist()
+
+    @property
+    def base_dirs(self) -> list[Location]:
+        """Each row's base folder for relative audio paths (base_dir_of its file)."""
+        return [self.base_dir_of(f) for f, n in enumerate(self.file_rows) for _ in range(n)]
+
+
+def _rebatched(pieces: Iterator[tuple[int, pa.Table]], rows: int) -> Iterator[tuple[int, pa.Table]]:
+    """Consecutive tables joined and cut into tables of `rows` rows (the last may be shorter)."""
+    pending: list[pa.Table] = []
+    pending_rows, at = 0, None
+    for start, table in pieces:
+        if at is None:
+            at = start
+        pending.append(table)
+        pending_rows += table.num_rows
+        while pending_rows >= rows:
+            joined = pa.concat_tables(pending) if len(pending) > 1 else pending[0]
+            yield at, joined.slice(0, rows)
+            at += rows
+            rest = joined.slice(rows)
+            pending, pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+    if pending_rows:
+        yield at, pa.concat_tables(pending) if len(pending) > 1 else pending[0]
+
+
+class open_parquet:
+    """A manifest file opened for reading (a context manager): local or on object storage."""
+
+    def __init__(self, where: Location):
+        self.where = where
+        self.source = None
+
+    def __enter__(self) -> pq.ParquetFile:
+        fs, path = storage.filesystem(self.where)
+        self.source = fs.open_input_file(path)
+        # ParquetFile, not read_table: a single file, no dataset or partition guessing from its path.
+        return pq.ParquetFile(self.source)
+
+    def __exit__(self, *exc) -> None:
+        if self.source is not None:
+            self.source.close()
+
+
+def file_digest(where: Location) -> str:
+    """SHA-256 of a manifest file's bytes, read in blocks (a finished run's manifest told from a
+    changed one)."""
+    digest = hashlib.sha256()
+    for block in storage.read_blocks(where, _DIGEST_BLOCK):
+        digest.update(block)
+    return digest.hexdigest()[:DIGEST_CHARS]
 
 
 def read_manifest(path: str | Path | Location, allow_empty: bool = False, id_column: str | None = None) -> Manifest:
@@ -110,181 +259,18 @@ def read_manifest(path: str | Path | Location, allow_empty: bool = False, id_col
     every problem found. allow_empty: a file with no rows is valid (one of several manifests, e.g.
     a day with no new audio). A Parquet file whose audio column holds the audio itself, or a
     WebDataset tar shard, reads as its rows (intake/embedded; id_column: where their ids are)."""
+    from pipeline.intake.manifest_checks import check_file
+
     try:
         path = storage.location(path)
     except storage.UnsupportedLocation as exc:
         raise ManifestError(str(exc)) from None
-    table, digest = _read_shard(path, id_column) or _read_table(path)
-    table = _normalise_types(table, path)
-    problems = _row_problems(table, allow_empty)
-    if problems:
-        raise ManifestError(f"{path} is not a valid manifest (rows count from 0):\n"
-                            + "\n".join(f"  - {p}" for p in problems))
-    return Manifest(path, table, (path,), (table.num_rows,), digest)
-
-
-def _read_shard(path: Location, id_column: str | None) -> tuple[pa.Table, str] | None:
-    """A shard's rows (never its audio bytes) and a digest of its version, or None for a manifest
-    that lists audio by path."""
-    from pipeline.intake.embedded import parquet_shards, webdataset
-
-    if not webdataset.is_tar(path) and not parquet_shards.holds_audio_bytes(path):
-        return None
-    try:
-        if webdataset.is_tar(path):
-            table, _, digest = webdataset.shards_table([path], id_column)
-        else:
-            table, digest = parquet_shards.shard_table(path, id_column)
-    except parquet_shards.ShardError as exc:
-        raise ManifestError(str(exc)) from None
-    except (storage.StorageError, PermissionError) as exc:
-        raise ManifestError(f"cannot read the shard {path}: {exc}") from None
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise ManifestError(f"{path} is not a readable shard: {exc}") from None
-    return table, digest[:DIGEST_CHARS]
-
-
-def _read_table(path: Location) -> tuple[pa.Table, str]:
-    """The file's table and a digest of its bytes (read once: the digest tells a finished run's
-    manifest from a changed one)."""
-    try:
-        found = storage.info(path)
-        if found.kind == "missing":
-            missing = storage.missing_detail(path) if isinstance(path, storage.ObjectPath) else f"{path} does not exist"
-            raise ManifestError(f"manifest {missing}")
-        if found.kind == "dir":
-            raise ManifestError(f"{path} is a folder; give the manifest's .parquet file")
-        data = storage.read_bytes(path)
-        # ParquetFile, not read_table: a single file, no dataset or partition guessing from its path.
-        return pq.ParquetFile(pa.BufferReader(data)).read(), hashlib.sha256(data).hexdigest()[:DIGEST_CHARS]
-    except (storage.StorageError, PermissionError) as exc:
-        raise ManifestError(f"cannot read the manifest {path}: {exc}") from None
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise ManifestError(f"{path} is not a readable Parquet file: {exc}") from None
-
-
-def _normalise_types(table: pa.Table, path: Path) -> pa.Table:
-    names = table.column_names
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise ManifestError(f"{path}: column(s) {repeated} appear more than once")
-    missing = [c for c in (ID, AUDIO) if c not in names]
-    if missing:
-        near = [n for n in names if n.strip().lower() in missing]
-        hint = f" (column names are case-sensitive: found {near})" if near else ""
-        raise ManifestError(f"{path}: missing required column(s) {missing}; it has {names[:20]}{hint}")
-    problems = []
-    for name, target in ((ID, pa.string()), (AUDIO, pa.string()), (DURATION, pa.float64()),
-                         (LANGUAGE, pa.string())):
-        if name not in names:
-            continue
-        column = table.column(name)
-        if _castable(column.type, target):
-            table = table.set_column(names.index(name), name, column.cast(target))
-        else:
-            problems.append(_type_problem(name, column.type))
-    if problems:
-        raise ManifestError(f"{path} has columns of the wrong type:\n"
-                            + "\n".join(f"  - {p}" for p in problems))
-    return table
-
-
-def _castable(source: pa.DataType, target: pa.DataType) -> bool:
-    """Only lossless, unsurprising casts: string flavours to string, numbers to float seconds."""
-    if pa.types.is_dictionary(source):
-        source = source.value_type
-    if pa.types.is_null(source):  # a column that is entirely null
-        return True
-    if pa.types.is_string(target):
-        return any(check(source) for check in (pa.types.is_string, pa.types.is_large_string,
-                                                pa.types.is_string_view))
-    return pa.types.is_integer(source) or pa.types.is_floating(source)
-
-
-def _type_problem(name: str, found: pa.DataType) -> str:
-    if name == ID and pa.types.is_integer(found):
-        # Not cast silently: zero-padded ids ("00042") would already have lost their zeros, and
-        # the output's ids must equal what the user wrote.
-        return (f"column 'id' has type {found}; ids must be strings. Cast them before writing the "
-                f"manifest, e.g. pandas: df['id'] = df['id'].astype(str); pyarrow: "
-                f"table.set_column(table.schema.get_field_index('id'), 'id', table['id'].cast(pa.string()))")
-    if name == DURATION:
-        return f"column 'duration_s' has type {found}; it must hold seconds as numbers (float or int) or null"
-    what = {ID: "ids must be strings", AUDIO: "audio paths must be strings",
-            LANGUAGE: "languages must be strings (e.g. 'en') or null"}[name]
-    return f"column '{name}' has type {found}; {what}"
-
-
-def _row_problems(table: pa.Table, allow_empty: bool = False) -> list[str]:
-    if table.num_rows == 0:
-        return [] if allow_empty else ["it has no rows, so there is nothing to annotate"]
-    ids = table.column(ID)
-    problems = []
-
-    def report(mask, what, values=None):
-        rows = pc.indices_nonzero(pc.fill_null(mask, False).combine_chunks())
-        if len(rows):
-            problems.append(_describe(ids, rows, what, values))
-
-    report(pc.is_null(ids), "a null id")
-    report(pc.equal(pc.utf8_length(ids), 0), "an empty id")
-    counts = pc.value_counts(ids.drop_null())
-    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
-    if len(repeated):
-        values = repeated.field("values")[:_EXAMPLES].to_pylist()
-        shown = ", ".join(f"{v!r} ({c} rows)" for v, c in zip(values, repeated.field("counts").to_pylist()))
-        more = f" and {len(repeated) - _EXAMPLES} more" if len(repeated) > _EXAMPLES else ""
-        problems.append(f"{_count(len(repeated), 'id')} appear{'s' if len(repeated) == 1 else ''} "
-                        f"more than once: {shown}{more}")
-    paths = table.column(AUDIO)
-    report(pc.is_null(paths), "a null audio path")
-    report(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(paths)), 0), "an empty audio path")
-    if DURATION in table.column_names:
-        durations = table.column(DURATION)
-        report(pc.invert(pc.is_finite(durations)),
-               "a duration_s that is NaN or infinite (use null for an unknown duration)", durations)
-        report(pc.less(durations, 0), "a negative duration_s", durations)
-    return problems
-
-
-# duration_s values that cannot be right: a day or more for one recording; and a column of whole
-# numbers whose median is 1000 or more (17 minutes a clip), which is milliseconds written as seconds.
-IMPLAUSIBLE_S = 24 * 3600.0
-MILLISECONDS_MEDIAN = 1000.0
+    return check_file(path, allow_empty, id_column)
 
 
 def duration_warnings(manifest: Manifest) -> list[str]:
-    """duration_s values that cannot be right, each warning naming rows (vectorised). They are not
-    errors: a file shorter than its plan is planned again from its decoded length and annotated
-    whole, but the work budgets, the progress bar and the time estimate go by these values."""
-    table = manifest.table
-    if DURATION not in table.column_names:
-        return []
-    durations, warnings = table.column(DURATION), []
-    over = pc.indices_nonzero(pc.fill_null(pc.greater(durations, IMPLAUSIBLE_S), False).combine_chunks())
-    if len(over):
-        warnings.append(_describe(table.column(ID), over, "a duration_s over 24 hours", durations))
-    known = durations.filter(pc.fill_null(pc.greater(durations, 0), False))
-    if len(known) and pc.all(pc.equal(pc.floor(known), known)).as_py():
-        median = pc.quantile(known, q=0.5, interpolation="lower")[0].as_py()
-        if median >= MILLISECONDS_MEDIAN:
-            warnings.append(f"duration_s holds whole numbers with a median of {median:g}: these look like "
-                            "milliseconds, not seconds (divide them by 1000)")
-    return warnings
-
-
-def _describe(ids: pa.ChunkedArray, rows: pa.Array, what: str, values=None) -> str:
-    shown_rows = rows[:_EXAMPLES]
-    shown_ids = ids.take(shown_rows).to_pylist()
-    shown_values = values.take(shown_rows).to_pylist() if values is not None else [None] * len(shown_ids)
-    parts = []
-    for row, id_, value in zip(shown_rows.to_pylist(), shown_ids, shown_values):
-        where = f"row {row}" + (f": {value}" if values is not None else "")
-        parts.append(f"{id_!r} ({where})" if id_ else where)
-    more = f" and {len(rows) - _EXAMPLES} more" if len(rows) > _EXAMPLES else ""
-    verb = "has" if len(rows) == 1 else "have"
-    return f"{_count(len(rows), 'row')} {verb} {what}: {', '.join(parts)}{more}"
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n} {noun}" + ("" if n == 1 else "s")
+    """duration_s values that cannot be right, found when the manifest was checked (each warning
+    naming rows). They are not errors: a file shorter than its plan is planned again from its
+    decoded length and annotated whole, but the work budgets, the progress bar and the time
+    estimate go by these values."""
+    return list(manifest.warnings)

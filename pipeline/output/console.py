@@ -100,10 +100,16 @@ def counts_text(counts: dict[str, int], limit: int | None = None) -> str:
 
 
 def start_line(rows_todo: int, rows_total: int, audio_s: float, workers: int, npu: bool, dtype: str,
-               decoding: str | None = None, ray_cluster: str | None = None) -> str:
+               decoding: str | None = None, ray_cluster: str | None = None, window: int | None = None) -> str:
     """decoding: the decoding in effect with where each value came from (ResolvedDecoding.describe);
-    ray_cluster: which Ray the run uses (run/ray_address.describe)."""
+    ray_cluster: which Ray the run uses (run/ray_address.describe). window: the manifest is planned
+    this many rows at a time and the figures are the first window's (the rest is planned as the
+    workers go)."""
     where = f"{workers} worker{'s' * (workers != 1)} on {'Ascend NPUs' if npu else 'CPU'}, {dtype}"
+    if window is not None:
+        return (f"annotating {rows_total} rows, planned {window} at a time as the workers go (the first "
+                f"{window}: {rows_todo} rows left, {duration_text(audio_s)} of audio) with {where}" +
+                (f"; Ray: {ray_cluster}" if ray_cluster else "") + (f"; decoding: {decoding}" if decoding else ""))
     if rows_todo == 0:
         return f"all {rows_total} rows were annotated by an earlier run; writing the outputs"
     rows = f"{rows_todo} rows" if rows_todo == rows_total else f"{rows_todo} of {rows_total} rows left"
@@ -118,13 +124,15 @@ def budget_line(limited_by: str, config, rows_later: int) -> str:
     return f"{budget}: {rows_later} more rows are left for the next runs"
 
 
-def warn_unreadable(console: Console, failures: list) -> None:
+def warn_unreadable(console: Console, failures: list, reasons: Counter | None = None) -> None:
     """Rows that fail before any model work (bad paths, unreadable headers; their ItemResults), said
-    at the start: a wrong audio root shows in seconds, not in the summary hours later."""
+    at the start: a wrong audio root shows in seconds, not in the summary hours later. reasons: the
+    count by reason when failures holds only the first ones."""
     if failures:
         first = failures[0]
-        console.warning(f"{len(failures)} rows cannot be read and become error rows "
-                        f"({counts_text(Counter(r.error for r in failures), TOP_REASONS)}); "
+        reasons = reasons if reasons is not None else Counter(r.error for r in failures)
+        console.warning(f"{sum(reasons.values())} rows cannot be read and become error rows "
+                        f"({counts_text(reasons, TOP_REASONS)}); "
                         f"first: {first.item.id}: {first.error_detail}")
 
 

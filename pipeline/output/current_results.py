@@ -35,11 +35,14 @@ class CurrentResults:
     def __init__(self, planned: Mapping[str, float]):
         self._planned = _lookup_table(planned)
 
-    def mask(self, table: pa.Table) -> pa.BooleanArray:
-        """Which rows of table count (every result of the rows concerned must be in table)."""
+    def mask(self, table: pa.Table, plan_now: pa.Array | None = None) -> pa.BooleanArray:
+        """Which rows of table count (every result of the rows concerned must be in table).
+        plan_now: each row's row's planned duration now (null: not known), instead of looking it
+        up by id in `planned` (a caller that knows each result's manifest row)."""
         if not table.num_rows:
             return pa.array([], pa.bool_())
-        plan_now = _look_up(self._planned, table.column("id"), "value")
+        if plan_now is None:
+            plan_now = _look_up(self._planned, table.column("id"), "value")
         plan = table.column("planned_s")
         candidates = pc.and_(pc.is_valid(plan), pc.is_null(plan_now))
         ranked = _ranked(table)

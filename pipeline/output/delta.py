@@ -17,31 +17,38 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 import time
-from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.intake.manifest_table import Manifest
-from pipeline.intake.sources import CurrentSources
-from pipeline.output.sink import OutputDir, Progress
+from pipeline.key_index import hash_strings
+from pipeline.output.committed import run_number
+from pipeline.output.final import CHUNK_ROWS, RowsNow, current_by_chunk
+from pipeline.output.sink import OutputDir
 from pipeline.output.tables import annotations_output, current_segments
 from pipeline.storage import Location
 
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"  # sorts as time does; no ':' (awkward in file names and URLs)
 _NAME = re.compile(r"^(\d{8}T\d{6}Z)\.parquet$")
 METADATA_KEY = b"pipeline.run"
+_READ_ROWS = 262_144
 
 
-def run_stamp(started: float, taken: set[str]) -> str:
+def run_stamp(started: float, taken: set[str], taken_numbers: set[int] = frozenset()) -> str:
     """The invocation's UTC start to the second, one second later while a stamp is taken (two
-    invocations within one second)."""
+    invocations within one second): a runs/ file's (taken), or results' (taken_numbers: run_number)."""
     while True:
         stamp = time.strftime(STAMP_FORMAT, time.gmtime(started))
-        if stamp not in taken:
+        if stamp not in taken and int(stamp[:8] + stamp[9:15]) not in taken_numbers:
             return stamp
         started += 1
 
@@ -50,51 +57,100 @@ def written_stamps(sink: OutputDir) -> set[str]:
     return {m.group(1) for m in map(_NAME.match, storage.list_names(sink.runs)) if m}
 
 
-def delta_ids(rows: pa.Table, written: set[str]) -> set[str]:
-    """Ids whose every segment has a result and whose latest result's run has no runs/ file yet.
-    rows: one current result per key (sink.Progress.rows). Results from before runs were recorded
-    (no stamp) belong to no delta."""
-    segments: dict[str, int] = defaultdict(int)
-    expected: dict[str, int] = {}
-    latest: dict[str, str] = {}
-    columns = (rows.column(name).to_pylist() for name in ("id", "n_segments", "run"))
-    for item_id, n, run in zip(*columns):
-        segments[item_id] += 1
-        expected[item_id] = n
-        latest[item_id] = max(latest.get(item_id, ""), run or "")
-    return {i for i, count in segments.items() if count == expected[i] and latest[i] and latest[i] not in written}
-
-
 @dataclass(frozen=True)
 class DeltaWritten:
     location: Location | None  # None: no row completed since the last runs/ file
-    statuses: list[str]  # each of its rows' status, for the error gate
+    rows: int = 0  # rows in it
+    failed: int = 0  # of them, rows whose status is not ok (the error gate's measure)
 
 
-def write_run_delta(sink: OutputDir, manifest: Manifest, sources: CurrentSources, planned: list,
-                    columns: dict[str, str], tasks: list[str], stamp: str, run: dict,
-                    after: Progress | None = None) -> DeltaWritten:
+def unwritten_ids(sink: OutputDir, written: set[str]) -> np.ndarray:
+    """Hashes of the ids with a result whose run has no runs/ file yet (a light pass over OUT)."""
+    found = []
+    for batch in sink.state_batches(("id", "run"), _READ_ROWS):
+        runs = batch.column("run")
+        new = pc.and_(pc.is_valid(runs), pc.invert(pc.is_in(runs, value_set=pa.array(sorted(written), pa.string()))))
+        ids = batch.column("id").filter(new)
+        if len(ids):
+            found.append(np.unique(hash_strings(ids)))
+    return np.unique(np.concatenate(found)) if found else np.zeros(0, np.uint64)
+
+
+def _completed_rows(table: pa.Table, n: int, written: set[str]) -> np.ndarray:
+    """Rows (of a chunk of n) whose every segment has a result and whose latest result's run has
+    no runs/ file yet; table: the chunk's current results (tables.current_segments)."""
+    rows = table.column("row").to_numpy()
+    counts = np.bincount(rows, minlength=n)
+    expected = np.zeros(n, np.int64)
+    np.maximum.at(expected, rows, table.column("n_segments").to_numpy().astype(np.int64))
+    latest = np.zeros(n, np.int64)
+    numbers = run_number(table.column("run"))
+    np.maximum.at(latest, rows, numbers)
+    done = (counts > 0) & (counts == expected) & (latest > 0)
+    stamps = run_number(pa.array(sorted(written), pa.string())) if written else np.zeros(0, np.int64)
+    return np.flatnonzero(done & ~np.isin(latest, stamps))
+
+
+def write_run_delta(sink: OutputDir, manifest: Manifest, now: RowsNow, columns: dict[str, str], tasks: list[str],
+                    stamp: str, run: dict, chunk_rows: int = CHUNK_ROWS) -> DeltaWritten:
     """OUT/runs/<stamp>.parquet: every row completed since the last runs/ file, with its
-    annotations. sources, planned: every row's audio now and its planned duration (planning's
-    Work); after: OUT's progress now, if read."""
-    after = after or sink.progress(sources)
-    ids = delta_ids(after.rows, written_stamps(sink))
-    rows = [r for r, item_id in enumerate(manifest.ids) if item_id in ids]
-    if not rows:
-        return DeltaWritten(None, [])
-    subset = manifest.subset(rows)
-    segments = current_segments(sink.segments(columns, sources, ids=subset.ids), subset)
-    table = annotations_output(segments, subset, [planned[r] for r in rows], columns, tasks)
-    where = write(sink, stamp, table, {**run, "stamp": stamp, "rows": len(rows)})
-    return DeltaWritten(where, table.column("status").to_pylist())
+    annotations, in manifest order. now: each row's sources as planning found them. Streamed: the
+    rows are found chunk by chunk of the manifest (output/final.py) among the ids that have a
+    result of a run without a file, and written through a local file first (its row count goes in
+    the metadata)."""
+    written = written_stamps(sink)
+    candidates = unwritten_ids(sink, written)
+    if not len(candidates):
+        return DeltaWritten(None)
+    in_manifest = np.flatnonzero(np.isin(manifest.id_hashes, candidates))
+    chunks = set((in_manifest // chunk_rows).tolist())
+
+    def candidate(table: pa.Table) -> np.ndarray:
+        return np.isin(hash_strings(table.column("id")), candidates)
+
+    scratch = Path(tempfile.mkdtemp(prefix="pipeline-delta-"))
+    rows, failed, writer = 0, 0, None
+    try:
+        for start, manifest_rows, table in current_by_chunk(sink, manifest, now, columns, chunk_rows, candidate, chunks):
+            found = current_segments(table, manifest_rows.column("id"))
+            completed = _completed_rows(found, manifest_rows.num_rows, written)
+            if not len(completed):
+                continue
+            chosen = manifest_rows.take(pa.array(completed))
+            segments = current_segments(found, chosen.column("id"))
+            planned = now.planned(start, manifest_rows.num_rows)
+            planned = [planned[r] for r in completed.tolist()]
+            part = annotations_output(segments, chosen, planned, columns, tasks)
+            if writer is None:
+                writer = pq.ParquetWriter(scratch / "delta.parquet", part.schema)
+            writer.write_table(part)
+            rows += part.num_rows
+            failed += int(pc.sum(pc.not_equal(part.column("status"), "ok")).as_py() or 0)
+        if writer is None:
+            return DeltaWritten(None)
+        writer.close()
+        writer = None
+        where = write(sink, stamp, pq.ParquetFile(scratch / "delta.parquet"), {**run, "stamp": stamp, "rows": rows})
+        return DeltaWritten(where, rows, failed)
+    finally:
+        if writer is not None:
+            writer.close()
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
-def write(sink: OutputDir, stamp: str, rows: pa.Table, run: dict) -> Location:
-    """Write one invocation's delta; run: what to record about the invocation (see last_run)."""
+def write(sink: OutputDir, stamp: str, rows: pa.Table | pq.ParquetFile, run: dict) -> Location:
+    """Write one invocation's delta (rows: a table, or a local Parquet file streamed batch by batch);
+    run: what to record about the invocation (see last_run)."""
     where = sink.runs / f"{stamp}.parquet"
     storage.make_dirs(sink.runs)
-    table = rows.replace_schema_metadata({**(rows.schema.metadata or {}), METADATA_KEY: json.dumps(run).encode()})
-    storage.write_table(where, table, compression="zstd")
+    schema = rows.schema_arrow if isinstance(rows, pq.ParquetFile) else rows.schema
+    schema = schema.with_metadata({**(schema.metadata or {}), METADATA_KEY: json.dumps(run).encode()})
+    with storage.table_writer(where, schema, compression="zstd") as writer:
+        if isinstance(rows, pq.ParquetFile):
+            for batch in rows.iter_batches():
+                writer.write_table(pa.Table.from_batches([batch]).replace_schema_metadata(schema.metadata))
+        else:
+            writer.write_table(rows.replace_schema_metadata(schema.metadata))
     return where
 
 

@@ -41,3 +41,8 @@ class GateResult:
 def judge(statuses: Iterable[str], max_error_rate: float | None) -> GateResult:
     statuses = list(statuses)
     return GateResult(len(statuses), sum(s != "ok" for s in statuses), max_error_rate)
+
+
+def judge_counts(rows: int, failed: int, max_error_rate: float | None) -> GateResult:
+    """judge, from the counts (an invocation's runs/ file: output/delta.DeltaWritten)."""
+    return GateResult(rows, failed, max_error_rate)

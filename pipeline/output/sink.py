@@ -53,6 +53,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -60,8 +61,9 @@ import pyarrow.parquet as pq
 
 from pipeline import storage
 from pipeline.errors import UserError
-from pipeline.intake.sources import SOURCE_COLUMNS, SOURCE_FIELDS, CurrentSources, Source
-from pipeline.items import ItemResult
+from pipeline.intake.sources import SOURCE_COLUMNS, SOURCE_FIELDS, CurrentSources
+from pipeline.items import ItemResult, Source
+from pipeline.key_index import hash_strings
 from pipeline.output import answer_columns
 from pipeline.output.current_results import current_results
 from pipeline.reasons import TRANSIENT
@@ -137,7 +139,7 @@ def results_table(results: list[ItemResult], columns: dict[str, str], stats: dic
         row["planned_s"] = r.item.planned_s
         if provenance is not None:
             row["run"] = provenance.run
-            source = provenance.sources.get(r.item.id)
+            source = r.item.source if r.item.source is not None else provenance.sources.get(r.item.id)
             if source is not None:
                 row.update(source.row())
         rows.append(row)
@@ -172,7 +174,10 @@ class OutputDir:
         self.commits = self.path / "commits"
         self.runs = self.path / "runs"
         self.durations = self.path / "durations"  # intake/durations.py
-        self._keys: set[str] | None = None  # keys with a lasting committed result, once read
+        # This run's commits, as hashes of the keys with a lasting result: a key committed twice by one
+        # run is a planning bug, refused (8 bytes a key; no object per key).
+        self._committed_now: list[np.ndarray] = []
+        self._forgotten: set[str] = set()  # rows planned again in this run: their keys may come again
         self.provenance: Provenance | None = None  # recorded with every commit (see record_provenance)
 
     # --- identity and resume ------------------------------------------------------------------
@@ -211,7 +216,7 @@ class OutputDir:
         storage.delete_tree(self.commits)
         for name in (*FINAL_FILES, "state.json"):
             storage.delete(self.path / name)
-        self._keys = None
+        self._committed_now = []
 
     def settings_conflict(self, fingerprint: str, settings: dict) -> list[str] | None:
         """The settings that differ from the committed work's, or None when there is none to
@@ -266,10 +271,18 @@ class OutputDir:
         fs, _ = storage.filesystem(self.parts)
         return ds.dataset([storage.filesystem(p)[1] for p in parts], schema=schema, filesystem=fs, format="parquet")
 
+    def state_batches(self, columns, batch_rows: int) -> Iterable[pa.RecordBatch]:
+        """The committed parts' light columns (never the annotations), batch by batch."""
+        schema = segment_schema({})
+        dataset = self._dataset(pa.schema([schema.field(name) for name in _STATE_COLUMNS]))
+        if dataset is not None:
+            yield from dataset.to_batches(columns=list(columns), batch_size=batch_rows)
+
     def progress(self, current: CurrentSources | None = None, retry_errors: Collection[str] = ()) -> Progress:
         """Committed keys, finished ids and changed ids for these sources (None: every result is
-        current). Transient failures do not count as committed: the next run tries those keys again;
-        nor do errors whose reason is in retry_errors (--retry-errors): this run tries them again."""
+        current), as sets: for small outputs and tests (planning reads OUT through
+        output/committed.py, without an object per result). Transient failures do not count as
+        committed; nor do errors whose reason is in retry_errors."""
         table = self.state()
         changed: set[str] = set()
         if current is not None and table.num_rows:
@@ -283,7 +296,9 @@ class OutputDir:
         per_id = lasting.group_by("id").aggregate([("key", "count"), ("n_segments", "max")])
         done = set(per_id.filter(pc.equal(per_id.column("key_count"), per_id.column("n_segments_max")))
                    .column("id").to_pylist())
-        self._keys = set(keys)
+        # What later commits through this OutputDir are checked against: these keys, then its own.
+        self._committed_now = [np.sort(hash_strings(pa.array(sorted(keys), pa.string())))] if keys else []
+        self._forgotten = set()
         return Progress(keys, done, changed, table.drop_columns(list(SOURCE_COLUMNS)))
 
     def state(self) -> pa.Table:
@@ -298,10 +313,9 @@ class OutputDir:
         return found.keys, found.done_ids
 
     def forget(self, item_id: str) -> None:
-        """This row is planned again within the run (its file is longer than planned): its results
-        so far belong to the old plan, and its keys may be committed again."""
-        if self._keys is not None:
-            self._keys = {k for k in self._keys if k.rpartition("#")[0] != item_id}
+        """This row is planned again within the run (its file's length differs from its plan): its
+        results so far belong to the old plan, and its keys may be committed again."""
+        self._forgotten.add(item_id)
 
     def record_provenance(self, provenance: Provenance) -> None:
         """Every commit from now on records this run and these sources with its results."""
@@ -312,12 +326,10 @@ class OutputDir:
     def commit(self, results: list[ItemResult], columns: dict[str, str], stats: dict | None) -> Location:
         """Write one part, then its commit record (the commit); returns the part's location."""
         self.guard()
-        if self._keys is None:
-            self.committed()
         keys = sorted(r.item.key for r in results)
-        again = self._keys.intersection(keys)
+        again = self._committed_before(results)
         if again:
-            raise RuntimeError(f"{sorted(again)[:5]} already committed: the same items were planned twice")
+            raise RuntimeError(f"{again[:5]} already committed: the same items were planned twice")
         digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:20]
         name = f"part-{digest}-{secrets.token_hex(6)}.parquet"
         part = self.parts / name
@@ -333,8 +345,25 @@ class OutputDir:
             except Exception:
                 pass
             raise
-        self._keys.update(r.item.key for r in results if r.error not in TRANSIENT)
+        lasting = [r.item.key for r in results if r.error not in TRANSIENT]
+        if lasting:
+            self._committed_now.append(np.sort(hash_strings(pa.array(lasting, pa.string()))))
+            if len(self._committed_now) > 64:  # one sorted array again, so a check stays a few searches
+                self._committed_now = [np.sort(np.concatenate(self._committed_now))]
         return part
+
+    def _committed_before(self, results: list[ItemResult]) -> list[str]:
+        """Keys of these results this run committed already (with a lasting result)."""
+        keys = [r.item.key for r in results if r.item.id not in self._forgotten]
+        if not keys or not self._committed_now:
+            return []
+        hashes = hash_strings(pa.array(keys, pa.string()))
+        seen = np.zeros(len(keys), bool)
+        for committed in self._committed_now:
+            at = np.searchsorted(committed, hashes)
+            inside = at < len(committed)
+            seen[inside] |= committed[at[inside]] == hashes[inside]
+        return sorted(k for k, s in zip(keys, seen) if s)
 
     def segments(self, columns: dict[str, str], current: CurrentSources | None = None,
                  ids: Iterable[str] | None = None) -> pa.Table:

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.intake.embedded import refs
-from pipeline.intake.manifest_table import Manifest
+from pipeline.intake.manifest_table import AUDIO, ID, SCHEMA_COLUMNS
 from pipeline.output import answer_columns
 from pipeline.output.sink import PROVENANCE_COLUMNS, column_type
 from pipeline.tasks.merge import aggregate_row
@@ -47,11 +47,11 @@ def output_column_names(columns: dict[str, str]) -> set[str]:
             | set(answer_columns.OUTPUT_NAMES) | {name for name, _, _ in MANIFEST_VALUE_COLUMNS})
 
 
-def current_segments(segments: pa.Table, manifest: Manifest) -> pa.Table:
-    """The committed segments of this manifest's ids, in manifest order. Ids, not row positions,
-    are the identity: a manifest that gained, lost or reordered rows since a part was committed
-    still joins correctly."""
-    position = pc.index_in(segments.column("id"), value_set=pa.array(manifest.ids, pa.string()))
+def current_segments(segments: pa.Table, ids: pa.Array | pa.ChunkedArray) -> pa.Table:
+    """The committed segments of these manifest rows' ids (a chunk of the manifest), in their order.
+    Ids, not row positions, are the identity: a manifest that gained, lost or reordered rows since
+    a part was committed still joins correctly."""
+    position = pc.index_in(segments.column("id"), value_set=ids)
     segments = segments.set_column(segments.schema.get_field_index("row"), "row", position.cast(pa.int64()))
     segments = segments.filter(pc.is_valid(position))
     keys = segments.column("key")
@@ -114,36 +114,42 @@ def _file_row(segments: list[dict], columns: dict[str, str], tasks: list[str], p
     return row
 
 
-def annotations_output(segments: pa.Table, manifest: Manifest, planned_durations: list, columns: dict[str, str],
+def annotations_output(segments: pa.Table, rows: pa.Table, planned_durations: list, columns: dict[str, str],
                        tasks: list[str]) -> pa.Table:
-    """Exactly one row per manifest row, in manifest order, with its pass-through columns.
-    segments must come from current_segments (rows renumbered to this manifest)."""
+    """Exactly one row per manifest row, in manifest order, with its pass-through columns. rows: the
+    manifest's rows (every column, Manifest.batches); segments must come from current_segments
+    (rows renumbered to these)."""
     by_row: dict[int, list[dict]] = defaultdict(list)
     for segment in segments.to_pylist():
         by_row[segment["row"]].append(segment)
-    rows = []
-    for index in range(manifest.num_rows):
+    ids = rows.column(ID)
+    found_rows = []
+    for index in range(rows.num_rows):
         found = by_row.get(index)
         if not found:
-            raise RuntimeError(f"row {index} (id {manifest.ids[index]!r}) has no committed result")
+            raise RuntimeError(f"row {index} (id {ids[index].as_py()!r}) has no committed result")
         indices = [s["segment"] for s in found]
         if indices != list(range(found[0]["n_segments"])):
-            raise RuntimeError(f"id {manifest.ids[index]!r} has segments {indices}, expected each once")
-        rows.append(_file_row(found, columns, tasks, planned_durations[index]))
+            raise RuntimeError(f"id {ids[index].as_py()!r} has segments {indices}, expected each once")
+        found_rows.append(_file_row(found, columns, tasks, planned_durations[index]))
 
     fields = [*FILE_COLUMNS, *((c, column_type(kind)) for c, kind in columns.items()), RAW_COLUMN,
               *answer_columns.OUTPUT_FIELDS]
-    body = pa.Table.from_pylist(rows, schema=pa.schema(fields))
+    body = pa.Table.from_pylist(found_rows, schema=pa.schema(fields))
     # Where the audio came from: the path as written, or `shard#row` / `shard.tar#key` for audio
     # inside a shard (never its bytes, never the reference's internals).
-    audio = manifest.table.column("audio")
-    table = manifest.table.select(["id"]).append_column(
-        "audio", pa.array([refs.display(v) for v in audio.to_pylist()], pa.string()))
+    audio = rows.column(AUDIO)
+    if pc.any(pc.starts_with(pc.fill_null(audio, ""), refs.PARQUET_ROW)).as_py() or \
+            pc.any(pc.starts_with(pc.fill_null(audio, ""), refs.TAR_MEMBER)).as_py() or \
+            pc.any(pc.starts_with(pc.fill_null(audio, ""), refs.NO_AUDIO)).as_py():
+        audio = pa.array([refs.display(v) for v in audio.to_pylist()], pa.string())
+    table = rows.select([ID]).append_column(AUDIO, audio)
     for name in body.column_names:
         table = table.append_column(name, body.column(name))
     for name, kind, source in MANIFEST_VALUE_COLUMNS:
-        values = manifest.table.column(source) if source in manifest.table.column_names else None
+        values = rows.column(source) if source in rows.column_names else None
         table = table.append_column(name, values.cast(kind) if values is not None else pa.nulls(len(table), kind))
-    for name in manifest.passthrough_columns:
-        table = table.append_column(name, manifest.table.column(name))
+    for name in rows.column_names:
+        if name not in SCHEMA_COLUMNS:
+            table = table.append_column(name, rows.column(name))
     return table

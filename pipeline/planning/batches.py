@@ -8,7 +8,7 @@ not model shapes: a worker packs the clips of the batches it holds into its fixe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from pipeline.intake.embedded import refs
 from pipeline.items import Batch, Item
@@ -25,8 +25,10 @@ def plan_batches(items: Sequence[Item], audio_s: float, max_items: int) -> list[
 
     Consecutive rows go together, so a batch mixes lengths as the manifest does (what lets a worker
     fill its rows: a long clip leaves room that short ones fill; a worker packs the clips of all
-    the batches it holds), as it did when batches followed ids. The result depends only on the set
-    of items, not on their input order: a rerun plans the same batches (and batch ids). Rows whose audio is a Parquet cell
+    the batches it holds), as it did when batches followed ids, and work is dispatched in the order
+    the budgets take it. The result depends only on the set of items, not on their input order: a
+    rerun plans the same batches (and batch ids). A run plans its batches window by window
+    (planning/work.py), so a batch never spans two planning windows. Rows whose audio is a Parquet cell
     come after the others, by shard and row group first (in manifest order again: a dataset's rows
     follow its shards'): a worker reads a row group once for a batch, so its rows should share batches.
     """
@@ -48,6 +50,87 @@ def plan_batches(items: Sequence[Item], audio_s: float, max_items: int) -> list[
         return batches
 
 
+class Budget:
+    """The work budgets of a run, spent row by row in manifest order (see within_budget)."""
+
+    def __init__(self, max_rows: int | None, max_audio_s: float | None):
+        self.max_rows, self.max_audio_s = max_rows, max_audio_s
+        self.rows = 0
+        self.audio_s = 0.0
+        self.limited_by: str | None = None  # set once a row did not fit: nothing more is taken
+
+    @property
+    def spent(self) -> bool:
+        return self.limited_by is not None
+
+    @property
+    def rows_left(self) -> int | None:
+        """Rows it may still take (None: no row budget)."""
+        return None if self.max_rows is None else self.max_rows - self.rows
+
+    def take(self, row_items: Sequence[Item]) -> list[Item]:
+        """The items of the next row (its clip, or its segments still to do) this run takes: all of
+        them while both budgets hold; none once a row did not fit (limited_by says which budget),
+        except the first segments of a row longer than the whole audio budget heading the queue."""
+        return list(row_items[:self.take_seconds([budget_s(i) for i in row_items])])
+
+    def take_seconds(self, segments: Sequence[float]) -> int:
+        """take, for a row given as its segments' lengths: how many of its first segments are taken."""
+        if self.spent:
+            return 0
+        if self.max_rows is not None and self.rows == self.max_rows:
+            self.limited_by = "max_rows"
+            return 0
+        row_s = sum(segments)
+        if self.max_audio_s is not None and self.audio_s + row_s > self.max_audio_s:
+            self.limited_by = "max_hours"
+            taken = 0
+            if self.rows == 0:  # heads the queue and alone exceeds the budget: its first segments that fit
+                for seconds in segments:
+                    if self.audio_s + seconds > self.max_audio_s:
+                        break
+                    taken += 1
+                    self.audio_s += seconds
+                self.rows += bool(taken)
+            return taken
+        self.rows += 1
+        self.audio_s += row_s
+        return len(segments)
+
+    @property
+    def unlimited(self) -> bool:
+        return self.max_rows is None and self.max_audio_s is None
+
+
+def budget_s(item: Item) -> float:
+    """The audio an item counts for in the budgets: its window, or for a row whose length is not
+    known before decoding (a Parquet cell without duration_s: planned_s 0) one whole window, the
+    most it can be without being planned again."""
+    if item.planned_s == 0 and item.end_s <= item.start_s:
+        return WINDOW_S
+    return item.end_s - item.start_s
+
+
+def _row_group(path: str) -> tuple[str, int]:
+    """(shard, row group) for a Parquet cell, ("", 0) for anything else."""
+    if not path.startswith(refs.PARQUET_ROW):
+        return "", 0
+    cell = refs.parse(path)
+    return str(cell.shard), cell.group
+
+
+def count_batches(seconds: Iterable[float], audio_s: float, max_items: int) -> int:
+    """How many batches plan_batches makes of items of these lengths (in order), without the items."""
+    batches, in_batch, total = 0, 0, 0.0
+    for length in seconds:
+        in_batch += 1
+        total += length
+        if total >= audio_s or in_batch == max_items:
+            batches += 1
+            in_batch, total = 0, 0.0
+    return batches + (in_batch > 0)
+
+
 def within_budget(items: Sequence[Item], max_rows: int | None,
                   max_audio_s: float | None) -> tuple[list[Item], str | None]:
     """The items a run with these work budgets dispatches, and the budget ("max_rows" or
@@ -64,37 +147,10 @@ def within_budget(items: Sequence[Item], max_rows: int | None,
     rows: dict[int, list[Item]] = {}
     for item in sorted(items, key=lambda i: (i.row, i.segment)):
         rows.setdefault(item.row, []).append(item)
+    budget = Budget(max_rows, max_audio_s)
     chosen: list[Item] = []
-    audio_s = 0.0
-    for taken, row_items in enumerate(rows.values()):
-        if max_rows is not None and taken == max_rows:
-            return chosen, "max_rows"
-        row_s = sum(_budget_s(i) for i in row_items)
-        if max_audio_s is not None and audio_s + row_s > max_audio_s:
-            if not chosen:  # heads the queue and alone exceeds the budget: its first segments that fit
-                for item in row_items:
-                    if audio_s + _budget_s(item) > max_audio_s:
-                        break
-                    chosen.append(item)
-                    audio_s += _budget_s(item)
-            return chosen, "max_hours"
-        chosen += row_items
-        audio_s += row_s
-    return chosen, None
-
-
-def _budget_s(item: Item) -> float:
-    """The audio an item counts for in the budgets: its window, or for a row whose length is not
-    known before decoding (a Parquet cell without duration_s: planned_s 0) one whole window, the
-    most it can be without being planned again."""
-    if item.planned_s == 0 and item.end_s <= item.start_s:
-        return WINDOW_S
-    return item.end_s - item.start_s
-
-
-def _row_group(path: str) -> tuple[str, int]:
-    """(shard, row group) for a Parquet cell, ("", 0) for anything else."""
-    if not path.startswith(refs.PARQUET_ROW):
-        return "", 0
-    cell = refs.parse(path)
-    return str(cell.shard), cell.group
+    for row_items in rows.values():
+        chosen += budget.take(row_items)
+        if budget.spent:
+            break
+    return chosen, budget.limited_by

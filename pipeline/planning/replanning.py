@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from pipeline.config import Config
-from pipeline.intake.durations import DECODED, Entry
-from pipeline.intake.manifest_table import Manifest
+from pipeline.intake.durations import DECODED, DurationCache, Entry
 from pipeline.items import Batch, Item, ItemResult
 from pipeline.output.sink import OutputDir
 from pipeline.planning.batches import plan_batches
 from pipeline.planning.windows import plan_items
-from pipeline.planning.work import Work
+from pipeline.planning.work import RowFacts
 
 
 class Replanner:
@@ -19,11 +18,11 @@ class Replanner:
     nothing is silently cut, no good audio becomes an error. The decoded length goes to OUT's duration cache before any result of
     the new plan, so a resumed run plans the row the same way; results of the old plan stop
     counting (sink: one plan per row). A row planned again whose file is still longer (it changes
-    while it is read) keeps its duration_mismatch error."""
+    while it is read) keeps its duration_mismatch error. Everything it needs travels with the item
+    (its row, location and source); it keeps only the rows it planned again."""
 
-    def __init__(self, work: Work, sink: OutputDir, manifest: Manifest, config: Config):
-        self.work, self.sink, self.config = work, sink, config
-        self.rows = {item_id: row for row, item_id in enumerate(manifest.ids)}
+    def __init__(self, durations: DurationCache, facts: RowFacts, sink: OutputDir, config: Config):
+        self.durations, self.facts, self.sink, self.config = durations, facts, sink, config
         self.replanned: dict[str, float] = {}  # id -> the duration it was planned again from
 
     def stale(self, result: ItemResult) -> bool:
@@ -35,14 +34,15 @@ class Replanner:
         item = result.item
         if result.measured_s is None or item.id in self.replanned:
             return None
-        row, seconds = self.rows[item.id], result.measured_s
-        version = self.work.sources.by_id[item.id].version
-        self.work.durations.add([Entry(item.path, version, seconds, DECODED)])
+        seconds = result.measured_s
+        version = item.source.version if item.source is not None else None
+        if version is not None:
+            self.durations.add([Entry(item.path, version, seconds, DECODED)])
         self.replanned[item.id] = seconds
-        self.work.sources.planned[item.id] = seconds
-        self.work.planned[row] = seconds
+        if item.row < self.facts.until:
+            self.facts.planned[item.row] = seconds
         self.sink.forget(item.id)
-        return plan_items([row], [item.id], [item.path], [seconds], self.config.segment_search_s)
+        return plan_items([item.row], [item.id], [item.path], [seconds], self.config.segment_search_s, [item.source])
 
     def batches(self, items: list[Item]) -> list[Batch]:
         """The items planned again, batched as the run's own batches are."""

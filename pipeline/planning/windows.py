@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from pipeline.items import Item
+from pipeline.items import Item, Source
 from pipeline.shapes import WINDOW_S, fits_window, frames_for_seconds
 
 # With the smallest n, windows are longer than (WINDOW_S - 2 * search_s) / 2, and neighbouring
@@ -90,37 +90,39 @@ def plan_items(
     paths: Sequence[str],
     durations_s: Sequence[float | None],
     search_s: float,
+    sources: Sequence[Source | None] | None = None,
 ) -> list[Item]:
     """One Item per clip of at most 30 s, one Item per nominal window of longer audio.
 
     A duration that is not a positive finite number (an empty or unreadable file, a missing
     value) is planned as one Item with window (0, 0), so decoding reports the real error for that
     row instead of planning crashing. Ids must be unique: they are the resume keys and the output
-    identity.
+    identity. sources: each row's audio as planned, carried by its items (Item.source).
     """
     if not len(rows) == len(ids) == len(paths) == len(durations_s):
         raise ValueError("rows, ids, paths and durations_s must have the same length")
     _check_search(search_s)
     # Plain Python floats: numpy scalars would make the per-row arithmetic several times slower.
     durations = np.asarray(durations_s, dtype=np.float64).tolist()
+    sources = [None] * len(rows) if sources is None else sources
 
     with gc_paused():
-        return _plan_rows(zip(rows, ids, paths, durations), search_s)
+        return _plan_rows(zip(rows, ids, paths, durations, sources), search_s)
 
 
 def _plan_rows(manifest_rows, search_s: float) -> list[Item]:
     items: list[Item] = []
     seen: set[str] = set()
-    for row, item_id, path, duration in manifest_rows:
+    for row, item_id, path, duration, source in manifest_rows:
         if item_id in seen:
             raise ValueError(f"id {item_id!r} appears more than once in the manifest")
         seen.add(item_id)
         if not (duration > 0 and math.isfinite(duration)):  # NaN fails the comparison too
-            items.append(Item(row, item_id, path, 0, 1, 0.0, 0.0, 0.0))
+            items.append(Item(row, item_id, path, 0, 1, 0.0, 0.0, 0.0, source))
         elif _fits_window(duration):
-            items.append(Item(row, item_id, path, 0, 1, 0.0, duration, duration))
+            items.append(Item(row, item_id, path, 0, 1, 0.0, duration, duration, source))
         else:
             windows = _long_windows(duration, search_s)
             for segment, (start, end) in enumerate(windows):
-                items.append(Item(row, item_id, path, segment, len(windows), start, end, duration))
+                items.append(Item(row, item_id, path, segment, len(windows), start, end, duration, source))
     return items

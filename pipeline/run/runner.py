@@ -35,15 +35,15 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import ray
 
-from pipeline.items import Batch, ItemResult
+from pipeline.items import Batch
 from pipeline.reasons import Reason
 from pipeline.run.actors import WorkerSpec
-from pipeline.run.dispatch_queue import DispatchQueue
+from pipeline.run.dispatch_queue import LOOKAHEAD, DispatchQueue
 from pipeline.run.pool import WorkerHandle, WorkerPool
 from pipeline.run.retry import RetryPolicy
 from pipeline.run.watchdog import Watchdog
@@ -113,13 +113,14 @@ class _Flight:
 WAIT_S = 1.0  # the driver loop's longest sleep: stops, signals and the watchdog are checked this often
 
 
-def execute(batches: list[Batch], spec: WorkerSpec, workers: int, use_npu: bool, prefetch: int,
+def execute(batches: Iterable[Batch], spec: WorkerSpec, workers: int, use_npu: bool, prefetch: int,
             max_attempts: int, on_results: Callable[..., list[Batch] | None],
             stop: Callable[[], bool] = lambda: False, abandon: Callable[[], bool] = lambda: False,
             policy: RunPolicy = RunPolicy()) -> ExecutionReport:
     """Run every batch; on_results(results, stats, worker) receives results as they come (every item
     exactly once, except what a stop leaves undone), with the returning worker's ready() info (None
-    for items given up), and may return more batches to run (a row planned again).
+    for items given up), and may return more batches to run (a row planned again). batches may be a
+    generator still planning them: it is pulled as workers need work (DispatchQueue).
 
     When stop() turns true (a work budget is spent, a signal came), no more batches are dispatched:
     the ones in flight finish and are reported, the rest are left undone (report.stopped). When
@@ -131,7 +132,7 @@ class Execution:
     """One execute() call: the driver's loop over the queue, the workers and the batches in flight.
     Its methods are the loop's steps; they share the state below."""
 
-    def __init__(self, batches: list[Batch], spec: WorkerSpec, workers: int, use_npu: bool, prefetch: int,
+    def __init__(self, batches: Iterable[Batch], spec: WorkerSpec, workers: int, use_npu: bool, prefetch: int,
                  max_attempts: int, on_results: Callable[..., list[Batch] | None],
                  policy: RunPolicy):
         self.on_results = on_results
@@ -139,11 +140,11 @@ class Execution:
         self.retry = RetryPolicy(max_attempts, policy.transient_attempts)
         self.watchdog = Watchdog(policy.batch_timeout_factor, policy.batch_timeout_min_s)
         self.pool = WorkerPool(spec, workers, use_npu, prefetch, policy.worker_start_timeout_s)
-        self.queue = DispatchQueue(batches)
+        self.queue = DispatchQueue(batches, lookahead=max(LOOKAHEAD, 2 * workers * self.pool.slots))
         # Loading and compiling take the workers seconds: decode the batches they will take first in
         # the meantime (on any node: the workers' nodes are not known yet), so they start at once.
         self.early: deque[_Flight] = deque()
-        for _ in range(min(len(self.queue), workers * self.pool.slots)):
+        for _ in range(min(len(self.queue.waiting), workers * self.pool.slots)):
             batch = self.queue.take(idle_worker=True)
             self.early.append(_Flight(batch, *self.pool.prepare.remote(self.pool.spec_ref, batch), time.monotonic()))
         self.flights: dict = {}  # the model call's ObjectRef -> its _Flight

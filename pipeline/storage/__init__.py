@@ -10,11 +10,11 @@ use the names below as `storage.X`.
 
 from pipeline.storage.errors import AccessDenied, ObjectNotFound, StorageError, StorageUnavailable, WriteFailed
 from pipeline.storage.input_files import ObjectFile, QuietLocalFile
-from pipeline.storage.listing import list_names, walk_files
+from pipeline.storage.listing import list_names, list_versions, walk_files
 from pipeline.storage.local_copies import clear_local_cache, local_copy
 from pipeline.storage.locations import Location, ObjectPath, UnsupportedLocation, is_url, location
-from pipeline.storage.reading import (Info, content_sha256, info, inject_read_faults, open_input, read_bytes,
-                                      read_error, version)
+from pipeline.storage.reading import (Info, content_sha256, info, inject_read_faults, open_input, read_blocks,
+                                      read_bytes, read_error, version)
 from pipeline.storage.s3 import filesystem, is_transient, missing_detail
 from pipeline.storage.settings import Settings, configure, current_settings
 from pipeline.storage.writing import delete, delete_tree, make_dirs, table_writer, write_bytes, write_table
@@ -22,6 +22,7 @@ from pipeline.storage.writing import delete, delete_tree, make_dirs, table_write
 __all__ = ["AccessDenied", "Info", "Location", "ObjectFile", "ObjectNotFound", "ObjectPath", "QuietLocalFile",
            "Settings", "StorageError", "StorageUnavailable", "UnsupportedLocation", "WriteFailed", "clear_local_cache",
            "configure", "content_sha256", "current_settings", "delete", "delete_tree", "filesystem", "info",
-           "inject_read_faults", "is_transient", "is_url", "list_names", "local_copy", "location", "make_dirs", "missing_detail",
-           "open_input", "read_bytes", "read_error", "table_writer", "version", "walk_files", "write_bytes",
+           "inject_read_faults", "is_transient", "is_url", "list_names", "list_versions", "local_copy", "location",
+           "make_dirs", "missing_detail", "open_input", "read_blocks", "read_bytes", "read_error", "table_writer",
+           "version", "walk_files", "write_bytes",
            "write_table"]

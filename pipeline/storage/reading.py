@@ -103,6 +103,16 @@ def read_bytes(where: Location) -> bytes:
     return where.read_bytes()
 
 
+def read_blocks(where: Location, block_bytes: int = 8 << 20):
+    """A file's bytes in blocks (what read_bytes gives whole, without holding it)."""
+    if isinstance(where, ObjectPath):
+        with ObjectFile(where) as f:
+            yield from iter(lambda: f.read(block_bytes), b"")
+        return
+    with open(where, "rb") as f:
+        yield from iter(lambda: f.read(block_bytes), b"")
+
+
 def read_error(source) -> OSError | None:
     """The error a quiet ObjectFile or QuietLocalFile kept, if any (None for anything else)."""
     return source.error if isinstance(source, (ObjectFile, QuietLocalFile)) else None

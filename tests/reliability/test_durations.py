@@ -69,10 +69,14 @@ def test_headers_are_read_once_across_resumes(ray_cluster, model_dir, tmp_path, 
     monkeypatch.setattr(audio, "probe", lambda path: probed.append(path.name) or real(path))
     out = tmp_path / "out"
     first = run(manifest, out, model_dir, max_rows=2)
-    assert first.exit_code == 75 and sorted(probed) == [f"h{i}.wav" for i in range(6)]
+    # Only the rows the budget takes have their headers read (planning stops at the first row it leaves).
+    assert first.exit_code == 75 and sorted(probed) == ["h0.wav", "h1.wav"]
     probed.clear()
     second = run(manifest, out, model_dir)
-    assert second.exit_code == 0 and probed == []
+    assert second.exit_code == 0 and sorted(probed) == [f"h{i}.wav" for i in range(2, 6)]
+    probed.clear()
+    fourth = run(manifest, tmp_path / "out", model_dir)
+    assert fourth.already_complete and probed == []
     # A replaced file is read again.
     write_clip(tmp_path / "data" / "audio" / "h0.wav", 2.5)
     third = run(manifest, out, model_dir)

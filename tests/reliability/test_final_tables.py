@@ -8,7 +8,6 @@ import pyarrow.parquet as pq
 from pipeline.planning.job import annotation_columns
 from pipeline.config import Config
 from pipeline.intake.manifest_table import read_manifest
-from pipeline.intake.sources import CurrentSources, Source
 from pipeline.output import final, tables
 from pipeline.output.sink import OutputDir
 from pipeline.tasks.catalog import resolve_tasks
@@ -28,9 +27,8 @@ def test_final_tables_are_streamed_in_chunks(ray_cluster, mixed_manifest, model_
     real = tables.annotations_output
     monkeypatch.setattr(final, "annotations_output",
                         lambda segments, subset, *rest: combined.append(subset.num_rows) or real(segments, subset, *rest))
-    sources = CurrentSources(manifest.ids, [Source(p, None, None) for p in manifest.paths], False)
-    planned = [None] * manifest.num_rows
-    totals = final.write_tables(OutputDir(copy), manifest, sources, planned, columns,
+    # No planning facts: every committed result counts as it was committed, no plan is known.
+    totals = final.write_tables(OutputDir(copy), manifest, final.RowsNow(None, False), columns,
                                 ["caption", "events", "transcript", "moderation"], chunk_rows=5)
     assert combined[1:] == [5, 5, 2] and max(combined) <= 5  # the first call only finds the schema
     for name, table in whole.items():

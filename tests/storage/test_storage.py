@@ -213,3 +213,25 @@ def test_transient_failures_are_not_committed_work_and_success_says_so(s3):
     assert out.completed_for("d", "fp")
     uploads = [e.path for e in s3.writes() if e.method == "PUT"]
     assert "/_SUCCESS" in uploads[-1]  # written last
+
+
+def test_one_listing_per_prefix_gives_each_object_its_version(s3):
+    """Versions by listing (one request per 1,000 objects) equal versions by HEAD per object, so
+    results committed before compare as they did; a prefix that cannot be listed is asked object by
+    object."""
+    import pyarrow as pa
+
+    from pipeline.intake.sources import Sources
+
+    for name, data in (("a.wav", b"one"), ("b.wav", b"two!"), ("sub/c.wav", b"three")):
+        s3.put(s3.root / "audio" / name, data)
+    s3.put(s3.root / "audio" / "a.wav", b"uno")  # uploaded again: same size, another ETag
+    values = ["a.wav", "b.wav", "sub/c.wav", "missing.wav", "sub"]
+    s3.proxy.clear()
+    found = Sources(None, verify_content=False).of(pa.array(values), s3.root / "audio")
+    lists = [e for e in s3.proxy.log if e.method == "GET" and "list-type=2" in e.path]
+    heads = [e for e in s3.proxy.log if e.method == "HEAD"]
+    assert len(lists) == 2 and not heads  # audio/ and audio/sub/: one listing each, no HEAD at all
+    for value, version in zip(values, found.version.to_pylist()):
+        assert version == storage.version(s3.root / "audio" / value), value
+    assert storage.list_versions(s3.root / "nothing-here") == ([], [])
