@@ -37,6 +37,7 @@ from pipeline.output.delta import DeltaWritten, write_run_delta
 from pipeline.output.lock import OutLock
 from pipeline.intake.durations import DurationCache
 from pipeline.output.committed import CommittedIndex
+from pipeline.output.milestones import Milestones
 from pipeline.output.sink import OutputDir, Provenance
 from pipeline.output.timeline import Timeline
 from pipeline.planning.job import (annotation_columns, budget_option, check_passthrough, default_workers,
@@ -81,6 +82,8 @@ def annotate(manifest_path, config: Config, out: str | Path | None = None, worke
     Raises KeyboardInterrupt after Ctrl-C (everything finished committed first), OutLocked (a
     UserError) when another run holds OUT."""
     started = time.time()
+    milestones = Milestones()
+    milestones.mark("annotate_called", started)
     console = console or Console(progress=progress)
     storage.configure(storage.Settings.from_config(config))
     manifest = read_manifests(manifest_path, id_column=config.id_column)
@@ -96,7 +99,7 @@ def annotate(manifest_path, config: Config, out: str | Path | None = None, worke
             console.warning(f"took over the lock of a run that is gone ({lock.taken_over.describe(time.time())})")
         try:
             return _annotate(manifest_path, manifest, config, out, tasks, workers, restart, model_factory, console,
-                             started, lock, read_faults, signals)
+                             started, lock, read_faults, signals, milestones)
         except StopRequested as stop:  # before any work (Ray starting): nothing to commit
             if stop.signum == signal.SIGINT:
                 raise KeyboardInterrupt from None
@@ -104,7 +107,8 @@ def annotate(manifest_path, config: Config, out: str | Path | None = None, worke
 
 
 def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, workers, restart, model_factory,
-              console: Console, started: float, lock: OutLock, read_faults, signals: StopSignals) -> RunSummary:
+              console: Console, started: float, lock: OutLock, read_faults, signals: StopSignals,
+              milestones: Milestones) -> RunSummary:
     from pipeline.model.model_plan import load_prompts, plan_model
     from pipeline.output import run_info
     from pipeline.run import cluster, ray_address, runner
@@ -121,6 +125,7 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
     ray_choice = ray_address.choose(config.ray_address)
     with ThreadPoolExecutor(1) as background, cluster.ray_session(worker_count, ray_choice) as ray_used:
         signals.install()  # again: Ray's start put its own SIGTERM handler (exit at once) in place
+        milestones.mark("ray_started")
         checkpoint = background.submit(load_prompts, config, tasks)
         npus = cluster.cluster_npus()
         device = config.device if config.device != "auto" else ("ascend" if npus else "cpu")
@@ -133,6 +138,7 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
                               checkpoint.result())
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+        milestones.mark("model_planned")
         settings = run_settings(plan, config, tasks)
         fingerprint = settings_fingerprint(settings)
         sink = OutputDir(out, guard=lock.check)
@@ -171,6 +177,7 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
             sink.record_provenance(Provenance(stamp))
             if head:
                 sink.invalidate_final()
+            milestones.mark("work_planned")
             use_npu = device == "ascend"
             workers_now = npus if use_npu else worker_count
             failures = [r for w in head for r in w.failures]
@@ -219,7 +226,8 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
                             stream.batches(head), spec, workers_now, use_npu, config.prefetch_batches,
                             config.max_attempts, committer,
                             stop=lambda: past_deadline() or signals.stop_requested(),
-                            abandon=signals.abandon_in_flight, policy=runner.RunPolicy.from_config(config))
+                            abandon=signals.abandon_in_flight, policy=runner.RunPolicy.from_config(config),
+                            milestones=milestones)
                     except Exception:  # signals are _stopped_by_signal's; a crash (BaseException) is a crash
                         committer.close_after_failure()  # what finished is kept, whatever error ended the run
                         raise
@@ -240,12 +248,13 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
 
             totals = final.write_tables(sink, manifest, final.RowsNow(planner.facts, config.verify_content), columns,
                                         list(plan.task_names))
+            milestones.mark("tables_written")
             info = run_info.build(
                 plan=plan, config=config, settings=settings, fingerprint=fingerprint,
                 manifest_path=describe_sources(manifest_path), manifest_digest=digest, out=out, totals=totals,
                 part_stats=list(sink.part_stats()), report=report, started=started,
                 audio_s_this_run=committer.audio_ms_done / 1000, items_this_run=committer.items_planned,
-                timeline=timeline, manifest_folders=folders,
+                timeline=timeline, manifest_folders=folders, milestones=milestones,
             )
             info["error_gate"] = gate.to_dict()
             sink.write_summary(info, {"manifest_digest": digest, "fingerprint": fingerprint,

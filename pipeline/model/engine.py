@@ -12,6 +12,7 @@ the engine starts again from empty slots: a half-run step leaves no request's st
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from pipeline.model.checkpoint import checkpoint_on_this_node
@@ -26,6 +27,16 @@ def answer(job, task: int) -> Answer:
     return Answer(len(tokens), ended, job.logprob_sums[task], looping(tokens, hit_cap=not ended))
 
 
+class _PhaseClock:
+    def __init__(self, phases: dict):
+        self.phases, self.last = phases, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.phases[name] = round(now - self.last, 3)
+        self.last = now
+
+
 class _Request:
     def __init__(self, clips: int):
         self.remaining = clips
@@ -38,9 +49,14 @@ class MindSporeModel:
     """Loads the checkpoint once, compiles the declared graphs, and serves generate() calls."""
 
     def __init__(self, plan: ModelPlan, compile_cache_root: str | None = None, cpu_threads: int = 0):
+        # Seconds per load phase, for run.json (the worker reports them with its ready()).
+        self.load_phases: dict[str, float] = {}
+        clock = _PhaseClock(self.load_phases)
         from pipeline.model import runtime
 
         import mindspore as ms
+
+        clock.lap("import_s")
 
         cache_dir = None
         if compile_cache_root:
@@ -62,11 +78,14 @@ class MindSporeModel:
         self.decode = text_decoder(folder)
         self.generator = Generator(self.model, plan.spec, plan.prompts, plan.shape, list(plan.max_new_tokens),
                                    self._dtype, plan.decoding.decoding, plan.decoding.retry)
+        clock.lap("weights_s")
         # Every graph compiles now, in a fixed order: that is what MindSpore's compile cache needs
         # (see runtime.configure), and it keeps compile time out of the first batches.
         with runtime.compile_lock(cache_folder):
             self.generator.precompile()
+        clock.lap("graphs_s")
         self.generator.warm_up()
+        clock.lap("first_runs_s")
         self._compiled = self.generator.graphs_compiled
         self._cond = threading.Condition()
         self._requests: set[_Request] = set()

@@ -18,6 +18,7 @@ from pipeline.model.decoding import (DecodingError, GraphFeatures, ResolvedDecod
                                      pad_token, resolve)
 from pipeline.model.prompts import PromptPlan, build_prompt_plan, resolve_style, tokenizer_eos_ids
 from pipeline.model.spec import ModelSpec
+from pipeline.model.tokenizer_files import CheckpointTokenizer
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,17 @@ def load_prompts(config, tasks, weights: bool = True) -> CheckpointPrompts:
     """Resolve the checkpoint, read its dims, tokenise the task prompts (no Ray, no MindSpore: the
     driver does this while Ray starts). weights=False (a dry run): a hub snapshot that is not local
     is fetched without its weights."""
-    from transformers import AutoTokenizer
-
     model_dir, revision = resolve_checkpoint(config.model, config.revision, weights=weights)
     spec = ModelSpec.from_checkpoint(model_dir)
     style = resolve_style(config.prompt_style, model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    # The checkpoint's files read without transformers (model/tokenizer_files.py: importing it
+    # imports torch, seconds of the driver's start); transformers itself only for a checkpoint
+    # without tokenizer.json.
+    tokenizer = CheckpointTokenizer.load(model_dir)
+    if tokenizer is None:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     # The tokenizer renders the chat template when it holds one (the processor renders the same
     # text, tested). The processor only when it does not: even importing AutoProcessor costs about
     # 4 s of the driver's start (its audio and image classes, measured), which Ray's start does

@@ -28,10 +28,10 @@ def _ratio(numerator: float, denominator: float) -> float | None:
 
 
 def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest, out, totals, part_stats, report,
-          started, audio_s_this_run, items_this_run, timeline=None, manifest_folders=()) -> dict:
+          started, audio_s_this_run, items_this_run, timeline=None, manifest_folders=(), milestones=None) -> dict:
     """totals: output/final.Totals, the counts over the final tables. timeline: the invocation's
     output/timeline.Timeline; manifest_folders: where relative audio paths resolve (the report
-    links the audio it shows)."""
+    links the audio it shows); milestones: output/milestones.Milestones, where the fixed cost went."""
     finished = time.time()
     stats = Counter()
     for part in part_stats:
@@ -75,6 +75,7 @@ def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest
             "timeouts": report.timeouts,
             "workers_given_up": report.workers_given_up,
             "timeline": timeline.to_dict(round(wall, 2)) if timeline is not None else None,
+            "milestones": milestones.to_dict() if milestones is not None else None,
         },
         "padding_efficiency": {
             "frames": _ratio(stats["valid_frames"], stats["computed_frames"]),

@@ -79,9 +79,21 @@ class AnnotationWorker:
     the model serves them together)."""
 
     def __init__(self, spec: WorkerSpec):
+        from pipeline.output.milestones import process_started_at
+
         started = time.perf_counter()
+        process_started = process_started_at()
+        # Where a worker's start went: its process's own start (Ray's worker, this package), then
+        # the model's load phases (model/engine.py), in seconds.
+        self.process_started_at = process_started
+        self.phases = {"process_s": round(time.time() - process_started, 2) if process_started else None}
         self.error = None
-        self.first_call = self.last_return = None
+        if spec.cpu_threads > 0:
+            # Ray sets OMP_NUM_THREADS to an actor's logical CPUs (1), and MindSpore's CPU kernels
+            # then run on one thread whatever they are told (measured: 2x slower graphs); it is read
+            # when MindSpore loads, so this comes first.
+            os.environ["OMP_NUM_THREADS"] = str(spec.cpu_threads)
+        self.first_call = self.last_return = self.first_call_at = None
         self.busy_s = 0.0
         try:
             from pipeline.run.worker import BatchAnnotator
@@ -92,6 +104,7 @@ class AnnotationWorker:
                 from pipeline.model.engine import MindSporeModel
 
                 self.model = MindSporeModel(spec.plan, spec.compile_cache_root, spec.cpu_threads)
+            self.phases.update(getattr(self.model, "load_phases", {}))
             self.annotator = BatchAnnotator(self.model, spec.tasks, spec.moderation_labels, spec.plan.decoding)
         except Exception as exc:  # reported through ready(): the pool replaces it, then gives its place up
             self.error = f"{type(exc).__name__}: {exc}"
@@ -100,7 +113,8 @@ class AnnotationWorker:
     def ready(self) -> dict:
         # package: where this worker imported the pipeline from; on a joined cluster, the copy the
         # driver shipped (cluster.ray_session's py_modules), not whatever version the node has installed.
-        return {"error": self.error, "pid": os.getpid(), "load_s": round(self.load_s, 2),
+        return {"error": self.error, "pid": os.getpid(), "load_s": round(self.load_s, 2), "load_phases": self.phases,
+                "process_started_at": self.process_started_at,
                 "npu": os.environ.get("ASCEND_RT_VISIBLE_DEVICES"), "node": ray.get_runtime_context().get_node_id(),
                 "package": str(Path(__file__).resolve().parents[1])}
 
@@ -109,6 +123,7 @@ class AnnotationWorker:
             raise RuntimeError(f"worker failed to start: {self.error}")
         if self.first_call is None:
             self.first_call = time.perf_counter()
+            self.first_call_at = time.time()
         results, stats = self.annotator.run(prepared)
         self.last_return = time.perf_counter()
         if stats is not None:
@@ -119,4 +134,4 @@ class AnnotationWorker:
         """Peak memory, and model time against the time it had work (for the busy fraction)."""
         active = self.last_return - self.first_call if self.first_call is not None else 0.0
         return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                "busy_s": round(self.busy_s, 2), "active_s": round(active, 2)}
+                "busy_s": round(self.busy_s, 2), "active_s": round(active, 2), "first_call_at": self.first_call_at}

@@ -116,7 +116,7 @@ WAIT_S = 1.0  # the driver loop's longest sleep: stops, signals and the watchdog
 def execute(batches: Iterable[Batch], spec: WorkerSpec, workers: int, use_npu: bool, prefetch: int,
             max_attempts: int, on_results: Callable[..., list[Batch] | None],
             stop: Callable[[], bool] = lambda: False, abandon: Callable[[], bool] = lambda: False,
-            policy: RunPolicy = RunPolicy()) -> ExecutionReport:
+            policy: RunPolicy = RunPolicy(), milestones=None) -> ExecutionReport:
     """Run every batch; on_results(results, stats, worker) receives results as they come (every item
     exactly once, except what a stop leaves undone), with the returning worker's ready() info (None
     for items given up), and may return more batches to run (a row planned again). batches may be a
@@ -124,8 +124,11 @@ def execute(batches: Iterable[Batch], spec: WorkerSpec, workers: int, use_npu: b
 
     When stop() turns true (a work budget is spent, a signal came), no more batches are dispatched:
     the ones in flight finish and are reported, the rest are left undone (report.stopped). When
-    abandon() turns true as well, the batches still in flight are dropped (report.abandoned)."""
-    return Execution(batches, spec, workers, use_npu, prefetch, max_attempts, on_results, policy).run(stop, abandon)
+    abandon() turns true as well, the batches still in flight are dropped (report.abandoned).
+    milestones (output/milestones.Milestones) is told when the workers are ready, the first batch
+    is dispatched, the last one is done and the workers are gone."""
+    return Execution(batches, spec, workers, use_npu, prefetch, max_attempts, on_results, policy,
+                     milestones).run(stop, abandon)
 
 
 class Execution:
@@ -134,12 +137,14 @@ class Execution:
 
     def __init__(self, batches: Iterable[Batch], spec: WorkerSpec, workers: int, use_npu: bool, prefetch: int,
                  max_attempts: int, on_results: Callable[..., list[Batch] | None],
-                 policy: RunPolicy):
+                 policy: RunPolicy, milestones=None):
         self.on_results = on_results
+        self.mark = milestones.mark if milestones is not None else lambda name, at=None: None
         self.report = ExecutionReport()
         self.retry = RetryPolicy(max_attempts, policy.transient_attempts)
         self.watchdog = Watchdog(policy.batch_timeout_factor, policy.batch_timeout_min_s)
         self.pool = WorkerPool(spec, workers, use_npu, prefetch, policy.worker_start_timeout_s)
+        self.mark("workers_started")
         self.queue = DispatchQueue(batches, lookahead=max(LOOKAHEAD, 2 * workers * self.pool.slots))
         # Loading and compiling take the workers seconds: decode the batches they will take first in
         # the meantime (on any node: the workers' nodes are not known yet), so they start at once.
@@ -188,11 +193,14 @@ class Execution:
                         self.on_success(ref, flight, output, now)
                 self.watch(now, now - last_tick)
                 last_tick = now
+            self.mark("work_done")
         finally:
             for flight in [*flights.values(), *early]:
                 if flight.prepared_at is None:
                     ray.cancel(flight.summary, force=True)
             pool.shutdown(fast=report.abandoned > 0)
+            self.mark("workers_stopped")
+            self.mark_from_workers(pool.info)
         report.workers = pool.info
         report.graphs_compiled = sum(self.graphs.values())
         report.retries, report.splits = self.retry.retries, self.retry.splits
@@ -200,6 +208,13 @@ class Execution:
         report.worker_replacements = pool.replacements
         report.workers_given_up = pool.given_up
         return report
+
+    def mark_from_workers(self, workers: list[dict]) -> None:
+        """The first worker process's start and the first model call, from the workers' own clocks."""
+        for name, key in (("worker_process_started", "process_started_at"), ("first_model_call", "first_call_at")):
+            times = [w[key] for w in workers if w.get(key) is not None]
+            if times:
+                self.mark(name, min(times))
 
     def failed(self, flight: _Flight, reason: Reason, detail: str, alone: bool, now: float) -> None:
         again, lost = self.retry.on_failure(flight.batch, reason, detail, alone)
@@ -215,6 +230,7 @@ class Execution:
         queue.release(now)
         if not pool.started(now):
             return
+        self.mark("workers_ready")
         ready = [w for w in pool.ready if not w.holds_alone]
         # A batch that must run alone needs an idle worker: when none is, the least loaded one
         # takes no new work until it is (or poison isolation would wait for the end of the run).
@@ -235,6 +251,7 @@ class Execution:
                 worker.holds_alone = flight.alone
                 worker.load += 1
                 self.flights[worker.actor.run.remote(flight.features)] = flight
+                self.mark("first_dispatch")
 
     def forget(self, ref, flight: _Flight) -> None:
         self.flights.pop(ref, None)
@@ -308,6 +325,7 @@ class Execution:
             for flight in pending:
                 if flight.summary in finished:
                     flight.prepared_at = now
+                    self.mark("first_batch_decoded")
                     watchdog.prepared(now - flight.submitted_at, flight.audio_s)
                     if flight.worker is not None and id(flight.worker) not in holding:
                         flight.worker.progress_at = now
