@@ -123,6 +123,7 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
 
     # Tokenising the prompts needs no cluster: it runs while Ray starts (seconds each).
     ray_choice = ray_address.choose(config.ray_address)
+    milestones.mark("ray_starting")
     with ThreadPoolExecutor(1) as background, cluster.ray_session(worker_count, ray_choice) as ray_used:
         signals.install()  # again: Ray's start put its own SIGTERM handler (exit at once) in place
         milestones.mark("ray_started")

@@ -1,56 +1,53 @@
-"""What a user would otherwise run: transformers' Qwen2-Audio with its processor, batched generate.
+"""The reference side of `make bench`: transformers_script.py run as its own process on the same audio,
+timed whole (interpreter, imports, loading, generation), as a user compares it with `make annotate`.
 
-Batches of clips with left padding (batched generation needs it), one generate per task, greedy,
-each task capped at its token budget: the plain way to get several answers per clip out of
-transformers. Texts are decoded with special tokens kept, as the pipeline keeps them.
+The script reads a folder of 16 kHz clips, as a user's would. The pipeline cut the long files into
+segments; each segment is written as its own clip (16-bit, which is what the recordings hold: the
+samples are checked to come back exactly), so both sides see the same audio.
 """
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 
 from pipeline import shapes
 
+SCRIPT = Path(__file__).with_name("transformers_script.py")
 
-def run_reference(model_dir, clips: list[np.ndarray], prompts: list[str], budgets: list[int], eos_ids,
+
+def write_clips(clips: list[np.ndarray], folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for n, samples in enumerate(clips):
+        path = folder / f"clip-{n:04d}.flac"
+        sf.write(path, samples, shapes.SAMPLE_RATE, subtype="PCM_16")
+        back, _ = sf.read(path, dtype="float32")
+        if not np.array_equal(back, samples):
+            raise RuntimeError(f"{path}: the clip does not survive 16-bit storage; the reference would see other audio")
+        paths.append(path)
+    return paths
+
+
+def run_reference(model_dir, clips: list[np.ndarray], prompts: list[str], budgets: list[int], eos_ids, work: Path,
                   batch: int = 8, threads: int | None = None) -> dict:
     """clips: 16 kHz mono audio; prompts: the exact prompt text per task (one <|AUDIO|>).
-    -> {"texts": [clip][task], "load_s", "wall_s", counts of the work computed}."""
-    import torch
-    from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
-
-    if threads:
-        torch.set_num_threads(threads)
+    -> {"texts": [clip][task], "wall_s" (the process, start to exit), the script's own phases
+    (imports_s, load_s, read_s, generate_s), counts of the work computed}."""
+    paths = write_clips(clips, work / "reference-clips")
+    job = {"model": str(model_dir), "clips": [str(p) for p in paths], "prompts": prompts, "max_new_tokens": budgets,
+           "eos_token_ids": list(eos_ids), "batch": batch, "threads": threads}
+    job_path, out_path = work / "reference-job.json", work / "reference-out.json"
+    job_path.write_text(json.dumps(job))
     start = time.perf_counter()
-    processor = AutoProcessor.from_pretrained(model_dir)
-    processor.tokenizer.padding_side = "left"
-    model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir).eval()
-    loaded = time.perf_counter()
-    eos = set(eos_ids)
-    texts = [[""] * len(prompts) for _ in clips]
-    counts = {"generate_calls": 0, "rows": 0, "decode_steps": 0, "encoder_frames_computed": 0,
-              "llm_tokens_computed": 0, "generated_tokens": 0}
-    for first in range(0, len(clips), batch):
-        group = clips[first:first + batch]
-        for task, (prompt, budget) in enumerate(zip(prompts, budgets)):
-            inputs = processor(text=[prompt] * len(group), audio=group, sampling_rate=shapes.SAMPLE_RATE,
-                               return_tensors="pt", padding=True)
-            with torch.no_grad():
-                out = model.generate(**inputs, max_new_tokens=budget, do_sample=False, eos_token_id=list(eos_ids))
-            prompt_len = inputs["input_ids"].shape[1]
-            steps = out.shape[1] - prompt_len
-            counts["generate_calls"] += 1
-            counts["rows"] += len(group)
-            counts["decode_steps"] += steps
-            counts["encoder_frames_computed"] += len(group) * inputs["input_features"].shape[-1]
-            # Prefill of the padded prompts, then one position per row per step (the last token
-            # generated needs no step of its own).
-            counts["llm_tokens_computed"] += len(group) * (prompt_len + max(steps - 1, 0))
-            for row, ids in enumerate(out[:, prompt_len:].tolist()):
-                end = next((i for i, t in enumerate(ids) if t in eos), len(ids))
-                counts["generated_tokens"] += end
-                texts[first + row][task] = processor.tokenizer.decode(ids[:end], skip_special_tokens=False)
-    done = time.perf_counter()
-    return {"texts": texts, "load_s": loaded - start, "wall_s": done - start, "generate_s": done - loaded, **counts}
+    done = subprocess.run([sys.executable, str(SCRIPT), str(job_path), str(out_path)], capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"the transformers script failed ({done.returncode}):\n{done.stderr[-4000:]}")
+    return {**json.loads(out_path.read_text()), "wall_s": wall}

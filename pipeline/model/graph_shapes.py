@@ -136,3 +136,29 @@ def working_bytes(spec: ModelSpec, shape: EngineShape, dtype: str, reuses_layer_
     encoder = encoder_layer * (1 if reuses_layer_memory else spec.audio_layers)
     prefill = prefill_layer * (1 if reuses_layer_memory else spec.layers) + spec.heads * length**2 * 4
     return max(encoder, prefill)
+
+
+def graph_flops(spec: ModelSpec, shape: EngineShape) -> dict[str, float]:
+    """The multiply-adds (as 2 FLOPs each) every call of each declared graph computes, padding and
+    masked-out attention scores included: what the hardware does, for the bench's roofline (achieved
+    FLOP/s against the machine's peak). Elementwise work is left out."""
+    d, inner = spec.audio_dim, spec.heads * spec.head_dim
+    kv = spec.kv_heads * spec.head_dim
+    positions = shapes.encoder_positions(shape.row_frames)
+    encode = (2 * shape.row_frames * spec.n_mels * 3 * d + 2 * positions * 3 * d * d
+              + spec.audio_layers * (2 * positions * (4 * d * d + 2 * d * spec.audio_ffn) + 4 * positions**2 * d)
+              + 2 * (positions // 2) * d * spec.hidden)
+
+    def text_layers(tokens: int, keys_per_token: int) -> float:
+        linear = 2 * tokens * (2 * spec.hidden * inner + 2 * spec.hidden * kv + 3 * spec.hidden * spec.intermediate)
+        rotary = 2 * tokens * (spec.heads + spec.kv_heads) * spec.head_dim**2  # the rotate-half product
+        attention = 4 * tokens * keys_per_token * inner
+        return spec.layers * (linear + rotary + attention)
+
+    head = 2 * spec.hidden * spec.vocab
+    return {
+        "encode": float(encode),
+        "prefill": float(text_layers(shape.prefill_len, shape.prefill_len) + shape.first_tokens * head),
+        "insert": 0.0,
+        "step": float(text_layers(shape.slots, shape.cache_span) + shape.slots * head),
+    }

@@ -15,7 +15,7 @@ KEYS = (
     "encoder_frames_computed_per_valid", "llm_tokens_computed_per_valid", "decode_row_steps_useful_fraction",
     "encoder_passes_per_clip", "graphs_compiled", "declared_shapes", "model_busy_fraction",
     "peak_rss_mb_per_worker", "memory_budget_mb", "cold_start_s", "warm_cache_start_s", "projection_7b_910b",
-    "per_graph",
+    "per_graph", "speedup_vs_generate", "fixed_cost", "roofline", "reference_script_s",
 )
 
 
@@ -35,4 +35,14 @@ def test_quick_bench_matches_the_reference_and_reports_every_figure(tmp_path):
     assert result["graphs_compiled"] == len(result["declared_shapes"]) == 4
     for plan in ("this_plan", "padded_30s"):
         assert result["projection_7b_910b"][plan]["audio_s_per_s_bound"] > 0
+    fixed = result["fixed_cost"]
+    assert 0 < fixed["start_to_first_model_call_s"] < result["pipeline_wall_s"]
+    assert 0 < fixed["work_done_to_exit_s"] < result["pipeline_wall_s"]
+    assert set(fixed["pieces"]["worker_load_phases_s"]) >= {"import_s", "weights_s", "graphs_s", "first_runs_s"}
+    # The reference is a script's whole process: its own phases fit inside the wall time measured around it.
+    assert sum(result["reference_script_s"].values()) < result["reference_wall_s"]
+    roof = result["roofline"]
+    assert roof["peak"]["mindspore_gflops"] > 0 and roof["peak"]["numpy_gflops"] > 0
+    assert set(roof["graphs"]) == {"encode", "prefill", "insert", "step"}
+    assert 0 < roof["overall_utilisation"] < 1.5  # a loaded machine may run the GEMM below the graphs' rate
     assert "saved" in done.stdout
