@@ -69,11 +69,15 @@ def draw(scaled, kept, u):
     return ops.minimum(index, ops.fill(ms.int32, index.shape, vocab - 1))
 
 
-def log_probability(logits, tokens):
-    """log_softmax(logits)[row, tokens[row]]: the raw distribution's log-probability of each token."""
+def log_probability(logits, tokens, argmax: bool = False):
+    """log_softmax(logits)[row, tokens[row]]: the raw distribution's log-probability of each token.
+    argmax: the tokens are the logits' argmax, whose logit is the maximum: no gather needed (the
+    plain greedy step, where every kernel counts)."""
     top = logits.max(-1, keepdims=True)
-    total = ops.log(ops.exp(logits - top).sum(-1, keepdims=True)) + top
-    return (ops.gather_elements(logits, 1, tokens.reshape(-1, 1)) - total).reshape(-1)
+    log_total = ops.log(ops.exp(logits - top).sum(-1, keepdims=True))
+    if argmax:
+        return -log_total.reshape(-1)
+    return (ops.gather_elements(logits, 1, tokens.reshape(-1, 1)) - top - log_total).reshape(-1)
 
 
 def choose(logits, presence, parameters, penalty: bool, sampling: bool):
@@ -88,4 +92,4 @@ def choose(logits, presence, parameters, penalty: bool, sampling: bool):
                                        _column(parameters, TOP_P_LIMIT))
         drawn = draw(scaled, kept, _column(parameters, DRAW))
         tokens = ops.where(parameters[:, SAMPLE] > 0, drawn, tokens)
-    return tokens, log_probability(logits, tokens)
+    return tokens, log_probability(logits, tokens, argmax=not (penalty or sampling))

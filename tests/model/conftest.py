@@ -28,6 +28,8 @@ class Reference:
         self.model = Qwen2AudioForConditionalGeneration.from_pretrained(model_dir).eval()
 
     def generate(self, text: str, audio: np.ndarray, max_new_tokens: int, eos_ids) -> tuple[list[int], np.ndarray]:
+        """Greedy -> (tokens without the end id, the first step's raw logits); self.last_logprobs:
+        each chosen id's raw log-probability, the end id's included."""
         import torch
 
         inputs = self.processor(text=[text], audio=[audio], sampling_rate=shapes.SAMPLE_RATE, return_tensors="pt")
@@ -35,6 +37,7 @@ class Reference:
             out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(eos_ids),
                                       output_logits=True, return_dict_in_generate=True)
         tokens = out.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+        self.last_logprobs = [torch.log_softmax(step[0].float(), -1)[t].item() for step, t in zip(out.logits, tokens)]
         if tokens and tokens[-1] in eos_ids:
             tokens = tokens[:-1]
         return tokens, out.logits[0][0].numpy()

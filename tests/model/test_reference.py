@@ -71,13 +71,15 @@ def test_greedy_tokens_equal_reference_alone(setup):
     generator, plan = make_generator(model_dir, ref, spec, model, QUESTIONS, BUDGETS)
     generator.keep_first_logits = True
     clips, inputs = clip_inputs(ref.processor.feature_extractor, SECONDS)
-    tokens = generator.generate(inputs)
+    jobs = generator.run_all(inputs)
     assert generator.stats.encoder_rows < len(clips) and generator.stats.prefill_rows < len(clips)
     for i, clip in enumerate(clips):
         for t, text in enumerate(plan.texts):
             expected, logits = ref.generate(text, clip, BUDGETS[t], plan.eos_ids)
-            assert tokens[i][t] == expected, (SECONDS[i], QUESTIONS[t])
+            assert jobs[i].tokens[t] == expected, (SECONDS[i], QUESTIONS[t])
             np.testing.assert_allclose(generator.first_logits[(f"clip{i}", t)], logits, atol=ATOL)
+            # The raw log-probabilities of the answer and its end id, summed (the logprob column's numerator).
+            assert abs(jobs[i].logprob_sums[t] - sum(ref.last_logprobs)) < 2e-3 * len(ref.last_logprobs)
 
 
 def test_packed_encoder_rows_match_the_reference_for_valid_tokens(setup):
