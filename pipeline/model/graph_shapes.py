@@ -126,15 +126,16 @@ def working_bytes(spec: ModelSpec, shape: EngineShape, dtype: str, reuses_layer_
     three score-sized fp32 tensors (scores, masked scores, probabilities). MindSpore's CPU backend
     measurably keeps most of every layer's intermediates until the graph ends; Ascend's graph
     compiler plans memory reuse across layers (from MindSpore's documentation, not measured here),
-    so one layer's worth counts there."""
+    so one layer's worth counts there. Both graphs also hold their mask copied per head (one
+    score-sized tensor, made once for all layers)."""
     size = DTYPE_BYTES[dtype]
     positions = shapes.encoder_positions(shape.row_frames)
     encoder_layer = (3 * spec.audio_heads * positions**2 * 4
                      + positions * (spec.audio_dim * 8 + spec.audio_ffn * 2) * size)
     length = shape.prefill_len
     prefill_layer = 3 * spec.heads * length**2 * 4 + length * (spec.hidden * 12 + spec.intermediate * 3) * size
-    encoder = encoder_layer * (1 if reuses_layer_memory else spec.audio_layers)
-    prefill = prefill_layer * (1 if reuses_layer_memory else spec.layers) + spec.heads * length**2 * 4
+    encoder = encoder_layer * (1 if reuses_layer_memory else spec.audio_layers) + spec.audio_heads * positions**2 * 4
+    prefill = prefill_layer * (1 if reuses_layer_memory else spec.layers) + 2 * spec.heads * length**2 * 4
     return max(encoder, prefill)
 
 
