@@ -112,6 +112,10 @@ def _cmd_bench(args) -> int:
         from pipeline.bench.driver import run_driver_benchmark
 
         return run_driver_benchmark(args)
+    if args.mode == "chained":
+        from pipeline.bench.realistic import run_chained_benchmark
+
+        return run_chained_benchmark(args)
     from pipeline.bench.realistic import run_benchmark
 
     return run_benchmark(args)
@@ -237,9 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "driver: the driver's own time and peak memory for --dry-run, a first dispatch under "
                     "--max-rows 32 and a resume, on manifests of --rows rows over --files real files. "
                     "shards: the driver's and a decode task's peak memory on a generated Hub-layout Parquet "
-                    "shard of --gb GB (--work-dir, --model).",
+                    "shard of --gb GB (--work-dir, --model). chained: only realistic's chained workload (three "
+                    "questions per clip in one conversation against a chat-API user re-running each "
+                    "conversation; --clips).",
     )
-    bench.add_argument("mode", nargs="?", choices=("realistic", "driver", "shards"), default="realistic")
+    bench.add_argument("mode", nargs="?", choices=("realistic", "driver", "shards", "chained"), default="realistic")
+    bench.add_argument("--clips", type=int, default=24, help="chained: clips of the workload asked three questions")
     bench.add_argument("--out", help="JSON to write (default $BENCH_OUT or outputs/bench/bench.json)")
     bench.add_argument("--short", type=int, default=60, help="clips of 1-10 s")
     bench.add_argument("--medium", type=int, default=20, help="clips of 10-29.5 s")

@@ -31,6 +31,10 @@ class CustomTask:
     prompt: str
     max_new_tokens: int = 64
     parser: str = "text"  # "text" keeps the answer as a string, "list" splits it into tags
+    # A follow-up question: asked in the same conversation after this task's answer (instruct style).
+    follows: str | None = None
+    # Its rule on an earlier answer (tasks/conditions.py), e.g. {contains: speech}; None: always asked.
+    when: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,13 @@ class Config:
     custom_tasks: tuple[CustomTask, ...] = ()
     # Per-task cap on generated tokens: {task name: tokens}; built-in defaults otherwise.
     max_new_tokens: dict[str, int] = field(default_factory=dict)
+    # Follow-up questions: {task: the task it follows}. The task's question becomes the next user
+    # turn of the same conversation, after that task's question and answer, continued from its
+    # cache (instruct style only). Custom tasks may also say `follows:` themselves.
+    follows: dict[str, str] = field(default_factory=dict)
+    # A follow-up's rule on an earlier answer: {task: {contains: TAG} | {matches: PATTERN}, with
+    # task: TASK to read another earlier turn}; a skipped follow-up is null with its reason.
+    when: dict[str, dict] = field(default_factory=dict)
 
     # --- decoding ---
     # null: the checkpoint's generation_config.json, as transformers' generate() reads it (and
@@ -246,11 +257,16 @@ def _coerce(name: str, value, annotation, source: str):
             raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)} in '{name}'")
         if "name" not in value or "prompt" not in value:
             raise ConfigError(f"{source}: each of '{name}' needs 'name' and 'prompt'")
+        when = value.get("when")
+        if when is not None and not isinstance(when, dict):
+            raise ConfigError(f"{source}: '{name}.when' must be a mapping such as {{contains: speech}}, got {when!r}")
         return CustomTask(
             name=_coerce(f"{name}.name", value["name"], str, source),
             prompt=_coerce(f"{name}.prompt", value["prompt"], str, source),
             max_new_tokens=_coerce(f"{name}.max_new_tokens", value.get("max_new_tokens", 64), int, source),
             parser=_coerce(f"{name}.parser", value.get("parser", "text"), str, source),
+            follows=_coerce(f"{name}.follows", value.get("follows"), str | None, source),
+            when=when,
         )
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

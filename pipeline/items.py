@@ -81,7 +81,7 @@ class ItemResult:
     start_s: float | None = None  # actual cut points (segments) or 0 and the decoded duration
     end_s: float | None = None
     silent: bool | None = None
-    # Raw decoded text of every task, keyed by task name.
+    # Raw decoded text of every task that answered, keyed by task name.
     raw: dict[str, str] = field(default_factory=dict)
     # Parsed outputs keyed by output column (caption, events, transcript, language, moderation,
     # custom task names): a string or a list of strings.
@@ -94,6 +94,8 @@ class ItemResult:
     answers: dict[str, object] = field(default_factory=dict)
     # Tasks whose looping answer was generated again (retry_degenerate): what the retry changed.
     retried: dict[str, str] = field(default_factory=dict)
+    # Follow-up questions their rule (`when:`) skipped, keyed by task name: why (their columns are null).
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def failure_result(item: Item, failure: Failure, start_s=None, end_s=None) -> ItemResult:

@@ -4,12 +4,12 @@ block is ever held twice, rows fit their packed rows, and slots idle only when n
 
 import hashlib
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import shapes
 from pipeline.model.packing import encoder_span, fits_at
-from pipeline.model.scheduler import ClipJob, Encode, Insert, Prefill, RowJob, Scheduler, Step
+from pipeline.model.scheduler import ClipJob, Encode, FollowUps, Fork, Insert, Prefill, RowJob, Scheduler, Step
 
 EOS = 0
 HEAD, TAIL, SUFFIXES = 5, 1, (4, 6, 3)
@@ -117,3 +117,174 @@ def test_first_fit_fills_an_encoder_row_with_later_short_clips():
     assert isinstance(action, Encode)
     # 1500 frames do not fit after 2000; the 900- and 50-frame clips do.
     assert [c.valid_frames for c in action.clips] == [2000, 900, 50]
+
+
+# --- conversations: follow-ups continue their parent's cache -------------------------------------
+
+def conversation_token(ids) -> int:
+    """The fake model's next token after a whole conversation: any slip in what a slot's cache
+    holds (a wrong copy, a lost or doubled question id, a stale position) changes the answers."""
+    value = int.from_bytes(hashlib.sha256(repr(tuple(ids)).encode()).digest()[:4], "little") % 12
+    return EOS if value == 0 else value + 100
+
+
+def prompt_ids(key: str, task: int) -> list[int]:
+    return [200 + len(key), 300 + task, *(400 + ord(c) for c in key)]
+
+
+def join_ids(task: int) -> list[int]:
+    return [500, 600 + task, 501]
+
+
+def skip_rule(key: str, task: int, answer) -> bool:
+    return int.from_bytes(hashlib.sha256(f"{key}/{task}/{answer}".encode()).digest()[:2], "little") % 4 == 0
+
+
+class ConversationExecutor:
+    """Runs the scheduler's actions on fake slot caches that hold token ids, position by position."""
+
+    def __init__(self, scheduler: Scheduler, budgets):
+        self.s, self.budgets = scheduler, budgets
+        self.staging: dict[int, int] = {}
+        self.caches: dict[int, list[int]] = {}
+        self.finished: list[ClipJob] = []
+        self.rows = 0
+
+    def run(self, action, roots):
+        s = self.s
+        if isinstance(action, Encode):
+            s.encoded_row(action, [action.block * 1000 + i for i in range(len(action.clips))])
+        elif isinstance(action, Prefill):
+            rows = []
+            for clip in action.clips:
+                for task in roots:
+                    if task not in clip.tasks:
+                        continue
+                    ids = prompt_ids(clip.key, task)
+                    src = tuple(range(self.rows, self.rows + len(ids)))
+                    self.staging.update(zip(src, ids))
+                    self.rows += len(ids)
+                    rows.append(RowJob(clip, task, src, action.block, self.budgets[task], conversation_token(ids)))
+            self.finished += s.prefilled(action, rows)
+        elif isinstance(action, Insert):
+            for row, slot in zip(action.rows, action.slots):
+                assert s.slots[slot] is None and slot not in s.pins
+                self.caches[slot] = [self.staging[r] for r in row.src]
+                assert row.cache_len == len(row.src)
+            s.inserted(action)
+        elif isinstance(action, Fork):
+            assert len(set(action.slots)) == len(action.slots) <= s.insert_rows
+            copies = {}
+            for row, slot in zip(action.rows, action.slots):
+                source, length = row.fork_from
+                assert s.slots[slot] is None and (slot not in s.pins or slot == source)
+                assert len(self.caches[source]) >= length
+                copies[slot] = self.caches[source][:length]
+            self.caches.update(copies)
+            s.forked(action)
+        elif isinstance(action, Step):
+            tokens = [-1] * len(s.slots)
+            for slot, row in enumerate(s.slots):
+                if row is not None:
+                    assert row.cache_len == len(self.caches[slot])
+                    self.caches[slot].append(row.next_token)
+                    tokens[slot] = conversation_token(self.caches[slot])
+            self.finished += s.stepped(tokens)
+
+
+def expected_conversations(key, parents, budgets, tasks, skips: bool):
+    """Each task's answer (None: skipped) by the definition on ids: a follow-up's conversation is
+    its parent's, the parent's answer, then its question; a skipped turn is left out."""
+    answers, conversations = {}, {}
+    for task in sorted(tasks, key=lambda t: len(ancestors(parents, t))):
+        parent = asked_after(parents, task, skipped={t for t, a in answers.items() if a is None})
+        if parents[task] is None:
+            ids = prompt_ids(key, task)
+        else:
+            if skips and skip_rule(key, task, tuple(answers[parent])):
+                answers[task] = None
+                continue
+            ids = conversations[parent] + answers[parent] + join_ids(task)
+        out = []
+        while len(out) < budgets[task]:
+            token = conversation_token(ids + out)
+            if token == EOS:
+                break
+            out.append(token)
+        answers[task], conversations[task] = out, ids
+    return answers
+
+
+def ancestors(parents, task):
+    out = []
+    while parents[task] is not None:
+        task = parents[task]
+        out.append(task)
+    return out
+
+
+def asked_after(parents, task, skipped):
+    """The turn a follow-up is asked after: the task it follows, or, when that was skipped, the
+    turn that one would have been asked after."""
+    parent = parents[task]
+    while parent in skipped:
+        parent = parents[parent]
+    return parent
+
+
+@st.composite
+def task_trees(draw):
+    """Up to six tasks, each a first question or following an earlier one (branches likely)."""
+    n = draw(st.integers(min_value=1, max_value=6))
+    parents = [None] + [draw(st.one_of(st.none(), st.integers(0, i - 1), st.integers(0, i - 1))) for i in range(1, n)]
+    return parents, draw(st.lists(st.integers(1, 6), min_size=n, max_size=n))
+
+
+# Two forks wait on one slot with different lengths (slot 0: A, then B in place, C forking from A's
+# end, then D in place, E forking from B's end): the one with the longer context must take the slot.
+NESTED_FORKS = (([None, 0, 0, 1, 1], [4, 4, 4, 4, 4]), [700, 900], 1, 1, [None, None], False)
+
+
+@example(*NESTED_FORKS)
+@settings(max_examples=200, deadline=None)
+@given(task_trees(), st.lists(st.integers(1, shapes.WINDOW_FRAMES), min_size=1, max_size=8),
+       st.integers(min_value=1, max_value=3), st.integers(min_value=1, max_value=4),
+       st.lists(st.one_of(st.none(), st.frozensets(st.integers(0, 5))), min_size=8, max_size=8), st.booleans())
+def test_follow_ups_continue_the_conversation_on_ids(tree, frames, slots, insert_rows, asked, skips):
+    parents, budgets = tree
+    roots = [t for t, p in enumerate(parents) if p is None]
+    children = {t: tuple(c for c, p in enumerate(parents) if p == t) for t in range(len(parents))}
+
+    def new_row(clip, task):
+        return RowJob(clip, task, (), -1, budgets[task], -1)
+
+    def admit(clip, task):
+        answer = clip.tokens[asked_after(parents, task, clip.skipped)]
+        return "rule" if skip_rule(clip.key, task, tuple(answer)) else None
+
+    follow_ups = FollowUps({t: c for t, c in children.items() if c}, {t: join_ids(t) for t in range(len(parents))},
+                           new_row, admit if skips else None)
+    s = Scheduler(slots, shapes.WINDOW_FRAMES, 4096, 6, 3, 3, insert_rows, (EOS,), follow_ups=follow_ups)
+    executor = ConversationExecutor(s, budgets)
+    clips = []
+    for i, f in enumerate(frames):
+        # Some clips ask for some tasks only: a follow-up always with the task it follows.
+        chosen = sorted({a for t in (asked[i] or ()) if t < len(parents) for a in (t, *ancestors(parents, t))})
+        clip = ClipJob(f"c{i}", f, shapes.audio_tokens(f), 50, tasks=tuple(chosen) if chosen else None)
+        s.submit(clip, len(parents))
+        clips.append(clip)
+    steps = 0
+    while (action := s.next_action()) is not None:
+        executor.run(action, roots)
+        steps += 1
+        assert steps < 100_000
+    assert not s.busy() and not s.pins and not s.forks and all(row is None for row in s.slots)
+    assert sorted(s.free_audio) == [0, 1, 2] and sorted(s.free_stage) == [0, 1, 2]
+    assert sorted(c.key for c in executor.finished) == sorted(c.key for c in clips)
+    for clip in clips:
+        expected = expected_conversations(clip.key, parents, budgets, clip.tasks, skips)
+        for task in clip.tasks:
+            if expected[task] is None:
+                assert task in clip.skipped and clip.tokens[task] == []
+            else:
+                assert task not in clip.skipped and clip.tokens[task] == expected[task], (clip.key, task)

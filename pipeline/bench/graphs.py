@@ -109,4 +109,4 @@ class _Live:
     """A stand-in row for building step inputs: every slot live at one position."""
 
     def __init__(self, position: int):
-        self.next_token, self.position, self.draw, self.parameters = 1, position, None, ()
+        self.next_token, self.cache_len, self.draw, self.parameters, self.forced = 1, position, None, (), ()

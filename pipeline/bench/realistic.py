@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 import yaml
 
 from pipeline import shapes
+from pipeline.bench.chained import measure_chained, print_chained
 from pipeline.bench.checkpoint import parameter_count, write_bench_checkpoint
 from pipeline.bench.fixed_cost import fixed_cost
 from pipeline.bench.graphs import profile_graphs
@@ -49,6 +50,7 @@ from pipeline.tasks.catalog import resolve_tasks
 TASKS = ("caption", "events", "transcript")
 BUDGETS = {"caption": 32, "events": 16, "transcript": 64}
 QUICK = Mix(short=3, medium=1, long=1, long_minutes=(0.6, 0.7))
+CHAINED_CLIPS, QUICK_CHAINED_CLIPS = 24, 3
 
 
 def _annotate(manifest: Path, model_dir: Path, job: Path, out: Path) -> dict:
@@ -83,7 +85,7 @@ def _ratio(numerator, denominator):
     return round(numerator / denominator, 4) if denominator else None
 
 
-def measure(work: Path, mix: Mix, dims: str, threads: int, out: Path) -> dict:
+def measure(work: Path, mix: Mix, dims: str, threads: int, out: Path, chained_clips: int = CHAINED_CLIPS) -> dict:
     model_dir = write_bench_checkpoint(work / "checkpoint", dims=dims, flavour="base")
     data = work / "data"
     manifest = write_workload(data, mix)
@@ -162,6 +164,8 @@ def measure(work: Path, mix: Mix, dims: str, threads: int, out: Path) -> dict:
     reference_counts = {**reference, "mean_budget": sum(BUDGETS.values()) / len(BUDGETS)}
     result["projection_7b_910b"] = project(audio_s, warm["shape"], counts, reference_counts, prompt_len)
     save(result, out)  # before the per-graph profile: the headline figures are never lost
+    result["chained"] = measure_chained(work, data, chained_clips, dims, threads, _annotate)
+    save(result, out)
     print("each graph against torch doing the same work ...", flush=True)
     config = Config(tasks=TASKS, max_new_tokens=BUDGETS)
     questions = [task.prompt(warm["model"]["style"]) for task in resolve_tasks(config)]
@@ -255,8 +259,25 @@ def run_benchmark(args) -> int:
     threads = os.cpu_count() or 1
     out = Path(args.out or os.environ.get("BENCH_OUT") or "outputs/bench/bench.json")
     with tempfile.TemporaryDirectory(prefix="qwen2-audio-bench-") as tmp:
-        result = measure(Path(tmp), mix, dims, threads, out)
+        result = measure(Path(tmp), mix, dims, threads, out, QUICK_CHAINED_CLIPS if args.quick else CHAINED_CLIPS)
     print_table(result)
+    print_chained(result["chained"])
+    save(result, out)
+    print(f"saved {out}")
+    return 0
+
+
+def run_chained_benchmark(args) -> int:
+    """The chained workload alone (`python -m pipeline bench chained`): its figures to --out."""
+    # The realistic mix's proportions of short and medium clips, as many as asked for.
+    mix = QUICK if args.quick else Mix(short=args.clips - args.clips // 4, medium=args.clips // 4, long=0, seed=args.seed)
+    out = Path(args.out or "outputs/bench/chained.json")
+    with tempfile.TemporaryDirectory(prefix="qwen2-audio-bench-") as tmp:
+        data = Path(tmp) / "data"
+        write_workload(data, mix)
+        result = measure_chained(Path(tmp), data, QUICK_CHAINED_CLIPS if args.quick else args.clips,
+                                 "tiny" if args.quick else args.dims, os.cpu_count() or 1, _annotate)
+    print_chained(result)
     save(result, out)
     print(f"saved {out}")
     return 0

@@ -7,6 +7,10 @@ batch's first ones instead of leaving slots idle.
 
 If a graph raises, every request in flight fails with that error (the runner retries them) and
 the engine starts again from empty slots: a half-run step leaves no request's state trustworthy.
+
+A follow-up (a task that follows another) is asked when its parent's answer ends, unless its rule
+(the job's `when:`, plan.conditions) says otherwise: the rule reads an earlier answer's text,
+decoded here. A skipped follow-up's text is None, with the reason in BatchOutput.skipped.
 """
 
 from __future__ import annotations
@@ -19,6 +23,19 @@ from pipeline.model.checkpoint import checkpoint_on_this_node
 from pipeline.model.interface import Answer, BatchOutput, ClipInput
 from pipeline.model.loops import looping
 from pipeline.model.model_plan import ModelPlan
+
+
+def follow_up_verdict(plan: ModelPlan, job, task: int, decode) -> str | None:
+    """A follow-up's rule (plan.conditions[task]) on the answer it reads: that of the task it
+    follows, or of the earlier turn its rule names; None when it holds (or there is no rule), else
+    why not. An answer that does not exist (its task was skipped) fails every rule."""
+    rule = plan.conditions[task] if plan.conditions else None
+    if rule is None:
+        return None
+    source = plan.task_names.index(rule.task) if rule.task else plan.prompts.parent(task)
+    if source in job.skipped:
+        return f"{plan.task_names[source]} was skipped"
+    return rule.unmet(plan.task_names[source], decode(job.tokens[source]))
 
 
 def answer(job, task: int) -> Answer:
@@ -79,6 +96,8 @@ class MindSporeModel:
         self.generator = Generator(self.model, plan.spec, plan.prompts, plan.shape, list(plan.max_new_tokens),
                                    self._dtype, plan.decoding.decoding, plan.decoding.retry)
         clock.lap("weights_s")
+        if any(plan.conditions):
+            self.generator.admit = self.admit
         # Every graph compiles now, in a fixed order: that is what MindSpore's compile cache needs
         # (see runtime.configure), and it keeps compile time out of the first batches.
         with runtime.compile_lock(cache_folder):
@@ -106,11 +125,16 @@ class MindSporeModel:
         request.done.wait()
         if request.error is not None:
             raise RuntimeError(request.error)
-        texts = [[self.decode(job.tokens[t]) for t in job.tasks] for job in request.jobs]
-        answers = [[answer(job, t) for t in job.tasks] for job in request.jobs]
+        texts = [[None if t in job.skipped else self.decode(job.tokens[t]) for t in job.tasks] for job in request.jobs]
+        answers = [[None if t in job.skipped else answer(job, t) for t in job.tasks] for job in request.jobs]
+        skipped = [{i: job.skipped[t] for i, t in enumerate(job.tasks) if t in job.skipped} for job in request.jobs]
         with self._cond:
             stats = self.generator.stats.taken()
-        return BatchOutput(texts, stats, answers)
+        return BatchOutput(texts, stats, answers, skipped)
+
+    def admit(self, job, task: int) -> str | None:
+        """Whether a follow-up is asked: None, or why its rule skips it."""
+        return follow_up_verdict(self.plan, job, task, self.decode)
 
     def _loop(self) -> None:
         while True:

@@ -1,8 +1,9 @@
-"""Continuous-batching generation over fixed shapes: the host side of the four graphs.
+"""Continuous-batching generation over fixed shapes: the host side of the graphs.
 
 The Scheduler decides what runs next; this module turns its decisions into graph inputs (via the
 packers), runs the graphs, and reports back. Clips may be submitted at any time, by several
-callers; each caller gets its clips' tokens when the last of their task rows ends.
+callers; each caller gets its clips' tokens when the last of their task rows ends, follow-ups
+included (a follow-up continues its parent's conversation in a decode slot: scheduler.FollowUps).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pipeline.model.graph_shapes import (
 )
 from pipeline.model.graphs import (
     EncodeGraph,
+    ForkGraph,
     InsertGraph,
     ModelState,
     PrefillGraph,
@@ -36,6 +38,8 @@ from pipeline.model.prompts import PromptPlan
 from pipeline.model.scheduler import (
     ClipJob,
     Encode,
+    Fork,
+    FollowUps,
     Insert,
     Prefill,
     RowJob,
@@ -54,11 +58,12 @@ def row_seed(key: str, task_index: int, seed: int, attempt: int = 0) -> int:
 
 
 def prompt_presence(prompts: PromptPlan, vocab: int) -> np.ndarray:
-    """[tasks, vocab]: 1 for every id in a task's prompt (head, audio placeholder, tail, suffix),
-    the ids transformers' repetition penalty sees before the first generated token."""
+    """[tasks, vocab]: 1 for every id in a first question's prompt (head, audio placeholder, tail,
+    suffix), the ids transformers' repetition penalty sees before the first generated token. A
+    follow-up's row is unused: its presence is its conversation's (scheduler.RowJob.history)."""
     presence = np.zeros((len(prompts.suffixes), vocab), np.float32)
-    for task, suffix in enumerate(prompts.suffixes):
-        ids = [*prompts.head, prompts.audio_token_id, *prompts.tail, *suffix]
+    for task in prompts.roots:
+        ids = [*prompts.head, prompts.audio_token_id, *prompts.tail, *prompts.suffixes[task]]
         presence[task, [i for i in ids if i < vocab]] = 1.0
     return presence
 
@@ -73,12 +78,17 @@ class Generator:
         self.decoding = decoding
         self.graph_features = GraphFeatures.needed(decoding, retry)
         self.state = ModelState(spec, shape, dtype, self.graph_features)
+        self._prompt_presence = prompt_presence(prompts, spec.vocab)
         if self.graph_features.penalty:
-            self.state.prompt_presence.set_data(ms.Tensor(prompt_presence(prompts, spec.vocab)))
+            self.state.prompt_presence.set_data(ms.Tensor(self._prompt_presence))
         self.encode_graph = EncodeGraph(model, self.state)
         self.prefill_graph = PrefillGraph(model, self.state, self.graph_features)
         self.insert_graph = InsertGraph(spec, self.state, self.graph_features)
         self.step_graph = StepGraph(model, self.state, self.graph_features)
+        self.fork_graph = ForkGraph(spec, self.state, self.graph_features) if shape.fork_rows else None
+        # Follow-ups' rules: admit(clip, task) -> None to ask it, or why it is skipped (engine.py
+        # evaluates the job's `when:` rules on the answers in clip.tokens). None: always asked.
+        self.admit = None
         self.reset()
         self.stats = GenerationStats()
         self.keep_first_logits = False
@@ -93,13 +103,22 @@ class Generator:
         """Forget every clip and row (after a failed graph call). The state Parameters need no
         clearing: every block and slot is rewritten whole before it is read again."""
         shape = self.shape
+        prompts = self.prompts
+        follow_ups = None
+        if prompts.parents:
+            follow_ups = FollowUps(
+                children={t: prompts.children(t) for t in range(shape.tasks) if prompts.children(t)},
+                joins={t: prompts.suffixes[t] for t in range(shape.tasks) if prompts.parent(t) is not None},
+                new_row=self._follow_up_row, admit=lambda clip, task: self.admit(clip, task) if self.admit else None)
         self.scheduler = Scheduler(shape.slots, shape.row_frames, shape.prefill_len, MAX_CLIPS_PER_ROW,
-                                   AUDIO_BLOCKS, STAGE_BLOCKS, shape.insert_rows, self.prompts.eos_ids)
+                                   AUDIO_BLOCKS, STAGE_BLOCKS, shape.insert_rows, prompts.eos_ids,
+                                   follow_ups=follow_ups)
         self.features: dict[ClipJob, np.ndarray] = {}
 
     @property
     def graphs(self):
-        return (self.encode_graph, self.prefill_graph, self.insert_graph, self.step_graph)
+        core = (self.encode_graph, self.prefill_graph, self.insert_graph, self.step_graph)
+        return core + ((self.fork_graph,) if self.fork_graph is not None else ())
 
     @property
     def graphs_compiled(self) -> int:
@@ -117,6 +136,10 @@ class Generator:
             if not self.graph_features.allows(decoding):
                 raise ValueError(f"clip {clip.key} asks for {decoding}, which these graphs were not compiled for")
             tasks = tuple(range(self.shape.tasks)) if clip.tasks is None else tuple(clip.tasks)
+            for task in tasks:
+                if self.prompts.parent(task) is not None and self.prompts.parent(task) not in tasks:
+                    raise ValueError(f"clip {clip.key} asks for task {task} without task {self.prompts.parent(task)}, "
+                                     "which it follows")
             job = ClipJob(clip.key, clip.valid_frames, tokens, prompt_tokens(self.prompts, tokens), owner, index,
                           tasks=tasks, decoding=decoding, attempt=clip.attempt)
             self.features[job] = clip.features
@@ -140,10 +163,18 @@ class Generator:
         elif isinstance(action, Insert):
             self._insert(action)
             self.stats.insert_s += time.perf_counter() - start
+        elif isinstance(action, Fork):
+            self._fork(action)
+            self.stats.fork_s += time.perf_counter() - start
         elif isinstance(action, Step):
             finished = self._step()
             self.stats.steps_s += time.perf_counter() - start
         self.stats.generated_tokens += sum(len(tokens) for clip in finished for tokens in clip.tokens)
+        for clip in finished:
+            self.stats.follow_up_rows += clip.follow_ups
+            self.stats.follow_ups_skipped += len(clip.skipped)
+            self.stats.prefill_tokens_saved += clip.reused_tokens
+            self.stats.follow_up_question_tokens += clip.forced_tokens
         return finished
 
     def generate(self, clips: list[ClipInput]) -> list[list[list[int]]]:
@@ -163,15 +194,19 @@ class Generator:
         """Each graph with inputs built the way the run builds them, for nothing: no clip, no row."""
         row = pack_encoder_row([], [], self.shape.row_frames, self.shape.n_mels)
         prefill_row = pack_prefill_row(self.prompts, [], self.shape.prefill_len, self.shape.audio_rows - 1)
-        return (
+        calls = (
             (self.encode_graph, self.encode_inputs(row, 0)),
             (self.prefill_graph, self.prefill_inputs(prefill_row, 0, [], [], [])),
             (self.insert_graph, self.insert_inputs([((self.shape.stage_rows - 1,), 0, 0)])),
             (self.step_graph, self.step_inputs()),
         )
+        if self.fork_graph is None:
+            return calls
+        # Slot 0 onto itself, keeping everything: changes nothing.
+        return calls + ((self.fork_graph, self.fork_inputs([(0, 0, self.shape.cache_span, None)])),)
 
     def precompile(self) -> None:
-        """Compile the four graphs now, in a fixed order. A fixed order is what lets MindSpore's
+        """Compile the declared graphs now, in a fixed order. A fixed order is what lets MindSpore's
         compile cache (keyed by compile position) serve later processes; compiling up front also
         keeps compile time out of the first batches."""
         for graph, inputs in self._empty_calls():
@@ -236,7 +271,8 @@ class Generator:
                                self.shape.prefill_len, self.shape.audio_rows - 1)
         wanted, last, parameters = [], [], []
         for clip, tasks in zip(action.clips, row.tasks):
-            for task, prompt in enumerate(tasks):
+            for prompt in tasks:
+                task = prompt.task
                 if task not in clip.tasks:  # prefilled with the clip (its prefix is shared), not run
                     continue
                 stream = self._stream(clip.key, task, clip.decoding, clip.attempt)
@@ -258,9 +294,16 @@ class Generator:
                 self.first_logits[(clip.key, task)] = logits[q]
         used = sum(c.prompt_tokens for c in action.clips)
         self.stats.valid_tokens += used
+        self.stats.prefilled_tokens += used
         self.stats.computed_tokens += self.shape.prefill_len
         self.stats.prefill_rows += 1
         return self.scheduler.prefilled(action, rows)
+
+    def _follow_up_row(self, clip: ClipJob, task: int) -> RowJob:
+        """A follow-up's row, with its budget and decoding; the scheduler says where it starts."""
+        stream = self._stream(clip.key, task, clip.decoding, clip.attempt)
+        return RowJob(clip, task, (), -1, self.budgets[task], -1, stream,
+                      row_parameters(clip.decoding, 0.0, self.spec.vocab)[:-1])
 
     def _stream(self, key: str, task: int, decoding: Decoding, attempt: int):
         """The row's uniform draws in (0, 1]: None when it decodes greedily."""
@@ -281,11 +324,32 @@ class Generator:
                 ms.Tensor(np.asarray([task for _, _, task in entries], np.int32)))
 
     def _insert(self, action: Insert) -> None:
-        self.insert_graph(*self.insert_inputs([(row.src, slot, row.task)
+        self.insert_graph(*self.insert_inputs([(row.src, slot, row.prompt_task)
                                                for row, slot in zip(action.rows, action.slots)]))
         self.scheduler.inserted(action)
         self.stats.inserted_rows += len(action.rows)
         self.stats.insert_calls += 1
+
+    def fork_inputs(self, entries: list[tuple[int, int, int, RowJob | None]]):
+        """entries: (source slot, destination slot, positions kept, the row); padded by repeating
+        the last entry."""
+        entries = entries + [entries[-1]] * (self.shape.fork_rows - len(entries))
+        src, dst, lengths = (ms.Tensor(np.asarray([e[i] for e in entries], np.int32)) for i in range(3))
+        if not self.graph_features.penalty:
+            return src, dst, lengths, self._unused[self.shape.slots]  # never read
+        presence = np.zeros((len(entries), self.spec.vocab), np.float32)
+        for i, (_, _, _, row) in enumerate(entries):
+            if row is not None:  # the conversation's ids so far: its prompt's and every earlier turn's
+                presence[i] = self._prompt_presence[row.prompt_task]
+                presence[i, [t for t in row.history if t < self.spec.vocab]] = 1.0
+        return src, dst, lengths, ms.Tensor(presence)
+
+    def _fork(self, action: Fork) -> None:
+        self.fork_graph(*self.fork_inputs([(row.fork_from[0], slot, row.fork_from[1], row)
+                                           for row, slot in zip(action.rows, action.slots)]))
+        self.scheduler.forked(action)
+        self.stats.forked_rows += len(action.rows)
+        self.stats.fork_calls += 1
 
     def step_inputs(self):
         n = self.shape.slots
@@ -295,9 +359,12 @@ class Generator:
         parameters = [self._idle] * n if with_parameters else []
         for slot, row in enumerate(self.scheduler.slots):
             if row is not None:
-                ids[slot], positions[slot] = row.next_token, row.position
+                ids[slot], positions[slot] = row.next_token, row.cache_len
                 if with_parameters:
-                    parameters[slot] = row.parameters + (row.draw() if row.draw is not None else 1.0,)
+                    # A draw only where the output is an answer token: a follow-up's question
+                    # steps take none, so its draws do not depend on its question's length.
+                    answer = row.draw is not None and not row.forced
+                    parameters[slot] = row.parameters + (row.draw() if answer else 1.0,)
         return ms.Tensor(ids), ms.Tensor(positions), self._parameters(parameters, n)
 
     def _step(self) -> list[ClipJob]:

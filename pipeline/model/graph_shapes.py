@@ -2,7 +2,8 @@
 decode slots; and the memory they take.
 
 Pure arithmetic (no MindSpore): the driver declares the shapes and sizes the slots before any model
-loads, and every worker compiles exactly these four graphs.
+loads, and every worker compiles exactly these graphs: four, and a fifth (fork) when a task has
+several follow-ups (model/graphs.py).
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ class EngineShape:
     prefill_len: int  # tokens per prefill row
     first_tokens: int  # first-token outputs per prefill call
     slots: int  # decode slots
-    span: int  # cache positions per slot: the longest prompt plus the largest token cap
+    span: int  # cache positions per slot: the longest conversation (prompts, follow-ups and their caps)
     insert_rows: int
+    fork_rows: int = 0  # slots copied per fork call; 0: no task has several follow-ups, no fork graph
 
     @property
     def cache_span(self) -> int:
@@ -66,29 +68,39 @@ class EngineShape:
         return STAGE_BLOCKS * self.prefill_len + 1
 
     def graph_names(self) -> tuple[str, ...]:
-        return (
+        names = (
             f"encode[F={self.row_frames}]",
             f"prefill[L={self.prefill_len},Q={self.first_tokens}]",
             f"insert[I={self.insert_rows},S={self.span}]",
             f"step[N={self.slots},S={self.span}]",
         )
+        return names + ((f"fork[I={self.fork_rows},S={self.span}]",) if self.fork_rows else ())
+
+
+def conversation_len(prompts: PromptPlan, max_new_tokens: list[int], task: int, prefix: int) -> int:
+    """Cache positions a task's whole conversation may take: the prefix, then every turn of its
+    chain, each turn's question ids and its cap (a skipped turn only shortens it)."""
+    return prefix + sum(len(prompts.suffixes[t]) + max_new_tokens[t] for t in prompts.chain(task))
 
 
 def declare_shape(prompts: PromptPlan, max_new_tokens: list[int], slots: int, max_positions: int,
                   n_mels: int = shapes.N_MELS) -> EngineShape:
-    """The one engine shape for these prompts and caps (one cap per task, in the prompts' order)."""
+    """The one engine shape for these prompts and caps (one cap per task, in the prompts' order).
+    Only first questions are prefilled; a follow-up's question is fed to its slot by decode steps,
+    after the earlier turns, so the slots' span holds the longest conversation."""
     longest_prefix = prompts.prefix_len(ROW_TOKENS)
-    clip_tokens = longest_prefix + sum(len(s) for s in prompts.suffixes)
-    span = max(longest_prefix + len(s) + cap for s, cap in zip(prompts.suffixes, max_new_tokens))
+    clip_tokens = longest_prefix + sum(len(prompts.suffixes[t]) for t in prompts.roots)
+    span = max(conversation_len(prompts, max_new_tokens, t, longest_prefix) for t in range(len(prompts.suffixes)))
     if span + 1 > max_positions:  # the scratch position too (its rotary table row)
-        raise ValueError(f"a 30 s clip with its longest task needs {span} positions but the model has {max_positions}")
+        raise ValueError(f"a 30 s clip with its longest conversation needs {span} positions but the model has "
+                         f"{max_positions}")
     if slots < 1:
         raise ValueError("at least one decode slot is needed")
     return EngineShape(
         n_mels=n_mels, tasks=len(prompts.suffixes), row_frames=ROW_FRAMES,
         prefill_len=_round_up(clip_tokens, TOKEN_QUANTUM),
-        first_tokens=MAX_CLIPS_PER_ROW * len(prompts.suffixes),
-        slots=slots, span=span, insert_rows=INSERT_ROWS,
+        first_tokens=MAX_CLIPS_PER_ROW * len(prompts.roots),
+        slots=slots, span=span, insert_rows=INSERT_ROWS, fork_rows=INSERT_ROWS if prompts.branches else 0,
     )
 
 

@@ -18,7 +18,11 @@ Graphs (one compiled graph each; nothing but declared shapes ever reaches them):
 - PrefillGraph: packed rows of prompts (audio from the arena) -> staging caches, and the first
   token of every task row.
 - InsertGraph: copies task rows' prompts from the staging caches into decode slots.
-- StepGraph: one decode step for every slot.
+- StepGraph: one decode step for every slot. A follow-up question (a task that follows another)
+  is fed by it too, one id per step, in the slot that holds its conversation: nothing is prefilled
+  again, and no other graph is needed for chains.
+- ForkGraph (only when a task has several follow-ups): copies a slot's first positions into other
+  slots, so that each follow-up continues the same conversation in its own slot.
 The graphs never learn about manifests, clips or rows: they see indices.
 """
 
@@ -134,6 +138,34 @@ class InsertGraph(nn.Cell):
                                  (self.state.v_stage[layer], self.state.v_cache[layer])):
                 values = ops.gather(stage, flat, 0).reshape(i, span, self.kv_heads, self.head_dim).transpose(0, 2, 1, 3)
                 done = ops.depend(done, ops.scatter_update(cache, slots, values))
+        return done
+
+
+class ForkGraph(nn.Cell):
+    """Copies slot src[j]'s first lengths[j] cache positions into slot dst[j] and clears the rest
+    (the next step adds onto zeros); with the penalty, dst[j]'s presence becomes presence[j] (the
+    ids of the conversation copied, built on the host: the source slot may hold a later turn's ids
+    by now). src may equal dst (a slot taken over by a fork from it); every source is read before
+    any slot is written. Padding entries repeat a real one."""
+
+    def __init__(self, spec, state: ModelState, features: GraphFeatures):
+        super().__init__(auto_prefix=False)
+        self.state = state
+        self.layers = spec.layers
+        self.penalty = features.penalty
+
+    def construct(self, src, dst, lengths, presence):
+        span = self.state.k_cache[0].shape[2]
+        keep = ops.arange(0, span, 1, dtype=ms.int32).reshape(1, 1, span, 1) < lengths.reshape(-1, 1, 1, 1)
+        done = dst[:1]
+        if self.penalty:
+            done = ops.depend(done, ops.scatter_update(self.state.presence, dst, presence))
+        for layer in range(self.layers):
+            for cache in (self.state.k_cache[layer], self.state.v_cache[layer]):
+                values = ops.gather(cache, src, 0)
+                # A select, not a product: whatever the cleared positions hold never reaches the copy.
+                values = ops.select(ops.broadcast_to(keep, values.shape), values, ops.zeros_like(values))
+                done = ops.depend(done, ops.scatter_update(cache, dst, values))
         return done
 
 

@@ -1,7 +1,9 @@
 """What the runner and a model agree on (no MindSpore here, so fakes and workers can import it).
 
 A model takes clips and returns, for each clip in order, one raw text per task it was asked for
-(every task unless the clip names some), with what the model knows about each answer (Answer). It
+(every task unless the clip names some), with what the model knows about each answer (Answer). A
+follow-up question whose rule skipped it (a task that follows another, with `when:`) has no text
+(None) and no Answer, and its reason in `skipped`. It
 may be called from several threads at once: a worker holds a few batches, and a continuous-batching
 model serves them together, so no decode slot waits for the rest of one batch.
 """
@@ -44,9 +46,10 @@ class Answer:
 
 @dataclass
 class BatchOutput:
-    texts: list[list[str]]  # [clip][task asked for] raw decoded text, special tokens kept
+    texts: list[list[str | None]]  # [clip][task asked for] raw decoded text, special tokens kept; None: skipped
     stats: GenerationStats = field(default_factory=GenerationStats)
-    answers: list[list[Answer]] | None = None  # [clip][task asked for]; None when the model cannot say
+    answers: list[list[Answer | None]] | None = None  # [clip][task asked for]; None when the model cannot say
+    skipped: list[dict[int, str]] | None = None  # [clip]: position in its tasks -> why that follow-up was skipped
 
 
 class TextModel(Protocol):

@@ -38,6 +38,9 @@ class ModelPlan:
     # of a hub snapshot (None: a folder, at model_dir on every node), and its files' names and sizes.
     hub_id: str | None = None
     checkpoint_files: tuple[tuple[str, int], ...] = ()
+    # Per task: the rule that decides whether a follow-up is asked (tasks.conditions.Condition), or
+    # None (empty: no task has one).
+    conditions: tuple = ()
 
     @property
     def graph_features(self) -> GraphFeatures:
@@ -125,7 +128,13 @@ def load_prompts(config, tasks, weights: bool = True) -> CheckpointPrompts:
         renderer = AutoProcessor.from_pretrained(str(model_dir))
     defaults = generation_config(model_dir)
     eos_ids, eos_source = end_of_sequence(defaults, tokenizer_eos_ids(tokenizer, style))
-    prompts = build_prompt_plan(renderer, style, [t.prompt(style) for t in tasks], eos_ids)
+    names = [t.name for t in tasks]
+    parents = [names.index(t.follows) if getattr(t, "follows", None) else None for t in tasks]
+    following = [f"'{t.name}' follows '{t.follows}'" for t in tasks if getattr(t, "follows", None)]
+    if following and style != "instruct":
+        raise ValueError(f"follows: {', '.join(following)}, but the prompt style is {style} (no chat template to "
+                         "continue a conversation); follow-up questions need the instruct style")
+    prompts = build_prompt_plan(renderer, style, [t.prompt(style) for t in tasks], eos_ids, parents)
     try:
         decoding = resolve(defaults, config.decoding_keys("job"), config.decoding_keys("option"),
                            config.retry_degenerate)
@@ -158,4 +167,6 @@ def plan_model(config, tasks, device: str, worker_memory_bytes: int,
         decoding=checkpoint.decoding, shape=shape,
         memory_budget_bytes=budget_bytes, hub_id=checkpoint.hub_id,
         checkpoint_files=tuple(checkpoint_files(checkpoint.model_dir).items()),
+        conditions=tuple(getattr(t, "when", None) for t in tasks) if any(getattr(t, "when", None) for t in tasks)
+        else (),
     )

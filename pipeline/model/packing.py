@@ -9,7 +9,8 @@ Two packings, both exact (a clip's results are bit-for-bit what it gets alone, p
   encoder zeroes the first convolution's output outside each clip (the second convolution's zero
   padding), gives each clip its own positional embeddings from 0, and attends within a clip only.
 - Prefill rows (`pack_prefill_row`): clips' prompts share one row of tokens: each clip's prefix
-  (prompt head, audio tokens, tail) followed by every task's suffix. A token sees earlier tokens of
+  (prompt head, audio tokens, tail) followed by every first question's suffix (a follow-up's
+  question comes after its parent's answer, in the decode slot, never here). A token sees earlier tokens of
   its own clip's prefix and of its own suffix only, with positions that restart at each clip, so
   every task row is exactly the prompt the reference feeds the model.
 
@@ -96,14 +97,15 @@ def pack_encoder_row(features: list[np.ndarray], valid_frames: list[int], row_fr
 
 
 def prompt_tokens(prompts, audio_tokens: int) -> int:
-    """Tokens a clip takes in a prefill row: its prefix once, then every task's suffix."""
-    return prompts.prefix_len(audio_tokens) + sum(len(s) for s in prompts.suffixes)
+    """Tokens a clip takes in a prefill row: its prefix once, then every first question's suffix."""
+    return prompts.prefix_len(audio_tokens) + sum(len(prompts.suffixes[t]) for t in prompts.roots)
 
 
 @dataclass(frozen=True)
 class TaskPrompt:
     """Where one task row's prompt sits in a prefill row."""
 
+    task: int
     tokens: tuple[int, ...]  # row indices of its prompt tokens in order: the clip's prefix, its suffix
     last: int  # row index of its last token, whose logits give the first generated token
 
@@ -115,7 +117,7 @@ class PrefillRow:
     is_audio: np.ndarray  # [L] bool
     positions: np.ndarray  # [L] int32, restarting at 0 for each clip
     mask: np.ndarray  # [L, L] float32 additive: a token sees its clip's prefix and its own suffix, causally
-    tasks: tuple[tuple[TaskPrompt, ...], ...]  # per clip, per task
+    tasks: tuple[tuple[TaskPrompt, ...], ...]  # per clip, per first question (prompts.roots)
 
 
 def pack_prefill_row(prompts, audio: list[tuple[int, int]], row_len: int, trash_row: int) -> PrefillRow:
@@ -144,13 +146,14 @@ def pack_prefill_row(prompts, audio: list[tuple[int, int]], row_len: int, trash_
         prefix_tokens = tuple(range(span.start, span.stop))
         at = span.stop
         clip_tasks = []
-        for task, suffix in enumerate(prompts.suffixes):
+        for task in prompts.roots:
+            suffix = prompts.suffixes[task]
             ids[at:at + len(suffix)] = suffix
             positions[at:at + len(suffix)] = np.arange(len(prefix), len(prefix) + len(suffix))
             own = slice(at, at + len(suffix))
             mask[own, span] = 0.0  # the whole shared prefix comes before any suffix token
             mask[own, own] = _causal(len(suffix))
-            clip_tasks.append(TaskPrompt(prefix_tokens + tuple(range(at, at + len(suffix))), at + len(suffix) - 1))
+            clip_tasks.append(TaskPrompt(task, prefix_tokens + tuple(range(at, at + len(suffix))), at + len(suffix) - 1))
             at += len(suffix)
         tasks.append(tuple(clip_tasks))
         start += need

@@ -12,12 +12,23 @@ next row, and is the first to be tried there, so no clip waits forever.
 Staged rows enter slots longest budget first: a run ends when its last rows end, and slots idle
 while they do, so long rows should not be the last to start. A short row is not starved: its
 staging block stays held until it is inserted, and no new prefill starts without a free block.
+
+Conversations (FollowUps): when a row ends, the tasks that follow its task start at once from its
+cache, nothing recomputed. The first continues in the same slot; each further one (a branch) is a
+fork: the slot's first positions are copied into another slot (Fork). Until every fork from a slot
+has copied, the slot is pinned: it goes to no unrelated row, and when its own line of rows ends,
+the waiting fork with the longest context takes it over (a copy onto itself that clears the rest),
+so every waiting fork's positions stay intact. A row that ended at its first token (never in a
+slot) has its follow-ups staged from its prompt in staging and inserted like first questions. A
+follow-up's question ids (`forced`) are fed by decode steps before its answer starts; their step
+outputs are not answers. A follow-up that its rule skips (FollowUps.admit) is recorded in
+clip.skipped, and the tasks that follow it are asked after the turn it would have followed.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.model.packing import encoder_span, fits_at
@@ -45,6 +56,10 @@ class ClipJob:
     tokens: list[list[int]] = field(default_factory=list)
     ended: list[bool] = field(default_factory=list)
     logprob_sums: list[float] = field(default_factory=list)
+    skipped: dict[int, str] = field(default_factory=dict)  # follow-up task -> why its rule skipped it
+    follow_ups: int = 0  # follow-up rows run
+    reused_tokens: int = 0  # conversation tokens follow-ups continued from instead of prefilling again
+    forced_tokens: int = 0  # follow-ups' question ids fed by decode steps
 
 
 @dataclass(eq=False)
@@ -64,14 +79,38 @@ class RowJob:
     slot: int | None = None
     logprob_sum: float = 0.0  # of the ids chosen so far, next_token's included
     ended: bool = False
+    # Positions its cache holds (the next fed token goes here): its prompt's, and in a conversation
+    # every earlier turn's. -1: len(src).
+    cache_len: int = -1
+    # A follow-up's question ids still to feed after next_token; the step outputs while they are
+    # fed are not answers.
+    forced: deque = field(default_factory=deque)
+    prompt_task: int = -1  # the first question whose prompt presence its insert writes (-1: task)
+    history: tuple[int, ...] = ()  # a follow-up's conversation ids after the prompt, before its question
+    joined: tuple[int, ...] = ()  # a follow-up's question ids (its forced ids, all of them)
+    fork_from: tuple[int, int] | None = None  # a fork: (slot, positions) its cache is copied from
 
     def __post_init__(self):
         self.logprob_sum = self.first_logprob
+        if self.cache_len < 0:
+            self.cache_len = len(self.src)
+        if self.prompt_task < 0:
+            self.prompt_task = self.task
 
-    @property
-    def position(self) -> int:
-        """Cache position of the token fed at the next step."""
-        return len(self.src) + len(self.generated) - 1
+
+@dataclass(frozen=True)
+class FollowUps:
+    """Conversations: which tasks follow which, and how a follow-up row is made.
+
+    children[t]: tasks asked after t's answer, in order; joins[t]: a follow-up's question ids
+    (<|im_end|>, the user turn, the assistant prompt); new_row(clip, task): a RowJob with the task's
+    budget and decoding (the scheduler fills in where it starts); admit(clip, task): None to ask it,
+    or why its rule skips it (the clip's answers so far are in clip.tokens)."""
+
+    children: Mapping[int, Sequence[int]]
+    joins: Mapping[int, Sequence[int]]
+    new_row: Callable[[ClipJob, int], RowJob]
+    admit: Callable[[ClipJob, int], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,14 +132,24 @@ class Insert:
 
 
 @dataclass(frozen=True)
+class Fork:
+    """Copy each row's parent cache (row.fork_from) into its slot."""
+
+    rows: tuple[RowJob, ...]
+    slots: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Step:
     pass
 
 
 class Scheduler:
     def __init__(self, slots: int, row_frames: int, prefill_len: int, max_clips_per_row: int, audio_blocks: int,
-                 stage_blocks: int, insert_rows: int, eos_ids, staged_target: int | None = None):
+                 stage_blocks: int, insert_rows: int, eos_ids, staged_target: int | None = None,
+                 follow_ups: FollowUps | None = None):
         self.row_frames, self.prefill_len = row_frames, prefill_len
+        self.follow_ups = follow_ups
         self.max_clips_per_row = max_clips_per_row
         self.insert_rows = insert_rows
         self.eos = frozenset(eos_ids)
@@ -114,6 +163,8 @@ class Scheduler:
         self.free_stage = list(range(stage_blocks))
         self._audio_users: dict[int, int] = {}
         self._stage_users: dict[int, int] = {}
+        self.forks: list[RowJob] = []  # follow-ups waiting for a slot and a copy of their parent's cache
+        self.pins: dict[int, int] = {}  # slot -> forks waiting to copy from it
 
     # --- state ---------------------------------------------------------------------------------
 
@@ -122,11 +173,14 @@ class Scheduler:
         return sum(row is not None for row in self.slots)
 
     def busy(self) -> bool:
-        return bool(self.pending or self.encoded or self.staged or self.active)
+        return bool(self.pending or self.encoded or self.staged or self.active or self.forks)
 
     def submit(self, clip: ClipJob, tasks: int) -> None:
-        """tasks: how many the engine runs; the clip runs clip.tasks of them (all when None)."""
-        clip.rows_left = tasks if clip.tasks is None else len(clip.tasks)
+        """tasks: how many the engine runs; the clip runs clip.tasks of them (all when None), each
+        follow-up with the task it follows."""
+        if clip.tasks is None:
+            clip.tasks = tuple(range(tasks))
+        clip.rows_left = len(clip.tasks)
         clip.tokens = [[] for _ in range(tasks)]
         clip.ended = [False] * tasks
         clip.logprob_sums = [0.0] * tasks
@@ -134,8 +188,12 @@ class Scheduler:
 
     # --- decisions -----------------------------------------------------------------------------
 
-    def next_action(self) -> Encode | Prefill | Insert | Step | None:
-        free = [slot for slot, row in enumerate(self.slots) if row is None]
+    def next_action(self) -> Encode | Prefill | Insert | Fork | Step | None:
+        free = [slot for slot, row in enumerate(self.slots) if row is None and slot not in self.pins]
+        if self.forks:
+            fork = self._fork_plan(free)
+            if fork is not None:
+                return fork
         if free and self.staged:
             count = min(len(free), len(self.staged), self.insert_rows)
             return Insert(tuple(self.staged[i] for i in range(count)), tuple(free[:count]))
@@ -150,6 +208,24 @@ class Scheduler:
         if self.active:
             return Step()
         return None
+
+    def _fork_plan(self, free: list[int]) -> Fork | None:
+        """Waiting forks into slots: a pinned slot whose rows have ended goes to the fork from it
+        with the longest context (its copy clears only positions no other waiting fork needs);
+        then free slots, in waiting order."""
+        chosen: list[tuple[RowJob, int]] = []
+        for slot in self.pins:
+            if self.slots[slot] is None:
+                waiting = [row for row in self.forks if row.fork_from[0] == slot]
+                chosen.append((max(waiting, key=lambda row: row.fork_from[1]), slot))
+        free = list(free)
+        for row in self.forks:
+            if free and all(row is not other for other, _ in chosen):
+                chosen.append((row, free.pop(0)))
+        chosen = chosen[: self.insert_rows]
+        if not chosen:
+            return None
+        return Fork(tuple(row for row, _ in chosen), tuple(slot for _, slot in chosen))
 
     def _encoder_row(self) -> tuple[ClipJob, ...]:
         chosen, start = [], 0
@@ -189,21 +265,23 @@ class Scheduler:
         for clip in action.clips:
             self.encoded.remove(clip)
             self._release_audio(clip.audio_block)
+        self._stage_users[action.block] = 0
         finished = []
-        staged = 0
         for row in rows:
-            if self._ended(row, row.next_token, first=True):
-                finished += self._finish(row)
+            if self._ended(row, row.next_token):
+                finished += self._done(row)
             else:
-                # After every staged row with at least its budget: longest first, then arrival.
-                at = next((i for i, other in enumerate(self.staged) if other.budget < row.budget), len(self.staged))
-                self.staged.insert(at, row)
-                staged += 1
-        if staged:
-            self._stage_users[action.block] = staged
-        else:
+                self._stage(row)
+        if not self._stage_users[action.block]:
+            del self._stage_users[action.block]
             self.free_stage.append(action.block)
         return finished
+
+    def _stage(self, row: RowJob) -> None:
+        # After every staged row with at least its budget: longest first, then arrival.
+        at = next((i for i, other in enumerate(self.staged) if other.budget < row.budget), len(self.staged))
+        self.staged.insert(at, row)
+        self._stage_users[row.stage_block] += 1
 
     def inserted(self, action: Insert) -> None:
         for row, slot in zip(action.rows, action.slots):
@@ -212,6 +290,16 @@ class Scheduler:
             self.slots[slot] = row
             self._release_stage(row.stage_block)
 
+    def forked(self, action: Fork) -> None:
+        for row, slot in zip(action.rows, action.slots):
+            self.forks.remove(row)
+            source = row.fork_from[0]
+            self.pins[source] -= 1
+            if not self.pins[source]:
+                del self.pins[source]
+            row.slot = slot
+            self.slots[slot] = row
+
     def stepped(self, tokens, logprobs=None) -> list[ClipJob]:
         """tokens[slot] is the next token of the slot's row, logprobs[slot] its raw log-probability;
         returns clips that finished."""
@@ -219,29 +307,76 @@ class Scheduler:
         for slot, row in enumerate(self.slots):
             if row is None:
                 continue
+            row.cache_len += 1  # the token it was fed is in its cache now
+            if row.forced:  # still reading its question: the output is no answer
+                row.next_token = row.forced.popleft()
+                continue
             if logprobs is not None:
                 row.logprob_sum += float(logprobs[slot])
-            if self._ended(row, int(tokens[slot]), first=False):
+            if self._ended(row, int(tokens[slot])):
                 self.slots[slot] = None
-                finished += self._finish(row)
+                finished += self._done(row)
         return finished
 
-    def _ended(self, row: RowJob, token: int, first: bool) -> bool:
+    def _ended(self, row: RowJob, token: int) -> bool:
         """Record the row's newest token; True when the row is done."""
-        if not first:
-            row.next_token = token
+        row.next_token = token
         if token in self.eos:
             row.ended = True
             return True
         row.generated.append(token)
         return len(row.generated) >= row.budget
 
-    def _finish(self, row: RowJob) -> list[ClipJob]:
-        row.clip.tokens[row.task] = list(row.generated)
-        row.clip.ended[row.task] = row.ended
-        row.clip.logprob_sums[row.task] = row.logprob_sum
-        row.clip.rows_left -= 1
-        return [row.clip] if row.clip.rows_left == 0 else []
+    def _done(self, row: RowJob) -> list[ClipJob]:
+        """The row's answer is complete: record it, start the tasks that follow it; -> the clip
+        when that was its last row."""
+        clip = row.clip
+        clip.tokens[row.task] = list(row.generated)
+        clip.ended[row.task] = row.ended
+        clip.logprob_sums[row.task] = row.logprob_sum
+        for i, child in enumerate(self._follow(row, row.task)):
+            if row.slot is None:  # ended at its first token: inserted from its prompt in staging
+                self._stage(child)
+            elif i == 0:  # continues in the slot, at the next step
+                child.slot = row.slot
+                self.slots[row.slot] = child
+            else:
+                child.fork_from = (row.slot, row.cache_len)
+                self.pins[row.slot] = self.pins.get(row.slot, 0) + 1
+                self.forks.append(child)
+        clip.rows_left -= 1
+        return [clip] if clip.rows_left == 0 else []
+
+    def _follow(self, parent: RowJob, task: int) -> list[RowJob]:
+        """Rows of the tasks that follow `task`, continuing parent's conversation; a skipped task
+        is recorded, and the tasks that follow it are asked in its place."""
+        if self.follow_ups is None:
+            return []
+        clip, rows = parent.clip, []
+        for child in self.follow_ups.children.get(task, ()):
+            if child not in clip.tasks:
+                continue
+            reason = self.follow_ups.admit(clip, child) if self.follow_ups.admit else None
+            if reason is not None:
+                clip.skipped[child] = reason
+                clip.rows_left -= 1
+                rows += self._follow(parent, child)
+                continue
+            # The parent's last id is not in its cache when its cap ended it: fed first.
+            unfed = [] if parent.ended else parent.generated[-1:]
+            forced = [*unfed, *self.follow_ups.joins[child]]
+            row = self.follow_ups.new_row(clip, child)
+            row.next_token, row.forced = forced[0], deque(forced[1:])
+            row.src, row.stage_block, row.prompt_task = parent.src, parent.stage_block, parent.prompt_task
+            row.cache_len = parent.cache_len
+            fed = parent.generated if parent.ended else parent.generated[:-1]
+            row.history = (*parent.history, *parent.joined, *fed)
+            row.joined = tuple(forced)
+            clip.follow_ups += 1
+            clip.reused_tokens += parent.cache_len + len(unfed)
+            clip.forced_tokens += len(forced)
+            rows.append(row)
+        return rows
 
     def _release_audio(self, block: int) -> None:
         self._audio_users[block] -= 1

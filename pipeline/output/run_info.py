@@ -27,6 +27,33 @@ def _ratio(numerator: float, denominator: float) -> float | None:
     return round(numerator / denominator, 4) if denominator else None
 
 
+def _follow_up(plan, task: int) -> dict:
+    """A follow-up's place in its conversation, for run.json's task list; {} for a first question."""
+    parent = plan.prompts.parent(task)
+    if parent is None:
+        return {}
+    rule = plan.conditions[task] if plan.conditions else None
+    return {"follows": plan.task_names[parent], "when": rule.to_dict() if rule is not None else None}
+
+
+def conversations(stats) -> dict:
+    """Follow-up questions in this OUT's committed results: how many ran and were skipped, and the
+    prefill work saved against re-running each conversation from the start (as a chat API is used:
+    the whole conversation prefilled, the audio encoded, for every question)."""
+    return {
+        "follow_ups": stats["follow_up_rows"],
+        "follow_ups_skipped": stats["follow_ups_skipped"],
+        # Each follow-up's conversation before its question (the prompt, every earlier question and
+        # answer): what a re-run from the start prefills again, and this run did not.
+        "prefill_tokens_saved": stats["prefill_tokens_saved"],
+        "encoder_passes_saved": stats["follow_up_rows"],
+        # What this run did compute for them: their question ids, fed by decode steps.
+        "question_tokens_fed_by_steps": stats["follow_up_question_tokens"],
+        "prefilled_tokens": stats["prefilled_tokens"],
+        "forked_rows": stats["forked_rows"],
+    }
+
+
 def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest, out, totals, part_stats, report,
           started, audio_s_this_run, items_this_run, timeline=None, manifest_folders=(), milestones=None) -> dict:
     """totals: output/final.Totals, the counts over the final tables. timeline: the invocation's
@@ -43,8 +70,8 @@ def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest
         "fingerprint": fingerprint,
         "model": {"path": plan.model_dir, "revision": plan.revision, "style": plan.style, "dtype": plan.dtype,
                   "device": plan.device, "dims": asdict(plan.spec)},
-        "tasks": [{"name": n, "prompt": p, "max_new_tokens": m}
-                  for n, p, m in zip(plan.task_names, plan.prompts.texts, plan.max_new_tokens)],
+        "tasks": [{"name": n, "prompt": p, "max_new_tokens": m, **_follow_up(plan, i)}
+                  for i, (n, p, m) in enumerate(zip(plan.task_names, plan.prompts.texts, plan.max_new_tokens))],
         "decoding": plan.decoding.to_dict(),
         "eos_token_ids": list(plan.prompts.eos_ids),
         "shape": {**asdict(plan.shape), "graphs": list(plan.shape.graph_names())},
@@ -86,9 +113,10 @@ def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest
             **{k: stats[k] for k in ("generated_tokens", "retried_answers", "decode_steps", "encoder_rows", "prefill_rows",
                                      "inserted_rows", "insert_calls", "clips_encoded", "valid_frames",
                                      "computed_frames", "valid_tokens", "computed_tokens", "row_steps",
-                                     "useful_row_steps")},
-            **{k: round(stats[k], 3) for k in ("encode_s", "prefill_s", "insert_s", "steps_s")},
+                                     "useful_row_steps", "prefilled_tokens", "fork_calls", "forked_rows")},
+            **{k: round(stats[k], 3) for k in ("encode_s", "prefill_s", "insert_s", "steps_s", "fork_s")},
         },
+        "conversations": conversations(stats),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
     }

@@ -117,6 +117,7 @@ def segment_schema(columns: dict[str, str]) -> pa.Schema:
         pa.field("start_s", pa.float64()), pa.field("end_s", pa.float64()),
         pa.field("status", pa.string()), pa.field("error", pa.string()), pa.field("error_detail", pa.string()),
         pa.field("silent", pa.bool_()), pa.field("raw", pa.map_(pa.string(), pa.string())),
+        pa.field("skipped", pa.map_(pa.string(), pa.string())),
     ]
     for name, kind in columns.items():
         fields.append(pa.field(name, column_type(kind)))
@@ -132,6 +133,7 @@ def results_table(results: list[ItemResult], columns: dict[str, str], stats: dic
             "n_segments": r.item.n_segments, "start_s": r.start_s, "end_s": r.end_s, "status": r.status,
             "error": r.error, "error_detail": r.error_detail, "silent": r.silent,
             "raw": list(r.raw.items()) if r.status == "ok" else None,
+            "skipped": list(r.skipped.items()) if r.status == "ok" else None,
         }
         for name in columns:
             row[name] = r.parsed.get(name)

@@ -5,7 +5,8 @@ none did, `partial` otherwise; `error` is the first failed segment's reason code
 `error_detail` names every failed segment. Annotations combine the successful segments by
 tasks.merge.aggregate: transcripts joined in order, language by majority, distinct captions in order,
 events and moderation labels as a union. `raw` keeps each task's raw text, segments joined by
-newlines. `language` is what the transcript task detected, and null where it did not run or
+newlines (a follow-up its rule skipped has none). `skipped` names the follow-ups a rule skipped:
+with the reason when every segment skipped it (its column is then null), else how many did. `language` is what the transcript task detected, and null where it did not run or
 detected none, and on error rows: a column of a task that did not run is null. The manifest's own
 `language` value (a hint the manifest author gave) is kept, untouched, in `manifest_language`.
 """
@@ -33,6 +34,7 @@ FILE_COLUMNS = (
     ("duration_s", pa.float64()), ("n_segments", pa.int32()), ("silent", pa.bool_()),
 )
 RAW_COLUMN = ("raw", pa.map_(pa.string(), pa.string()))
+SKIPPED_COLUMN = ("skipped", pa.map_(pa.string(), pa.string()))
 # The manifest's values of its schema columns that the output replaces with what was found
 # (`duration_s` is the decoded length, `language` the detected one), so that annotations.parquet
 # loses none of the manifest's values and a wrong one shows beside the real one; they come after
@@ -43,7 +45,7 @@ MANIFEST_VALUE_COLUMNS = (("manifest_duration_s", pa.float64(), "duration_s"),
 
 def output_column_names(columns: dict[str, str]) -> set[str]:
     """Every column annotations.parquet writes besides the manifest's own."""
-    return ({name for name, _ in FILE_COLUMNS} | set(columns) | {RAW_COLUMN[0]}
+    return ({name for name, _ in FILE_COLUMNS} | set(columns) | {RAW_COLUMN[0], SKIPPED_COLUMN[0]}
             | set(answer_columns.OUTPUT_NAMES) | {name for name, _, _ in MANIFEST_VALUE_COLUMNS})
 
 
@@ -105,13 +107,26 @@ def _file_row(segments: list[dict], columns: dict[str, str], tasks: list[str], p
         row.update({c: None for c in columns})
         row.update(aggregate_row(ok, answered))
         raws = [dict(s["raw"] or []) for s in ok]
-        row["raw"] = [(t, "\n".join(r[t] for r in raws if t in r)) for t in tasks]
+        row["raw"] = [(t, "\n".join(r[t] for r in raws if t in r)) for t in tasks if any(t in r for r in raws)]
+        row["skipped"] = _skipped([dict(s.get("skipped") or []) for s in ok], tasks)
         row.update(answer_columns.file_values(ok, tasks))
     else:
         row.update({c: None for c in columns})
-        row["raw"] = None
+        row["raw"] = row["skipped"] = None
         row.update({name: None for name in answer_columns.OUTPUT_NAMES})
     return row
+
+
+def _skipped(segments: list[dict], tasks: list[str]) -> list[tuple[str, str]]:
+    """A row's skipped follow-ups from its successful segments' (each segment is its own
+    conversation): the reason when every segment skipped it, else how many did and the first reason."""
+    found = []
+    for task in tasks:
+        reasons = [s[task] for s in segments if task in s]
+        if reasons:
+            count = "" if len(reasons) == len(segments) else f"in {len(reasons)} of {len(segments)} segments: "
+            found.append((task, count + reasons[0]))
+    return found
 
 
 def annotations_output(segments: pa.Table, rows: pa.Table, planned_durations: list, columns: dict[str, str],
@@ -133,7 +148,7 @@ def annotations_output(segments: pa.Table, rows: pa.Table, planned_durations: li
             raise RuntimeError(f"id {ids[index].as_py()!r} has segments {indices}, expected each once")
         found_rows.append(_file_row(found, columns, tasks, planned_durations[index]))
 
-    fields = [*FILE_COLUMNS, *((c, column_type(kind)) for c, kind in columns.items()), RAW_COLUMN,
+    fields = [*FILE_COLUMNS, *((c, column_type(kind)) for c, kind in columns.items()), RAW_COLUMN, SKIPPED_COLUMN,
               *answer_columns.OUTPUT_FIELDS]
     body = pa.Table.from_pylist(found_rows, schema=pa.schema(fields))
     # Where the audio came from: the path as written, or `shard#row` / `shard.tar#key` for audio

@@ -17,7 +17,7 @@ from pipeline.errors import UserError
 from pipeline.intake.manifest_set import default_out_name
 from pipeline.intake.manifest_table import Manifest
 from pipeline.output.tables import output_column_names
-from pipeline.tasks.catalog import OUTPUT_COLUMNS, output_columns
+from pipeline.tasks.catalog import OUTPUT_COLUMNS, follow_up_settings, output_columns
 
 # A CPU worker's kernels run on several threads; more workers than cores / this only contend (on
 # 2 cores one worker with 2 threads is faster than two with one each).
@@ -51,7 +51,9 @@ def check_passthrough(manifest: Manifest, columns: dict[str, str]) -> None:
 
 
 def run_settings(plan, config: Config, tasks) -> dict:
-    return {
+    # Conversations only where there are some: every other run's fingerprint stays what it was.
+    follow_ups = follow_up_settings(tasks)
+    return ({"follow_ups": follow_ups} if follow_ups else {}) | {
         "model": plan.model_dir, "revision": plan.revision, "prompt_style": plan.style,
         "prompts": dict(zip(plan.task_names, plan.prompts.texts)),
         "parsers": {t.name: t.parser for t in tasks},

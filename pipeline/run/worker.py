@@ -32,7 +32,7 @@ from pipeline.intake.segment import (
 from pipeline.items import Batch, Item, ItemResult, failure_result
 from pipeline.model.interface import ClipInput, TextModel
 from pipeline.reasons import Failure, Reason
-from pipeline.tasks.catalog import Task, parse
+from pipeline.tasks.catalog import Task, output_columns, parse
 
 
 @dataclass
@@ -186,35 +186,60 @@ class BatchAnnotator:
         _check(output, [len(self.tasks)] * len(clips))
         texts = [list(t) for t in output.texts]
         answers = [list(a) for a in output.answers] if output.answers else [[] for _ in clips]
+        skipped = [{self.tasks[i].name: reason for i, reason in skips.items()}
+                   for skips in (output.skipped or [{} for _ in clips])]
         retried = [{} for _ in clips]
         if self.retry is not None:
-            self._retry_loops(clips, texts, answers, retried, output.stats)
-        for clip, clip_texts, known, again in zip(clips, texts, answers, retried):
+            self._retry_loops(clips, texts, answers, skipped, retried, output.stats)
+        for clip, clip_texts, known, skips, again in zip(clips, texts, answers, skipped, retried):
             parsed: dict[str, object] = {}
             for task, text in zip(self.tasks, clip_texts):
-                parsed.update(parse(task, text, self.moderation_labels))
+                # A follow-up its rule skipped: null columns, not an empty answer.
+                parsed.update({c: None for c in output_columns([task])} if text is None
+                              else parse(task, text, self.moderation_labels))
             results.append(ItemResult(
                 item=clip.item, status="ok", start_s=clip.start_s, end_s=clip.end_s, silent=clip.silent,
-                raw={task.name: text for task, text in zip(self.tasks, clip_texts)}, parsed=parsed,
-                answers={task.name: answer for task, answer in zip(self.tasks, known)}, retried=again,
+                raw={task.name: text for task, text in zip(self.tasks, clip_texts) if text is not None},
+                parsed=parsed, skipped=skips,
+                answers={task.name: answer for task, answer in zip(self.tasks, known) if answer is not None},
+                retried=again,
             ))
         return results, output.stats
 
-    def _retry_loops(self, clips, texts, answers, retried, stats) -> None:
-        """Generate the looping answers again (only those tasks of those clips), in place."""
-        again = [(c, tuple(t for t, answer in enumerate(known) if answer.looped)) for c, known in enumerate(answers)]
+    def _conversation(self, task: int) -> tuple[int, ...]:
+        """Every task of the conversation `task` belongs to: its first question's and each that
+        follows from it (a first question alone when nothing follows)."""
+        names = [t.name for t in self.tasks]
+
+        def root(i: int) -> int:
+            return root(names.index(self.tasks[i].follows)) if self.tasks[i].follows else i
+
+        return tuple(i for i in range(len(self.tasks)) if root(i) == root(task))
+
+    def _retry_loops(self, clips, texts, answers, skipped, retried, stats) -> None:
+        """Generate the looping answers again (only those tasks of those clips), in place. A
+        looping answer in a conversation has its whole conversation generated again: the answers
+        after it saw the loop, and a follow-up is only asked after the answers before it."""
+        again = [(c, tuple(sorted({t for i, answer in enumerate(known) if answer is not None and answer.looped
+                                   for t in self._conversation(i)}))) for c, known in enumerate(answers)]
         again = [(c, tasks) for c, tasks in again if tasks]
         if not again:
             return
         second = self.model.generate([ClipInput(clips[c].item.key, clips[c].features, clips[c].valid_frames,
                                                 tasks=tasks, decoding=self.retry, attempt=1) for c, tasks in again])
         _check(second, [len(tasks) for _, tasks in again])
-        for (c, tasks), new_texts, new_answers in zip(again, second.texts, second.answers or [[]] * len(again)):
-            for t, text, answer in zip(tasks, new_texts, new_answers or [None] * len(tasks)):
+        for (c, tasks), new_texts, new_answers, new_skipped in zip(
+                again, second.texts, second.answers or [[]] * len(again), second.skipped or [{}] * len(again)):
+            for i, (t, text, answer) in enumerate(zip(tasks, new_texts, new_answers or [None] * len(tasks))):
+                name = self.tasks[t].name
                 texts[c][t] = text
-                if answer is not None:
+                if answer is not None or text is None:
                     answers[c][t] = answer
-                retried[c][self.tasks[t].name] = self.retry_label
+                skipped[c].pop(name, None)
+                if i in new_skipped:
+                    skipped[c][name] = new_skipped[i]
+                else:
+                    retried[c][name] = self.retry_label
         second.stats.retried_answers += sum(len(tasks) for _, tasks in again)
         stats.add(second.stats)
 

@@ -9,15 +9,20 @@ Built-in tasks and the columns they fill:
 Custom tasks (config.custom_tasks) fill one column named after the task: a string ("text") or a
 list ("list"). parse picks the parser (pipeline.tasks.parsers) for a task; parsers never raise: any
 text gives a value of the column's type.
+
+Any task may follow another (`follows`): its question is then the next user turn of the same
+conversation, after the other task's answer, and may be skipped by a rule on an earlier answer
+(`when`, tasks/conditions.py). Its column is its own, as for any task.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pipeline.config import Config, ConfigError
+from pipeline.tasks.conditions import Condition, RuleError
 from pipeline.tasks.parsers import (
     parse_caption,
     parse_moderation,
@@ -37,6 +42,8 @@ class Task:
     instruct_prompt: str  # the user's question inside the chat template (instruct checkpoint)
     max_new_tokens: int
     parser: str  # "caption" | "events" | "transcript" | "moderation" | "text" | "list"
+    follows: str | None = None  # the task whose answer it follows in the same conversation
+    when: Condition | None = None  # whether it is asked, from an earlier answer (follow-ups only)
 
     def prompt(self, style: str) -> str:
         if style not in STYLES:
@@ -87,7 +94,7 @@ _COLUMNS_BY_PARSER = {
 # custom task must not shadow them.
 RESERVED_COLUMNS = frozenset({
     "id", "audio", "path", "duration_s", "row", "segment", "segments", "n_segments", "start_s",
-    "end_s", "status", "error", "error_detail", "silent", "raw", "manifest_language", "manifest_duration_s",
+    "end_s", "status", "error", "error_detail", "silent", "raw", "skipped", "manifest_language", "manifest_duration_s",
     # What the model says about each answer (output/answer_columns.py).
     "logprob", "logprob_sum", "answer_tokens", "hit_cap", "looped", "retried",
 })
@@ -164,7 +171,61 @@ def resolve_tasks(config: Config) -> list[Task]:
     for custom in config.custom_tasks:
         cap = config.max_new_tokens.get(custom.name, custom.max_new_tokens)
         tasks.append(Task(custom.name, custom.prompt, custom.prompt, cap, custom.parser))
-    return tasks
+    return _with_follow_ups(config, tasks)
+
+
+def _with_follow_ups(config: Config, tasks: list[Task]) -> list[Task]:
+    """Each task's `follows` and `when` (job keys `follows` and `when`, or a custom task's own),
+    checked: every name a task of this run, no cycle, `when` only on a follow-up, `task` an earlier
+    turn of its conversation. The prompt style is checked with the checkpoint (model_plan)."""
+    names = [t.name for t in tasks]
+    follows, when = dict(config.follows), dict(config.when)
+    for custom in config.custom_tasks:
+        for key, value, mapping in (("follows", custom.follows, follows), ("when", custom.when, when)):
+            if value is not None:
+                if custom.name in mapping:
+                    raise ConfigError(f"{key}: custom task '{custom.name}' sets it in custom_tasks and in '{key}'")
+                mapping[custom.name] = value
+    for key, mapping in (("follows", follows), ("when", when)):
+        for name in mapping:
+            if name not in names:
+                raise ConfigError(f"{key}: '{name}' is not a task of this run (tasks: {names})")
+    for name, parent in follows.items():
+        if parent not in names:
+            raise ConfigError(f"follows: '{name}' follows '{parent}', which is not a task of this run (tasks: {names})")
+    for name in follows:
+        chain = [name]
+        while chain[-1] in follows:
+            chain.append(follows[chain[-1]])
+            if chain[-1] in chain[:-1]:
+                cycle = chain[chain.index(chain[-1]):]
+                raise ConfigError(f"follows: '{name}' is in a cycle: {' -> '.join(cycle)} (each task must start "
+                                  "from a first question)")
+    rules = {}
+    for name, value in when.items():
+        if name not in follows:
+            raise ConfigError(f"when: '{name}' follows no task; a rule decides whether a follow-up is asked")
+        try:
+            rule = Condition.parse(value)
+        except RuleError as exc:
+            raise ConfigError(f"when: '{name}': {exc}") from None
+        earlier = []
+        at = name
+        while at in follows:
+            at = follows[at]
+            earlier.append(at)
+        if rule.task is not None and rule.task not in earlier:
+            raise ConfigError(f"when: '{name}' reads '{rule.task}', which is not an earlier turn of its conversation "
+                              f"({' -> '.join(reversed([name, *earlier]))})")
+        rules[name] = rule
+    return [replace(t, follows=follows.get(t.name), when=rules.get(t.name)) for t in tasks]
+
+
+def follow_up_settings(tasks: Sequence[Task]) -> dict:
+    """What run.json and the settings fingerprint record of the conversations: {task: {follows,
+    when}} for each follow-up; {} when there are none."""
+    return {t.name: {"follows": t.follows, "when": t.when.to_dict() if t.when else None}
+            for t in tasks if t.follows}
 
 
 def output_columns(tasks: Sequence[Task]) -> dict[str, str]:

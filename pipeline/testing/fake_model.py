@@ -11,7 +11,10 @@ processes. Every answer comes with what a model says about it (interface.Answer)
 as tokens, its mean log-probability is -0.05 x (task index + 1). Keys in `loop_keys` get answers
 that repeat one word until the cap (flagged as loops), unless asked again by a retry (attempt 1).
 `fail_loads` makes the first loads
-fail (the model cannot be built). Lives in the package so Ray workers can import it.
+fail (the model cannot be built). Follow-up questions (tasks that follow others) go through the same
+rules as the real engine's (`when:`, engine.follow_up_verdict); their text names the turn they
+were asked after, and a skipped one has none. `answers` replaces the texts of ANSWERS. Lives in
+the package so Ray workers can import it.
 """
 
 from __future__ import annotations
@@ -23,9 +26,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
+from pipeline.model.engine import follow_up_verdict
 from pipeline.model.interface import Answer, BatchOutput, ClipInput
 from pipeline.model.loops import looping
 from pipeline.model.stats import GenerationStats
@@ -47,8 +52,10 @@ def fake_answer(task: int, text: str, loops: bool) -> Answer:
 
 class FakeModel:
     def __init__(self, spec, fail_keys=(), crash_keys=(), delay_s=0.0, hang_keys=(), memory_clips=None,
-                 calls_dir=None, loop_keys=()):
+                 calls_dir=None, loop_keys=(), answers=None):
+        self.plan = spec.plan
         self.task_names = list(spec.plan.task_names)
+        self.answers = {**ANSWERS, **(answers or {})}
         self.fail_keys, self.crash_keys, self.hang_keys = set(fail_keys), set(crash_keys), set(hang_keys)
         self.delay_s = delay_s  # per batch, to make a run long enough to interrupt
         self.memory_clips = memory_clips
@@ -83,18 +90,38 @@ class FakeModel:
                 os._exit(17)
             if clip.key in self.fail_keys:
                 raise RuntimeError(f"injected model failure on {clip.key}")
-        texts, answers = [], []
+        texts, answers, skipped = [], [], []
         for clip in clips:
             level = float(np.round(clip.features[:, :clip.valid_frames].mean(), 3))
             tasks = range(len(self.task_names)) if clip.tasks is None else clip.tasks
             loops = clip.key in self.loop_keys and clip.attempt == 0
-            clip_texts = [" ".join(["la"] * LOOP_WORDS) if loops else
-                          ANSWERS.get(self.task_names[t], "{key} {level}").format(key=clip.key, level=level)
+            job = self._conversation(clip.key, level)
+            clip_texts = [None if t in job.skipped else " ".join(["la"] * LOOP_WORDS) if loops else job.tokens[t]
                           for t in tasks]
             texts.append(clip_texts)
-            answers.append([fake_answer(t, text, loops) for t, text in zip(tasks, clip_texts)])
+            answers.append([None if text is None else fake_answer(t, text, loops) for t, text in zip(tasks, clip_texts)])
+            skipped.append({i: job.skipped[t] for i, t in enumerate(tasks) if t in job.skipped})
         frames = sum(c.valid_frames for c in clips)
-        return BatchOutput(texts, GenerationStats(valid_frames=frames, computed_frames=frames), answers)
+        return BatchOutput(texts, GenerationStats(valid_frames=frames, computed_frames=frames), answers, skipped)
+
+    def _conversation(self, key: str, level: float):
+        """Every task's text, first questions first; a follow-up asked (its rule holds) says which
+        answer it followed, a skipped one has none."""
+        prompts, names = self.plan.prompts, self.task_names
+        job = SimpleNamespace(key=key, tokens={}, skipped={})
+        for task in sorted(range(len(names)), key=lambda t: len(prompts.chain(t))):
+            text = self.answers.get(names[task], "{key} {level}").format(key=key, level=level)
+            parent = prompts.parent(task)
+            if parent is not None:
+                reason = follow_up_verdict(self.plan, job, task, lambda answer: answer)
+                if reason is not None:
+                    job.skipped[task] = reason
+                    continue
+                while parent in job.skipped:
+                    parent = prompts.parent(parent)
+                text += f" (after {names[parent]})"
+            job.tokens[task] = text
+        return job
 
 
 @dataclass(frozen=True)
@@ -108,6 +135,7 @@ class FakeModelFactory:
     memory_clips: int | None = None
     calls_dir: str | None = None
     loop_keys: tuple[str, ...] = ()
+    answers: tuple[tuple[str, str], ...] = ()  # (task, text with {key} and {level}) over ANSWERS
     # The first fail_loads models built (counted across processes in loads_dir) fail to load, as
     # on a bad device or a node without the checkpoint.
     fail_loads: int = 0
@@ -117,7 +145,7 @@ class FakeModelFactory:
         if self.fail_loads and _next_load(self.loads_dir) <= self.fail_loads:
             raise RuntimeError("injected load failure: the device is unusable")
         return FakeModel(spec, self.fail_keys, self.crash_keys, self.delay_s, self.hang_keys, self.memory_clips,
-                         self.calls_dir, self.loop_keys)
+                         self.calls_dir, self.loop_keys, dict(self.answers))
 
 
 def _next_load(folder: str) -> int:

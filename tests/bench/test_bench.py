@@ -46,3 +46,11 @@ def test_quick_bench_matches_the_reference_and_reports_every_figure(tmp_path):
     assert set(roof["graphs"]) == {"encode", "prefill", "insert", "step"}
     assert 0 < roof["overall_utilisation"] < 1.5  # a loaded machine may run the GEMM below the graphs' rate
     assert "saved" in done.stdout
+    # The chained workload: three questions per clip in one conversation, against a chat-API user
+    # re-running each conversation: identical turns (and skips), one encoder pass per clip.
+    chained = result["chained"]
+    assert chained["outputs_match_fraction"] == 1.0
+    assert chained["encoder_passes_per_clip"]["pipeline"] == 1.0 < chained["encoder_passes_per_clip"]["reference"]
+    assert chained["conversations"]["follow_ups"] > 0 and chained["conversations"]["prefill_tokens_saved"] > 0
+    assert chained["prompt_tokens_computed"]["pipeline"] < chained["prompt_tokens_computed"]["reference_padded"]
+    assert chained["graphs_compiled"] == len(chained["declared_shapes"])

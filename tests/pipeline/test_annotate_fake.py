@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.annotate import annotate
+from pipeline.config import CustomTask
 from pipeline.errors import UserError
 from pipeline.testing.fake_model import FakeModelFactory
 from tests.pipeline.conftest import EXPECTED, LONG_S, fast_config
@@ -59,6 +60,35 @@ def test_every_row_once_with_status_and_reason(ray_cluster, mixed_manifest, mode
     assert [r["source"] for r in rows] == [f"src-{i}" for i in range(len(EXPECTED))]  # pass-through
     assert summary.counts["rows_by_status"] == {"ok": 5, "error": 7}
     assert (out / "_SUCCESS").is_file() and not list(out.glob(".tmp-*"))
+
+
+def test_follow_ups_fill_their_own_columns_and_skipped_ones_say_why(ray_cluster, mixed_manifest, model_dir, tmp_path):
+    """A 3-turn chain with rules: the fake model asks each follow-up as the real engine would
+    (same rules), and says which answer it followed. A long file's segments are each a
+    conversation: a rule that holds for one segment only skips the question in the others."""
+    out = tmp_path / "out"
+    summary = run(mixed_manifest, out, model_dir, tasks=("caption", "events"), custom_tasks=(
+        CustomTask("speaker", "Who speaks?", 8, "text", follows="events", when={"contains": "speech"}),
+        CustomTask("more", "Anything else?", 8, "list", follows="speaker",
+                   when={"task": "events", "matches": r"short|long#0"})))
+    rows = {r["id"]: r for r in read(out)}
+    short, medium, long = rows["short"], rows["medium"], rows["long"]
+    assert short["speaker"].startswith("short#0 ") and short["speaker"].endswith(" (after events)")
+    assert short["more"] and short["more"][-1].endswith("(after speaker)") and not short["skipped"]
+    assert dict(short["raw"]).keys() == {"caption", "events", "speaker", "more"}
+    assert medium["more"] is None and "more" not in dict(medium["raw"])
+    assert dict(medium["skipped"]) == {"more": "when: events matches 'short|long#0': no"}
+    segments = [s for s in read(out, "segments.parquet") if s["id"] == "long"]
+    assert segments[0]["more"] and not segments[0]["skipped"]
+    assert all(dict(s["skipped"]) == {"more": "when: events matches 'short|long#0': no"} for s in segments[1:])
+    assert long["more"] == segments[0]["more"]
+    assert dict(long["skipped"]) == {"more": f"in {len(segments) - 1} of {len(segments)} segments: "
+                                             "when: events matches 'short|long#0': no"}
+    assert rows["missing"]["skipped"] is None  # an error row
+    tasks = {t["name"]: t for t in summary.run_info["tasks"]}
+    assert tasks["more"]["follows"] == "speaker" and tasks["more"]["when"] == {"matches": "short|long#0", "task": "events"}
+    assert tasks["speaker"]["prompt"].startswith("<|im_end|>\n<|im_start|>user\nWho speaks?")
+    assert "follows" not in tasks["caption"] and "conversations" in summary.run_info
 
 
 def test_long_audio_is_segmented_at_pauses_and_covered(ray_cluster, mixed_manifest, model_dir, tmp_path):
@@ -199,6 +229,7 @@ INTERRUPTIBLE_RUN = """
 import sys
 from pathlib import Path
 from pipeline.annotate import annotate
+from pipeline.config import CustomTask
 from pipeline.testing.fake_model import FakeModelFactory
 from tests.pipeline.conftest import fast_config
 manifest, out, model = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
