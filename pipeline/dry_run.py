@@ -60,8 +60,8 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
     worker_count = npus if device == "ascend" and npus else default_workers(config, workers)
     # A hub checkpoint that is not local is fetched without its weights: a dry run reads only its
     # config and tokenizer, and the weights' sizes (part of the settings) are known once they are there.
-    checkpoint = load_prompts(config, tasks, weights=False)
-    try:
+    try:  # what the checkpoint makes of the job (its prompt style, its decoding) is the job's error too
+        checkpoint = load_prompts(config, tasks, weights=False)
         memory = local_worker_memory(worker_count, device == "ascend", config.npu_memory_gb)
         plan = plan_model(config, tasks, device, memory, checkpoint)
     except ValueError as exc:

@@ -148,8 +148,8 @@ def annotations_output(segments: pa.Table, rows: pa.Table, planned_durations: li
             raise RuntimeError(f"id {ids[index].as_py()!r} has segments {indices}, expected each once")
         found_rows.append(_file_row(found, columns, tasks, planned_durations[index]))
 
-    fields = [*FILE_COLUMNS, *((c, column_type(kind)) for c, kind in columns.items()), RAW_COLUMN, SKIPPED_COLUMN,
-              *answer_columns.OUTPUT_FIELDS]
+    fields = [*FILE_COLUMNS, *((c, column_type(kind)) for c, kind in columns.items()), RAW_COLUMN,
+              *answer_columns.OUTPUT_FIELDS, SKIPPED_COLUMN]
     body = pa.Table.from_pylist(found_rows, schema=pa.schema(fields))
     # Where the audio came from: the path as written, or `shard#row` / `shard.tar#key` for audio
     # inside a shard (never its bytes, never the reference's internals).
