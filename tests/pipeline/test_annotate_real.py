@@ -137,23 +137,20 @@ def _committed(out: Path) -> int:
     return len(list((out / "parts").glob("part-*.parquet"))) if (out / "parts").is_dir() else 0
 
 
-# The interrupted run: the real model in a driver of its own, with the read of the long file held for
-# minutes, so the kill always lands in the middle of a run (the engine is fast enough to finish
-# the whole manifest between two polls otherwise).
-# The engine of the worker that holds the medium clip stalls between its caption and its first
-# follow-up: the kill lands between two turns of a conversation.
+# The interrupted run: the real model in a driver of its own, whose worker that holds the medium
+# clip stalls for minutes between its caption and its first follow-up, so the kill always lands in
+# the middle of a run (the engine is fast enough to finish the whole manifest between two polls
+# otherwise), and between two turns of a conversation. The other worker commits results meanwhile.
 INTERRUPTED_DRIVER = """
 import sys
 from pathlib import Path
 import yaml
 from pipeline.annotate import annotate
 from pipeline.config import from_mapping
-from pipeline.testing.faults import ReadFaults
 from pipeline.testing.turn_faults import StallBetweenTurns
 manifest, job, out, faults = (Path(a) for a in sys.argv[1:5])
 config = from_mapping(yaml.safe_load(job.read_text())).with_overrides()
 annotate(manifest, config, out=out, workers=2, progress=False,
-         read_faults=ReadFaults(str(faults), stall_once={"long.flac": 600.0}),
          model_factory=StallBetweenTurns(str(faults), "medium#"))
 """
 
@@ -177,10 +174,9 @@ def test_kill_midway_then_resume_gives_the_uninterrupted_rows(real_run, tmp_path
                                     str(faults)], cwd=REPO, env=env, start_new_session=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 900
-    # The intake errors are the first part; wait until model results are committed as well, the
-    # long file's read is held, and one clip's conversation is held between two turns.
-    while ((_committed(out) < 3 or not (faults / "long.flac.stalled").exists()
-            or not (faults / "between-turns.stalled").exists())
+    # The intake errors are the first part; wait until model results are committed as well, and the
+    # medium clip's conversation is held between two turns.
+    while ((_committed(out) < 3 or not (faults / "between-turns.stalled").exists())
            and job_process.poll() is None and time.monotonic() < deadline):
         time.sleep(0.2)
     assert job_process.poll() is None, job_process.stdout.read().decode()[-3000:]
