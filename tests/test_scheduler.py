@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from pipeline import shapes
 from pipeline.model.packing import encoder_span, fits_at
-from pipeline.model.scheduler import ClipJob, Encode, FollowUps, Fork, Insert, Prefill, RowJob, Scheduler, Step
+from pipeline.model.scheduler import ClipJob, Encode, Extend, FollowUps, Fork, Insert, Prefill, RowJob, Scheduler, Step
 
 EOS = 0
 HEAD, TAIL, SUFFIXES = 5, 1, (4, 6, 3)
@@ -182,10 +182,19 @@ class ConversationExecutor:
                 copies[slot] = self.caches[source][:length]
             self.caches.update(copies)
             s.forked(action)
+        elif isinstance(action, Extend):
+            assert 0 < len(action.rows) <= s.extend_rows
+            tokens = []
+            for row in action.rows:
+                assert row.forced and s.slots[row.slot] is row and row.cache_len == len(self.caches[row.slot])
+                self.caches[row.slot] += row.forced
+                tokens.append(conversation_token(self.caches[row.slot]))
+            self.finished += s.extended(action, tokens, [0.0] * len(tokens))
         elif isinstance(action, Step):
             tokens = [-1] * len(s.slots)
             for slot, row in enumerate(s.slots):
                 if row is not None:
+                    assert not row.forced  # a follow-up's question goes in by Extend, before any step
                     assert row.cache_len == len(self.caches[slot])
                     self.caches[slot].append(row.next_token)
                     tokens[slot] = conversation_token(self.caches[slot])
@@ -264,7 +273,8 @@ def test_follow_ups_continue_the_conversation_on_ids(tree, frames, slots, insert
 
     follow_ups = FollowUps({t: c for t, c in children.items() if c}, {t: join_ids(t) for t in range(len(parents))},
                            new_row, admit if skips else None)
-    s = Scheduler(slots, shapes.WINDOW_FRAMES, 4096, 6, 3, 3, insert_rows, (EOS,), follow_ups=follow_ups)
+    s = Scheduler(slots, shapes.WINDOW_FRAMES, 4096, 6, 3, 3, insert_rows, (EOS,), follow_ups=follow_ups,
+                  extend_rows=insert_rows)
     executor = ConversationExecutor(s, budgets)
     clips = []
     for i, f in enumerate(frames):

@@ -3,12 +3,14 @@ place. Measured on the CPU backend: `ops.scatter_update` (whole rows along axis 
 `ops.scatter_nd_add` touch only what they write, while `scatter_nd_update`, functional caches and
 reshaping a Parameter copy the whole cache on every call.
 
-Two forms of the same layers:
+Three forms of the same layers:
 - `prefill`: packed rows of prompts (pipeline.model.packing.PrefillRow) with a tree mask; keys and
   values of every token are written to a staging cache, from which each task row's prompt is later
   copied into a decode slot.
 - `step`: one new token for each decode slot; the slot's cache holds its whole prompt and the
   tokens generated so far at positions 0, 1, 2, ... (a slot's position is its cache index).
+- `extend`: several new tokens for each of a few slots (a follow-up question after the answer its
+  slot holds), written to the slot caches and attending to everything before them there.
 
 Slot caches: one Parameter per layer for keys and one for values, [slots, kv_heads, span, head_dim],
 the layout attention reads, one position longer than any row needs: a scratch position that idle
@@ -112,6 +114,29 @@ class TextAttention(nn.Cell):
         return self.o_proj(out.reshape(n, self.heads * d))
 
 
+    def extend(self, x, cos, sin, write_at, slots, mask, k_cache, v_cache):
+        """x [e, c, hidden]: c new tokens for each of the slots [e]; their keys and values go to
+        cache index write_at [e, c, kv, 3] (slot, head, position; padding: the slot's scratch
+        position); mask [e, kv, g * c, span] additive. Written first, then read with the rest of
+        the slot, so each token sees the earlier new ones."""
+        e, c, _ = x.shape
+        kv, g, d = self.kv_heads, self.groups, self.head_dim
+        q = self.q_proj(x).reshape(e, c, self.heads, d)
+        k = self.k_proj(x).reshape(e, c, kv, d)
+        v = self.v_proj(x).reshape(e, c, kv, d)
+        q = _rotate(q, cos, sin, self.rotation)
+        k = _rotate(k, cos, sin, self.rotation)
+        written = ops.scatter_nd_add(k_cache, write_at, k)
+        written = ops.depend(written, ops.scatter_nd_add(v_cache, write_at, v))
+        keys = ops.gather(ops.depend(k_cache, written), slots, 0)
+        values = ops.gather(ops.depend(v_cache, written), slots, 0)
+        q = q.transpose(0, 2, 1, 3).reshape(e, kv, g * c, d)  # grouped heads folded as in prefill
+        scores = cast(ops.BatchMatMul(transpose_b=True)(q, keys) * self.scaling, ms.float32) + mask
+        probs = cast(ops.softmax(scores, -1), x.dtype)
+        out = ops.matmul(probs, values).reshape(e, self.heads, c, d).transpose(0, 2, 1, 3)
+        return self.o_proj(out.reshape(e, c, self.heads * d))
+
+
 class MLP(nn.Cell):
     def __init__(self, spec, dtype):
         super().__init__()
@@ -137,6 +162,10 @@ class DecoderLayer(nn.Cell):
 
     def step(self, x, cos, sin, write_at, mask, k_cache, v_cache):
         x = x + self.self_attn.step(self.input_layernorm(x), cos, sin, write_at, mask, k_cache, v_cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+    def extend(self, x, cos, sin, write_at, slots, mask, k_cache, v_cache):
+        x = x + self.self_attn.extend(self.input_layernorm(x), cos, sin, write_at, slots, mask, k_cache, v_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -182,6 +211,27 @@ class TextModel(nn.Cell):
         x = embeds
         for i in range(len(self.layers)):
             x = self.layers[i].step(x, cos, sin, write_at, mask, k_caches[i], v_caches[i])
+        return self.norm(x)
+
+
+    def extend(self, embeds, positions, write_positions, slots, k_caches, v_caches):
+        """embeds [e, c, hidden]: new tokens of the slots [e] at positions [e, c], written at
+        write_positions [e, c] (a padding token: the scratch position, the last, which no row sees)
+        -> normed hidden states [e, c, hidden]."""
+        e, c = positions.shape
+        kv, g, d = self.kv_heads, self.groups, self.head_dim
+        span = k_caches[0].shape[2]
+        cos = ops.gather(self.cos_table, positions, 0).reshape(e, c, 1, d)
+        sin = ops.gather(self.sin_table, positions, 0).reshape(e, c, 1, d)
+        at_slot = ops.broadcast_to(slots.reshape(e, 1, 1, 1), (e, c, kv, 1))
+        heads = ops.broadcast_to(ops.arange(0, kv, 1, dtype=ms.int32).reshape(1, 1, kv, 1), (e, c, kv, 1))
+        at = ops.broadcast_to(write_positions.reshape(e, c, 1, 1), (e, c, kv, 1))
+        write_at = ops.concat((at_slot, heads, at), -1)
+        visible = ops.arange(0, span, 1, dtype=ms.int32).reshape(1, 1, span) <= positions.reshape(e, c, 1)
+        mask = ops.tile(additive_mask(visible).reshape(e, 1, 1, c, span), (1, kv, g, 1, 1)).reshape(e, kv, g * c, span)
+        x = embeds
+        for i in range(len(self.layers)):
+            x = self.layers[i].extend(x, cos, sin, write_at, slots, mask, k_caches[i], v_caches[i])
         return self.norm(x)
 
 

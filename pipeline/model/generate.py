@@ -23,6 +23,7 @@ from pipeline.model.graph_shapes import (
 )
 from pipeline.model.graphs import (
     EncodeGraph,
+    ExtendGraph,
     ForkGraph,
     InsertGraph,
     ModelState,
@@ -38,6 +39,7 @@ from pipeline.model.prompts import PromptPlan
 from pipeline.model.scheduler import (
     ClipJob,
     Encode,
+    Extend,
     Fork,
     FollowUps,
     Insert,
@@ -85,6 +87,7 @@ class Generator:
         self.prefill_graph = PrefillGraph(model, self.state, self.graph_features)
         self.insert_graph = InsertGraph(spec, self.state, self.graph_features)
         self.step_graph = StepGraph(model, self.state, self.graph_features)
+        self.extend_graph = ExtendGraph(model, self.state, self.graph_features) if shape.extend_rows else None
         self.fork_graph = ForkGraph(spec, self.state, self.graph_features) if shape.fork_rows else None
         # Follow-ups' rules: admit(clip, task) -> None to ask it, or why it is skipped (engine.py
         # evaluates the job's `when:` rules on the answers in clip.tokens). None: always asked.
@@ -95,7 +98,7 @@ class Generator:
         self.first_logits: dict[tuple[str, int], np.ndarray] = {}
         # Graphs without features never read their parameters: one constant input each.
         self._unused = {n: ms.Tensor(np.zeros((n, ROW_PARAMETERS), np.float32))
-                        for n in (shape.first_tokens, shape.slots)}
+                        for n in (shape.first_tokens, shape.slots, shape.extend_rows) if n}
         # What an idle slot or a padding output reads: plain argmax, nothing penalised.
         self._idle = row_parameters(Decoding(), 1.0, spec.vocab)
 
@@ -112,13 +115,14 @@ class Generator:
                 new_row=self._follow_up_row, admit=lambda clip, task: self.admit(clip, task) if self.admit else None)
         self.scheduler = Scheduler(shape.slots, shape.row_frames, shape.prefill_len, MAX_CLIPS_PER_ROW,
                                    AUDIO_BLOCKS, STAGE_BLOCKS, shape.insert_rows, prompts.eos_ids,
-                                   follow_ups=follow_ups)
+                                   follow_ups=follow_ups, extend_rows=shape.extend_rows)
         self.features: dict[ClipJob, np.ndarray] = {}
 
     @property
     def graphs(self):
-        core = (self.encode_graph, self.prefill_graph, self.insert_graph, self.step_graph)
-        return core + ((self.fork_graph,) if self.fork_graph is not None else ())
+        optional = (self.extend_graph, self.fork_graph)
+        return (self.encode_graph, self.prefill_graph, self.insert_graph, self.step_graph,
+                *(graph for graph in optional if graph is not None))
 
     @property
     def graphs_compiled(self) -> int:
@@ -163,6 +167,9 @@ class Generator:
         elif isinstance(action, Insert):
             self._insert(action)
             self.stats.insert_s += time.perf_counter() - start
+        elif isinstance(action, Extend):
+            finished = self._extend(action)
+            self.stats.extend_s += time.perf_counter() - start
         elif isinstance(action, Fork):
             self._fork(action)
             self.stats.fork_s += time.perf_counter() - start
@@ -200,10 +207,11 @@ class Generator:
             (self.insert_graph, self.insert_inputs([((self.shape.stage_rows - 1,), 0, 0)])),
             (self.step_graph, self.step_inputs()),
         )
-        if self.fork_graph is None:
-            return calls
-        # Slot 0 onto itself, keeping everything: changes nothing.
-        return calls + ((self.fork_graph, self.fork_inputs([(0, 0, self.shape.cache_span, None)])),)
+        if self.extend_graph is not None:  # nothing but padding: writes only slot 0's scratch position
+            calls += ((self.extend_graph, self.extend_inputs([])),)
+        if self.fork_graph is not None:  # slot 0 onto itself, keeping everything: changes nothing
+            calls += ((self.fork_graph, self.fork_inputs([(0, 0, self.shape.cache_span, None)])),)
+        return calls
 
     def precompile(self) -> None:
         """Compile the declared graphs now, in a fixed order. A fixed order is what lets MindSpore's
@@ -330,6 +338,32 @@ class Generator:
         self.stats.inserted_rows += len(action.rows)
         self.stats.insert_calls += 1
 
+    def extend_inputs(self, rows: list[RowJob]):
+        """Each row's question ids at its slot's next positions; padding rows write nothing but
+        their scratch position (of slot 0) and add nothing to its presence."""
+        shape = self.shape
+        e, c = shape.extend_rows, shape.extend_len
+        ids = np.zeros((e, c), np.int32)
+        positions = np.zeros((e, c), np.int32)
+        write = np.full((e, c), shape.span, np.int32)  # the scratch position
+        slots = np.zeros(e, np.int32)
+        last = np.zeros(e, np.int32)
+        weights = np.zeros((e, c), np.float32)
+        parameters = []
+        for j, row in enumerate(rows):
+            n = len(row.forced)
+            ids[j, :n] = row.forced
+            positions[j, :n] = write[j, :n] = np.arange(row.cache_len, row.cache_len + n)
+            slots[j], last[j], weights[j, :n] = row.slot, j * c + n - 1, 1.0
+            parameters.append(row.parameters + (row.draw() if row.draw is not None else 1.0,))
+        return (ms.Tensor(ids), ms.Tensor(positions), ms.Tensor(write), ms.Tensor(slots), ms.Tensor(last),
+                ms.Tensor(weights.reshape(-1)), self._parameters(parameters, e))
+
+    def _extend(self, action: Extend) -> list[ClipJob]:
+        tokens, logprobs = self.extend_graph(*self.extend_inputs(list(action.rows)))
+        self.stats.extend_calls += 1
+        return self.scheduler.extended(action, tokens.asnumpy(), logprobs.asnumpy())
+
     def fork_inputs(self, entries: list[tuple[int, int, int, RowJob | None]]):
         """entries: (source slot, destination slot, positions kept, the row); padded by repeating
         the last entry."""
@@ -358,13 +392,10 @@ class Generator:
         with_parameters = self.graph_features.penalty or self.graph_features.sampling
         parameters = [self._idle] * n if with_parameters else []
         for slot, row in enumerate(self.scheduler.slots):
-            if row is not None:
+            if row is not None and not row.forced:  # a follow-up waiting for its question: idle
                 ids[slot], positions[slot] = row.next_token, row.cache_len
                 if with_parameters:
-                    # A draw only where the output is an answer token: a follow-up's question
-                    # steps take none, so its draws do not depend on its question's length.
-                    answer = row.draw is not None and not row.forced
-                    parameters[slot] = row.parameters + (row.draw() if answer else 1.0,)
+                    parameters[slot] = row.parameters + (row.draw() if row.draw is not None else 1.0,)
         return ms.Tensor(ids), ms.Tensor(positions), self._parameters(parameters, n)
 
     def _step(self) -> list[ClipJob]:

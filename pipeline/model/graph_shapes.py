@@ -2,8 +2,8 @@
 decode slots; and the memory they take.
 
 Pure arithmetic (no MindSpore): the driver declares the shapes and sizes the slots before any model
-loads, and every worker compiles exactly these graphs: four, and a fifth (fork) when a task has
-several follow-ups (model/graphs.py).
+loads, and every worker compiles exactly these graphs: four, a fifth (extend) when a task follows
+another, and a sixth (fork) when a task has several follow-ups (model/graphs.py).
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ STAGE_BLOCKS = 3
 MAX_CLIPS_PER_ROW = 12
 # Task rows copied into slots per insert call: small, because a padded entry costs a real copy.
 INSERT_ROWS = 4
+# Follow-up questions fed per extend call, and their ids padded to a multiple of this.
+EXTEND_ROWS = 4
+EXTEND_QUANTUM = 16
 
 
 def _round_up(value: int, quantum: int) -> int:
@@ -47,6 +50,8 @@ class EngineShape:
     span: int  # cache positions per slot: the longest conversation (prompts, follow-ups and their caps)
     insert_rows: int
     fork_rows: int = 0  # slots copied per fork call; 0: no task has several follow-ups, no fork graph
+    extend_rows: int = 0  # follow-up questions per extend call; 0: no task follows another, no extend graph
+    extend_len: int = 0  # ids per follow-up question, at most (the parent's capped last id, then the join)
 
     @property
     def cache_span(self) -> int:
@@ -74,6 +79,8 @@ class EngineShape:
             f"insert[I={self.insert_rows},S={self.span}]",
             f"step[N={self.slots},S={self.span}]",
         )
+        if self.extend_rows:
+            names += (f"extend[E={self.extend_rows},C={self.extend_len},S={self.span}]",)
         return names + ((f"fork[I={self.fork_rows},S={self.span}]",) if self.fork_rows else ())
 
 
@@ -96,11 +103,16 @@ def declare_shape(prompts: PromptPlan, max_new_tokens: list[int], slots: int, ma
                          f"{max_positions}")
     if slots < 1:
         raise ValueError("at least one decode slot is needed")
+    # A follow-up's question: its parent's last id when a cap ended the parent (never in the cache
+    # then), <|im_end|>, the next user turn and the assistant prompt.
+    questions = [1 + len(prompts.suffixes[t]) for t in range(len(prompts.suffixes)) if prompts.parent(t) is not None]
     return EngineShape(
         n_mels=n_mels, tasks=len(prompts.suffixes), row_frames=ROW_FRAMES,
         prefill_len=_round_up(clip_tokens, TOKEN_QUANTUM),
         first_tokens=MAX_CLIPS_PER_ROW * len(prompts.roots),
         slots=slots, span=span, insert_rows=INSERT_ROWS, fork_rows=INSERT_ROWS if prompts.branches else 0,
+        extend_rows=EXTEND_ROWS if questions else 0,
+        extend_len=_round_up(max(questions), EXTEND_QUANTUM) if questions else 0,
     )
 
 

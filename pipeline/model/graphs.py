@@ -18,9 +18,10 @@ Graphs (one compiled graph each; nothing but declared shapes ever reaches them):
 - PrefillGraph: packed rows of prompts (audio from the arena) -> staging caches, and the first
   token of every task row.
 - InsertGraph: copies task rows' prompts from the staging caches into decode slots.
-- StepGraph: one decode step for every slot. A follow-up question (a task that follows another)
-  is fed by it too, one id per step, in the slot that holds its conversation: nothing is prefilled
-  again, and no other graph is needed for chains.
+- StepGraph: one decode step for every slot.
+- ExtendGraph (only when a task follows another): a follow-up question's ids, all at once, into
+  the slot that holds its conversation (the earlier turns are never prefilled again), and the
+  follow-up's first answer token.
 - ForkGraph (only when a task has several follow-ups): copies a slot's first positions into other
   slots, so that each follow-up continues the same conversation in its own slot.
 The graphs never learn about manifests, clips or rows: they see indices.
@@ -167,6 +168,34 @@ class ForkGraph(nn.Cell):
                 values = ops.select(ops.broadcast_to(keep, values.shape), values, ops.zeros_like(values))
                 done = ops.depend(done, ops.scatter_update(cache, dst, values))
         return done
+
+
+class ExtendGraph(nn.Cell):
+    """Follow-up questions: ids [e, c] at positions [e, c] of slots [e], written at
+    write_positions [e, c] (padding: the scratch position) -> each row's first answer token and
+    its raw log-probability, from the hidden state at the flat index last [e], with decoding
+    parameters [e, 6]. With the penalty, each id with weight 1 (weights [e * c]; padding 0) joins
+    its slot's presence first."""
+
+    def __init__(self, model: Qwen2Audio, state: ModelState, features: GraphFeatures):
+        super().__init__(auto_prefix=False)
+        self.text = model.language_model.model
+        self.lm_head = model.language_model.lm_head
+        self.state = state
+        self.penalty, self.sampling = features.penalty, features.sampling
+
+    def construct(self, ids, positions, write_positions, slots, last, weights, parameters):
+        e, c = ids.shape
+        hidden = self.text.extend(self.text.embed_tokens(ids), positions, write_positions, slots,
+                                  self.state.k_cache, self.state.v_cache)
+        logits = cast(self.lm_head(ops.gather(hidden.reshape(e * c, -1), last, 0)), ms.float32)
+        if not self.penalty:
+            return choose(logits, logits, parameters, False, self.sampling)
+        at_slot = ops.broadcast_to(slots.reshape(e, 1), (e, c)).reshape(-1)
+        at = ops.stack((at_slot, ids.reshape(-1)), -1)
+        added = ops.scatter_nd_add(self.state.presence, at, weights)
+        presence = ops.gather(ops.depend(self.state.presence, added), slots, 0)
+        return choose(logits, presence, parameters, True, self.sampling)
 
 
 class StepGraph(nn.Cell):

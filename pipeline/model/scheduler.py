@@ -20,9 +20,10 @@ has copied, the slot is pinned: it goes to no unrelated row, and when its own li
 the waiting fork with the longest context takes it over (a copy onto itself that clears the rest),
 so every waiting fork's positions stay intact. A row that ended at its first token (never in a
 slot) has its follow-ups staged from its prompt in staging and inserted like first questions. A
-follow-up's question ids (`forced`) are fed by decode steps before its answer starts; their step
-outputs are not answers. A follow-up that its rule skips (FollowUps.admit) is recorded in
-clip.skipped, and the tasks that follow it are asked after the turn it would have followed.
+follow-up in its slot first has its question's ids (`forced`) fed all at once (Extend), which gives
+its first answer token; decode steps do the rest. A follow-up that its rule skips (FollowUps.admit)
+is recorded in clip.skipped, and the tasks that follow it are asked after the turn it would have
+followed.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class ClipJob:
     skipped: dict[int, str] = field(default_factory=dict)  # follow-up task -> why its rule skipped it
     follow_ups: int = 0  # follow-up rows run
     reused_tokens: int = 0  # conversation tokens follow-ups continued from instead of prefilling again
-    forced_tokens: int = 0  # follow-ups' question ids fed by decode steps
+    forced_tokens: int = 0  # follow-ups' question ids fed into their slots
 
 
 @dataclass(eq=False)
@@ -82,9 +83,9 @@ class RowJob:
     # Positions its cache holds (the next fed token goes here): its prompt's, and in a conversation
     # every earlier turn's. -1: len(src).
     cache_len: int = -1
-    # A follow-up's question ids still to feed after next_token; the step outputs while they are
-    # fed are not answers.
-    forced: deque = field(default_factory=deque)
+    # A follow-up's question ids, until an Extend feeds them (its slot then waits for it, and no
+    # step feeds it); next_token is its first answer token after that.
+    forced: tuple[int, ...] = ()
     prompt_task: int = -1  # the first question whose prompt presence its insert writes (-1: task)
     history: tuple[int, ...] = ()  # a follow-up's conversation ids after the prompt, before its question
     joined: tuple[int, ...] = ()  # a follow-up's question ids (its forced ids, all of them)
@@ -140,6 +141,13 @@ class Fork:
 
 
 @dataclass(frozen=True)
+class Extend:
+    """Feed each row's question (row.forced) into its slot; the outputs are their first answer tokens."""
+
+    rows: tuple[RowJob, ...]
+
+
+@dataclass(frozen=True)
 class Step:
     pass
 
@@ -147,8 +155,9 @@ class Step:
 class Scheduler:
     def __init__(self, slots: int, row_frames: int, prefill_len: int, max_clips_per_row: int, audio_blocks: int,
                  stage_blocks: int, insert_rows: int, eos_ids, staged_target: int | None = None,
-                 follow_ups: FollowUps | None = None):
+                 follow_ups: FollowUps | None = None, extend_rows: int = 4):
         self.row_frames, self.prefill_len = row_frames, prefill_len
+        self.extend_rows = extend_rows
         self.follow_ups = follow_ups
         self.max_clips_per_row = max_clips_per_row
         self.insert_rows = insert_rows
@@ -170,10 +179,11 @@ class Scheduler:
 
     @property
     def active(self) -> int:
-        return sum(row is not None for row in self.slots)
+        """Rows a step feeds: those in slots, but follow-ups still waiting for their question."""
+        return sum(row is not None and not row.forced for row in self.slots)
 
     def busy(self) -> bool:
-        return bool(self.pending or self.encoded or self.staged or self.active or self.forks)
+        return bool(self.pending or self.encoded or self.staged or self.forks or any(self.slots))
 
     def submit(self, clip: ClipJob, tasks: int) -> None:
         """tasks: how many the engine runs; the clip runs clip.tasks of them (all when None), each
@@ -188,7 +198,7 @@ class Scheduler:
 
     # --- decisions -----------------------------------------------------------------------------
 
-    def next_action(self) -> Encode | Prefill | Insert | Fork | Step | None:
+    def next_action(self) -> Encode | Prefill | Insert | Fork | Extend | Step | None:
         free = [slot for slot, row in enumerate(self.slots) if row is None and slot not in self.pins]
         if self.forks:
             fork = self._fork_plan(free)
@@ -197,6 +207,9 @@ class Scheduler:
         if free and self.staged:
             count = min(len(free), len(self.staged), self.insert_rows)
             return Insert(tuple(self.staged[i] for i in range(count)), tuple(free[:count]))
+        asking = [row for row in self.slots if row is not None and row.forced]
+        if asking:
+            return Extend(tuple(asking[: self.extend_rows]))
         if len(self.staged) < self.staged_target and self.free_stage:
             pack = self._prompt_pack()
             if pack and sum(c.prompt_tokens for c in pack) >= self.prefill_len * 0.9:
@@ -300,17 +313,27 @@ class Scheduler:
             row.slot = slot
             self.slots[slot] = row
 
+    def extended(self, action: Extend, tokens, logprobs) -> list[ClipJob]:
+        """The rows' questions are in their caches; tokens[j] is row j's first answer token, logprobs[j]
+        its raw log-probability; returns clips that finished."""
+        finished = []
+        for row, token, logprob in zip(action.rows, tokens, logprobs):
+            row.cache_len += len(row.forced)
+            row.forced = ()
+            row.logprob_sum = float(logprob)
+            if self._ended(row, int(token)):
+                self.slots[row.slot] = None
+                finished += self._done(row)
+        return finished
+
     def stepped(self, tokens, logprobs=None) -> list[ClipJob]:
         """tokens[slot] is the next token of the slot's row, logprobs[slot] its raw log-probability;
         returns clips that finished."""
         finished = []
         for slot, row in enumerate(self.slots):
-            if row is None:
+            if row is None or row.forced:  # a follow-up waiting for its question: not fed
                 continue
             row.cache_len += 1  # the token it was fed is in its cache now
-            if row.forced:  # still reading its question: the output is no answer
-                row.next_token = row.forced.popleft()
-                continue
             if logprobs is not None:
                 row.logprob_sum += float(logprobs[slot])
             if self._ended(row, int(tokens[slot])):
@@ -366,7 +389,7 @@ class Scheduler:
             unfed = [] if parent.ended else parent.generated[-1:]
             forced = [*unfed, *self.follow_ups.joins[child]]
             row = self.follow_ups.new_row(clip, child)
-            row.next_token, row.forced = forced[0], deque(forced[1:])
+            row.forced = tuple(forced)
             row.src, row.stage_block, row.prompt_task = parent.src, parent.stage_block, parent.prompt_task
             row.cache_len = parent.cache_len
             fed = parent.generated if parent.ended else parent.generated[:-1]

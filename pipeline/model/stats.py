@@ -26,23 +26,25 @@ class GenerationStats:
     retried_answers: int = 0  # looping answers generated again (retry_degenerate)
     # Conversations (tasks that follow others): follow-up rows run and skipped by their rules; the
     # conversation tokens they continued from, which re-running each conversation from the start
-    # (as a chat API is used) would prefill again; their question ids, fed by decode steps; and
+    # (as a chat API is used) would prefill again; their question ids, fed by extend calls; and
     # the forks (a branch's parent cache copied to another slot).
     follow_up_rows: int = 0
     follow_ups_skipped: int = 0
     prefill_tokens_saved: int = 0
     follow_up_question_tokens: int = 0
+    extend_calls: int = 0
     fork_calls: int = 0
     forked_rows: int = 0
     encode_s: float = 0.0
     prefill_s: float = 0.0
     insert_s: float = 0.0
     steps_s: float = 0.0
+    extend_s: float = 0.0
     fork_s: float = 0.0
 
     @property
     def model_s(self) -> float:
-        return self.encode_s + self.prefill_s + self.insert_s + self.steps_s + self.fork_s
+        return self.encode_s + self.prefill_s + self.insert_s + self.steps_s + self.extend_s + self.fork_s
 
     def add(self, other: GenerationStats) -> None:
         for f in fields(self):

@@ -47,8 +47,8 @@ def conversations(stats) -> dict:
         # answer): what a re-run from the start prefills again, and this run did not.
         "prefill_tokens_saved": stats["prefill_tokens_saved"],
         "encoder_passes_saved": stats["follow_up_rows"],
-        # What this run did compute for them: their question ids, fed by decode steps.
-        "question_tokens_fed_by_steps": stats["follow_up_question_tokens"],
+        # What this run did compute for them: their question ids, fed into their slots by extend calls.
+        "question_tokens": stats["follow_up_question_tokens"],
         "prefilled_tokens": stats["prefilled_tokens"],
         "forked_rows": stats["forked_rows"],
     }
@@ -113,8 +113,9 @@ def build(*, plan, config, settings, fingerprint, manifest_path, manifest_digest
             **{k: stats[k] for k in ("generated_tokens", "retried_answers", "decode_steps", "encoder_rows", "prefill_rows",
                                      "inserted_rows", "insert_calls", "clips_encoded", "valid_frames",
                                      "computed_frames", "valid_tokens", "computed_tokens", "row_steps",
-                                     "useful_row_steps", "prefilled_tokens", "fork_calls", "forked_rows")},
-            **{k: round(stats[k], 3) for k in ("encode_s", "prefill_s", "insert_s", "steps_s", "fork_s")},
+                                     "useful_row_steps", "prefilled_tokens", "extend_calls", "fork_calls",
+                                     "forked_rows")},
+            **{k: round(stats[k], 3) for k in ("encode_s", "prefill_s", "insert_s", "steps_s", "extend_s", "fork_s")},
         },
         "conversations": conversations(stats),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

@@ -72,7 +72,7 @@ def test_every_turn_equals_generate_on_the_conversation_ids(name, checkpoint_dir
     assert decoding.penalised == (name == "penalty-instruct")
     generator, plan = make_generator(model_dir, ref, spec, model, QUESTIONS, BUDGETS, slots=2, decoding=decoding,
                                      parents=PARENTS)
-    assert generator.shape.fork_rows and len(generator.shape.graph_names()) == 5
+    assert generator.shape.fork_rows and generator.shape.extend_rows and len(generator.shape.graph_names()) == 6
     # The conversation's joins are what the chat template emits between turns: <|im_end|>, "\n", ...
     im_end = ref.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     newline = ref.processor.tokenizer("\n", add_special_tokens=False)["input_ids"]
@@ -100,7 +100,7 @@ def test_every_turn_equals_generate_on_the_conversation_ids(name, checkpoint_dir
     assert stats.prefill_tokens_saved == saved
     assert stats.follow_up_rows == 4 * len(clips) - 1 and stats.follow_ups_skipped == 1
     assert stats.forked_rows >= len(clips) - 1  # the branch from task 0 forks (one clip skipped task 1)
-    assert generator.graphs_compiled == 5
+    assert generator.graphs_compiled == 6
 
 
 def test_sampled_follow_ups_do_not_depend_on_what_runs_beside_them(checkpoint_dir, reference, mindspore_cpu):
