@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "conversation; --clips).",
     )
     bench.add_argument("mode", nargs="?", choices=("realistic", "driver", "shards", "chained"), default="realistic")
-    bench.add_argument("--clips", type=int, default=24, help="chained: clips of the workload asked three questions")
+    bench.add_argument("--clips", type=int, default=80, help="chained: clips of the workload asked three questions")
     bench.add_argument("--out", help="JSON to write (default $BENCH_OUT or outputs/bench/bench.json)")
     bench.add_argument("--short", type=int, default=60, help="clips of 1-10 s")
     bench.add_argument("--medium", type=int, default=20, help="clips of 10-29.5 s")

@@ -50,7 +50,7 @@ from pipeline.tasks.catalog import resolve_tasks
 TASKS = ("caption", "events", "transcript")
 BUDGETS = {"caption": 32, "events": 16, "transcript": 64}
 QUICK = Mix(short=3, medium=1, long=1, long_minutes=(0.6, 0.7))
-CHAINED_CLIPS, QUICK_CHAINED_CLIPS = 24, 3
+CHAINED_CLIPS, QUICK_CHAINED_CLIPS = 80, 3
 
 
 def _annotate(manifest: Path, model_dir: Path, job: Path, out: Path) -> dict:
