@@ -115,3 +115,42 @@ def test_configuration_errors_exit_2_naming_the_task(checkpoint_dir, tmp_path):
     result = command(manifest, "--job", base, "--dry-run")
     assert result.returncode == 2, result.stderr[-2000:]
     assert "'more' follows 'caption', but the prompt style is base" in result.stderr
+
+
+def test_a_looping_answer_has_its_whole_conversation_generated_again():
+    """retry_degenerate: the retry asks for the looping answer's conversation (its first question
+    and every follow-up of it), never another conversation of the clip."""
+    import numpy as np
+
+    from pipeline.items import Item
+    from pipeline.model.decoding import Decoding, ResolvedDecoding
+    from pipeline.model.interface import Answer, BatchOutput
+    from pipeline.run.worker import BatchAnnotator, PreparedBatch, ReadyClip
+
+    found = tasks(tasks=["caption", "events"], custom_tasks=[
+        {"name": "detail", "prompt": "More?", "follows": "caption"},
+        {"name": "why", "prompt": "Why?", "follows": "detail", "when": {"contains": "never"}}])
+    asked = []
+
+    class Model:
+        """First: detail (2) loops and why (3) is skipped; the retry: every task asked answers."""
+
+        def generate(self, clips):
+            asked.append([c.tasks for c in clips])
+            if clips[0].attempt == 0:
+                return BatchOutput([["words", "words", "la la", None]], skipped=[{3: "when: detail lists never: no"}],
+                                   answers=[[Answer(1, True, -1.0), Answer(1, True, -1.0), Answer(2, False, -1.0, True),
+                                             None]])
+            n = len(clips[0].tasks)
+            return BatchOutput([["again"] * n], answers=[[Answer(1, True, -1.0)] * n], skipped=[{}])
+
+    decoding = ResolvedDecoding(Decoding(), {}, retry=Decoding(repetition_penalty=1.2),
+                                retry_changes={"repetition_penalty": 1.2})
+    item = Item(id="a", path="a.wav", row=0, segment=0, n_segments=1, start_s=0.0, end_s=1.0)
+    prepared = PreparedBatch(batch=None, ready=[ReadyClip(item, np.zeros((128, 10), np.float32), 8, 0.0, 1.0, False)])
+    [result], _ = BatchAnnotator(Model(), list(found.values()), (), decoding).run(prepared)
+    assert asked == [[None], [(0, 2, 3)]]  # caption, detail, why: not events
+    assert result.retried == {"caption": "repetition_penalty=1.2", "detail": "repetition_penalty=1.2",
+                              "why": "repetition_penalty=1.2"}
+    assert result.raw == {"caption": "again", "events": "words", "detail": "again", "why": "again"}
+    assert result.skipped == {}

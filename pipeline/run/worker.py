@@ -167,7 +167,9 @@ def _mismatch(item: Item, path: Source, start: float, end: float) -> ItemResult:
 class BatchAnnotator:
     """The model side: generate for the ready clips, parse, and pass the failed ones through.
     decoding: the run's (model.decoding.ResolvedDecoding); with its retry (retry_degenerate), answers
-    the model flags as loops are generated once more with the retry's decoding, and kept."""
+    the model flags as loops are generated once more with the retry's decoding, and kept (with the
+    rest of their conversation, when they are turns of one). A follow-up its rule skipped has no
+    text: its columns are null, and `skipped` says why."""
 
     def __init__(self, model: TextModel, tasks: list[Task], moderation_labels, decoding=None):
         self.model = model
