@@ -10,7 +10,8 @@ import pytest
 
 from pipeline import cli
 from pipeline.storage import writing
-from pipeline.intake.manifest_table import ManifestError, read_manifest
+from pipeline.intake.manifest_checks import read_manifest
+from pipeline.intake.manifest_table import ManifestError
 from pipeline.intake.manifest_build import build_manifest
 from pipeline.reasons import Reason
 

@@ -8,6 +8,8 @@ twice are looked up again, exactly, in a second pass over the ids. Memory: 8 byt
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,6 +24,18 @@ EXAMPLES = 10  # offending ids shown per problem; the message also gives the tot
 IMPLAUSIBLE_S = 24 * 3600.0  # a duration_s over a day is a mistake
 MILLISECONDS_MEDIAN = 1000.0  # whole-number durations with a median this high look like milliseconds
 MEDIAN_SAMPLE = 1_000_000  # known durations kept (evenly spaced) for that median
+
+
+def read_manifest(path: str | Path | Location, allow_empty: bool = False, id_column: str | None = None) -> Manifest:
+    """Read and validate a manifest (a local file or an s3:// object); raises ManifestError listing
+    every problem found. allow_empty: a file with no rows is valid (one of several manifests, e.g.
+    a day with no new audio). A Parquet file whose audio column holds the audio itself, or a
+    WebDataset tar shard, reads as its rows (intake/embedded; id_column: where their ids are)."""
+    try:
+        path = storage.location(path)
+    except storage.UnsupportedLocation as exc:
+        raise ManifestError(str(exc)) from None
+    return check_file(path, allow_empty, id_column)
 
 
 def check_file(path: Location, allow_empty: bool, id_column: str | None = None) -> Manifest:

@@ -33,8 +33,8 @@ import pyarrow as pa
 
 from pipeline import storage
 from pipeline.intake.embedded.webdataset import expand_braces
-from pipeline.intake.manifest_checks import repeated_ids
-from pipeline.intake.manifest_table import DIGEST_CHARS, Manifest, ManifestError, read_manifest
+from pipeline.intake.manifest_checks import read_manifest, repeated_ids
+from pipeline.intake.manifest_table import DIGEST_CHARS, Manifest, ManifestError
 from pipeline.storage import Location, ObjectPath
 
 _WILDCARD = re.compile(r"[*?[]")

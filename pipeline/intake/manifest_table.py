@@ -24,7 +24,6 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -252,20 +251,6 @@ def file_digest(where: Location) -> str:
     for block in storage.read_blocks(where, _DIGEST_BLOCK):
         digest.update(block)
     return digest.hexdigest()[:DIGEST_CHARS]
-
-
-def read_manifest(path: str | Path | Location, allow_empty: bool = False, id_column: str | None = None) -> Manifest:
-    """Read and validate a manifest (a local file or an s3:// object); raises ManifestError listing
-    every problem found. allow_empty: a file with no rows is valid (one of several manifests, e.g.
-    a day with no new audio). A Parquet file whose audio column holds the audio itself, or a
-    WebDataset tar shard, reads as its rows (intake/embedded; id_column: where their ids are)."""
-    from pipeline.intake.manifest_checks import check_file
-
-    try:
-        path = storage.location(path)
-    except storage.UnsupportedLocation as exc:
-        raise ManifestError(str(exc)) from None
-    return check_file(path, allow_empty, id_column)
 
 
 def duration_warnings(manifest: Manifest) -> list[str]:

@@ -5,7 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.intake.manifest_set import default_out_name, read_manifests
-from pipeline.intake.manifest_table import ManifestError, read_manifest
+from pipeline.intake.manifest_checks import read_manifest
+from pipeline.intake.manifest_table import ManifestError
 from tests.storage.conftest import s3, s3_server  # noqa: F401  (fixtures: a local S3-compatible server)
 
 

@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 
 from pipeline.planning.job import annotation_columns
 from pipeline.config import Config
-from pipeline.intake.manifest_table import read_manifest
+from pipeline.intake.manifest_checks import read_manifest
 from pipeline.output import final, tables
 from pipeline.output.sink import OutputDir
 from pipeline.tasks.catalog import resolve_tasks

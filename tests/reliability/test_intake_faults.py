@@ -109,7 +109,7 @@ def test_the_manifest_digest_is_of_the_bytes_that_were_read(tmp_path, monkeypatc
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.intake import manifest_table as manifest_module
+    from pipeline.intake import manifest_checks as manifest_module
 
     path = tmp_path / "m.parquet"
     pq.write_table(pa.table({"id": ["a"], "audio": ["a.wav"]}), path)

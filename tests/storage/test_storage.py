@@ -14,7 +14,8 @@ import soundfile as sf
 
 from pipeline import storage
 from pipeline.intake.audio import decode, probe, resolve_path
-from pipeline.intake.manifest_table import ManifestError, read_manifest
+from pipeline.intake.manifest_checks import read_manifest
+from pipeline.intake.manifest_table import ManifestError
 from pipeline.items import Item, ItemResult
 from pipeline.output.sink import OutputDir
 from pipeline.reasons import Failure, Reason
