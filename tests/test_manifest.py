@@ -11,7 +11,8 @@ import pytest
 from pipeline import cli
 from pipeline.intake.audio import DecodedAudio, decode, resolve_path
 from pipeline.errors import UserError
-from pipeline.intake.manifest_table import Manifest, ManifestError, read_manifest
+from pipeline.intake.manifest_checks import read_manifest
+from pipeline.intake.manifest_table import Manifest, ManifestError
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "manifests" / "example.parquet"
 

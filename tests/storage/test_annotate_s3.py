@@ -22,7 +22,7 @@ import soundfile as sf
 
 from pipeline import cli, storage
 from pipeline.annotate import annotate
-from pipeline.intake.manifest_table import read_manifest
+from pipeline.intake.manifest_checks import read_manifest
 from pipeline.output.sink import OutputDir
 from pipeline.storage import ObjectPath
 from pipeline.testing.fake_model import FakeModelFactory
