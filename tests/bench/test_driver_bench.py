@@ -13,10 +13,11 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_the_driver_bench_reports_time_and_memory_per_size(tmp_path):
+def test_the_driver_bench_reports_time_and_memory_per_size(tmp_path, checkpoint_dir):
+    # The dry run reads the checkpoint (what it makes of the job), so the bench needs one.
     out = tmp_path / "driver.json"
     done = subprocess.run([sys.executable, "-m", "pipeline", "bench", "driver", "--rows", "2000,4000", "--files", "300",
-                           "--commands", "dry_run", "--work-dir", str(tmp_path / "work"), "--out", str(out)],
+                           "--commands", "dry_run", "--model", str(checkpoint_dir("small-instruct")), "--work-dir", str(tmp_path / "work"), "--out", str(out)],
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                           timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
