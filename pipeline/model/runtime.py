@@ -16,9 +16,9 @@ from pathlib import Path
 # process's environment before that, so run/cluster.ray_session gives them to every Ray worker: by
 # inheritance from the driver's environment for a private Ray, through runtime_env on a cluster.
 # To stderr, because Ray ships each worker's stderr to the driver, which writes it to the run's
-# log file (output/library_log.py); a node-local log folder would keep them out of it. Values already set in the driver's environment win (GLOG_v=1 for
-# more detail). Warnings stay on: they are in the log, not on the terminal. The ones a normal run
-# prints, and why they are harmless:
+# log file (output/library_log.py); a node-local log folder would keep them out of it. Values
+# already set in the driver's environment win (GLOG_v=1 for more detail). Warnings stay on: they
+# are in the log, not on the terminal. The ones a normal run prints, and why they are harmless:
 # - none from the graphs themselves (a cold and a warm run checked). ANALYZER ClearIsolatedNodes
 #   "Some side effect nodes were eliminated by mistake" would mean an assigned name that is never
 #   read inside a graph; in graphs that update Parameters in place it can mean a lost update, so
