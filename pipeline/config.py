@@ -141,7 +141,7 @@ class Config:
     # The Ray cluster to join: HOST:PORT of its head (the GCS port of `ray start --head --port`), or
     # auto (the one `ray start` left running on this node). null: RAY_ADDRESS when set, else a
     # private local Ray for this run, whatever else runs on the node; local: that private Ray even
-    # when RAY_ADDRESS is set. --ray-address overrides it. README "Ray clusters".
+    # when RAY_ADDRESS is set. --ray-address overrides it. docs/clusters.md.
     ray_address: str | None = None
     # Workers: one per NPU when NPUs exist, else this many CPU workers (0 = one per 8 cores, at
     # least 1: a worker's kernels use several threads, and more workers than that only contend).
@@ -162,7 +162,7 @@ class Config:
     commit_items: int = 512
     commit_seconds: float = 30.0
 
-    # --- work budgets and changed audio (scheduled jobs: README "For schedulers") ---
+    # --- work budgets and changed audio (scheduled jobs: docs/schedulers.md) ---
     # When a budget is reached, no more work is dispatched, everything finished is committed and
     # the command exits 75; the next run continues where this one stopped. null: no limit.
     # Rows sent to the model, at most (rows that cannot even be read become error rows besides).
@@ -176,7 +176,7 @@ class Config:
     # which reads every file in full on every run.
     verify_content: bool = False
 
-    # --- reliability (README "Guarantees") ---
+    # --- reliability (docs/guarantees.md) ---
     # The error gate: when more than this fraction of the rows an invocation completed failed
     # (status error or partial), it writes what it would (tables and run.json when it finished)
     # but no _SUCCESS, and exits 3. null: no gate. The default catches a run where almost nothing
@@ -198,7 +198,7 @@ class Config:
     # stops with an error only when none is left.
     worker_start_timeout_s: float = 1800.0
 
-    # --- label quality (README "The report") ---
+    # --- label quality (docs/report.md) ---
     # Reference columns to compare the labels with, {task: column}, e.g. {transcript: ref_text,
     # events: ref_tags}: pass-through columns of the manifest. Every run's report then measures the
     # labels against them (WER/CER, precision/recall/F1) and writes OUT/quality.json. Not part of

@@ -1,7 +1,7 @@
 """Machine-readable reason codes for every way an item can fail, and what kind of failure each is.
 Each failure also carries a human-readable detail; the code is what dashboards and reruns key on.
 
-Every reason has a Kind, which decides what happens to it (README "Guarantees"):
+Every reason has a Kind, which decides what happens to it (docs/guarantees.md):
 - PERMANENT: about the file or its path (missing, corrupt, ...). Committed as the row's error at
   once and never retried, except by `--retry-errors`.
 - TRANSIENT: about the storage, not the file (an object store or a file system failing for a

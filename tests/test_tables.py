@@ -28,7 +28,7 @@ def _rows(manifest_table, segments):
 
 def test_language_is_null_where_the_transcript_did_not_run_and_on_error_rows():
     """The manifest's language is a hint, not a detection: it never fills `language`, which is
-    null for a task that did not run (README), and it stays in manifest_language."""
+    null for a task that did not run (docs/output.md), and it stays in manifest_language."""
     manifest = pa.table({"id": ["ok", "bad"], "audio": ["a.wav", "b.wav"], "language": ["en", "de"]})
     rows = _rows(manifest, [_segment("ok", "ok", caption="A dog barks."),
                             _segment("bad", "error", error="missing_file")])

@@ -1,7 +1,7 @@
 """From committed segment results to the final tables: one row per segment, one row per manifest id.
 
-The file-row rule (README quotes it): status is `ok` when every segment succeeded, `error` when
-none did, `partial` otherwise; `error` is the first failed segment's reason code and
+The file-row rule (docs/output.md quotes it): status is `ok` when every segment succeeded, `error`
+when none did, `partial` otherwise; `error` is the first failed segment's reason code and
 `error_detail` names every failed segment. Annotations combine the successful segments by
 tasks.merge.aggregate: transcripts joined in order, language by majority, distinct captions in order,
 events and moderation labels as a union. `raw` keeps each task's raw text, segments joined by

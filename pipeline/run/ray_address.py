@@ -1,4 +1,4 @@
-"""Which Ray cluster a run uses (README "Ray clusters"), and a one-line error when the cluster it
+"""Which Ray cluster a run uses (docs/clusters.md), and a one-line error when the cluster it
 names cannot be joined.
 
 The rule: the first of `--ray-address` (or the job key `ray_address`, which the option overrides)

@@ -9,7 +9,7 @@ being decoded, and the actor receives them ready (Ray passes the features throug
 object store). Results come back to the driver, which alone commits them (a single writer keeps
 every row committed exactly once).
 
-Failures (README "Guarantees"):
+Failures (docs/guarantees.md):
 - a batch that fails is retried under the RetryPolicy (run/retry.py): alone on a worker, then in
   halves, until a poison item stands alone; items that failed transiently are retried after a
   back-off. Which step failed is told apart: a decode task that crashed is decode_crashed, a model

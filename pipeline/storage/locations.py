@@ -112,5 +112,5 @@ def location(value: str | os.PathLike) -> Location:
     if match.group(1).lower() != SCHEME:
         raise UnsupportedLocation(
             f"{text} is a {match.group(1)}:// URL; only local paths and s3:// URLs are read (S3, "
-            "Huawei OBS, MinIO and other S3-compatible stores: see the README's 'Object storage')")
+            "Huawei OBS, MinIO and other S3-compatible stores: see docs/object-storage.md)")
     return ObjectPath.parse(SCHEME + text[len(match.group(1)):])

@@ -45,9 +45,9 @@ def start_driver(manifest, out, model_dir, delay_s: float) -> subprocess.Popen:
                             text=True, start_new_session=True)
 
 
-# The README promises an exit within 30 s of SIGTERM (15 s of grace for batches in flight, then
-# shutdown); on a loaded 2-core machine Ray's shutdown alone can take longer, so the tests wait up to
-# this long. What they check is that the driver does not wait for its batches: those take minutes
+# docs/guarantees.md promises an exit within 30 s of SIGTERM (15 s of grace for batches in flight,
+# then shutdown); on a loaded 2-core machine Ray's shutdown alone can take longer, so the tests wait
+# up to this long. What they check is that the driver does not wait for its batches: those take minutes
 # (delay_s=300) or would leave work committed after the stop.
 STOP_MARGIN_S = 120
 

@@ -1,7 +1,7 @@
-"""A real cluster started with `ray start --head` (README "Ray clusters"): a run beside it starts its
+"""A real cluster started with `ray start --head` (docs/clusters.md): a run beside it starts its
 own private Ray; a run that names it joins it with Ray's token authentication; `ray job submit` runs
-the README's command on it and reports the run's exit code as its driver_exit_code; an address
-that cannot be joined ends the run at once with one line and exit 2.
+the command of docs/schedulers.md on it and reports the run's exit code as its driver_exit_code;
+an address that cannot be joined ends the run at once with one line and exit 2.
 
 One head for the module, started and stopped here: its own temp folder (RAY_TMPDIR, where it
 leaves ray_current_cluster), its own ports, token authentication on. Ray replaces a loopback
@@ -175,7 +175,7 @@ def test_runs_beside_it_and_joined_to_it(head, job_file, tmp_path):
     # /tmp/ray/ray_current_cluster would after a plain `ray start --head`): ray.init() without
     # address="local" joined it and refused num_cpus (exit 1, a traceback).
     beside = annotate(tmp_path / "beside", job_file, plain_env(RAY_TMPDIR=str(head.temp)))
-    # Joined, by the README's recipe: RAY_ADDRESS and the cluster's token. From another folder, as
+    # Joined, as docs/clusters.md says: RAY_ADDRESS and the cluster's token. From another folder, as
     # from another machine: Ray puts a driver's working directory first on the sys.path of workers
     # on its node, and this repository's pipeline/ would be found there before the shipped copy.
     joined = annotate(tmp_path / "joined", job_file,
@@ -236,8 +236,9 @@ def test_auto_joins_it_and_what_cannot_be_joined_ends_the_run_with_one_line(head
 
 def test_ray_job_submit_runs_the_readme_command(head, job_file, all_missing, tmp_path):
     env = plain_env(**head.auth_env())
-    # The README's command (`--working-dir .` from the repository), and one whose run exits 3 (every
-    # row fails: the error gate), to see that the job's driver_exit_code is the run's exit code.
+    # The command of docs/schedulers.md (`--working-dir .` from the repository), and one whose run
+    # exits 3 (every row fails: the error gate), to see that the job's driver_exit_code is the run's
+    # exit code.
     jobs = {
         "done": [str(EXAMPLE), "--job", str(job_file), "--out", str(tmp_path / "done"), "--quiet"],
         "gate": [str(all_missing), "--job", str(job_file), "--out", str(tmp_path / "gate"), "--quiet"],
@@ -259,7 +260,7 @@ def test_ray_job_submit_runs_the_readme_command(head, job_file, all_missing, tmp
 
 
 def driver_exit_code(head: Head, submission_id: str) -> int | None:
-    """As the README reads it: the jobs API, with the cluster's token as a bearer token."""
+    """As docs/schedulers.md reads it: the jobs API, with the cluster's token as a bearer token."""
     request = urllib.request.Request(f"{head.dashboard}/api/jobs/{submission_id}",
                                      headers={"Authorization": f"Bearer {head.token}"})
     with urllib.request.urlopen(request, timeout=30) as response:
