@@ -117,3 +117,20 @@ def test_every_reason_code_is_documented_with_its_kind():
     wrong = [f"{reason} ({kind})" for reason, kind in KIND.items()
              if f"`{reason.value}`" not in rows.get(kind.value, "")]
     assert not wrong, f"reason codes missing from their kind's row in docs/guarantees.md: {wrong}"
+
+
+def test_the_architecture_page_names_modules_that_exist():
+    """Each module or folder docs/architecture.md's table names under a folder of pipeline/ exists
+    there: a module moved or renamed shows here, not in a newcomer's first read."""
+    missing = []
+    for line in (DOCS / "architecture.md").read_text().splitlines():
+        cells = line.split("|")
+        if not line.startswith("| `") or len(cells) < 4:
+            continue
+        folder = re.findall(r"`([^`]+)`", cells[1])[0]
+        base = ROOT / "pipeline" / (folder if folder.endswith("/") else "")
+        for name in re.findall(r"`(\w+\.py|\w+/)`", cells[2]) + re.findall(r"`(\w+\.py)`", cells[1]):
+            # `runs/` in a role is OUT's folder of that name, not a package's.
+            if name != "runs/" and not (base / name).exists() and not (ROOT / "pipeline" / name).exists():
+                missing.append(f"{folder} {name}")
+    assert not missing, f"docs/architecture.md names what pipeline/ does not have: {missing}"
