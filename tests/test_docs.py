@@ -134,3 +134,14 @@ def test_the_architecture_page_names_modules_that_exist():
             if name != "runs/" and not (base / name).exists() and not (ROOT / "pipeline" / name).exists():
                 missing.append(f"{folder} {name}")
     assert not missing, f"docs/architecture.md names what pipeline/ does not have: {missing}"
+
+
+def test_every_annotate_option_is_in_the_options_table():
+    """docs/running.md's table lists every option `annotate` takes (the parser is built, nothing runs)."""
+    from pipeline.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.choices and "annotate" in a.choices)
+    options = {s for a in commands.choices["annotate"]._actions for s in a.option_strings} - {"-h", "--help"}
+    table = "\n".join(line for line in (DOCS / "running.md").read_text().splitlines() if line.startswith("|"))
+    missing = sorted(o for o in options if f"`{o}" not in table)
+    assert not missing, f"annotate options missing from docs/running.md's table: {missing}"
