@@ -63,6 +63,14 @@ class Config:
     moderation_labels: tuple[str, ...] = (
         "hate speech", "harassment", "violence", "sexual content", "self-harm", "profanity",
     )
+    # generated: one question lists the labels and the answer is parsed (tasks/parsers.py). scored:
+    # one yes/no question per label, sharing the clip's prefix; P(yes) from the first answer token's
+    # raw distribution goes to `moderation_scores`, and `moderation` lists the labels whose score
+    # reaches their threshold (tasks/scoring.py). No parsing, one prefilled token per label.
+    moderation_mode: str = "generated"
+    # scored only: {label: threshold in [0, 1]}; labels not listed use moderation_threshold.
+    moderation_thresholds: dict[str, float] = field(default_factory=dict)
+    moderation_threshold: float = 0.5
     custom_tasks: tuple[CustomTask, ...] = ()
     # Per-task cap on generated tokens: {task name: tokens}; built-in defaults otherwise.
     max_new_tokens: dict[str, int] = field(default_factory=dict)
@@ -281,6 +289,7 @@ _CHOICES = {
     "prompt_style": ("auto", "base", "instruct"),
     "dtype": ("auto", "bf16", "fp16", "fp32"),
     "device": ("auto", "ascend", "cpu"),
+    "moderation_mode": ("generated", "scored"),
 }
 
 
@@ -341,6 +350,7 @@ def _check(config: Config, source: str) -> None:
                           "'worker_start_timeout_s' positive")
     if not config.tasks and not config.custom_tasks:
         raise ConfigError(f"{source}: no tasks to run")
+    _check_thresholds(config, source)
     known_tasks = set(config.tasks) | {t.name for t in config.custom_tasks}
     for task, column in config.references.items():
         if task not in known_tasks:
@@ -355,6 +365,21 @@ def _check(config: Config, source: str) -> None:
             raise ConfigError(f"{source}: custom task '{task.name}' needs max_new_tokens >= 1")
         if not task.name.isidentifier():
             raise ConfigError(f"{source}: custom task name '{task.name}' must be a plain identifier")
+
+
+def _check_thresholds(config: Config, source: str) -> None:
+    """Thresholds are probabilities, for configured labels, and only mean something when scored."""
+    thresholds = {**config.moderation_thresholds, "moderation_threshold": config.moderation_threshold}
+    for label, value in thresholds.items():
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{source}: moderation threshold for '{label}' must be in [0, 1], got {value!r}")
+    labels = {label.casefold() for label in config.moderation_labels}
+    unknown = sorted(label for label in config.moderation_thresholds if label.casefold() not in labels)
+    if unknown:
+        raise ConfigError(f"{source}: 'moderation_thresholds' names {unknown}, which are not in moderation_labels")
+    if config.moderation_thresholds and config.moderation_mode != "scored":
+        raise ConfigError(f"{source}: 'moderation_thresholds' needs moderation_mode: scored (generated answers "
+                          "have no score to threshold)")
 
 
 def from_mapping(data: dict, source: str = "config") -> Config:

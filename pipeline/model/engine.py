@@ -41,7 +41,8 @@ def follow_up_verdict(plan: ModelPlan, job, task: int, decode) -> str | None:
 def answer(job, task: int) -> Answer:
     """What a finished clip job says about one of its tasks' answers."""
     tokens, ended = job.tokens[task], job.ended[task]
-    return Answer(len(tokens), ended, job.logprob_sums[task], looping(tokens, hit_cap=not ended))
+    return Answer(len(tokens), ended, job.logprob_sums[task], looping(tokens, hit_cap=not ended),
+                  job.p_yes.get(task))
 
 
 class _PhaseClock:
@@ -94,7 +95,7 @@ class MindSporeModel:
         load_weights(self.model, folder, plan.spec.tie_embeddings)
         self.decode = text_decoder(folder)
         self.generator = Generator(self.model, plan.spec, plan.prompts, plan.shape, list(plan.max_new_tokens),
-                                   self._dtype, plan.decoding.decoding, plan.decoding.retry)
+                                   self._dtype, plan.decoding.decoding, plan.decoding.retry, plan.yes_no)
         clock.lap("weights_s")
         if any(plan.conditions):
             self.generator.admit = self.admit

@@ -29,6 +29,7 @@ from pipeline.model.graphs import (
     ModelState,
     PrefillGraph,
     Qwen2Audio,
+    ScoredPrefillGraph,
     StepGraph,
     compiled_graph_count,
 )
@@ -36,6 +37,7 @@ from pipeline.model.decoding import ROW_PARAMETERS, Decoding, GraphFeatures, row
 from pipeline.model.interface import ClipInput
 from pipeline.model.packing import pack_encoder_row, pack_prefill_row, prompt_tokens
 from pipeline.model.prompts import PromptPlan
+from pipeline.model.scoring import YesNo
 from pipeline.model.scheduler import (
     ClipJob,
     Encode,
@@ -72,9 +74,10 @@ def prompt_presence(prompts: PromptPlan, vocab: int) -> np.ndarray:
 
 class Generator:
     def __init__(self, model: Qwen2Audio, spec, prompts: PromptPlan, shape: EngineShape, budgets: list[int],
-                 dtype, decoding: Decoding = Decoding(), retry: Decoding | None = None):
+                 dtype, decoding: Decoding = Decoding(), retry: Decoding | None = None, yes_no: YesNo | None = None):
         """decoding: the run's; retry: another some rows may ask for (retry_degenerate). The graphs
-        compile with what these two need (decoding.GraphFeatures), nothing more."""
+        compile with what these two need (decoding.GraphFeatures), nothing more. yes_no: the tasks
+        whose first token is scored and the ids it is read at (scored questions; None: none)."""
         self.spec, self.prompts, self.shape = spec, prompts, shape
         self.budgets = list(budgets)
         self.decoding = decoding
@@ -84,7 +87,11 @@ class Generator:
         if self.graph_features.penalty:
             self.state.prompt_presence.set_data(ms.Tensor(self._prompt_presence))
         self.encode_graph = EncodeGraph(model, self.state)
-        self.prefill_graph = PrefillGraph(model, self.state, self.graph_features)
+        self.yes_no = yes_no
+        self._candidates = ms.Tensor(yes_no.candidates()) if yes_no is not None else None
+        self._scored = frozenset(yes_no.tasks) if yes_no is not None else frozenset()
+        self.prefill_graph = (ScoredPrefillGraph if yes_no is not None else PrefillGraph)(
+            model, self.state, self.graph_features)
         self.insert_graph = InsertGraph(spec, self.state, self.graph_features)
         self.step_graph = StepGraph(model, self.state, self.graph_features)
         self.extend_graph = ExtendGraph(model, self.state, self.graph_features) if shape.extend_rows else None
@@ -269,10 +276,11 @@ class Generator:
         task_index = np.zeros(q, np.int32)
         task_index[: len(tasks)] = tasks
         stage_rows = np.arange(block * length, (block + 1) * length, dtype=np.int32)
-        return (ms.Tensor(row.ids[None]), ms.Tensor(row.audio_rows[None]), ms.Tensor(row.is_audio[None]),
-                ms.Tensor(row.positions[None]), ms.Tensor(row.mask[None]),
-                ms.Tensor(stage_rows), ms.Tensor(last_index), ms.Tensor(task_index),
-                self._parameters(parameters, q))
+        inputs = (ms.Tensor(row.ids[None]), ms.Tensor(row.audio_rows[None]), ms.Tensor(row.is_audio[None]),
+                  ms.Tensor(row.positions[None]), ms.Tensor(row.mask[None]),
+                  ms.Tensor(stage_rows), ms.Tensor(last_index), ms.Tensor(task_index),
+                  self._parameters(parameters, q))
+        return inputs + (self._candidates,) if self._candidates is not None else inputs
 
     def _prefill(self, action: Prefill) -> list[ClipJob]:
         row = pack_prefill_row(self.prompts, [(c.audio_row, c.audio_tokens) for c in action.clips],
@@ -287,9 +295,14 @@ class Generator:
                 wanted.append((clip, task, prompt, stream, row_parameters(clip.decoding, 0.0, self.spec.vocab)))
                 last.append(prompt.last)
                 parameters.append(wanted[-1][4][:-1] + (stream() if stream else 1.0,))
-        tokens, logprobs, logits = self.prefill_graph(*self.prefill_inputs(
+        tokens, logprobs, logits, *scored = self.prefill_graph(*self.prefill_inputs(
             row, action.block, last, [w[1] for w in wanted], parameters))
         tokens, logprobs = tokens.asnumpy(), logprobs.asnumpy()
+        if scored:
+            p_yes = self.yes_no.p_yes(scored[0].asnumpy())
+            for q, (clip, task, *_) in enumerate(wanted):
+                if task in self._scored:
+                    clip.p_yes[task] = float(p_yes[q])
         if self.keep_first_logits:
             logits = logits.asnumpy()
         base = action.block * self.shape.prefill_len

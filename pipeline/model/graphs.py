@@ -16,7 +16,8 @@ State (MindSpore Parameters, updated in place, never rebuilt):
 Graphs (one compiled graph each; nothing but declared shapes ever reaches them):
 - EncodeGraph: one packed row of clips' mel frames -> audio tokens in the arena.
 - PrefillGraph: packed rows of prompts (audio from the arena) -> staging caches, and the first
-  token of every task row.
+  token of every task row (ScoredPrefillGraph, for scored questions: also the raw log-softmax of
+  that first step at a few candidate ids, model/scoring.py).
 - InsertGraph: copies task rows' prompts from the staging caches into decode slots.
 - StepGraph: one decode step for every slot.
 - ExtendGraph (only when a task follows another): a follow-up question's ids, all at once, into
@@ -112,6 +113,20 @@ class PrefillGraph(nn.Cell):
         presence = ops.gather(self.state.prompt_presence, tasks, 0) if self.penalty else logits
         tokens, logprobs = choose(logits, presence, parameters, self.penalty, self.sampling)
         return tokens, logprobs, logits
+
+
+class ScoredPrefillGraph(PrefillGraph):
+    """PrefillGraph with one more input, candidates [k] int32 ids, and one more output: the raw
+    log-softmax of each first step at them [q, k] (before any penalty or sampling filter), which
+    is what a scored question's P(yes) is read from. A separate graph, used only by runs with
+    scored questions: every other run compiles exactly what it did."""
+
+    def construct(self, ids, audio_rows, is_audio, positions, mask, stage_rows, last, tasks, parameters, candidates):
+        tokens, logprobs, logits = super().construct(ids, audio_rows, is_audio, positions, mask, stage_rows, last,
+                                                     tasks, parameters)
+        top = logits.max(-1, keepdims=True)
+        log_total = ops.log(ops.exp(logits - top).sum(-1, keepdims=True))
+        return tokens, logprobs, logits, ops.gather(logits, candidates, 1) - top - log_total
 
 
 class InsertGraph(nn.Cell):

@@ -37,6 +37,7 @@ class Answer:
     ended: bool  # an end-of-sequence id ended it; False: it hit its max_new_tokens cap
     logprob_sum: float  # natural-log probabilities of its ids and of its end id, under the raw logits
     looped: bool = False  # it hit its cap while repeating itself (model/loops.py)
+    p_yes: float | None = None  # a scored yes/no question: P(yes) of its first token (model/scoring.py)
 
     @property
     def logprob_count(self) -> int:

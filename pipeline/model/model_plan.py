@@ -17,8 +17,10 @@ from pipeline.model.graph_shapes import EngineShape, declare_shape, slot_bytes, 
 from pipeline.model.decoding import (DecodingError, GraphFeatures, ResolvedDecoding, end_of_sequence, generation_config,
                                      pad_token, resolve)
 from pipeline.model.prompts import PromptPlan, build_prompt_plan, resolve_style, tokenizer_eos_ids
+from pipeline.model.scoring import YesNo, yes_no_ids
 from pipeline.model.spec import ModelSpec
 from pipeline.model.tokenizer_files import CheckpointTokenizer
+from pipeline.tasks.scoring import SCORED_PARSER
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,9 @@ class ModelPlan:
     # Per task: the rule that decides whether a follow-up is asked (tasks.conditions.Condition), or
     # None (empty: no task has one).
     conditions: tuple = ()
+    # Scored questions (moderation_mode scored): the yes/no ids and the tasks whose first token is
+    # scored; None: no task is (the prefill graph then has no scores output).
+    yes_no: YesNo | None = None
 
     @property
     def graph_features(self) -> GraphFeatures:
@@ -59,6 +64,8 @@ class ModelPlan:
     def compile_cache_key(self, mindspore_version: str) -> str:
         payload = [self.spec.fingerprint(), asdict(self.shape), self.dtype,
                    self.device, self.graph_features.key(), mindspore_version]
+        if self.yes_no is not None:  # another prefill graph; every other run's key stays what it was
+            payload.append("scored")
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -99,6 +106,7 @@ class CheckpointPrompts:
     # False only for a dry run's hub snapshot fetched without its weights: the checkpoint's identity
     # (and so the run's fingerprint) is not known before they are downloaded.
     has_weights: bool = True
+    yes_no: YesNo | None = None  # scored questions' ids (model/scoring.py); None: none
 
 
 def load_prompts(config, tasks, weights: bool = True) -> CheckpointPrompts:
@@ -141,8 +149,10 @@ def load_prompts(config, tasks, weights: bool = True) -> CheckpointPrompts:
     except DecodingError as exc:
         raise ValueError(str(exc)) from None
     decoding = replace(decoding, eos_source=eos_source, pad_token_id=pad_token(defaults, eos_ids))
+    scored = tuple(i for i, t in enumerate(tasks) if getattr(t, "parser", None) == SCORED_PARSER)
+    yes_no = yes_no_ids(tokenizer, scored) if scored else None
     return CheckpointPrompts(model_dir, revision, spec, prompts, decoding,
-                             config.model if is_hub_id(config.model) else None, has_weights(model_dir))
+                             config.model if is_hub_id(config.model) else None, has_weights(model_dir), yes_no)
 
 
 def plan_model(config, tasks, device: str, worker_memory_bytes: int,
@@ -169,4 +179,5 @@ def plan_model(config, tasks, device: str, worker_memory_bytes: int,
         checkpoint_files=tuple(checkpoint_files(checkpoint.model_dir).items()),
         conditions=tuple(getattr(t, "when", None) for t in tasks) if any(getattr(t, "when", None) for t in tasks)
         else (),
+        yes_no=checkpoint.yes_no,
     )

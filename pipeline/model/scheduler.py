@@ -58,6 +58,7 @@ class ClipJob:
     ended: list[bool] = field(default_factory=list)
     logprob_sums: list[float] = field(default_factory=list)
     skipped: dict[int, str] = field(default_factory=dict)  # follow-up task -> why its rule skipped it
+    p_yes: dict[int, float] = field(default_factory=dict)  # scored task -> P(yes) of its first token
     follow_ups: int = 0  # follow-up rows run
     reused_tokens: int = 0  # conversation tokens follow-ups continued from instead of prefilling again
     forced_tokens: int = 0  # follow-ups' question ids fed into their slots

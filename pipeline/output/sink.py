@@ -87,7 +87,10 @@ def atomic_write_table(path: Location, table: pa.Table) -> None:
 
 
 def column_type(kind: str) -> pa.DataType:
-    """Arrow type of an annotation column: "list" -> list<string>, "string" -> string."""
+    """Arrow type of an annotation column: "list" -> list<string>, "scores" -> map<string, double>
+    (label -> P(yes)), "string" -> string."""
+    if kind == "scores":
+        return pa.map_(pa.string(), pa.float64())
     return pa.list_(pa.string()) if kind == "list" else pa.string()
 
 

@@ -53,7 +53,12 @@ def check_passthrough(manifest: Manifest, columns: dict[str, str]) -> None:
 def run_settings(plan, config: Config, tasks) -> dict:
     # Conversations only where there are some: every other run's fingerprint stays what it was.
     follow_ups = follow_up_settings(tasks)
-    return ({"follow_ups": follow_ups} if follow_ups else {}) | {
+    # Scored moderation only where it runs, likewise: its thresholds decide the moderation column.
+    scoring = {"moderation_scoring": {
+        "mode": "scored", "thresholds": {t.label: t.threshold for t in tasks if t.label is not None},
+        "segments": "each label's highest score over a file's segments", **plan.yes_no.settings(),
+    }} if plan.yes_no is not None else {}
+    return ({"follow_ups": follow_ups} if follow_ups else {}) | scoring | {
         "model": plan.model_dir, "revision": plan.revision, "prompt_style": plan.style,
         "prompts": dict(zip(plan.task_names, plan.prompts.texts)),
         "parsers": {t.name: t.parser for t in tasks},

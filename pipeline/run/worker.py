@@ -33,6 +33,7 @@ from pipeline.items import Batch, Item, ItemResult, failure_result
 from pipeline.model.interface import ClipInput, TextModel
 from pipeline.reasons import Failure, Reason
 from pipeline.tasks.catalog import Task, output_columns, parse
+from pipeline.tasks.scoring import SCORED_PARSER, scored_columns, text_score
 
 
 @dataclass
@@ -195,10 +196,18 @@ class BatchAnnotator:
             self._retry_loops(clips, texts, answers, skipped, retried, output.stats)
         for clip, clip_texts, known, skips, again in zip(clips, texts, answers, skipped, retried):
             parsed: dict[str, object] = {}
-            for task, text in zip(self.tasks, clip_texts):
+            scores: dict[str, float] = {}
+            for task, text, answer in zip(self.tasks, clip_texts, known or [None] * len(self.tasks)):
+                if task.parser == SCORED_PARSER:  # a yes/no question: its score, no parsing
+                    scores[task.label] = answer.p_yes if answer is not None and answer.p_yes is not None \
+                        else text_score(text)
+                    continue
                 # A follow-up its rule skipped: null columns, not an empty answer.
                 parsed.update({c: None for c in output_columns([task])} if text is None
                               else parse(task, text, self.moderation_labels))
+            if scores:
+                scored = [t for t in self.tasks if t.parser == SCORED_PARSER]
+                parsed.update(scored_columns([t.label for t in scored], [t.threshold for t in scored], scores))
             results.append(ItemResult(
                 item=clip.item, status="ok", start_s=clip.start_s, end_s=clip.end_s, silent=clip.silent,
                 raw={task.name: text for task, text in zip(self.tasks, clip_texts) if text is not None},

@@ -5,7 +5,8 @@ Built-in tasks and the columns they fill:
     caption     -> caption (string)      one sentence describing the audio
     events      -> events (list)         lowercase sound-event tags
     transcript  -> transcript (string), language (string or null: ISO 639-1 code)
-    moderation  -> moderation (list)     labels from the configured list only
+    moderation  -> moderation (list)     labels from the configured list only, and
+                   moderation_scores (map label -> P(yes); null unless moderation_mode is scored)
 Custom tasks (config.custom_tasks) fill one column named after the task: a string ("text") or a
 list ("list"). parse picks the parser (pipeline.tasks.parsers) for a task; parsers never raise: any
 text gives a value of the column's type.
@@ -13,6 +14,11 @@ text gives a value of the column's type.
 Any task may follow another (`follows`): its question is then the next user turn of the same
 conversation, after the other task's answer, and may be skipped by a rule on an earlier answer
 (`when`, tasks/conditions.py). Its column is its own, as for any task.
+
+With `moderation_mode: scored` the moderation task becomes one task per label, named
+`moderation:LABEL`, each a yes/no question with a one-token cap (parser "moderation_score"); they
+share the clip's prefix like any tasks, and together fill the moderation columns
+(tasks/scoring.py).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from dataclasses import dataclass, replace
 
 from pipeline.config import Config, ConfigError
 from pipeline.tasks.conditions import Condition, RuleError
+from pipeline.tasks.scoring import BASE_QUESTION, INSTRUCT_QUESTION, LABEL_PLACEHOLDER, SCORED_PARSER, task_name
 from pipeline.tasks.parsers import (
     parse_caption,
     parse_moderation,
@@ -41,9 +48,11 @@ class Task:
     base_prompt: str  # text right after <|audio_bos|><|AUDIO|><|audio_eos|> (base checkpoint)
     instruct_prompt: str  # the user's question inside the chat template (instruct checkpoint)
     max_new_tokens: int
-    parser: str  # "caption" | "events" | "transcript" | "moderation" | "text" | "list"
+    parser: str  # "caption" | "events" | "transcript" | "moderation" | "moderation_score" | "text" | "list"
     follows: str | None = None  # the task whose answer it follows in the same conversation
     when: Condition | None = None  # whether it is asked, from an earlier answer (follow-ups only)
+    label: str | None = None  # a scored moderation question: the label it asks about
+    threshold: float | None = None  # and the P(yes) from which the label is flagged
 
     def prompt(self, style: str) -> str:
         if style not in STYLES:
@@ -84,11 +93,11 @@ BUILTIN_TASKS: dict[str, Task] = {
 }
 OUTPUT_COLUMNS: dict[str, str] = {
     "caption": "string", "events": "list", "transcript": "string", "language": "string",
-    "moderation": "list",
+    "moderation": "list", "moderation_scores": "scores",
 }
 _COLUMNS_BY_PARSER = {
     "caption": ("caption",), "events": ("events",), "transcript": ("transcript", "language"),
-    "moderation": ("moderation",),
+    "moderation": ("moderation", "moderation_scores"), SCORED_PARSER: ("moderation", "moderation_scores"),
 }
 # Columns every output row has besides the annotations (the manifest's own and the run's); a
 # custom task must not shadow them.
@@ -140,6 +149,27 @@ def _labels_text(labels: Sequence[str]) -> str:
     return ", ".join(labels)
 
 
+def _scored_questions(config: Config) -> list[Task]:
+    """moderation_mode scored: one yes/no task per label, capped at one token (only the first
+    token's distribution is read). A prompt override for moderation names the label as {label}."""
+    base, instruct = BASE_QUESTION, INSTRUCT_QUESTION
+    if "moderation" in config.prompts:
+        base = instruct = config.prompts["moderation"]
+        if LABEL_PLACEHOLDER not in base:
+            raise ConfigError("prompts: with moderation_mode scored the moderation prompt asks about one label and "
+                              "must contain {label}")
+    if "moderation" in config.max_new_tokens:
+        raise ConfigError("max_new_tokens: moderation_mode scored reads one token per label; leave out its cap")
+    for key, mapping in (("follows", config.follows), ("when", config.when)):
+        if "moderation" in mapping or "moderation" in mapping.values():
+            raise ConfigError(f"{key}: scored moderation questions cannot be part of a conversation")
+    thresholds = {label.casefold(): value for label, value in config.moderation_thresholds.items()}
+    return [Task(task_name(label), base.replace(LABEL_PLACEHOLDER, label), instruct.replace(LABEL_PLACEHOLDER, label),
+                 1, SCORED_PARSER, label=label,
+                 threshold=thresholds.get(label.casefold(), config.moderation_threshold))
+            for label in config.moderation_labels]
+
+
 def resolve_tasks(config: Config) -> list[Task]:
     """The tasks to run, in order: config.tasks, then config.custom_tasks.
 
@@ -161,6 +191,10 @@ def resolve_tasks(config: Config) -> list[Task]:
         base, instruct = builtin.base_prompt, builtin.instruct_prompt
         if name in config.prompts:
             base = instruct = config.prompts[name]
+        if name == "moderation" and config.moderation_mode == "scored":
+            _labels_text(config.moderation_labels)
+            tasks += _scored_questions(config)
+            continue
         if name == "moderation":
             if LABELS_PLACEHOLDER not in base:
                 raise ConfigError("prompts: the moderation prompt must contain {labels}, where the labels go")
@@ -229,7 +263,7 @@ def follow_up_settings(tasks: Sequence[Task]) -> dict:
 
 
 def output_columns(tasks: Sequence[Task]) -> dict[str, str]:
-    """Column name -> "string" | "list" for the columns these tasks fill, in task order."""
+    """Column name -> "string" | "list" | "scores" for the columns these tasks fill, in task order."""
     columns: dict[str, str] = {}
     for task in tasks:
         if task.parser in _COLUMNS_BY_PARSER:
@@ -250,7 +284,7 @@ def parse(task: Task, raw: str, moderation_labels: Sequence[str] = ()) -> dict[s
     if task.parser == "transcript":
         return parse_transcript(raw)
     if task.parser == "moderation":
-        return parse_moderation(raw, moderation_labels)
+        return {**parse_moderation(raw, moderation_labels), "moderation_scores": None}
     if task.parser == "list":
         return {task.name: split_list(raw, tags=False)}
     return {task.name: strip_tokens(raw).strip()}

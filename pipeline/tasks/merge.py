@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 
 from pipeline.tasks.catalog import OUTPUT_COLUMNS
 from pipeline.tasks.parsers import squash
+from pipeline.tasks.scoring import max_scores
 
 def _union(lists: Sequence[Sequence[str]], key=str.casefold) -> list[str]:
     seen: set[str] = set()
@@ -35,6 +36,8 @@ def aggregate(column: str, values: Sequence[object], kind: str | None = None) ->
       often get the same caption ("A man speaks."), which repeated reads like a bug; different
       captions in order read as a short account of the recording.
     - events, moderation: the union of the segments' lists, in first-seen order.
+    - moderation_scores (kind "scores"): each label's highest P(yes) over the segments (a label
+      present in any segment is present; tasks/scoring.py).
     - custom columns (kind "string" or "list", as output_columns gives): text joined with
       newlines, one line per segment that answered; lists as a union in first-seen order.
     """
@@ -45,6 +48,8 @@ def aggregate(column: str, values: Sequence[object], kind: str | None = None) ->
         return max(dict.fromkeys(present), key=counts.__getitem__) if present else None
     if column == "caption":
         return _join_captions([str(v).strip() for v in present])
+    if kind == "scores":
+        return max_scores(present)
     if kind == "list":
         return _union(present)
     if kind != "string":
