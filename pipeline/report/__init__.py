@@ -23,6 +23,7 @@ from pipeline.report.page import PageInput, render
 from pipeline.report.quality import QualityJudge, TextSimilarity, check_references, task_kind
 from pipeline.report.rows import FINAL, read_rows, run_files
 from pipeline.storage import Location
+from pipeline.tasks.scoring import TASK_PREFIX
 
 PAGE = "report.html"
 QUALITY = "quality.json"
@@ -61,6 +62,8 @@ def write_report(out, references: Mapping[str, str] | None = None, kind: str | N
     settings = state.get("settings", {})
     parsers = settings.get("parsers", {})
     ordered = [t["name"] for t in (run_info or {}).get("tasks", [])] or list(parsers)
+    # Scored moderation asks one question per label (moderation:LABEL); together they fill `moderation`.
+    ordered = list(dict.fromkeys("moderation" if t.startswith(TASK_PREFIX) else t for t in ordered))
     tasks = [t for t in ordered if t in rows.names]
     kinds = {t: task_kind(parsers.get(t), rows.schema.field(t).type) for t in tasks}
     if references is None:

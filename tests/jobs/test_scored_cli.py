@@ -52,6 +52,9 @@ def test_scored_run_writes_scores_and_thresholded_labels(checkpoint_dir, tmp_pat
     assert len(by_segment) == 2
     assert dict(rows["long"]["moderation_scores"]) == {label: max(s[label] for s in by_segment) for label in LABELS}
 
+    # The report counts the labels of the per-label questions as the moderation column's.
+    assert 'data-figure="rows_with_tags:moderation"' in (out / "report.html").read_text()
+
     info = json.loads((out / "run.json").read_text())
     scoring = info["settings"]["moderation_scoring"]
     assert scoring["thresholds"] == {"violence": 0.0, "profanity": 1.0, "spam": 0.5}
