@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pipeline import storage
 from pipeline.output.sink import OutputDir
 from pipeline.report.audio_links import AudioLinks
-from pipeline.report.figures import BASE_COLUMNS, LOGPROB_COLUMN, Gatherer
+from pipeline.report.figures import BASE_COLUMNS, LOGPROB_COLUMN, SCORES_COLUMN, Gatherer
 from pipeline.report.page import PageInput, render
 from pipeline.report.quality import QualityJudge, TextSimilarity, check_references, task_kind
 from pipeline.report.rows import FINAL, read_rows, run_files
@@ -72,9 +72,11 @@ def write_report(out, references: Mapping[str, str] | None = None, kind: str | N
     if references:
         check_references(references, rows.schema, tasks)
     has_logprob = LOGPROB_COLUMN in rows.names
-    gatherer = Gatherer(tasks, [t for t in tasks if kinds[t] == "list"], has_logprob)
+    has_scores = SCORES_COLUMN in rows.names
+    gatherer = Gatherer(tasks, [t for t in tasks if kinds[t] == "list"], has_logprob, has_scores)
     judge = QualityJudge(references, kinds, text_similarity) if references else None
-    columns = [*BASE_COLUMNS, *tasks, *([LOGPROB_COLUMN] if has_logprob else []), *references.values()]
+    columns = [*BASE_COLUMNS, *tasks, *([LOGPROB_COLUMN] if has_logprob else []),
+               *([SCORES_COLUMN] if has_scores else []), *references.values()]
     for batch in rows.batches(list(dict.fromkeys(columns))):
         gatherer.add(batch)
         if judge is not None:

@@ -32,6 +32,9 @@ LOGPROB_EDGES = tuple(np.arange(LOGPROB_LOW, 0.0 + 1e-9, LOGPROB_STEP))
 # Columns the figures read besides the task columns.
 BASE_COLUMNS = ("id", "audio", "status", "error", "error_detail", "duration_s", "language")
 LOGPROB_COLUMN = "logprob"
+# Scored moderation's map label -> P(yes): rows per tenth of P(yes), per label, to set thresholds by.
+SCORES_COLUMN = "moderation_scores"
+SCORE_BINS = 10
 
 
 DURATION_LABELS = ("0–1s", "1–2s", "2–5s", "5–10s", "10–20s", "20–30s", "30s–1m", "1–2m",
@@ -100,6 +103,7 @@ class Figures:
     tags: dict[str, Counter] = field(default_factory=dict)  # list column -> tag counts
     rows_with_tags: dict[str, int] = field(default_factory=dict)
     logprob: dict[str, LogprobFigures] = field(default_factory=dict)
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # label -> rows per tenth of P(yes)
     sample: list[dict] = field(default_factory=list)
     lowest: dict[str, list[dict]] = field(default_factory=dict)  # task -> its lowest-confidence rows
 
@@ -107,14 +111,23 @@ class Figures:
         bins = list(zip(DURATION_LABELS, self.durations.tolist()))
         return bins + ([("unknown", self.duration_unknown)] if self.duration_unknown else [])
 
+    def score_bins(self, label: str) -> list[tuple[str, int]]:
+        return [(f"{i / SCORE_BINS:.1f}", int(n)) for i, n in enumerate(self.scores[label])]
+
+
+def _map_entries(column: pa.Array) -> pa.Array:
+    """A map column's (key, value) entries, flattened over its rows (offsets honoured)."""
+    entries = pa.ListArray.from_arrays(column.offsets, pa.StructArray.from_arrays(
+        [column.keys, column.items], ["key", "value"]))
+    return entries
+
 
 def logprob_entries(column: pa.Array, task: str) -> tuple[np.ndarray, np.ndarray] | None:
     """(row positions, values) of one task's mean log-probability, from a map<task, value> column
     (flattened once: a lookup per row and task costs 25x more) or a struct column; None for any
     other type."""
     if pa.types.is_map(column.type):
-        entries = pa.ListArray.from_arrays(column.offsets, pa.StructArray.from_arrays(
-            [column.keys, column.items], ["key", "value"]))
+        entries = _map_entries(column)
         flat, parents = pc.list_flatten(entries), pc.list_parent_indices(entries)
         wanted = pc.and_(pc.equal(flat.field("key"), task), pc.array_take(column.is_valid(), parents))
         return parents.filter(wanted).to_numpy(), _floats(flat.field("value").filter(wanted))
@@ -133,8 +146,9 @@ class Gatherer:
     columns, in the page's order; list_columns: those that hold tags; has_logprob: whether the
     rows have a logprob column (task -> mean log-probability per token)."""
 
-    def __init__(self, tasks: Sequence[str], list_columns: Sequence[str], has_logprob: bool):
+    def __init__(self, tasks: Sequence[str], list_columns: Sequence[str], has_logprob: bool, has_scores: bool = False):
         self.tasks, self.list_columns, self.has_logprob = list(tasks), list(list_columns), has_logprob
+        self.has_scores = has_scores
         self.figures = Figures(tags={c: Counter() for c in list_columns}, rows_with_tags={c: 0 for c in list_columns})
         self.rng = np.random.default_rng(SEED)
         self.strata: dict[str, _BottomK] = {}
@@ -166,6 +180,8 @@ class Gatherer:
             for value in pc.value_counts(tags).to_pylist():
                 if value["values"]:
                     figures.tags[column][value["values"]] += value["counts"]
+        if self.has_scores:
+            _scores(figures, batch.column(SCORES_COLUMN))
         for task in self.tasks:
             entries = logprob_entries(batch.column(LOGPROB_COLUMN), task) if self.has_logprob else None
             if entries is not None:
@@ -190,8 +206,8 @@ class Gatherer:
 
 
 def gather(batches: Iterable[pa.RecordBatch], tasks: Sequence[str], list_columns: Sequence[str],
-           has_logprob: bool) -> Figures:
-    gatherer = Gatherer(tasks, list_columns, has_logprob)
+           has_logprob: bool, has_scores: bool = False) -> Figures:
+    gatherer = Gatherer(tasks, list_columns, has_logprob, has_scores)
     for batch in batches:
         gatherer.add(batch)
     return gatherer.finish()
@@ -202,6 +218,19 @@ def _above_zero(values: np.ndarray) -> np.ndarray:
     extra = np.zeros(len(LOGPROB_EDGES), np.int64)
     extra[-1] = int((values >= LOGPROB_EDGES[-1]).sum())
     return extra
+
+
+def _scores(figures: Figures, column: pa.Array) -> None:
+    if not pa.types.is_map(column.type) or column.null_count == len(column):
+        return
+    entries = _map_entries(column)
+    flat = pc.list_flatten(entries).filter(pc.array_take(column.is_valid(), pc.list_parent_indices(entries)))
+    labels, values = flat.field("key"), _floats(flat.field("value"))
+    tenths = np.clip((values * SCORE_BINS).astype(np.int64), 0, SCORE_BINS - 1)
+    for label in pc.unique(labels).to_pylist():
+        chosen = pc.equal(labels, label).to_numpy(zero_copy_only=False)
+        found = figures.scores.setdefault(label, np.zeros(SCORE_BINS, np.int64))
+        found += np.bincount(tenths[chosen], minlength=SCORE_BINS)
 
 
 def _reasons(figures: Figures, batch: pa.RecordBatch) -> None:

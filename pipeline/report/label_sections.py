@@ -36,6 +36,21 @@ def tags(page) -> str:
     return '<h2 id="tags">Event tags and moderation labels</h2>' + "".join(parts) if parts else ""
 
 
+def scores(page) -> str:
+    """Scored moderation: per label, rows by tenth of P(yes) (where a threshold would cut)."""
+    found = page.figures.scores
+    if not found:
+        return ""
+    parts = ['<h2 id="scores">Moderation scores: P(yes) per label</h2><p class="muted">Rows by tenth of P(yes) '
+             '(a long file: its highest score over its segments); a label is flagged at or over its threshold '
+             '(run.json: settings, moderation_scoring).</p><div class="grid">']
+    for label in found:
+        parts.append(f'<div><h3>{text(label)}</h3>'
+                     + svg.histogram(page.figures.score_bins(label), f"{label} P(yes)", width=420, height=150)
+                     + "</div>")
+    return "".join(parts) + "</div>"
+
+
 def confidence(page) -> str:
     """The logprob column's distribution per task (mean log-probability per generated token)."""
     found = page.figures.logprob

@@ -52,10 +52,11 @@ class PageInput:
 
 
 SECTIONS = (run_sections.status, run_sections.durations, run_sections.throughput, run_sections.efficiency,
-            label_sections.languages, label_sections.tags, label_sections.confidence, label_sections.quality,
+            label_sections.languages, label_sections.tags, label_sections.scores,
+            label_sections.confidence, label_sections.quality,
             label_sections.samples, run_sections.settings, run_sections.runs)
 NAVIGATION = (("status", "status"), ("durations", "durations"), ("throughput", "throughput"),
-              ("efficiency", "efficiency"), ("languages", "languages"), ("tags", "tags"),
+              ("efficiency", "efficiency"), ("languages", "languages"), ("tags", "tags"), ("scores", "scores"),
               ("confidence", "confidence"), ("quality", "quality"), ("sample", "rows"), ("settings", "settings"),
               ("runs", "runs"))
 

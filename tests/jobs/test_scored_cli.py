@@ -53,7 +53,9 @@ def test_scored_run_writes_scores_and_thresholded_labels(checkpoint_dir, tmp_pat
     assert dict(rows["long"]["moderation_scores"]) == {label: max(s[label] for s in by_segment) for label in LABELS}
 
     # The report counts the labels of the per-label questions as the moderation column's.
-    assert 'data-figure="rows_with_tags:moderation"' in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert 'data-figure="rows_with_tags:moderation"' in page
+    assert 'id="scores"' in page and all(f"{label} P(yes)" in page for label in LABELS)
 
     info = json.loads((out / "run.json").read_text())
     scoring = info["settings"]["moderation_scoring"]

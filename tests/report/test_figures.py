@@ -109,3 +109,17 @@ def test_a_logprob_column_of_another_shape_or_none_is_skipped():
     assert figures_of(table).logprob == {}
     odd = table.append_column("logprob", pa.array([1.0] * 50))  # not a map: nothing to show per task
     assert gather(odd.to_batches(), list(TASKS), [], True).logprob == {}
+
+
+def test_moderation_scores_are_counted_per_label_and_tenth():
+    scores = [{"violence": 0.05, "spam": 0.95}, None, {"violence": 0.55, "spam": 1.0}, {"violence": 0.5, "spam": 0.0}]
+    table = pa.table({"id": list("abcd"), "audio": list("abcd"), "status": ["ok", "error", "ok", "ok"],
+                      "error": [None, "read_error", None, None], "error_detail": [None, "x", None, None],
+                      "duration_s": [1.0] * 4, "language": [None] * 4,
+                      "moderation_scores": pa.array([list(s.items()) if s else None for s in scores],
+                                                    pa.map_(pa.string(), pa.float64()))})
+    # Batches of one row: each a slice of the map column (offsets into shared entries).
+    found = gather(table.to_batches(max_chunksize=1), [], [], False, has_scores=True)
+    assert found.scores["violence"].tolist() == [1, 0, 0, 0, 0, 2, 0, 0, 0, 0]
+    assert found.scores["spam"].tolist() == [1, 0, 0, 0, 0, 0, 0, 0, 0, 2]
+    assert found.score_bins("spam")[-1] == ("0.9", 2)
