@@ -1,7 +1,8 @@
 """P(yes) from a question's first answer token (scored moderation, tasks/scoring.py); no MindSpore.
 
 Which ids count as "yes" and "no": the spellings in VARIANTS that the tokenizer holds as one token
-each ("yes", "Yes", " yes", " Yes" and the same for no: Qwen2's tokenizer has all eight). A word with
+each ("yes", "Yes", " yes", " Yes" and the same for no; common words, which a 151k-token BPE such as
+Qwen2's is expected to hold whole, not checked here without its files). A word with
 no single-token spelling (small test tokenizers) counts the first id of each spelling instead, and
 an id both words would count (a bare space) counts for neither. run.json records the ids and the
 text of each (settings `moderation_scoring`).
