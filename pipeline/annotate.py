@@ -121,13 +121,15 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
     digest = manifest.digest
     worker_count = default_workers(config, workers)
 
-    # Tokenising the prompts needs no cluster: it runs while Ray starts (seconds each).
+    # Tokenising the prompts needs no cluster: it runs while Ray starts (seconds each). Submitted
+    # before the session opens: ray.init blocks until the node is up.
     ray_choice = ray_address.choose(config.ray_address)
+    background = ThreadPoolExecutor(1)
+    checkpoint = background.submit(load_prompts, config, tasks)
     milestones.mark("ray_starting")
-    with ThreadPoolExecutor(1) as background, cluster.ray_session(worker_count, ray_choice) as ray_used:
+    with background, cluster.ray_session(worker_count, ray_choice) as ray_used:
         signals.install()  # again: Ray's start put its own SIGTERM handler (exit at once) in place
         milestones.mark("ray_started")
-        checkpoint = background.submit(load_prompts, config, tasks)
         npus = cluster.cluster_npus()
         device = config.device if config.device != "auto" else ("ascend" if npus else "cpu")
         if device == "ascend" and not npus:
