@@ -275,9 +275,11 @@ def head_start_line(head, planner, rows_total: int, workers: int, npu: bool, dty
     if planner.planned_until >= rows_total or planner.limited_by:
         rows = sum(w.rows_taken + len(w.failures) for w in head)
         audio_s = sum(i.end_s - i.start_s for w in head for i in w.items)
-        return start_line(rows, rows_total, audio_s, workers, npu, dtype, decoding, ray_cluster)
+        return start_line(rows, rows_total, audio_s, workers, npu, dtype, decoding, ray_cluster,
+                          unknown_rows=sum(w.unknown_taken for w in head))
     return start_line(sum(w.rows_todo for w in head), rows_total, sum(w.audio_todo_s for w in head), workers, npu,
-                      dtype, decoding, ray_cluster, window=planner.window_rows)
+                      dtype, decoding, ray_cluster, window=planner.window_rows,
+                      unknown_rows=sum(w.unknown_rows for w in head))
 
 
 # A run stopped by a signal writes its runs/ file only while it is this young, so that it exits

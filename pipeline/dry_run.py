@@ -28,7 +28,7 @@ from pipeline.config import Config, ConfigError
 from pipeline.intake.manifest_set import read_manifests
 from pipeline.intake.manifest_table import Manifest
 from pipeline.output import delta
-from pipeline.output.console import Console, counts_text, duration_text, warn_unreadable
+from pipeline.output.console import Console, audio_text, counts_text, duration_text, warn_unreadable
 from pipeline.output.lock import OutLock
 from pipeline.output.sink import OutputDir
 from pipeline.planning.batches import count_batches
@@ -100,7 +100,7 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
                      f"(device: {device_source}); {plan.shape.slots} decode slots"
                      + (" (sized for this machine's memory: a cluster's workers may get others)" if automatic else ""))
         lines.append(f"graphs: {', '.join(plan.shape.graph_names())}")
-        lines.append(estimate_line(sink, plan_figures.taken_s, config))
+        lines.append(estimate_line(sink, plan_figures.taken_s, config, plan_figures.unknown_taken))
     console.summary(lines)
     return exit_codes.DONE
 
@@ -126,6 +126,8 @@ class DryPlan:
     finished_transient: int = 0
     estimated_rows: int = 0
     estimated_s: float = 0.0
+    unknown_rows: int = 0  # rows with work whose length is known only once decoded
+    unknown_taken: int = 0
     limited_by: str | None = None
 
     @classmethod
@@ -159,6 +161,8 @@ class DryPlan:
         self.finished_transient += window.finished_transient
         self.estimated_rows += window.estimated_rows
         self.estimated_s += window.estimated_s
+        self.unknown_rows += window.unknown_rows
+        self.unknown_taken += window.unknown_taken
 
 
 def manifest_line(manifest: Manifest, manifest_path) -> str:
@@ -183,7 +187,7 @@ def work_lines(found: DryPlan, config: Config) -> list[str]:
     notes += [f"{found.rows_retried} retried"] if found.rows_retried else []
     notes += [f"{found.failures} cannot be read: error rows"] if found.failures else []
     lines = [f"to do: {found.rows_todo} rows{' (' + ', '.join(notes) + ')' if notes else ''}, {found.items_todo} items "
-             f"(clips and segments of long files), {duration_text(found.audio_todo_s)} of audio"]
+             f"(clips and segments of long files), {audio_text(found.audio_todo_s, found.unknown_rows)}"]
     if found.estimated_rows:
         lines.append(f"estimated: {found.estimated_rows} rows have no duration_s and no duration in OUT; past "
                      f"{ESTIMATE_PROBES} header reads each is counted at the mean known duration "
@@ -194,17 +198,24 @@ def work_lines(found: DryPlan, config: Config) -> list[str]:
         later = found.rows_todo - found.rows_taken - found.failures
         budget = f"; {budget_option(found.limited_by, config)} leaves {later} rows for the next runs"
     batches = found.batches
+    if found.unknown_rows:
+        lines.append(f"unknown lengths: {found.unknown_rows} rows of Parquet files that hold audio have no duration_s; "
+                     "a run reads each length when it decodes the row (a row over 30 s is then cut into segments)")
     lines.append(f"this run: {found.rows_taken} rows to the model ({found.items_taken} items, "
-                 f"{duration_text(found.taken_s)} of audio) in {batches} batch{'es' * (batches != 1)} of about "
+                 f"{audio_text(found.taken_s, found.unknown_taken)}) in {batches} batch{'es' * (batches != 1)} of about "
                  f"{config.batch_audio_s:g} s (at most {config.batch_items} items){budget}")
     return lines
 
 
-def estimate_line(sink: OutputDir, audio_s: float, config: Config) -> str:
-    """Wall time from the latest run's throughput (its runs/ file, else run.json), against --max-wall."""
+def estimate_line(sink: OutputDir, audio_s: float, config: Config, unknown_rows: int = 0) -> str:
+    """Wall time from the latest run's throughput (its runs/ file, else run.json), against --max-wall.
+    unknown_rows: rows taken whose length is known only once decoded, which it cannot count."""
     wall = f"; --max-wall {config.max_wall_minutes:g} min" if config.max_wall_minutes else ""
     if audio_s == 0:
-        return "estimate: no model work"
+        return (f"estimate: none ({unknown_rows} rows of a length known once decoded){wall}" if unknown_rows
+                else "estimate: no model work")
+    if unknown_rows:
+        wall = f" (not counting {unknown_rows} rows of a length known once decoded)" + wall
     last = delta.last_run(sink) or last_finished_run(sink)
     if last is None:
         return f"estimate: none (no earlier run in this OUT annotated audio){wall}"

@@ -99,21 +99,32 @@ def counts_text(counts: dict[str, int], limit: int | None = None) -> str:
     return text
 
 
+def audio_text(audio_s: float, unknown_rows: int = 0) -> str:
+    """How much audio: the known lengths, and the rows whose length is known only once decoded
+    (audio inside Parquet without duration_s), which the known figure leaves out."""
+    if not unknown_rows:
+        return f"{duration_text(audio_s)} of audio"
+    unknown = f"{unknown_rows} row{'s' * (unknown_rows != 1)} of a length known once decoded"
+    return unknown if audio_s == 0 else f"{duration_text(audio_s)} of audio and {unknown}"
+
+
 def start_line(rows_todo: int, rows_total: int, audio_s: float, workers: int, npu: bool, dtype: str,
-               decoding: str | None = None, ray_cluster: str | None = None, window: int | None = None) -> str:
+               decoding: str | None = None, ray_cluster: str | None = None, window: int | None = None,
+               unknown_rows: int = 0) -> str:
     """decoding: the decoding in effect with where each value came from (ResolvedDecoding.describe);
     ray_cluster: which Ray the run uses (run/ray_address.describe). window: the manifest is planned
     this many rows at a time and the figures are the first window's (the rest is planned as the
-    workers go)."""
+    workers go). unknown_rows: rows of those whose length is known only once decoded."""
     where = f"{workers} worker{'s' * (workers != 1)} on {'Ascend NPUs' if npu else 'CPU'}, {dtype}"
+    audio = audio_text(audio_s, unknown_rows)
     if window is not None:
         return (f"annotating {rows_total} rows, planned {window} at a time as the workers go (the first "
-                f"{window}: {rows_todo} rows left, {duration_text(audio_s)} of audio) with {where}" +
+                f"{window}: {rows_todo} rows left, {audio}) with {where}" +
                 (f"; Ray: {ray_cluster}" if ray_cluster else "") + (f"; decoding: {decoding}" if decoding else ""))
     if rows_todo == 0:
         return f"all {rows_total} rows were annotated by an earlier run; writing the outputs"
     rows = f"{rows_todo} rows" if rows_todo == rows_total else f"{rows_todo} of {rows_total} rows left"
-    return f"annotating {rows} ({duration_text(audio_s)} of audio) with {where}" + \
+    return f"annotating {rows} ({audio}) with {where}" + \
         (f"; Ray: {ray_cluster}" if ray_cluster else "") + (f"; decoding: {decoding}" if decoding else "")
 
 

@@ -9,6 +9,7 @@ from pipeline.errors import UserError
 from pipeline.items import Item, ItemResult
 from pipeline.output.console import Console
 from pipeline.output.sink import OutputDir
+from pipeline.testing.shards import recordings, write_hf_parquet
 from tests.jobs.conftest import run
 from tests.pipeline.conftest import fast_config
 
@@ -36,6 +37,19 @@ def test_a_fresh_out_is_planned_and_not_created(clips, model_dir, tmp_path):
     assert "graphs: encode[F=3000], prefill[" in text and ", step[N=6," in text  # the four declared graphs
     assert "decoding: greedy (checkpoint)\n" in text
     assert "estimate: none (no earlier run in this OUT annotated audio)" in text
+
+
+def test_audio_inside_parquet_without_durations_is_said_unknown_not_zero(model_dir, tmp_path):
+    # The driver never reads a Parquet cell (nor resolves a struct's path): their lengths come from decoding.
+    (tmp_path / "hub").mkdir()
+    (tmp_path / "hub" / "dog.flac").write_bytes(recordings()["dog_barks.flac"])
+    cells = [{"bytes": recordings()[name], "path": name} for name in ("speech_greeting.wav", "rain.opus")]
+    manifest = write_hf_parquet(tmp_path / "hub" / "train.parquet", cells + [{"bytes": None, "path": "dog.flac"}])
+    text = plan_text(manifest, tmp_path / "out", model_dir, max_rows=2)
+    assert "to do: 3 rows, 3 items (clips and segments of long files), 3 rows of a length known once decoded" in text
+    assert "unknown lengths: 3 rows of Parquet files that hold audio have no duration_s" in text
+    assert "this run: 2 rows to the model (2 items, 2 rows of a length known once decoded) in 1 batch" in text
+    assert "estimate: none (2 rows of a length known once decoded)" in text
 
 
 def test_after_a_run_it_counts_done_failed_and_retryable_and_estimates(ray_cluster, clips, model_dir, tmp_path):

@@ -89,6 +89,11 @@ def test_start_line_says_what_is_left_on_a_resume():
                       ray_cluster="the cluster at 10.0.0.5:6379 (named by RAY_ADDRESS), 3 nodes") == \
         "annotating 8 rows (1.5 min of audio) with 2 workers on CPU, fp32; Ray: the cluster at 10.0.0.5:6379 " \
         "(named by RAY_ADDRESS), 3 nodes; decoding: greedy (checkpoint)"
+    # Audio inside Parquet without duration_s: its length is known once decoded, not counted as 0 s.
+    assert start_line(6, 6, 0.0, 1, False, "fp32", unknown_rows=6) == \
+        "annotating 6 rows (6 rows of a length known once decoded) with 1 worker on CPU, fp32"
+    assert start_line(6, 6, 4.0, 1, False, "fp32", unknown_rows=5) == \
+        "annotating 6 rows (4 s of audio and 5 rows of a length known once decoded) with 1 worker on CPU, fp32"
 
 
 def test_quiet_console_shows_errors_and_the_summary_only():
