@@ -211,21 +211,20 @@ def estimate_line(sink: OutputDir, audio_s: float, config: Config, unknown_rows:
     """Wall time from the latest run's throughput (its runs/ file, else run.json), against --max-wall.
     unknown_rows: rows taken whose length is known only once decoded, which it cannot count."""
     wall = f"; --max-wall {config.max_wall_minutes:g} min" if config.max_wall_minutes else ""
+    unknown = f"{unknown_rows} rows of a length known once decoded" if unknown_rows else ""
     if audio_s == 0:
-        return (f"estimate: none ({unknown_rows} rows of a length known once decoded){wall}" if unknown_rows
-                else "estimate: no model work")
-    if unknown_rows:
-        wall = f" (not counting {unknown_rows} rows of a length known once decoded)" + wall
+        return f"estimate: none ({unknown}){wall}" if unknown else "estimate: no model work"
+    not_counted = f" (not counting {unknown})" if unknown else ""
     last = delta.last_run(sink) or last_finished_run(sink)
     if last is None:
-        return f"estimate: none (no earlier run in this OUT annotated audio){wall}"
+        return f"estimate: none (no earlier run in this OUT annotated audio){not_counted}{wall}"
     rate = last["audio_s"] / last["wall_s"]
     seconds = audio_s / rate
     if wall:
         over = seconds > config.max_wall_minutes * 60
         wall += " stops dispatch before then (exit 75; the next run continues)" if over else " leaves room"
     return (f"estimate: about {duration_text(seconds)} at {rate:.2f} audio-s/s, the throughput of the run "
-            f"started {last['started']}{wall}")
+            f"started {last['started']}{not_counted}{wall}")
 
 
 def last_finished_run(sink: OutputDir) -> dict | None:

@@ -67,8 +67,9 @@ class Window:
     finished_transient: int = 0  # of those, rows with a transient failure
     estimated_rows: int = 0  # rows whose duration a dry run estimated (no header read)
     estimated_s: float = 0.0
-    # Rows with work whose length is known only once decoded (audio inside Parquet without
-    # duration_s): counted in rows_todo, not in audio_todo_s.
+    # Rows with work whose length is not known yet (audio inside Parquet without duration_s, known
+    # once decoded; or, past a spent budget, files whose headers were not read): counted in
+    # rows_todo, not in audio_todo_s.
     unknown_rows: int = 0
     unknown_taken: int = 0  # of those, rows this run takes
     taken_seconds: list[float] = field(default_factory=list)  # a dry run's: the lengths of the items taken
@@ -280,8 +281,9 @@ class _RowsPlan:
         good = rows[~failed]
         if not len(good):
             return
-        unknown = np.isnan(self.planned[good])
-        seconds = np.nan_to_num(self.planned[good], nan=0.0)
+        planned = self.planned[good]
+        unknown = np.isnan(planned)
+        seconds = np.nan_to_num(planned, nan=0.0)
         seconds = np.where(seconds > 0, seconds, 0.0)  # unknown or empty: one item of nothing (decoding says why)
         # Rows that are not one clip still to do (a long file's segments, some of them committed):
         # their segments' lengths, by position in good.
@@ -297,7 +299,8 @@ class _RowsPlan:
         window.rows_todo += int((counts > 0).sum())
         window.items_todo += int(counts.sum())
         window.audio_todo_s += float(totals.sum())
-        window.unknown_rows += int((unknown & (counts > 0)).sum())
+        unknown_todo = int((unknown & (counts > 0)).sum())
+        window.unknown_rows += unknown_todo
         if self.estimated:
             estimated = np.isin(good, np.fromiter(self.estimated, np.int64))
             window.estimated_rows += int(estimated.sum())
@@ -315,7 +318,10 @@ class _RowsPlan:
                 if budget.spent:
                     break
         window.rows_taken += len(taken)
-        window.unknown_taken += int(unknown[list(taken)].sum()) if taken else 0
+        if budget.unlimited:
+            window.unknown_taken += unknown_todo  # every row with work is taken
+        elif taken:
+            window.unknown_taken += int(unknown[np.fromiter(taken, np.int64, len(taken))].sum())
         if planner.make_items:
             window.items += self._items(good, taken)
         else:

@@ -125,3 +125,18 @@ def test_npu_memory_is_the_job_s_not_a_constant(clips, model_dir, tmp_path):
         return int(re.search(r"(\d+) decode slots", text).group(1))
 
     assert slots(64) == 32 and slots(0.0625) < 32
+
+
+def test_the_estimate_says_which_rows_it_cannot_count(monkeypatch, model_dir, tmp_path):
+    from pipeline import dry_run as module
+
+    monkeypatch.setattr(module.delta, "last_run", lambda sink: {"audio_s": 100.0, "wall_s": 10.0, "started": "T"})
+    config = fast_config(model_dir, tmp_path)
+    assert module.estimate_line(None, 50.0, config, unknown_rows=3) == \
+        "estimate: about 5 s at 10.00 audio-s/s, the throughput of the run started T " \
+        "(not counting 3 rows of a length known once decoded)"
+    limited = fast_config(model_dir, tmp_path, max_wall_minutes=1)
+    assert module.estimate_line(None, 50.0, limited, unknown_rows=3).endswith(
+        "(not counting 3 rows of a length known once decoded); --max-wall 1 min leaves room")
+    assert module.estimate_line(None, 0.0, limited, unknown_rows=3) == \
+        "estimate: none (3 rows of a length known once decoded); --max-wall 1 min"
