@@ -72,7 +72,8 @@ class TextAttention(nn.Cell):
 
     def prefill(self, x, cos, sin, mask, stage_rows, k_stage, v_stage):
         """x [r, l, hidden]; cos/sin [r, l, 1, d]; mask [r, kv, g, l, l] additive; every token's key
-        and value go to row stage_rows[token] of the staging caches ([rows, kv * d])."""
+        and value for head h go to row stage_rows[token] * kv + h of the staging caches
+        ([rows * kv, d]: the rows of a token's heads are adjacent, as they come out of k_proj)."""
         r, l, _ = x.shape
         kv, g, d = self.kv_heads, self.groups, self.head_dim
         q = self.q_proj(x).reshape(r, l, self.heads, d)
@@ -80,8 +81,8 @@ class TextAttention(nn.Cell):
         v = self.v_proj(x).reshape(r, l, kv, d)
         q = _rotate(q, cos, sin, self.rotation)
         k = _rotate(k, cos, sin, self.rotation)
-        written = ops.scatter_update(k_stage, stage_rows, k.reshape(r * l, kv * d))
-        written = ops.depend(written, ops.scatter_update(v_stage, stage_rows, v.reshape(r * l, kv * d)))
+        written = ops.scatter_update(k_stage, stage_rows, k.reshape(r * l * kv, d))
+        written = ops.depend(written, ops.scatter_update(v_stage, stage_rows, v.reshape(r * l * kv, d)))
         # Query heads that share a key/value head are folded into the query axis (head h uses kv
         # head h // g, as the reference's repeat_kv does), so keys are never copied per head.
         # Scaled before the product, on l x d values rather than the l x l scores (exact for the
@@ -182,9 +183,12 @@ class TextModel(nn.Cell):
         self.groups = spec.heads // spec.kv_heads
 
     def prefill(self, embeds, positions, mask, stage_rows, k_stages, v_stages):
-        """embeds [r, l, hidden] at positions [r, l], mask [r, l, l] additive (packing.PrefillRow)
-        -> normed hidden states [r, l, hidden]."""
+        """embeds [r, l, hidden] at positions [r, l], mask [r, l, l] additive (packing.PrefillRow),
+        keys and values of token j to staging row stage_rows[j] -> normed hidden states [r, l, hidden]."""
         r, l = positions.shape
+        # Row stage_rows[j] of the [rows, kv * d] staging layout, as kv rows of [rows * kv, d].
+        stage_rows = (stage_rows.reshape(-1, 1) * self.kv_heads
+                      + ops.arange(0, self.kv_heads, 1, dtype=ms.int32).reshape(1, -1)).reshape(-1)
         cos = ops.gather(self.cos_table, positions, 0).reshape(r, l, 1, self.head_dim)
         sin = ops.gather(self.sin_table, positions, 0).reshape(r, l, 1, self.head_dim)
         # One copy per query head, made once for every layer: the CPU backend's Add broadcasting the
