@@ -83,7 +83,19 @@ def job_config(args):
     if args.custom_task:
         overrides["custom_tasks"] = [asdict(t) for t in config.custom_tasks] + \
                                     [asdict(parse_custom_task(t)) for t in args.custom_task]
+    if args.follows:
+        overrides["follows"] = {**config.follows, **dict(parse_follows(text) for text in args.follows)}
     return config.with_overrides(**overrides)
+
+
+def parse_follows(text: str) -> tuple[str, str]:
+    """--follows TASK=EARLIER: TASK's question is asked after EARLIER's answer, in its conversation."""
+    from pipeline.config import ConfigError
+
+    task, sep, parent = (part.strip() for part in text.partition("="))
+    if not sep or not task or not parent:
+        raise ConfigError(f"--follows {text!r}: expected TASK=EARLIER, e.g. 'speakers=transcript'")
+    return task, parent
 
 
 def parse_custom_task(text: str):
@@ -143,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--custom-task", action="append", default=[], metavar="NAME|PARSER|MAX_TOKENS|PROMPT",
         help="add a task: name, parser (text or list), max new tokens, question; repeatable",
     )
+    annotate.add_argument("--follows", action="append", default=[], metavar="TASK=EARLIER",
+                          help="ask TASK as a follow-up question after EARLIER's answer, in the same conversation "
+                               "(instruct checkpoints); repeatable; job key follows")
     annotate.add_argument("--workers", type=int, help="CPU workers when there are no NPUs")
     annotate.add_argument("--ray-address", metavar="HOST:PORT",
                           help="Ray cluster to join (its head's GCS port, or auto: the one `ray start` left on this "

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import parse_custom_task
+from pipeline.cli import build_parser, job_config, parse_custom_task
 from pipeline.config import Config, ConfigError, load
 from pipeline.tasks.catalog import resolve_tasks
 
@@ -69,3 +69,17 @@ def test_custom_task_option():
     assert task.prompt == "How many people speak? Answer | briefly."
     with pytest.raises(ConfigError, match="NAME\\|PARSER"):
         parse_custom_task("speakers|text|many|How many?")
+
+
+def test_follows_option_adds_follow_ups_to_the_job(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text("tasks: [caption, events, transcript]\nfollows: {events: caption}\n")
+    args = build_parser().parse_args(["annotate", "m.parquet", "--job", str(job), "--custom-task",
+                                      "speakers|text|16|How many people speak?", "--follows", "speakers = transcript",
+                                      "--follows", "transcript=caption"])
+    config = job_config(args)
+    assert config.follows == {"events": "caption", "speakers": "transcript", "transcript": "caption"}
+    assert [t.name for t in config.custom_tasks] == ["speakers"]
+    for bad in ("speakers", "=caption", "speakers="):
+        with pytest.raises(ConfigError, match="TASK=EARLIER"):
+            job_config(build_parser().parse_args(["annotate", "m.parquet", "--follows", bad]))
