@@ -298,3 +298,66 @@ def test_follow_ups_continue_the_conversation_on_ids(tree, frames, slots, insert
                 assert task in clip.skipped and clip.tokens[task] == []
             else:
                 assert task not in clip.skipped and clip.tokens[task] == expected[task], (clip.key, task)
+
+
+@settings(max_examples=60, deadline=None)
+@given(clip_frames, st.integers(min_value=1, max_value=6), st.integers(min_value=1, max_value=6),
+       st.lists(st.integers(1, 20), min_size=3, max_size=3), st.integers(min_value=1, max_value=4),
+       st.integers(min_value=20, max_value=400))
+def test_short_slots_hold_only_rows_that_fit_them(frames, long_slots, short_slots, budgets, insert_rows, short_span):
+    row_frames, prefill_len = shapes.WINDOW_FRAMES, prompt_tokens(shapes.audio_tokens(shapes.WINDOW_FRAMES)) + 64
+    slots = long_slots + short_slots
+    s = Scheduler(slots, row_frames, prefill_len, max_clips_per_row=6, audio_blocks=3, stage_blocks=3,
+                  insert_rows=insert_rows, eos_ids=(EOS,), short_slots=short_slots, short_span=short_span)
+    executor = FakeExecutor(s, budgets, row_frames, prefill_len)
+    # Each row's prompt is its clip's: short clips fit the short slots, long ones do not.
+    executor_prefill = executor.run
+
+    def run(action):
+        if isinstance(action, Prefill):
+            rows = [RowJob(c, t, tuple(range(c.prompt_tokens)), action.block, budgets[t], token(c.key, t, 0))
+                    for c in action.clips for t in range(len(budgets))]
+            executor.finished += s.prefilled(action, rows)
+            return
+        if isinstance(action, Insert):
+            short = [slot >= long_slots for slot in action.slots]
+            assert all(short) or not any(short)  # one slot class per call
+            for row, slot in zip(action.rows, action.slots):
+                if slot >= long_slots:
+                    assert row.cache_len + row.budget <= short_span
+        if isinstance(action, Step):
+            fits = [row.cache_len + row.budget <= short_span for row in s.staged]
+            free = [slot for slot, row in enumerate(s.slots) if row is None]
+            # A slot idles with rows staged only when none of them may take it.
+            assert not any(slot < long_slots for slot in free) or not s.staged
+            assert not any(slot >= long_slots for slot in free) or not any(fits)
+        executor_prefill(action)
+
+    clips = [ClipJob(f"c{i}", f, shapes.audio_tokens(f), prompt_tokens(shapes.audio_tokens(f)))
+             for i, f in enumerate(frames)]
+    for clip in clips:
+        s.submit(clip, len(budgets))
+    steps = 0
+    while (action := s.next_action()) is not None:
+        run(action)
+        steps += 1
+        assert steps < 100_000
+    assert not s.busy()
+    assert sorted(c.key for c in executor.finished) == sorted(c.key for c in clips)
+    for clip in clips:
+        assert clip.tokens == [expected_tokens(clip.key, t, b) for t, b in enumerate(budgets)]
+
+
+def test_short_slots_take_long_rows_never_and_long_slots_take_short_rows_last():
+    s = Scheduler(3, shapes.WINDOW_FRAMES, 2000, max_clips_per_row=6, audio_blocks=3, stage_blocks=3,
+                  insert_rows=4, eos_ids=(EOS,), short_slots=1, short_span=50)
+    clip = ClipJob("c", 100, 25, 40)
+    s.submit(clip, 1)
+    s._stage_users[0] = 3
+    short, longer, other = (RowJob(clip, 0, tuple(range(n)), 0, 10, 1) for n in (30, 45, 60))
+    s.staged.extend([longer, short, other])
+    first = s.next_action()  # the row that fits takes the short slot
+    assert first.rows == (short,) and first.slots == (2,)
+    s.inserted(first)
+    second = s.next_action()  # then rows that need a long slot take the long ones, in staged order
+    assert second.rows == (longer, other) and second.slots == (0, 1)

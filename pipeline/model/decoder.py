@@ -100,20 +100,41 @@ class TextAttention(nn.Cell):
         (slot, head, position; an idle slot writes to its scratch position); mask [n, kv, g, span]
         additive."""
         n, _ = x.shape
-        kv, g, d = self.kv_heads, self.groups, self.head_dim
-        q = self.q_proj(x).reshape(n, kv, g, d)
-        k = self.k_proj(x).reshape(n, kv, 1, d)
-        v = self.v_proj(x).reshape(n, kv, d)
-        q = _rotate(q, cos, sin, self.rotation)
-        k = _rotate(k, cos, sin, self.rotation)
-        written = ops.scatter_nd_add(k_cache, write_at, k.reshape(n, kv, d))
+        q, k, v = self._step_qkv(x, cos, sin)
+        written = ops.scatter_nd_add(k_cache, write_at, k)
         written = ops.depend(written, ops.scatter_nd_add(v_cache, write_at, v))
-        keys, values = ops.depend(k_cache, written), ops.depend(v_cache, written)
-        scores = cast(ops.BatchMatMul(transpose_b=True)(q, keys) * self.scaling, ms.float32) + mask
-        probs = cast(ops.softmax(scores, -1), x.dtype)
-        out = ops.matmul(probs, values)
-        return self.o_proj(out.reshape(n, self.heads * d))
+        out = self._attend_step(q, ops.depend(k_cache, written), ops.depend(v_cache, written), mask, x.dtype)
+        return self.o_proj(out.reshape(n, self.heads * self.head_dim))
 
+    def step_split(self, x, cos, sin, write_at, mask, k_cache, v_cache, short_at, short_mask, k_short, v_short):
+        """step() over long slots then short ones: the first rows of x are the long slots (write_at,
+        mask and caches as in step()), the rest the short slots, whose keys and values go to
+        short_at [s, kv, 3] of the short caches, read with short_mask [s, kv, g, short span]. Only
+        the attention is per slot class; the projections run once over every row."""
+        n, _ = x.shape
+        long_n = write_at.shape[0]
+        q, k, v = self._step_qkv(x, cos, sin)
+        written = ops.scatter_nd_add(k_cache, write_at, k[:long_n])
+        written = ops.depend(written, ops.scatter_nd_add(v_cache, write_at, v[:long_n]))
+        written = ops.depend(written, ops.scatter_nd_add(k_short, short_at, k[long_n:]))
+        written = ops.depend(written, ops.scatter_nd_add(v_short, short_at, v[long_n:]))
+        out = ops.concat((
+            self._attend_step(q[:long_n], ops.depend(k_cache, written), ops.depend(v_cache, written), mask, x.dtype),
+            self._attend_step(q[long_n:], ops.depend(k_short, written), ops.depend(v_short, written), short_mask,
+                              x.dtype)), 0)
+        return self.o_proj(out.reshape(n, self.heads * self.head_dim))
+
+    def _step_qkv(self, x, cos, sin):
+        """One token per row -> rotated q [n, kv, g, d], rotated k [n, kv, d] and v [n, kv, d]."""
+        n, _ = x.shape
+        kv, g, d = self.kv_heads, self.groups, self.head_dim
+        q = _rotate(self.q_proj(x).reshape(n, kv, g, d), cos, sin, self.rotation)
+        k = _rotate(self.k_proj(x).reshape(n, kv, 1, d), cos, sin, self.rotation)
+        return q, k.reshape(n, kv, d), self.v_proj(x).reshape(n, kv, d)
+
+    def _attend_step(self, q, keys, values, mask, dtype):
+        scores = cast(ops.BatchMatMul(transpose_b=True)(q, keys) * self.scaling, ms.float32) + mask
+        return ops.matmul(cast(ops.softmax(scores, -1), dtype), values)
 
     def extend(self, x, cos, sin, write_at, slots, mask, k_cache, v_cache):
         """x [e, c, hidden]: c new tokens for each of the slots [e]; their keys and values go to
@@ -165,6 +186,11 @@ class DecoderLayer(nn.Cell):
         x = x + self.self_attn.step(self.input_layernorm(x), cos, sin, write_at, mask, k_cache, v_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def step_split(self, x, cos, sin, write_at, mask, k_cache, v_cache, short_at, short_mask, k_short, v_short):
+        x = x + self.self_attn.step_split(self.input_layernorm(x), cos, sin, write_at, mask, k_cache, v_cache,
+                                          short_at, short_mask, k_short, v_short)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
     def extend(self, x, cos, sin, write_at, slots, mask, k_cache, v_cache):
         x = x + self.self_attn.extend(self.input_layernorm(x), cos, sin, write_at, slots, mask, k_cache, v_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
@@ -203,20 +229,43 @@ class TextModel(nn.Cell):
         """embeds [n, hidden], each slot's new token at positions [n] (its cache length so far; an
         idle slot gives its scratch position, the last, which no row ever sees)."""
         n = positions.shape[0]
-        span = k_caches[0].shape[2]
-        cos = ops.gather(self.cos_table, positions, 0).reshape(n, 1, 1, self.head_dim)
-        sin = ops.gather(self.sin_table, positions, 0).reshape(n, 1, 1, self.head_dim)
-        slots = ops.broadcast_to(ops.arange(0, n, 1, dtype=ms.int32).reshape(n, 1, 1), (n, self.kv_heads, 1))
-        heads = ops.broadcast_to(ops.arange(0, self.kv_heads, 1, dtype=ms.int32).reshape(1, -1, 1), (n, self.kv_heads, 1))
-        at = ops.broadcast_to(positions.reshape(n, 1, 1), (n, self.kv_heads, 1))
-        write_at = ops.concat((slots, heads, at), -1)
-        visible = ops.arange(0, span, 1, dtype=ms.int32).reshape(1, span) <= positions.reshape(n, 1)
-        mask = ops.broadcast_to(additive_mask(visible).reshape(n, 1, 1, span), (n, self.kv_heads, self.groups, span))
+        cos, sin = self._step_rotary(positions)
+        write_at, mask = self._step_cache_index(positions, k_caches[0].shape[2])
         x = embeds
         for i in range(len(self.layers)):
             x = self.layers[i].step(x, cos, sin, write_at, mask, k_caches[i], v_caches[i])
         return self.norm(x)
 
+    def step_split(self, embeds, positions, k_caches, v_caches, k_shorts, v_shorts):
+        """step() with the last slots short (graph_shapes.split_slots): positions [n] of the long
+        slots (k_caches' first axis) then of the short ones (k_shorts'), each slot's scratch
+        position its own cache's last."""
+        long_n = k_caches[0].shape[0]
+        cos, sin = self._step_rotary(positions)
+        write_at, mask = self._step_cache_index(positions[:long_n], k_caches[0].shape[2])
+        short_at, short_mask = self._step_cache_index(positions[long_n:], k_shorts[0].shape[2])
+        x = embeds
+        for i in range(len(self.layers)):
+            x = self.layers[i].step_split(x, cos, sin, write_at, mask, k_caches[i], v_caches[i],
+                                          short_at, short_mask, k_shorts[i], v_shorts[i])
+        return self.norm(x)
+
+    def _step_rotary(self, positions):
+        n = positions.shape[0]
+        cos = ops.gather(self.cos_table, positions, 0).reshape(n, 1, 1, self.head_dim)
+        sin = ops.gather(self.sin_table, positions, 0).reshape(n, 1, 1, self.head_dim)
+        return cos, sin
+
+    def _step_cache_index(self, positions, span):
+        """Slot j's new key and value at (j, head, positions[j]) of a cache of span positions, and
+        the additive mask [n, kv, g, span] that shows it positions up to its own."""
+        n = positions.shape[0]
+        slots = ops.broadcast_to(ops.arange(0, n, 1, dtype=ms.int32).reshape(n, 1, 1), (n, self.kv_heads, 1))
+        heads = ops.broadcast_to(ops.arange(0, self.kv_heads, 1, dtype=ms.int32).reshape(1, -1, 1), (n, self.kv_heads, 1))
+        at = ops.broadcast_to(positions.reshape(n, 1, 1), (n, self.kv_heads, 1))
+        visible = ops.arange(0, span, 1, dtype=ms.int32).reshape(1, span) <= positions.reshape(n, 1)
+        mask = ops.broadcast_to(additive_mask(visible).reshape(n, 1, 1, span), (n, self.kv_heads, self.groups, span))
+        return ops.concat((slots, heads, at), -1), mask
 
     def extend(self, embeds, positions, write_positions, slots, k_caches, v_caches):
         """embeds [e, c, hidden]: new tokens of the slots [e] at positions [e, c], written at

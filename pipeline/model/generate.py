@@ -93,6 +93,8 @@ class Generator:
         self.prefill_graph = (ScoredPrefillGraph if yes_no is not None else PrefillGraph)(
             model, self.state, self.graph_features)
         self.insert_graph = InsertGraph(spec, self.state, self.graph_features)
+        self.short_insert_graph = (InsertGraph(spec, self.state, self.graph_features, short=True)
+                                   if shape.short_slots else None)
         self.step_graph = StepGraph(model, self.state, self.graph_features)
         self.extend_graph = ExtendGraph(model, self.state, self.graph_features) if shape.extend_rows else None
         self.fork_graph = ForkGraph(spec, self.state, self.graph_features) if shape.fork_rows else None
@@ -122,12 +124,13 @@ class Generator:
                 new_row=self._follow_up_row, admit=lambda clip, task: self.admit(clip, task) if self.admit else None)
         self.scheduler = Scheduler(shape.slots, shape.row_frames, shape.prefill_len, MAX_CLIPS_PER_ROW,
                                    AUDIO_BLOCKS, STAGE_BLOCKS, shape.insert_rows, prompts.eos_ids,
-                                   follow_ups=follow_ups, extend_rows=shape.extend_rows)
+                                   follow_ups=follow_ups, extend_rows=shape.extend_rows,
+                                   short_slots=shape.short_slots, short_span=shape.short_span)
         self.features: dict[ClipJob, np.ndarray] = {}
 
     @property
     def graphs(self):
-        optional = (self.extend_graph, self.fork_graph)
+        optional = (self.short_insert_graph, self.extend_graph, self.fork_graph)
         return (self.encode_graph, self.prefill_graph, self.insert_graph, self.step_graph,
                 *(graph for graph in optional if graph is not None))
 
@@ -214,6 +217,9 @@ class Generator:
             (self.insert_graph, self.insert_inputs([((self.shape.stage_rows - 1,), 0, 0)])),
             (self.step_graph, self.step_inputs()),
         )
+        if self.short_insert_graph is not None:  # the first short slot, which holds no row yet
+            calls += ((self.short_insert_graph, self.insert_inputs([((self.shape.stage_rows - 1,),
+                                                                     self.shape.long_slots, 0)])),)
         if self.extend_graph is not None:  # nothing but padding: writes only slot 0's scratch position
             calls += ((self.extend_graph, self.extend_inputs([])),)
         if self.fork_graph is not None:  # slot 0 onto itself, keeping everything: changes nothing
@@ -334,19 +340,21 @@ class Generator:
         return lambda: 1.0 - random()
 
     def insert_inputs(self, entries: list[tuple[tuple[int, ...], int, int]]):
-        """entries: (staging rows of a prompt, slot, task); padded by repeating the last entry.
-        Positions past the prompt read the staging trash row, which nothing writes: zeros."""
+        """entries: (staging rows of a prompt, slot, task), slots of one class; padded by repeating
+        the last entry. Positions past the prompt read the staging trash row, which nothing
+        writes: zeros."""
         shape = self.shape
         entries = entries + [entries[-1]] * (shape.insert_rows - len(entries))
-        src = np.full((shape.insert_rows, shape.cache_span), shape.stage_rows - 1, np.int32)
+        span = shape.short_cache_span if entries[0][1] >= shape.long_slots else shape.cache_span
+        src = np.full((shape.insert_rows, span), shape.stage_rows - 1, np.int32)
         for i, (rows, _, _) in enumerate(entries):
             src[i, : len(rows)] = rows
         return (ms.Tensor(src), ms.Tensor(np.asarray([slot for _, slot, _ in entries], np.int32)),
                 ms.Tensor(np.asarray([task for _, _, task in entries], np.int32)))
 
     def _insert(self, action: Insert) -> None:
-        self.insert_graph(*self.insert_inputs([(row.src, slot, row.prompt_task)
-                                               for row, slot in zip(action.rows, action.slots)]))
+        graph = self.short_insert_graph if action.slots[0] >= self.shape.long_slots else self.insert_graph
+        graph(*self.insert_inputs([(row.src, slot, row.prompt_task) for row, slot in zip(action.rows, action.slots)]))
         self.scheduler.inserted(action)
         self.stats.inserted_rows += len(action.rows)
         self.stats.insert_calls += 1
@@ -402,6 +410,7 @@ class Generator:
         n = self.shape.slots
         ids = np.full(n, self.prompts.eos_ids[0], np.int32)
         positions = np.full(n, self.shape.span, np.int32)  # idle slots: the scratch position
+        positions[self.shape.long_slots:] = self.shape.short_span
         with_parameters = self.graph_features.penalty or self.graph_features.sampling
         parameters = [self._idle] * n if with_parameters else []
         for slot, row in enumerate(self.scheduler.slots):

@@ -3,12 +3,14 @@ decode slots; and the memory they take.
 
 Pure arithmetic (no MindSpore): the driver declares the shapes and sizes the slots before any model
 loads, and every worker compiles exactly these graphs: four, a fifth (extend) when a task follows
-another, and a sixth (fork) when a task has several follow-ups (model/graphs.py).
+another, and a sixth (fork) when a task has several follow-ups, or a fifth (insert into short
+slots) when the slots are split by the clips' lengths (split_slots; model/graphs.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 from pipeline import shapes
 from pipeline.model.prompts import PromptPlan
@@ -52,11 +54,23 @@ class EngineShape:
     fork_rows: int = 0  # slots copied per fork call; 0: no task has several follow-ups, no fork graph
     extend_rows: int = 0  # follow-up questions per extend call; 0: no task follows another, no extend graph
     extend_len: int = 0  # ids per follow-up question, at most (the parent's capped last id, then the join)
+    # The last short_slots of the slots hold only rows whose prompt and cap fit short_span positions
+    # (a clip of a few seconds), so a step reads their shorter caches (split_slots); 0: all long.
+    short_slots: int = 0
+    short_span: int = 0
 
     @property
     def cache_span(self) -> int:
         """Positions a slot's cache holds: the span and one scratch position for idle slots."""
         return self.span + 1
+
+    @property
+    def long_slots(self) -> int:
+        return self.slots - self.short_slots
+
+    @property
+    def short_cache_span(self) -> int:
+        return self.short_span + 1
 
     @property
     def row_tokens(self) -> int:
@@ -77,8 +91,12 @@ class EngineShape:
             f"encode[F={self.row_frames}]",
             f"prefill[L={self.prefill_len},Q={self.first_tokens}]",
             f"insert[I={self.insert_rows},S={self.span}]",
-            f"step[N={self.slots},S={self.span}]",
         )
+        if self.short_slots:
+            names += (f"insert[I={self.insert_rows},S={self.short_span}]",
+                      f"step[N={self.long_slots}+{self.short_slots},S={self.span}/{self.short_span}]")
+        else:
+            names += (f"step[N={self.slots},S={self.span}]",)
         if self.extend_rows:
             names += (f"extend[E={self.extend_rows},C={self.extend_len},S={self.span}]",)
         return names + ((f"fork[I={self.fork_rows},S={self.span}]",) if self.fork_rows else ())
@@ -116,6 +134,45 @@ def declare_shape(prompts: PromptPlan, max_new_tokens: list[int], slots: int, ma
     )
 
 
+# Short slots come in steps of this many (and at least this many slots stay long): a handful of
+# step shapes cover any length mix, so a nightly job's manifests hit the compile cache.
+SLOT_STEP = 4
+# A split is worth a second cache and insert graph only if a step reads this much less.
+SPLIT_MIN_SAVING = 0.15
+
+
+def split_slots(shape: EngineShape, prompts: PromptPlan, max_new_tokens: list[int],
+                audio_tokens: list[int]) -> EngineShape:
+    """The slots split into long ones and short ones, from the length mix of the clips about to
+    run (audio_tokens: each clip's or segment's audio tokens). A decode step reads every slot's
+    whole cache, so it is memory-bound on them: a row that can never pass short_span positions
+    (its prompt and cap) reads no more in a short slot. Chosen to read the fewest cache positions
+    per step, with as many long slots as the rows that need one (rounded up to SLOT_STEP) and a
+    short span of two to five eighths of the span; unchanged when that saves less than
+    SPLIT_MIN_SAVING, and in runs with follow-up questions (a conversation outgrows its prompt)."""
+    if shape.extend_rows or shape.fork_rows or shape.slots < 2 * SLOT_STEP or not audio_tokens:
+        return shape
+    needs = [prompts.prefix_len(tokens) + len(prompts.suffixes[task]) + max_new_tokens[task]
+             for tokens in audio_tokens for task in prompts.roots]
+    full = shape.slots * shape.cache_span
+    best = (full, shape.slots, 0)
+    for eighths in range(2, 6):
+        short_span = _round_up(shape.span * eighths // 8, TOKEN_QUANTUM)
+        if short_span >= shape.span:
+            continue
+        longer = sum(need > short_span for need in needs) / len(needs)
+        long_slots = max(SLOT_STEP, _round_up(math.ceil(shape.slots * longer), SLOT_STEP))
+        if long_slots >= shape.slots:
+            continue
+        read = long_slots * shape.cache_span + (shape.slots - long_slots) * (short_span + 1)
+        if read < best[0]:
+            best = (read, long_slots, short_span)
+    read, long_slots, short_span = best
+    if read > (1 - SPLIT_MIN_SAVING) * full:
+        return shape
+    return replace(shape, short_slots=shape.slots - long_slots, short_span=short_span)
+
+
 def slot_bytes(spec: ModelSpec, shape_span: int, dtype: str, penalty: bool = False) -> int:
     """One decode slot's keys and values across layers, and its presence row (float32 per
     vocabulary id) when the graphs apply a repetition penalty."""
@@ -142,7 +199,8 @@ def state_bytes(spec: ModelSpec, shape: EngineShape, dtype: str, penalty: bool =
     arena = shape.audio_rows * spec.hidden * size
     staging = 2 * spec.layers * shape.stage_rows * kv_width * size
     prompts = shape.tasks * spec.vocab * 4 if penalty else 0
-    return arena + staging + prompts + shape.slots * slot_bytes(spec, shape.cache_span, dtype, penalty)
+    return (arena + staging + prompts + shape.long_slots * slot_bytes(spec, shape.cache_span, dtype, penalty)
+            + shape.short_slots * slot_bytes(spec, shape.short_cache_span, dtype, penalty))
 
 
 def working_bytes(spec: ModelSpec, shape: EngineShape, dtype: str, reuses_layer_memory: bool) -> int:
@@ -174,16 +232,18 @@ def graph_flops(spec: ModelSpec, shape: EngineShape) -> dict[str, float]:
               + spec.audio_layers * (2 * positions * (4 * d * d + 2 * d * spec.audio_ffn) + 4 * positions**2 * d)
               + 2 * (positions // 2) * d * spec.hidden)
 
-    def text_layers(tokens: int, keys_per_token: int) -> float:
+    def text_layers(tokens: int, keys_per_token: float) -> float:
         linear = 2 * tokens * (2 * spec.hidden * inner + 2 * spec.hidden * kv + 3 * spec.hidden * spec.intermediate)
         rotary = 2 * tokens * (spec.heads + spec.kv_heads) * spec.head_dim**2  # the rotate-half product
         attention = 4 * tokens * keys_per_token * inner
         return spec.layers * (linear + rotary + attention)
+
+    step_keys = (shape.long_slots * shape.cache_span + shape.short_slots * shape.short_cache_span) / shape.slots
 
     head = 2 * spec.hidden * spec.vocab
     return {
         "encode": float(encode),
         "prefill": float(text_layers(shape.prefill_len, shape.prefill_len) + shape.first_tokens * head),
         "insert": 0.0,
-        "step": float(text_layers(shape.slots, shape.cache_span) + shape.slots * head),
+        "step": float(text_layers(shape.slots, step_keys) + shape.slots * head),
     }

@@ -7,7 +7,8 @@ State (MindSpore Parameters, updated in place, never rebuilt):
   one row per token and key/value head; each block holds one prefill row. The last token's rows
   are a trash row.
 - slot caches, per layer [slots, kv, span + 1, d]: each decode slot's prompt and generated tokens,
-  and a scratch position for idle slots.
+  and a scratch position for idle slots; with short slots (graph_shapes.split_slots), the long
+  slots' here and the short slots' in short caches [short slots, kv, short span + 1, d].
 - with the repetition penalty (decoding.GraphFeatures): presence [slots, V], above 0 for every
   token id in a slot's sequence (its prompt, written at insert; each token fed, added at its step),
   and prompt_presence [tasks, V], the ids of each task's prompt (a prompt's ids are those of its
@@ -19,7 +20,8 @@ Graphs (one compiled graph each; nothing but declared shapes ever reaches them):
 - PrefillGraph: packed rows of prompts (audio from the arena) -> staging caches, and the first
   token of every task row (ScoredPrefillGraph, for scored questions: also the raw log-softmax of
   that first step at a few candidate ids, model/scoring.py).
-- InsertGraph: copies task rows' prompts from the staging caches into decode slots.
+- InsertGraph: copies task rows' prompts from the staging caches into decode slots (with short
+  slots, a second InsertGraph for them).
 - StepGraph: one decode step for every slot.
 - ExtendGraph (only when a task follows another): a follow-up question's ids, all at once, into
   the slot that holds its conversation (the earlier turns are never prefilled again), and the
@@ -64,9 +66,14 @@ class ModelState(nn.Cell):
         stage = (shapes.stage_rows * spec.kv_heads, spec.head_dim)
         self.k_stage = ParameterTuple(_state(stage, dtype, f"state.k_stage.{i}") for i in range(spec.layers))
         self.v_stage = ParameterTuple(_state(stage, dtype, f"state.v_stage.{i}") for i in range(spec.layers))
-        cache = (shapes.slots, spec.kv_heads, shapes.cache_span, spec.head_dim)
+        cache = (shapes.long_slots, spec.kv_heads, shapes.cache_span, spec.head_dim)
         self.k_cache = ParameterTuple(_state(cache, dtype, f"state.k_cache.{i}") for i in range(spec.layers))
         self.v_cache = ParameterTuple(_state(cache, dtype, f"state.v_cache.{i}") for i in range(spec.layers))
+        self.split = shapes.short_slots > 0
+        if self.split:
+            short = (shapes.short_slots, spec.kv_heads, shapes.short_cache_span, spec.head_dim)
+            self.k_short = ParameterTuple(_state(short, dtype, f"state.k_short.{i}") for i in range(spec.layers))
+            self.v_short = ParameterTuple(_state(short, dtype, f"state.v_short.{i}") for i in range(spec.layers))
         # One column per vocabulary id; a 1-row placeholder when no graph reads them.
         rows, prompts = (shapes.slots, shapes.tasks) if features.penalty else (1, 1)
         self.presence = _state((rows, spec.vocab), ms.float32, "state.presence")
@@ -132,14 +139,17 @@ class InsertGraph(nn.Cell):
     """Rewrites whole decode slots: slot slots[j] gets the staging rows src[j] ([i, span]: its prompt,
     then the staging trash row, which is all zeros, for the positions it will generate into), and,
     with the penalty, the presence of its task tasks[j]'s prompt. Padding entries repeat a real
-    one, so a padded call writes nothing new."""
+    one, so a padded call writes nothing new. short: into the short slots (slots are numbered
+    across both classes; the short ones come after the first_short long ones)."""
 
-    def __init__(self, spec, state: ModelState, features: GraphFeatures):
+    def __init__(self, spec, state: ModelState, features: GraphFeatures, short: bool = False):
         super().__init__(auto_prefix=False)
         self.state = state
         self.layers = spec.layers
         self.kv_heads, self.head_dim = spec.kv_heads, spec.head_dim
         self.penalty = features.penalty
+        self.short = short
+        self.first_short = state.k_cache[0].shape[0]
 
     def construct(self, src, slots, tasks):
         i, span = src.shape
@@ -151,11 +161,15 @@ class InsertGraph(nn.Cell):
         if self.penalty:
             prompt = ops.gather(self.state.prompt_presence, tasks, 0)
             done = ops.depend(done, ops.scatter_update(self.state.presence, slots, prompt))
+        if self.short:
+            in_class, k_caches, v_caches = slots - self.first_short, self.state.k_short, self.state.v_short
+        else:
+            in_class, k_caches, v_caches = slots, self.state.k_cache, self.state.v_cache
         for layer in range(self.layers):
-            for stage, cache in ((self.state.k_stage[layer], self.state.k_cache[layer]),
-                                 (self.state.v_stage[layer], self.state.v_cache[layer])):
+            for stage, cache in ((self.state.k_stage[layer], k_caches[layer]),
+                                 (self.state.v_stage[layer], v_caches[layer])):
                 values = ops.gather(stage, flat, 0).reshape(i, kv, span, self.head_dim)
-                done = ops.depend(done, ops.scatter_update(cache, slots, values))
+                done = ops.depend(done, ops.scatter_update(cache, in_class, values))
         return done
 
 
@@ -216,7 +230,7 @@ class ExtendGraph(nn.Cell):
 
 
 class StepGraph(nn.Cell):
-    """One decode step for every slot: ids [n] at positions [n], decoding parameters [n, 6] -> next
+    """One decode step for every slot (long slots, then short ones): ids [n] at positions [n], decoding parameters [n, 6] -> next
     tokens [n] and their raw log-probabilities [n]. With the penalty, each fed id joins its slot's
     presence first (the penalty covers every token generated so far)."""
 
@@ -228,7 +242,12 @@ class StepGraph(nn.Cell):
         self.penalty, self.sampling = features.penalty, features.sampling
 
     def construct(self, ids, positions, parameters):
-        hidden = self.text.step(self.text.embed_tokens(ids), positions, self.state.k_cache, self.state.v_cache)
+        embeds = self.text.embed_tokens(ids)
+        if self.state.split:
+            hidden = self.text.step_split(embeds, positions, self.state.k_cache, self.state.v_cache,
+                                          self.state.k_short, self.state.v_short)
+        else:
+            hidden = self.text.step(embeds, positions, self.state.k_cache, self.state.v_cache)
         logits = cast(self.lm_head(hidden), ms.float32)
         if not self.penalty:
             return choose(logits, logits, parameters, False, self.sampling)

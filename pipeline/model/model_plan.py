@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from pipeline.model.checkpoint import checkpoint_files, has_weights, is_hub_id, resolve_checkpoint
-from pipeline.model.graph_shapes import EngineShape, declare_shape, slot_bytes, state_bytes, weight_bytes, working_bytes
+from pipeline import shapes
+from pipeline.model.graph_shapes import (EngineShape, declare_shape, slot_bytes, split_slots, state_bytes, weight_bytes,
+                                       working_bytes)
 from pipeline.model.decoding import (DecodingError, GraphFeatures, ResolvedDecoding, end_of_sequence, generation_config,
                                      pad_token, resolve)
 from pipeline.model.prompts import PromptPlan, build_prompt_plan, resolve_style, tokenizer_eos_ids
@@ -181,3 +183,19 @@ def plan_model(config, tasks, device: str, worker_memory_bytes: int,
         else (),
         yes_no=checkpoint.yes_no,
     )
+
+
+# Items the slot split is sized from: the first of the run's, plenty for a length mix.
+SPLIT_SAMPLE_ITEMS = 10_000
+
+
+def with_slots_split(plan: ModelPlan, items) -> ModelPlan:
+    """The plan with its decode slots split into long and short ones for the length mix of items
+    (planning Items, the run's first: graph_shapes.split_slots). A segment of a longer file, or a
+    row whose length is not known yet (window 0), counts as a whole window."""
+    tokens = []
+    for item in items[:SPLIT_SAMPLE_ITEMS]:
+        known = item.n_segments == 1 and item.end_s > item.start_s
+        frames = shapes.frames_for_seconds(item.end_s - item.start_s) if known else shapes.WINDOW_FRAMES
+        tokens.append(shapes.audio_tokens(min(frames, shapes.WINDOW_FRAMES)))
+    return replace(plan, shape=split_slots(plan.shape, plan.prompts, list(plan.max_new_tokens), tokens))

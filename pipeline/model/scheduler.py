@@ -13,6 +13,10 @@ Staged rows enter slots longest budget first: a run ends when its last rows end,
 while they do, so long rows should not be the last to start. A short row is not starved: its
 staging block stays held until it is inserted, and no new prefill starts without a free block.
 
+Short slots (graph_shapes.split_slots): the last short_slots slots hold short_span positions. A
+row whose prompt and cap fit them goes to a short slot when one is free, and to a long one only
+when no staged row needs a long slot; a row that does not fit waits for a long slot.
+
 Conversations (FollowUps): when a row ends, the tasks that follow its task start at once from its
 cache, nothing recomputed. The first continues in the same slot; each further one (a branch) is a
 fork: the slot's first positions are copied into another slot (Fork). Until every fork from a slot
@@ -156,8 +160,13 @@ class Step:
 class Scheduler:
     def __init__(self, slots: int, row_frames: int, prefill_len: int, max_clips_per_row: int, audio_blocks: int,
                  stage_blocks: int, insert_rows: int, eos_ids, staged_target: int | None = None,
-                 follow_ups: FollowUps | None = None, extend_rows: int = 4):
+                 follow_ups: FollowUps | None = None, extend_rows: int = 4, short_slots: int = 0,
+                 short_span: int = 0):
+        if short_slots and follow_ups is not None:
+            raise ValueError("short slots hold first questions only: a conversation outgrows its prompt")
         self.row_frames, self.prefill_len = row_frames, prefill_len
+        self.first_short = slots - short_slots
+        self.short_span = short_span
         self.extend_rows = extend_rows
         self.follow_ups = follow_ups
         self.max_clips_per_row = max_clips_per_row
@@ -206,8 +215,9 @@ class Scheduler:
             if fork is not None:
                 return fork
         if free and self.staged:
-            count = min(len(free), len(self.staged), self.insert_rows)
-            return Insert(tuple(self.staged[i] for i in range(count)), tuple(free[:count]))
+            insert = self._insert_plan(free)
+            if insert is not None:
+                return insert
         asking = [row for row in self.slots if row is not None and row.forced]
         if asking:
             return Extend(tuple(asking[: self.extend_rows]))
@@ -221,6 +231,24 @@ class Scheduler:
                 return Prefill(pack, self.free_stage[0])
         if self.active:
             return Step()
+        return None
+
+    def _insert_plan(self, free: list[int]) -> Insert | None:
+        """Staged rows into free slots, in staged order, one slot class per call (each has its own
+        insert graph): rows that fit a short slot into free short slots first; then long slots, to
+        the rows that need one, or when none is staged, to rows that would fit a short one."""
+        if self.first_short == len(self.slots):
+            count = min(len(free), len(self.staged), self.insert_rows)
+            return Insert(tuple(self.staged[i] for i in range(count)), tuple(free[:count]))
+        free_short = [slot for slot in free if slot >= self.first_short]
+        free_long = [slot for slot in free if slot < self.first_short]
+        fits = [row.cache_len + row.budget <= self.short_span for row in self.staged]
+        short_rows = [row for row, fit in zip(self.staged, fits) if fit]
+        long_rows = [row for row, fit in zip(self.staged, fits) if not fit] or short_rows
+        for rows, slots in ((short_rows, free_short), (long_rows, free_long)):
+            count = min(len(slots), len(rows), self.insert_rows)
+            if count:
+                return Insert(tuple(rows[:count]), tuple(slots[:count]))
         return None
 
     def _fork_plan(self, free: list[int]) -> Fork | None:

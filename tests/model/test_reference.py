@@ -40,12 +40,12 @@ def load_model(model_dir):
 
 
 def make_generator(model_dir, ref, spec, model, questions, budgets, slots=5, decoding=Decoding(), eos_extra=(),
-                   retry=None, parents=None):
+                   retry=None, parents=None, shape=None):
     style = resolve_style("auto", model_dir)
     eos = eos_token_ids(model_dir, ref.processor.tokenizer, style) + tuple(eos_extra)
     plan = build_prompt_plan(ref.processor, style, questions, eos, parents)
-    shape = declare_shape(plan, budgets, slots, spec.max_positions, spec.n_mels)
-    return Generator(model, spec, plan, shape, budgets, ms.float32, decoding, retry), plan
+    shape = shape or declare_shape(plan, budgets, slots, spec.max_positions, spec.n_mels)
+    return Generator(model, spec, plan, shape, budgets, ms.float32, decoding or Decoding(), retry), plan
 
 
 def clip_inputs(extractor, seconds, prefix="clip"):
