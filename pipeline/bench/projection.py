@@ -69,8 +69,8 @@ def prefill_call(tokens: int, outputs: int) -> Call:
     return Call(flops, moved)
 
 
-def step_call(rows: int, span: int) -> Call:
-    """One decode step for rows rows attending over span positions each."""
+def step_call(rows: int, span: float) -> Call:
+    """One decode step for rows rows attending over span positions each (on average)."""
     t = TEXT
     flops = 2 * rows * (decoder_layer_params() + head_params()) + 4 * rows * span * t["hidden"] * t["layers"]
     moved = (decoder_layer_params() + head_params()) * BYTES + rows * span * kv_bytes_per_token()
@@ -81,6 +81,12 @@ def insert_call(rows: int, span: int) -> Call:
     return Call(0.0, 2 * rows * span * kv_bytes_per_token())  # read from staging, write to the slot
 
 
+def _mean_span(shape: dict) -> float:
+    """Positions a step reads per slot: long and short slots (graph_shapes.split_slots) averaged."""
+    short = shape.get("short_slots", 0)
+    return ((shape["slots"] - short) * shape["span"] + short * shape.get("short_span", 0)) / shape["slots"]
+
+
 def project(audio_s: float, shape: dict, counts: dict, reference: dict, prompt_len: int) -> dict:
     """shape: the engine shape the pipeline ran (asdict); counts: its generation totals; reference:
     the reference run's counts (generate calls, rows, steps); prompt_len: the reference's padded
@@ -89,7 +95,7 @@ def project(audio_s: float, shape: dict, counts: dict, reference: dict, prompt_l
         "encode": (counts["encoder_rows"], encode_call(shape["row_frames"])),
         "prefill": (counts["prefill_rows"], prefill_call(shape["prefill_len"], shape["first_tokens"])),
         "insert": (counts["insert_calls"], insert_call(shape["insert_rows"], shape["span"])),
-        "step": (counts["decode_steps"], step_call(shape["slots"], shape["span"])),
+        "step": (counts["decode_steps"], step_call(shape["slots"], _mean_span(shape))),
     }
     rows, calls = reference["rows"], reference["generate_calls"]
     per_row_batch = rows / max(calls, 1)
