@@ -3,11 +3,13 @@ exactly once with each task's tokens up to its end-of-sequence token or cap, no 
 block is ever held twice, rows fit their packed rows, and slots idle only when nothing is staged."""
 
 import hashlib
+from dataclasses import replace
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from pipeline import shapes
+from pipeline.model.graph_shapes import EngineShape, split_slots
 from pipeline.model.packing import encoder_span, fits_at
 from pipeline.model.scheduler import ClipJob, Encode, Extend, FollowUps, Fork, Insert, Prefill, RowJob, Scheduler, Step
 
@@ -361,3 +363,27 @@ def test_short_slots_take_long_rows_never_and_long_slots_take_short_rows_last():
     s.inserted(first)
     second = s.next_action()  # then rows that need a long slot take the long ones, in staged order
     assert second.rows == (longer, other) and second.slots == (0, 1)
+
+
+class _Prompts:
+    """What split_slots reads of a PromptPlan: a prefix of 12 ids around the audio, three suffixes."""
+
+    roots = (0, 1, 2)
+    suffixes = ((1,) * 5, (1,) * 6, (1,) * 7)
+
+    def prefix_len(self, audio_tokens: int) -> int:
+        return audio_tokens + 12
+
+
+def test_slots_split_by_the_length_mix():
+    shape = EngineShape(128, 3, 3000, 832, 36, 32, 832, 4)
+    caps = [32, 16, 64]
+    short_mix = [40 + 5 * i for i in range(40)] + [500 + 15 * i for i in range(15)]  # 1-10 s clips, 12 s and more
+    split = split_slots(shape, _Prompts(), caps, short_mix)
+    assert split.short_slots and split.long_slots % 4 == 0 and split.short_span % 64 == 0
+    needs_long = sum(t + 12 + 7 + 64 > split.short_span for t in short_mix) / len(short_mix)
+    assert split.long_slots >= needs_long * 32  # a slot for every share of rows that needs one
+    assert split_slots(shape, _Prompts(), caps, [740] * 50) == shape  # 30 s segments only: nothing to save
+    assert split_slots(shape, _Prompts(), caps, []) == shape
+    assert split_slots(replace(shape, extend_rows=4, extend_len=16), _Prompts(), caps, short_mix).short_slots == 0
+    assert split_slots(replace(shape, slots=4), _Prompts(), caps, short_mix) == replace(shape, slots=4)

@@ -12,8 +12,8 @@ import json
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from pipeline.model.checkpoint import checkpoint_files, has_weights, is_hub_id, resolve_checkpoint
 from pipeline import shapes
+from pipeline.model.checkpoint import checkpoint_files, has_weights, is_hub_id, resolve_checkpoint
 from pipeline.model.graph_shapes import (EngineShape, declare_shape, slot_bytes, split_slots, state_bytes, weight_bytes,
                                        working_bytes)
 from pipeline.model.decoding import (DecodingError, GraphFeatures, ResolvedDecoding, end_of_sequence, generation_config,
