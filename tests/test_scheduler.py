@@ -75,6 +75,19 @@ def expected_tokens(key: str, task: int, budget: int) -> list[int]:
     return out
 
 
+def run_to_end(s: Scheduler, run, executor: FakeExecutor, clips, budgets) -> None:
+    """Apply the scheduler's actions with run until it has none; every clip finished once, with its tokens."""
+    steps = 0
+    while (action := s.next_action()) is not None:
+        run(action)
+        steps += 1
+        assert steps < 100_000
+    assert not s.busy()
+    assert sorted(c.key for c in executor.finished) == sorted(c.key for c in clips)
+    for clip in clips:
+        assert clip.tokens == [expected_tokens(clip.key, t, b) for t, b in enumerate(budgets)]
+
+
 clip_frames = st.lists(st.integers(min_value=1, max_value=shapes.WINDOW_FRAMES), min_size=0, max_size=25)
 
 
@@ -98,15 +111,7 @@ def test_every_clip_finishes_once_with_its_tokens(frames, slots, budgets, insert
             if action is None:
                 break
             executor.run(action)
-    steps = 0
-    while (action := s.next_action()) is not None:
-        executor.run(action)
-        steps += 1
-        assert steps < 100_000
-    assert not s.busy()
-    assert sorted(c.key for c in executor.finished) == sorted(c.key for c in clips)
-    for clip in clips:
-        assert clip.tokens == [expected_tokens(clip.key, t, b) for t, b in enumerate(budgets)]
+    run_to_end(s, executor.run, executor, clips, budgets)
     assert sorted(s.free_audio) == [0, 1, 2] and sorted(s.free_stage) == [0, 1, 2]
     assert executor.idle_with_staged == 0  # a slot never idles while a staged row waits
 
@@ -313,7 +318,7 @@ def test_short_slots_hold_only_rows_that_fit_them(frames, long_slots, short_slot
                   insert_rows=insert_rows, eos_ids=(EOS,), short_slots=short_slots, short_span=short_span)
     executor = FakeExecutor(s, budgets, row_frames, prefill_len)
     # Each row's prompt is its clip's: short clips fit the short slots, long ones do not.
-    executor_prefill = executor.run
+    replay = executor.run
 
     def run(action):
         if isinstance(action, Prefill):
@@ -333,36 +338,31 @@ def test_short_slots_hold_only_rows_that_fit_them(frames, long_slots, short_slot
             # A slot idles with rows staged only when none of them may take it.
             assert not any(slot < long_slots for slot in free) or not s.staged
             assert not any(slot >= long_slots for slot in free) or not any(fits)
-        executor_prefill(action)
+        replay(action)
 
     clips = [ClipJob(f"c{i}", f, shapes.audio_tokens(f), prompt_tokens(shapes.audio_tokens(f)))
              for i, f in enumerate(frames)]
     for clip in clips:
         s.submit(clip, len(budgets))
-    steps = 0
-    while (action := s.next_action()) is not None:
-        run(action)
-        steps += 1
-        assert steps < 100_000
-    assert not s.busy()
-    assert sorted(c.key for c in executor.finished) == sorted(c.key for c in clips)
-    for clip in clips:
-        assert clip.tokens == [expected_tokens(clip.key, t, b) for t, b in enumerate(budgets)]
+    run_to_end(s, run, executor, clips, budgets)
 
 
 def test_short_slots_take_long_rows_never_and_long_slots_take_short_rows_last():
-    s = Scheduler(3, shapes.WINDOW_FRAMES, 2000, max_clips_per_row=6, audio_blocks=3, stage_blocks=3,
+    s = Scheduler(4, shapes.WINDOW_FRAMES, 2000, max_clips_per_row=6, audio_blocks=3, stage_blocks=3,
                   insert_rows=4, eos_ids=(EOS,), short_slots=1, short_span=50)
     clip = ClipJob("c", 100, 25, 40)
     s.submit(clip, 1)
-    s._stage_users[0] = 3
-    short, longer, other = (RowJob(clip, 0, tuple(range(n)), 0, 10, 1) for n in (30, 45, 60))
-    s.staged.extend([longer, short, other])
-    first = s.next_action()  # the row that fits takes the short slot
-    assert first.rows == (short,) and first.slots == (2,)
+    s._stage_users[0] = 4
+    short, longer, other, second_short = (RowJob(clip, 0, tuple(range(n)), 0, 10, 1) for n in (30, 45, 60, 20))
+    s.staged.extend([longer, short, other, second_short])
+    first = s.next_action()  # the rows that fit take the short slot, in staged order
+    assert first.rows == (short,) and first.slots == (3,)
     s.inserted(first)
-    second = s.next_action()  # then rows that need a long slot take the long ones, in staged order
+    second = s.next_action()  # rows that need a long slot take the long ones before any row that fits a short one
     assert second.rows == (longer, other) and second.slots == (0, 1)
+    s.inserted(second)
+    third = s.next_action()  # no row needs a long slot now: one that fits a short slot takes the last long one
+    assert third.rows == (second_short,) and third.slots == (2,)
 
 
 class _Prompts:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from pipeline.model.graph_shapes import EngineShape
+
 # Qwen2-Audio-7B (config.json of Qwen/Qwen2-Audio-7B-Instruct).
 AUDIO = dict(n_mels=128, dim=1280, layers=32, ffn=5120)
 TEXT = dict(hidden=4096, layers=32, kv_width=4096, intermediate=11008, vocab=156032)
@@ -81,21 +83,16 @@ def insert_call(rows: int, span: int) -> Call:
     return Call(0.0, 2 * rows * span * kv_bytes_per_token())  # read from staging, write to the slot
 
 
-def _mean_span(shape: dict) -> float:
-    """Positions a step reads per slot: long and short slots (graph_shapes.split_slots) averaged."""
-    short = shape.get("short_slots", 0)
-    return ((shape["slots"] - short) * shape["span"] + short * shape.get("short_span", 0)) / shape["slots"]
-
-
 def project(audio_s: float, shape: dict, counts: dict, reference: dict, prompt_len: int) -> dict:
     """shape: the engine shape the pipeline ran (asdict); counts: its generation totals; reference:
     the reference run's counts (generate calls, rows, steps); prompt_len: the reference's padded
     prompt length (30 s of audio tokens plus the prompt)."""
+    positions_read = EngineShape.from_record(shape).step_cache_positions  # long and short slots alike
     ours = {
         "encode": (counts["encoder_rows"], encode_call(shape["row_frames"])),
         "prefill": (counts["prefill_rows"], prefill_call(shape["prefill_len"], shape["first_tokens"])),
         "insert": (counts["insert_calls"], insert_call(shape["insert_rows"], shape["span"])),
-        "step": (counts["decode_steps"], step_call(shape["slots"], _mean_span(shape))),
+        "step": (counts["decode_steps"], step_call(shape["slots"], positions_read / shape["slots"])),
     }
     rows, calls = reference["rows"], reference["generate_calls"]
     per_row_batch = rows / max(calls, 1)

@@ -175,7 +175,7 @@ def measure(work: Path, mix: Mix, dims: str, threads: int, out: Path, chained_cl
     g = result["per_graph"]
     alone = {"encode": g["encode"]["ours_ms_per_row"], "prefill": g["prefill"]["ours_ms_per_row"],
              "insert": g["insert"]["ours_ms"], "step": g["step"]["ours_ms"]}
-    shape = EngineShape(**{k: v for k, v in warm["shape"].items() if k != "graphs"})
+    shape = EngineShape.from_record(warm["shape"])
     result["roofline"] = {**roofline(graph_flops(ModelSpec.from_checkpoint(model_dir), shape), generation,
                                      peak["mindspore_gflops"], alone), "peak": peak}
     return result

@@ -59,6 +59,11 @@ class EngineShape:
     short_slots: int = 0
     short_span: int = 0
 
+    @classmethod
+    def from_record(cls, record: dict) -> EngineShape:
+        """The shape as run.json records it (its fields, and its graph names) -> the EngineShape."""
+        return cls(**{k: v for k, v in record.items() if k != "graphs"})
+
     @property
     def cache_span(self) -> int:
         """Positions a slot's cache holds: the span and one scratch position for idle slots."""
@@ -71,6 +76,11 @@ class EngineShape:
     @property
     def short_cache_span(self) -> int:
         return self.short_span + 1
+
+    @property
+    def step_cache_positions(self) -> int:
+        """Cache positions a decode step reads: every slot's whole cache, long and short."""
+        return self.long_slots * self.cache_span + self.short_slots * self.short_cache_span
 
     @property
     def row_tokens(self) -> int:
@@ -154,8 +164,7 @@ def split_slots(shape: EngineShape, prompts: PromptPlan, max_new_tokens: list[in
         return shape
     needs = [prompts.prefix_len(tokens) + len(prompts.suffixes[task]) + max_new_tokens[task]
              for tokens in audio_tokens for task in prompts.roots]
-    full = shape.slots * shape.cache_span
-    best = (full, shape.slots, 0)
+    best = shape
     for eighths in range(2, 6):
         short_span = _round_up(shape.span * eighths // 8, TOKEN_QUANTUM)
         if short_span >= shape.span:
@@ -164,13 +173,10 @@ def split_slots(shape: EngineShape, prompts: PromptPlan, max_new_tokens: list[in
         long_slots = max(SLOT_STEP, _round_up(math.ceil(shape.slots * longer), SLOT_STEP))
         if long_slots >= shape.slots:
             continue
-        read = long_slots * shape.cache_span + (shape.slots - long_slots) * (short_span + 1)
-        if read < best[0]:
-            best = (read, long_slots, short_span)
-    read, long_slots, short_span = best
-    if read > (1 - SPLIT_MIN_SAVING) * full:
-        return shape
-    return replace(shape, short_slots=shape.slots - long_slots, short_span=short_span)
+        split = replace(shape, short_slots=shape.slots - long_slots, short_span=short_span)
+        if split.step_cache_positions < best.step_cache_positions:
+            best = split
+    return best if best.step_cache_positions <= (1 - SPLIT_MIN_SAVING) * shape.step_cache_positions else shape
 
 
 def slot_bytes(spec: ModelSpec, shape_span: int, dtype: str, penalty: bool = False) -> int:
@@ -238,12 +244,10 @@ def graph_flops(spec: ModelSpec, shape: EngineShape) -> dict[str, float]:
         attention = 4 * tokens * keys_per_token * inner
         return spec.layers * (linear + rotary + attention)
 
-    step_keys = (shape.long_slots * shape.cache_span + shape.short_slots * shape.short_cache_span) / shape.slots
-
     head = 2 * spec.hidden * spec.vocab
     return {
         "encode": float(encode),
         "prefill": float(text_layers(shape.prefill_len, shape.prefill_len) + shape.first_tokens * head),
         "insert": 0.0,
-        "step": float(text_layers(shape.slots, step_keys) + shape.slots * head),
+        "step": float(text_layers(shape.slots, shape.step_cache_positions / shape.slots) + shape.slots * head),
     }

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
+from itertools import islice
 from pathlib import Path
 
 from pipeline import shapes
@@ -189,12 +191,12 @@ def plan_model(config, tasks, device: str, worker_memory_bytes: int,
 SPLIT_SAMPLE_ITEMS = 10_000
 
 
-def with_slots_split(plan: ModelPlan, items) -> ModelPlan:
+def with_slots_split(plan: ModelPlan, items: Iterable) -> ModelPlan:
     """The plan with its decode slots split into long and short ones for the length mix of items
     (planning Items, the run's first: graph_shapes.split_slots). A segment of a longer file, or a
     row whose length is not known yet (window 0), counts as a whole window."""
     tokens = []
-    for item in items[:SPLIT_SAMPLE_ITEMS]:
+    for item in islice(items, SPLIT_SAMPLE_ITEMS):
         known = item.n_segments == 1 and item.end_s > item.start_s
         frames = shapes.frames_for_seconds(item.end_s - item.start_s) if known else shapes.WINDOW_FRAMES
         tokens.append(shapes.audio_tokens(min(frames, shapes.WINDOW_FRAMES)))
