@@ -53,9 +53,11 @@ def matmul_peak() -> dict:
 
 
 def roofline(flops_per_call: dict[str, float], generation: dict, peak_gflops: float,
-             isolated_ms: dict[str, float] | None = None) -> dict:
+             isolated_ms: dict[str, float] | None = None, isolated_flops: dict[str, float] | None = None) -> dict:
     """flops_per_call: graph_flops; generation: run.json's counts and seconds; isolated_ms: each
-    graph's median time per call timed alone (bench.graphs), where measured."""
+    graph's median time per call timed alone (bench.graphs), where measured; isolated_flops: the
+    FLOPs of the graphs timed alone, where their shape differs from the run's (a step timed over
+    whole slots when the run split them)."""
     graphs, total_flops, total_s = {}, 0.0, 0.0
     for name, (count_key, seconds_key) in PHASES.items():
         calls, seconds = generation.get(count_key, 0), generation.get(seconds_key, 0.0)
@@ -66,8 +68,9 @@ def roofline(flops_per_call: dict[str, float], generation: dict, peak_gflops: fl
                  "achieved_gflops": round(achieved, 1) if achieved else None,
                  "fraction_of_peak": round(achieved / peak_gflops, 3) if achieved else None}
         alone = (isolated_ms or {}).get(name)
-        if alone and flops_per_call[name]:
-            entry["alone_gflops"] = round(flops_per_call[name] / alone / 1e6, 1)
+        alone_flops = (isolated_flops or flops_per_call)[name]
+        if alone and alone_flops:
+            entry["alone_gflops"] = round(alone_flops / alone / 1e6, 1)
         graphs[name] = entry
     overall = total_flops / total_s / 1e9 if total_s else None
     return {"peak_gflops": peak_gflops, "graphs": graphs,
