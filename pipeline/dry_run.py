@@ -27,6 +27,7 @@ from pipeline import exit_codes, storage
 from pipeline.config import Config, ConfigError
 from pipeline.intake.manifest_set import read_manifests
 from pipeline.intake.manifest_table import Manifest
+from pipeline.model.model_plan import SPLIT_SAMPLE_ITEMS, load_prompts, plan_model, split_seconds, with_slots_split
 from pipeline.output import delta
 from pipeline.output.console import Console, audio_text, counts_text, duration_text, warn_unreadable
 from pipeline.output.lock import OutLock
@@ -45,8 +46,6 @@ RAY_MEMORY_SHARE = 0.7
 
 def dry_run(manifest_path, config: Config, out=None, workers: int | None = None, restart: bool = False,
             console: Console | None = None) -> int:
-    from pipeline.model.model_plan import load_prompts, plan_model
-
     console = console or Console(progress=False)
     storage.configure(storage.Settings.from_config(config))
     manifest = read_manifests(manifest_path, id_column=config.id_column)
@@ -72,6 +71,7 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
     if not restart and checkpoint.has_weights:
         sink.refuse_other_settings(fingerprint, settings)  # what the run would stop with (exit 2)
     plan_figures = DryPlan.of(manifest, config, sink, discarded)
+    plan = with_slots_split(plan, plan_figures.split_sample)  # as the run splits its decode slots
     warn_unreadable(console, plan_figures.first_failures, plan_figures.failure_reasons)
     complete = (not plan_figures.rows_todo and not discarded
                 and sink.completed_for(manifest.digest, fingerprint))
@@ -97,12 +97,20 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
                  else "one worker per NPU of the cluster")
         automatic = not config.decode_slots and not config.memory_budget_gb
         lines.append(f"engine: {where} on {'Ascend NPUs' if device == 'ascend' else 'CPU'}, {plan.dtype} "
-                     f"(device: {device_source}); {plan.shape.slots} decode slots"
+                     f"(device: {device_source}); {slots_text(plan.shape)}"
                      + (" (sized for this machine's memory: a cluster's workers may get others)" if automatic else ""))
         lines.append(f"graphs: {', '.join(plan.shape.graph_names())}")
         lines.append(estimate_line(sink, plan_figures.taken_s, config, plan_figures.unknown_taken))
     console.summary(lines)
     return exit_codes.DONE
+
+
+def slots_text(shape) -> str:
+    """'32 decode slots', or with short ones: '32 decode slots (12 of 1102 positions, 20 short ones of 576)'."""
+    if not shape.short_slots:
+        return f"{shape.slots} decode slots"
+    return (f"{shape.slots} decode slots ({shape.long_slots} of {shape.span} positions, {shape.short_slots} short ones "
+            f"of {shape.short_span}, for this manifest's first clips)")
 
 
 @dataclass
@@ -129,6 +137,9 @@ class DryPlan:
     unknown_rows: int = 0  # rows with work whose length is known only once decoded
     unknown_taken: int = 0
     limited_by: str | None = None
+    # What the run sizes its short decode slots from: the first items it takes (model_plan.split_seconds)
+    # among the first window's rows, as the run's head has them.
+    split_sample: list = field(default_factory=list)
 
     @classmethod
     def of(cls, manifest, config: Config, sink: OutputDir, discarded: bool) -> DryPlan:
@@ -140,8 +151,15 @@ class DryPlan:
         found = cls()
         for window in planner.windows():
             found.add(window, config)
+            if window.start < planner.window_rows:
+                found.sample_split(window)
         found.limited_by = planner.limited_by
         return found
+
+    def sample_split(self, window) -> None:
+        room = SPLIT_SAMPLE_ITEMS - len(self.split_sample)
+        self.split_sample += [split_seconds(seconds, segment) for seconds, segment
+                              in zip(window.taken_seconds[:room], window.taken_segments[:room])]
 
     def add(self, window, config: Config) -> None:
         self.rows_todo += window.rows_todo

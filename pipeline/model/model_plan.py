@@ -191,13 +191,15 @@ def plan_model(config, tasks, device: str, worker_memory_bytes: int,
 SPLIT_SAMPLE_ITEMS = 10_000
 
 
-def with_slots_split(plan: ModelPlan, items: Iterable) -> ModelPlan:
-    """The plan with its decode slots split into long and short ones for the length mix of items
-    (planning Items, the run's first: graph_shapes.split_slots). A segment of a longer file, or a
-    row whose length is not known yet (window 0), counts as a whole window."""
-    tokens = []
-    for item in islice(items, SPLIT_SAMPLE_ITEMS):
-        known = item.n_segments == 1 and item.end_s > item.start_s
-        frames = shapes.frames_for_seconds(item.end_s - item.start_s) if known else shapes.WINDOW_FRAMES
-        tokens.append(shapes.audio_tokens(min(frames, shapes.WINDOW_FRAMES)))
+def with_slots_split(plan: ModelPlan, lengths: Iterable[float]) -> ModelPlan:
+    """The plan with its decode slots split into long and short ones for the length mix of the
+    run's first items (their split_seconds, in run order: graph_shapes.split_slots)."""
+    tokens = [shapes.audio_tokens(min(shapes.frames_for_seconds(seconds), shapes.WINDOW_FRAMES))
+              for seconds in islice(lengths, SPLIT_SAMPLE_ITEMS)]
     return replace(plan, shape=split_slots(plan.shape, plan.prompts, list(plan.max_new_tokens), tokens))
+
+
+def split_seconds(seconds: float, segment: bool) -> float:
+    """An item's length as the slot split counts it: a segment of a longer file (cut at a pause
+    only once decoded) or a row whose length is not known yet counts as a whole window."""
+    return seconds if seconds > 0 and not segment else float(shapes.WINDOW_S)

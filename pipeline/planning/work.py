@@ -73,6 +73,7 @@ class Window:
     unknown_rows: int = 0
     unknown_taken: int = 0  # of those, rows this run takes
     taken_seconds: list[float] = field(default_factory=list)  # a dry run's: the lengths of the items taken
+    taken_segments: list[bool] = field(default_factory=list)  # a dry run's: which of those are segments of a longer file
 
     @property
     def has_work(self) -> bool:
@@ -327,7 +328,9 @@ class _RowsPlan:
         else:
             for index, count in taken.items():
                 lengths = special.get(index, [seconds[index]])
-                window.taken_seconds += lengths if count is None else lengths[:count]
+                lengths = lengths if count is None else lengths[:count]
+                window.taken_seconds += lengths
+                window.taken_segments += [index in special] * len(lengths)
 
     def _failure(self, row: int) -> None:
         """A row that cannot be read: an error result (unless its key is committed)."""

@@ -1,11 +1,13 @@
 """--dry-run: the plan from the manifest and OUT; no model, no worker, nothing written in OUT."""
 
 import io
+import json
 
 import pytest
 
-from pipeline.dry_run import dry_run
+from pipeline.dry_run import DryPlan, dry_run
 from pipeline.errors import UserError
+from pipeline.intake.manifest_set import read_manifests
 from pipeline.items import Item, ItemResult
 from pipeline.output.console import Console
 from pipeline.output.sink import OutputDir
@@ -69,6 +71,20 @@ def test_after_a_run_it_counts_done_failed_and_retryable_and_estimates(ray_clust
     assert "--max-wall 0.01 min stops dispatch before then (exit 75" in plan_text(clips, out, model_dir,
                                                                                  max_wall_minutes=0.01)
     assert snapshot(out) == before
+
+
+def test_it_declares_the_graphs_the_run_compiles_short_slots_included(ray_cluster, clips, model_dir, tmp_path):
+    # The run sizes short decode slots from its first items, a long file's segments counted as whole windows.
+    out = tmp_path / "out"
+    config = fast_config(model_dir, clips, audio_root=None, decode_slots=16)
+    assert DryPlan.of(read_manifests(clips), config, OutputDir(out), False).split_sample == [
+        1.0, 2.5, 4.0, 30.0, 30.0, 30.0, 1.5, 3.0, 2.0]
+    text = plan_text(clips, out, model_dir, decode_slots=16)
+    graphs = next(line for line in text.splitlines() if line.startswith("graphs: "))
+    assert ", step[N=8+8," in graphs and "16 decode slots (8 of " in text
+    assert run(clips, out, model_dir, decode_slots=16).exit_code == 0
+    declared = json.loads((out / "run.json").read_text())["shape"]["graphs"]
+    assert graphs == "graphs: " + ", ".join(declared)
 
 
 def test_other_settings_are_reported_as_the_run_would_stop(ray_cluster, clips, model_dir, tmp_path):
