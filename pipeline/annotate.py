@@ -216,9 +216,9 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
                     report.stopped = True
                 elif head and not signals.stop_requested():
                     cluster.check_room_for_decoding(workers_now)
-                    # Short decode slots for the short clips, sized from the first ones to run.
-                    plan = with_slots_split(plan, (split_seconds(item.end_s - item.start_s, item.n_segments > 1)
-                                                   for window in head for item in window.items))
+                    if config.short_slots:  # short decode slots for the short clips, sized from the first ones
+                        plan = with_slots_split(plan, (split_seconds(item.end_s - item.start_s, item.n_segments > 1)
+                                                       for window in head for item in window.items))
                     spec = WorkerSpec(
                         plan=plan, tasks=tasks, moderation_labels=tuple(config.moderation_labels),
                         silence_dbfs=config.silence_dbfs, search_s=config.segment_search_s,

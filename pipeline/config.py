@@ -103,6 +103,12 @@ class Config:
     # Decode slots per worker: task rows decoded together (0 = as many as memory_budget_gb holds,
     # at most 32). More slots read the weights fewer times per token; fewer idle less at the end.
     decode_slots: int = 0
+    # Split the decode slots into long ones and short ones (caches of a few hundred positions) by
+    # the length mix of the run's first clips (docs/engine.md, short slots). Off by default: a few %
+    # fewer step seconds where long and short clips interleave through the manifest, and 15-30%
+    # more where they come in runs (a manifest sorted by length): at most half the slots serve long
+    # rows then. On an NPU short slots also take less memory, so more slots fit.
+    short_slots: bool = False
     # Per-worker memory for the engine's caches and working memory, beside the weights (0 = what the
     # worker's share of its machine has: host memory on CPU, the NPU's memory on Ascend).
     memory_budget_gb: float = 0.0

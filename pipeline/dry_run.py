@@ -71,7 +71,8 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
     if not restart and checkpoint.has_weights:
         sink.refuse_other_settings(fingerprint, settings)  # what the run would stop with (exit 2)
     plan_figures = DryPlan.of(manifest, config, sink, discarded)
-    plan = with_slots_split(plan, plan_figures.split_sample)  # as the run splits its decode slots
+    if config.short_slots:  # as the run splits its decode slots
+        plan = with_slots_split(plan, plan_figures.split_sample)
     warn_unreadable(console, plan_figures.first_failures, plan_figures.failure_reasons)
     complete = (not plan_figures.rows_todo and not discarded
                 and sink.completed_for(manifest.digest, fingerprint))

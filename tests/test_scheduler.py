@@ -381,8 +381,11 @@ def test_slots_split_by_the_length_mix():
     short_mix = [40 + 5 * i for i in range(40)] + [500 + 15 * i for i in range(15)]  # 1-10 s clips, 12 s and more
     split = split_slots(shape, _Prompts(), caps, short_mix)
     assert split.short_slots and split.long_slots % 4 == 0 and split.short_span % 64 == 0
-    needs_long = sum(t + 12 + 7 + 64 > split.short_span for t in short_mix) / len(short_mix)
+    needs = [t + 12 + len(suffix) + cap for t in short_mix for suffix, cap in zip(_Prompts.suffixes, caps)]
+    needs_long = sum(need > split.short_span for need in needs) / len(needs)
     assert split.long_slots >= needs_long * 32  # a slot for every share of rows that needs one
+    # Only short clips first: half the slots stay long for whatever comes later.
+    assert split_slots(shape, _Prompts(), caps, [40] * 50).long_slots == 16
     assert split_slots(shape, _Prompts(), caps, [740] * 50) == shape  # 30 s segments only: nothing to save
     assert split_slots(shape, _Prompts(), caps, []) == shape
     assert split_slots(replace(shape, extend_rows=4, extend_len=16), _Prompts(), caps, short_mix).short_slots == 0

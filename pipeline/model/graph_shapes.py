@@ -149,6 +149,13 @@ def declare_shape(prompts: PromptPlan, max_new_tokens: list[int], slots: int, ma
 SLOT_STEP = 4
 # A split is worth a second cache and insert graph only if a step reads this much less.
 SPLIT_MIN_SAVING = 0.15
+# At least this share of the slots stays long, whatever the first clips' mix: the split is sized
+# from the run's first items, and a manifest whose later rows are longer (sorted by length, a folder
+# of short clips before one of podcasts) must not decode those a few slots at a time. Measured on the
+# bench's mix sorted by length, the split sized from its first half: 4 long slots took the steps
+# from 13.2 s to 34.6 s, the run from 39 s to 67 s; half the slots bound that at about 1.7x on a
+# tail of long rows alone, and cost the unsorted 55-clip mix 4% of its steps (16 + 16 against 12 + 20).
+LONG_SLOTS_MIN_SHARE = 0.5
 
 
 def split_slots(shape: EngineShape, prompts: PromptPlan, max_new_tokens: list[int],
@@ -157,8 +164,8 @@ def split_slots(shape: EngineShape, prompts: PromptPlan, max_new_tokens: list[in
     run (audio_tokens: each clip's or segment's audio tokens). A decode step reads every slot's
     whole cache, so it is memory-bound on them: a row that can never pass short_span positions
     (its prompt and cap) reads no more in a short slot. Chosen to read the fewest cache positions
-    per step, with as many long slots as the rows that need one (rounded up to SLOT_STEP) and a
-    short span of two to five eighths of the span; unchanged when that saves less than
+    per step, with as many long slots as the rows that need one (rounded up to SLOT_STEP; at least
+    LONG_SLOTS_MIN_SHARE of them) and a short span of two to five eighths of the span; unchanged when that saves less than
     SPLIT_MIN_SAVING, and in runs with follow-up questions (a conversation outgrows its prompt)."""
     if shape.extend_rows or shape.fork_rows or shape.slots < 2 * SLOT_STEP or not audio_tokens:
         return shape
@@ -170,7 +177,7 @@ def split_slots(shape: EngineShape, prompts: PromptPlan, max_new_tokens: list[in
         if short_span >= shape.span:
             continue
         longer = sum(need > short_span for need in needs) / len(needs)
-        long_slots = max(SLOT_STEP, _round_up(math.ceil(shape.slots * longer), SLOT_STEP))
+        long_slots = max(SLOT_STEP, _round_up(math.ceil(shape.slots * max(longer, LONG_SLOTS_MIN_SHARE)), SLOT_STEP))
         if long_slots >= shape.slots:
             continue
         split = replace(shape, short_slots=shape.slots - long_slots, short_span=short_span)

@@ -76,13 +76,14 @@ def test_after_a_run_it_counts_done_failed_and_retryable_and_estimates(ray_clust
 def test_it_declares_the_graphs_the_run_compiles_short_slots_included(ray_cluster, clips, model_dir, tmp_path):
     # The run sizes short decode slots from its first items, a long file's segments counted as whole windows.
     out = tmp_path / "out"
-    config = fast_config(model_dir, clips, audio_root=None, decode_slots=16)
+    config = fast_config(model_dir, clips, audio_root=None, decode_slots=16, short_slots=True)
     assert DryPlan.of(read_manifests(clips), config, OutputDir(out), False).split_sample == [
         1.0, 2.5, 4.0, 30.0, 30.0, 30.0, 1.5, 3.0, 2.0]
-    text = plan_text(clips, out, model_dir, decode_slots=16)
+    assert ", step[N=16," in plan_text(clips, out, model_dir, decode_slots=16)  # only when the job asks for them
+    text = plan_text(clips, out, model_dir, decode_slots=16, short_slots=True)
     graphs = next(line for line in text.splitlines() if line.startswith("graphs: "))
     assert ", step[N=8+8," in graphs and "16 decode slots (8 of " in text
-    assert run(clips, out, model_dir, decode_slots=16).exit_code == 0
+    assert run(clips, out, model_dir, decode_slots=16, short_slots=True).exit_code == 0
     declared = json.loads((out / "run.json").read_text())["shape"]["graphs"]
     assert graphs == "graphs: " + ", ".join(declared)
 
