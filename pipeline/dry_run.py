@@ -138,8 +138,9 @@ class DryPlan:
     unknown_rows: int = 0  # rows with work whose length is known only once decoded
     unknown_taken: int = 0
     limited_by: str | None = None
-    # What the run sizes its short decode slots from: the first items it takes (model_plan.split_seconds)
-    # among the first window's rows, as the run's head has them.
+    # What the run sizes its short decode slots from (model_plan.split_seconds): the first items of
+    # its head (planning/stream.PlanStream.head: the windows with work until one ends past the first
+    # WINDOW_ROWS rows, after rows OUT holds done), or of the first window with items after it.
     split_sample: list = field(default_factory=list)
 
     @classmethod
@@ -150,10 +151,13 @@ class DryPlan:
             durations.load()
         planner = Planner(manifest, config, committed, durations, count_all=True, estimate=True, keep_facts=False)
         found = cls()
+        in_head = True
         for window in planner.windows():
             found.add(window, config)
-            if window.start < planner.window_rows:
+            if window.taken_seconds and (in_head or not found.split_sample):
                 found.sample_split(window)
+            if in_head and (window.taken_seconds or window.failures):  # a window with work: the head's next
+                in_head = window.stop < planner.window_rows and not planner.limited_by
         found.limited_by = planner.limited_by
         return found
 

@@ -73,19 +73,32 @@ def test_after_a_run_it_counts_done_failed_and_retryable_and_estimates(ray_clust
     assert snapshot(out) == before
 
 
-def test_it_declares_the_graphs_the_run_compiles_short_slots_included(ray_cluster, clips, model_dir, tmp_path):
-    # The run sizes short decode slots from its first items, a long file's segments counted as whole windows.
+def graphs_line(text: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith("graphs: "))
+
+
+def test_it_declares_the_graphs_the_run_compiles_short_slots_included(ray_cluster, clips, model_dir, tmp_path,
+                                                                      monkeypatch):
+    # The run sizes short decode slots from its head's items, a long file's segments counted as whole windows.
     out = tmp_path / "out"
     config = fast_config(model_dir, clips, audio_root=None, decode_slots=16, short_slots=True)
     assert DryPlan.of(read_manifests(clips), config, OutputDir(out), False).split_sample == [
         1.0, 2.5, 4.0, 30.0, 30.0, 30.0, 1.5, 3.0, 2.0]
     assert ", step[N=16," in plan_text(clips, out, model_dir, decode_slots=16)  # only when the job asks for them
-    text = plan_text(clips, out, model_dir, decode_slots=16, short_slots=True)
-    graphs = next(line for line in text.splitlines() if line.startswith("graphs: "))
-    assert ", step[N=8+8," in graphs and "16 decode slots (8 of " in text
-    assert run(clips, out, model_dir, decode_slots=16, short_slots=True).exit_code == 0
-    declared = json.loads((out / "run.json").read_text())["shape"]["graphs"]
-    assert graphs == "graphs: " + ", ".join(declared)
+
+    def declared_then_run(out):
+        text = plan_text(clips, out, model_dir, decode_slots=16, short_slots=True)
+        assert run(clips, out, model_dir, decode_slots=16, short_slots=True).exit_code == 0
+        assert graphs_line(text) == "graphs: " + ", ".join(json.loads((out / "run.json").read_text())["shape"]["graphs"])
+        return text
+
+    # Windows of 3 rows: the head is a, b, c; on a resume after them, the window after theirs.
+    monkeypatch.setattr("pipeline.planning.work.WINDOW_ROWS", 3)
+    text = declared_then_run(out)
+    assert ", step[N=8+8," in graphs_line(text) and "16 decode slots (8 of " in text
+    resumed = tmp_path / "resumed"
+    assert run(clips, resumed, model_dir, decode_slots=16, short_slots=True, max_rows=3).exit_code == 75
+    assert ", step[N=12+4," in graphs_line(declared_then_run(resumed))  # long's three segments, d and e
 
 
 def test_other_settings_are_reported_as_the_run_would_stop(ray_cluster, clips, model_dir, tmp_path):
