@@ -107,7 +107,8 @@ def dry_run(manifest_path, config: Config, out=None, workers: int | None = None,
 
 
 def slots_text(shape) -> str:
-    """'32 decode slots', or with short ones: '32 decode slots (12 of 1102 positions, 20 short ones of 576)'."""
+    """'32 decode slots', or when the job splits them (short_slots): '32 decode slots (16 of 1102
+    positions, 16 short ones of 448, for this manifest's first clips)'."""
     if not shape.short_slots:
         return f"{shape.slots} decode slots"
     return (f"{shape.slots} decode slots ({shape.long_slots} of {shape.span} positions, {shape.short_slots} short ones "

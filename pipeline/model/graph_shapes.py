@@ -165,8 +165,9 @@ def split_slots(shape: EngineShape, prompts: PromptPlan, max_new_tokens: list[in
     whole cache, so it is memory-bound on them: a row that can never pass short_span positions
     (its prompt and cap) reads no more in a short slot. Chosen to read the fewest cache positions
     per step, with as many long slots as the rows that need one (rounded up to SLOT_STEP; at least
-    LONG_SLOTS_MIN_SHARE of them) and a short span of two to five eighths of the span; unchanged when that saves less than
-    SPLIT_MIN_SAVING, and in runs with follow-up questions (a conversation outgrows its prompt)."""
+    LONG_SLOTS_MIN_SHARE of them) and a short span of two to five eighths of the span; unchanged
+    when that saves less than SPLIT_MIN_SAVING, and in runs with follow-up questions (a
+    conversation outgrows its prompt)."""
     if shape.extend_rows or shape.fork_rows or shape.slots < 2 * SLOT_STEP or not audio_tokens:
         return shape
     needs = [prompts.prefix_len(tokens) + len(prompts.suffixes[task]) + max_new_tokens[task]
