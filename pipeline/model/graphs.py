@@ -230,9 +230,10 @@ class ExtendGraph(nn.Cell):
 
 
 class StepGraph(nn.Cell):
-    """One decode step for every slot (long slots, then short ones): ids [n] at positions [n], decoding parameters [n, 6] -> next
-    tokens [n] and their raw log-probabilities [n]. With the penalty, each fed id joins its slot's
-    presence first (the penalty covers every token generated so far)."""
+    """One decode step for every slot (long slots, then short ones): ids [n] at positions [n],
+    decoding parameters [n, 6] -> next tokens [n] and their raw log-probabilities [n]. With the
+    penalty, each fed id joins its slot's presence first (the penalty covers every token generated
+    so far)."""
 
     def __init__(self, model: Qwen2Audio, state: ModelState, features: GraphFeatures):
         super().__init__(auto_prefix=False)

@@ -236,10 +236,8 @@ class Scheduler:
     def _insert_plan(self, free: list[int]) -> Insert | None:
         """Staged rows into free slots, in staged order, one slot class per call (each has its own
         insert graph): rows that fit a short slot into free short slots first; then long slots, to
-        the rows that need one, or when none is staged, to rows that would fit a short one."""
-        if self.first_short == len(self.slots):
-            count = min(len(free), len(self.staged), self.insert_rows)
-            return Insert(tuple(self.staged[i] for i in range(count)), tuple(free[:count]))
+        the rows that need one, or when none is staged, to rows that would fit a short one. Without
+        short slots (short_span 0) no row fits one: staged rows take free slots in order."""
         free_short = [slot for slot in free if slot >= self.first_short]
         free_long = [slot for slot in free if slot < self.first_short]
         fits = [row.cache_len + row.budget <= self.short_span for row in self.staged]
