@@ -157,15 +157,16 @@ class DryPlan:
             found.add(window, config)
             if window.taken_seconds and (in_head or not found.split_sample):
                 found.sample_split(window)
-            if in_head and (window.taken_seconds or window.failures):  # a window with work: the head's next
-                in_head = window.stop < planner.window_rows and not planner.limited_by
+            if window.taken_seconds or window.failures:  # a window with work: the head holds it
+                in_head = in_head and not planner.head_planned
         found.limited_by = planner.limited_by
         return found
 
     def sample_split(self, window) -> None:
         room = SPLIT_SAMPLE_ITEMS - len(self.split_sample)
-        self.split_sample += [split_seconds(seconds, segment) for seconds, segment
-                              in zip(window.taken_seconds[:room], window.taken_segments[:room])]
+        segments = set(window.segment_positions)
+        self.split_sample += [split_seconds(seconds, at in segments)
+                              for at, seconds in enumerate(window.taken_seconds[:room])]
 
     def add(self, window, config: Config) -> None:
         self.rows_todo += window.rows_todo

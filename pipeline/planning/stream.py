@@ -44,7 +44,7 @@ class WorkStream:
         """The windows with work among the first WINDOW_ROWS rows (several small manifest files
         are several windows), or up to where the budgets stop: what the start line describes."""
         found = []
-        while self.planner.planned_until < self.planner.window_rows and not self.planner.limited_by:
+        while not self.planner.head_planned:
             window = self.next_with_work()
             if window is None:
                 break

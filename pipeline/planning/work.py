@@ -73,7 +73,8 @@ class Window:
     unknown_rows: int = 0
     unknown_taken: int = 0  # of those, rows this run takes
     taken_seconds: list[float] = field(default_factory=list)  # a dry run's: the lengths of the items taken
-    taken_segments: list[bool] = field(default_factory=list)  # a dry run's: which of those are segments of a longer file
+    # A dry run's: where in taken_seconds the segments of longer files are (long files only: a few).
+    segment_positions: list[int] = field(default_factory=list)
 
     @property
     def has_work(self) -> bool:
@@ -133,6 +134,12 @@ class Planner:
     def limited_by(self) -> str | None:
         """The budget that left rows for later runs, once planning found one."""
         return self.budget.limited_by
+
+    @property
+    def head_planned(self) -> bool:
+        """Whether the windows planned so far hold the run's head (planning/stream.PlanStream.head):
+        its first window_rows rows, or every row up to where a budget stopped the run."""
+        return self.planned_until >= self.window_rows or bool(self.limited_by)
 
     def windows(self) -> Iterator[Window]:
         for batch in self.manifest.batches([ID, AUDIO, DURATION], rows=self.window_rows):
@@ -327,10 +334,14 @@ class _RowsPlan:
             window.items += self._items(good, taken)
         else:
             for index, count in taken.items():
-                lengths = special.get(index, [seconds[index]])
+                lengths = special.get(index)
+                if lengths is None:  # one clip
+                    window.taken_seconds.append(seconds[index])
+                    continue
                 lengths = lengths if count is None else lengths[:count]
+                at = len(window.taken_seconds)
+                window.segment_positions += range(at, at + len(lengths))
                 window.taken_seconds += lengths
-                window.taken_segments += [index in special] * len(lengths)
 
     def _failure(self, row: int) -> None:
         """A row that cannot be read: an error result (unless its key is committed)."""
