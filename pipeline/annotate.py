@@ -109,7 +109,7 @@ def annotate(manifest_path, config: Config, out: str | Path | None = None, worke
 def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, workers, restart, model_factory,
               console: Console, started: float, lock: OutLock, read_faults, signals: StopSignals,
               milestones: Milestones) -> RunSummary:
-    from pipeline.model.model_plan import load_prompts, plan_model, split_seconds, with_slots_split
+    from pipeline.model.model_plan import load_prompts, plan_model, split_lengths, with_slots_split
     from pipeline.output import run_info
     from pipeline.run import cluster, ray_address, runner
     from pipeline.run.actors import WorkerSpec
@@ -217,8 +217,7 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
                 elif head and not signals.stop_requested():
                     cluster.check_room_for_decoding(workers_now)
                     if config.short_slots:  # short decode slots for the short clips, sized from the first ones
-                        plan = with_slots_split(plan, (split_seconds(item.end_s - item.start_s, item.n_segments > 1)
-                                                       for window in head for item in window.items))
+                        plan = with_slots_split(plan, split_lengths(item for window in head for item in window.items))
                     spec = WorkerSpec(
                         plan=plan, tasks=tasks, moderation_labels=tuple(config.moderation_labels),
                         silence_dbfs=config.silence_dbfs, search_s=config.segment_search_s,

@@ -140,8 +140,8 @@ class DryPlan:
     unknown_taken: int = 0
     limited_by: str | None = None
     # What the run sizes its short decode slots from (model_plan.split_seconds): the first items of
-    # its head (planning/stream.PlanStream.head: the windows with work until one ends past the first
-    # WINDOW_ROWS rows, after rows OUT holds done), or of the first window with items after it.
+    # its head (planning/stream.WorkStream.head: the windows with work until one ends past the first
+    # WINDOW_ROWS rows, after rows OUT holds done); none where those hold only rows that fail.
     split_sample: list = field(default_factory=list)
 
     @classmethod
@@ -155,10 +155,9 @@ class DryPlan:
         in_head = True
         for window in planner.windows():
             found.add(window, config)
-            if window.taken_seconds and (in_head or not found.split_sample):
+            if window.has_work and in_head:  # the head holds it (WorkStream.head)
                 found.sample_split(window)
-            if window.taken_seconds or window.failures:  # a window with work: the head holds it
-                in_head = in_head and not planner.head_planned
+                in_head = not planner.head_planned
         found.limited_by = planner.limited_by
         return found
 

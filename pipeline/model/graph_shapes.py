@@ -178,7 +178,8 @@ def split_slots(shape: EngineShape, prompts: PromptPlan, max_new_tokens: list[in
         if short_span >= shape.span:
             continue
         longer = sum(need > short_span for need in needs) / len(needs)
-        long_slots = max(SLOT_STEP, _round_up(math.ceil(shape.slots * max(longer, LONG_SLOTS_MIN_SHARE)), SLOT_STEP))
+        # At least SLOT_STEP: at least half of at least 2 * SLOT_STEP slots stay long.
+        long_slots = _round_up(math.ceil(shape.slots * max(longer, LONG_SLOTS_MIN_SHARE)), SLOT_STEP)
         if long_slots >= shape.slots:
             continue
         split = replace(shape, short_slots=shape.slots - long_slots, short_span=short_span)

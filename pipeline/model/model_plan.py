@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, replace
 from itertools import islice
 from pathlib import Path
@@ -197,6 +197,11 @@ def with_slots_split(plan: ModelPlan, lengths: Iterable[float]) -> ModelPlan:
     tokens = [shapes.audio_tokens(min(shapes.frames_for_seconds(seconds), shapes.WINDOW_FRAMES))
               for seconds in islice(lengths, SPLIT_SAMPLE_ITEMS)]
     return replace(plan, shape=split_slots(plan.shape, plan.prompts, list(plan.max_new_tokens), tokens))
+
+
+def split_lengths(items) -> Iterator[float]:
+    """Planning Items' lengths (the run's head, in run order) as the slot split counts them."""
+    return (split_seconds(item.end_s - item.start_s, item.n_segments > 1) for item in items)
 
 
 def split_seconds(seconds: float, segment: bool) -> float:

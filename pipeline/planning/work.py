@@ -78,7 +78,8 @@ class Window:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.items or self.failures)
+        """Items to run or rows to record as errors (a dry run's window: items it counted)."""
+        return bool(self.items or self.taken_seconds or self.failures)
 
 
 class RowFacts:
@@ -137,7 +138,7 @@ class Planner:
 
     @property
     def head_planned(self) -> bool:
-        """Whether the windows planned so far hold the run's head (planning/stream.PlanStream.head):
+        """Whether the windows planned so far hold the run's head (planning/stream.WorkStream.head):
         its first window_rows rows, or every row up to where a budget stopped the run."""
         return self.planned_until >= self.window_rows or bool(self.limited_by)
 

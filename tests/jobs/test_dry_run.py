@@ -9,8 +9,13 @@ from pipeline.dry_run import DryPlan, dry_run
 from pipeline.errors import UserError
 from pipeline.intake.manifest_set import read_manifests
 from pipeline.items import Item, ItemResult
+from pipeline.intake.durations import DurationCache
+from pipeline.model.model_plan import split_lengths
+from pipeline.output.committed import CommittedIndex
 from pipeline.output.console import Console
 from pipeline.output.sink import OutputDir
+from pipeline.planning.stream import WorkStream
+from pipeline.planning.work import Planner
 from pipeline.testing.shards import recordings, write_hf_parquet
 from tests.jobs.conftest import run
 from tests.pipeline.conftest import fast_config
@@ -99,6 +104,28 @@ def test_it_declares_the_graphs_the_run_compiles_short_slots_included(ray_cluste
     resumed = tmp_path / "resumed"
     assert run(clips, resumed, model_dir, decode_slots=16, short_slots=True, max_rows=3).exit_code == 75
     assert ", step[N=12+4," in graphs_line(declared_then_run(resumed))  # long's three segments, d and e
+
+
+def run_head_sample(manifest, config, out) -> list[float]:
+    """What annotate() sizes the split from: its head's items, as WorkStream.head plans them."""
+    sink = OutputDir(out)
+    durations = DurationCache(sink.durations)
+    stream = WorkStream(Planner(read_manifests(manifest), config, CommittedIndex(), durations), config, durations)
+    return list(split_lengths(item for window in stream.head() for item in window.items))
+
+
+def test_the_split_sample_is_the_run_heads_even_when_its_rows_all_fail(clips, model_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr("pipeline.planning.work.WINDOW_ROWS", 3)
+    config = fast_config(model_dir, clips, audio_root=None, decode_slots=16, short_slots=True)
+    out = tmp_path / "out"
+    assert DryPlan.of(read_manifests(clips), config, OutputDir(out), False).split_sample == run_head_sample(
+        clips, config, out) == [1.0, 2.5, 4.0]
+    # The head is the first window with work, here three missing files: the run compiles no split
+    # (no clip to size it from), so the dry run must not size one from the window after it.
+    for name in ("a", "b", "c"):
+        (clips.parent / "audio" / f"{name}.wav").unlink()
+    assert DryPlan.of(read_manifests(clips), config, OutputDir(out), False).split_sample == run_head_sample(
+        clips, config, out) == []
 
 
 def test_other_settings_are_reported_as_the_run_would_stop(ray_cluster, clips, model_dir, tmp_path):
