@@ -37,6 +37,7 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from pipeline.model.decoder import LanguageModel
+from pipeline.model.cpu_gelu import GeluKernel
 from pipeline.model.decoding import GraphFeatures
 from pipeline.model.encoder import AudioEncoder, Projector
 from pipeline.model.layers import cast
@@ -44,11 +45,12 @@ from pipeline.model.token_choice import choose
 
 
 class Qwen2Audio(nn.Cell):
-    """Holds every weight, named as in the published checkpoints."""
+    """Holds every weight, named as in the published checkpoints. gelu_kernel: the encoder's
+    compiled GELU on the CPU backend (model/cpu_gelu.py); None: MindSpore's."""
 
-    def __init__(self, spec, dtype):
+    def __init__(self, spec, dtype, gelu_kernel: GeluKernel | None = None):
         super().__init__()
-        self.audio_tower = AudioEncoder(spec, dtype)
+        self.audio_tower = AudioEncoder(spec, dtype, gelu_kernel)
         self.multi_modal_projector = Projector(spec, dtype)
         self.language_model = LanguageModel(spec, dtype)
 

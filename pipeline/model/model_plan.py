@@ -65,11 +65,15 @@ class ModelPlan:
         files = dict(self.checkpoint_files) if self.checkpoint_files else checkpoint_files(Path(self.model_dir))
         return {"revision": self.revision, "files": files}
 
-    def compile_cache_key(self, mindspore_version: str) -> str:
+    def compile_cache_key(self, mindspore_version: str, kernel: str | None = None) -> str:
+        """kernel: the compiled library the graphs call (model/cpu_gelu.py), if any: a cached graph
+        names it, and MindSpore's cache does not look inside graphs (runtime.configure)."""
         payload = [self.spec.fingerprint(), asdict(self.shape), self.dtype,
                    self.device, self.graph_features.key(), mindspore_version]
         if self.yes_no is not None:  # another prefill graph; every other run's key stays what it was
             payload.append("scored")
+        if kernel is not None:
+            payload.append(kernel)
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -13,6 +13,7 @@ import mindspore as ms
 
 from pipeline import shapes
 from pipeline.intake.features import clip_features
+from pipeline.model import cpu_gelu
 from pipeline.model.generate import Generator
 from pipeline.model.graph_shapes import declare_shape
 from pipeline.model.graphs import Qwen2Audio
@@ -32,9 +33,13 @@ BUDGETS = [10, 16, 12]
 SECONDS = [1.0, 2.73, 4.9, 7.31, 29.99, 12.4, 0.3, 30.0, 3.3]
 
 
-def load_model(model_dir):
+def load_model(model_dir, native_gelu: bool = True):
+    """The model as a CPU worker builds it: the encoder's GELU the compiled kernel (model/cpu_gelu.py),
+    or MindSpore's where native_gelu is False (what a node that cannot build it runs)."""
     spec = ModelSpec.from_checkpoint(model_dir)
-    model = Qwen2Audio(spec, ms.float32)
+    kernel = cpu_gelu.build(cpu_gelu.kernel_folder(None)) if native_gelu else None
+    assert kernel is not None or not native_gelu, "the GELU kernel did not build (see the warning)"
+    model = Qwen2Audio(spec, ms.float32, kernel)
     load_weights(model, model_dir, spec.tie_embeddings)
     return spec, model
 
@@ -57,11 +62,14 @@ def clip_inputs(extractor, seconds, prefix="clip"):
     return clips, inputs
 
 
-@pytest.fixture(scope="module", params=["small-instruct", "odd-base"])
+# Each GELU against the reference: the compiled kernel on one checkpoint, MindSpore's on the other.
+@pytest.fixture(scope="module", params=[("small-instruct", True), ("odd-base", False)],
+                ids=["small-instruct-native-gelu", "odd-base-mindspore-gelu"])
 def setup(request, checkpoint_dir, reference, mindspore_cpu):
-    model_dir = checkpoint_dir(request.param)
+    name, native_gelu = request.param
+    model_dir = checkpoint_dir(name)
     ref = reference(model_dir)
-    spec, model = load_model(model_dir)
+    spec, model = load_model(model_dir, native_gelu)
     return model_dir, ref, spec, model
 
 
