@@ -32,7 +32,7 @@ def profile_graphs(model_dir: Path, task_prompts: list[str], budgets: list[int],
     import torch
     from transformers import AutoProcessor, Qwen2AudioForConditionalGeneration
 
-    from pipeline.model import cpu_gelu, runtime
+    from pipeline.model import cpu_kernels, runtime
     from pipeline.model.generate import Generator
     from pipeline.model.graph_shapes import declare_shape
     from pipeline.model.graphs import Qwen2Audio
@@ -48,8 +48,8 @@ def profile_graphs(model_dir: Path, task_prompts: list[str], budgets: list[int],
     style = resolve_style("auto", model_dir)
     plan = build_prompt_plan(processor, style, task_prompts, eos_token_ids(model_dir, processor.tokenizer, style))
     spec = ModelSpec.from_checkpoint(model_dir)
-    # The encoder's GELU as the run has it (the compiled kernel where it builds).
-    model = Qwen2Audio(spec, ms.float32, cpu_gelu.build(cpu_gelu.kernel_folder(None)))
+    # The graphs as the run has them (the compiled CPU kernels where they build).
+    model = Qwen2Audio(spec, ms.float32, cpu_kernels.build(cpu_kernels.kernel_folder(None)))
     load_weights(model, model_dir, spec.tie_embeddings)
     shape = declare_shape(plan, budgets, slots, spec.max_positions, spec.n_mels)
     generator = Generator(model, spec, plan, shape, budgets, ms.float32, Decoding())

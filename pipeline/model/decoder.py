@@ -171,12 +171,12 @@ class MLP(nn.Cell):
 
 
 class DecoderLayer(nn.Cell):
-    def __init__(self, spec, dtype):
+    def __init__(self, spec, dtype, kernels=None):
         super().__init__()
         self.self_attn = TextAttention(spec, dtype)
         self.mlp = MLP(spec, dtype)
-        self.input_layernorm = RMSNorm(spec.hidden, dtype, spec.rms_eps)
-        self.post_attention_layernorm = RMSNorm(spec.hidden, dtype, spec.rms_eps)
+        self.input_layernorm = RMSNorm(spec.hidden, dtype, spec.rms_eps, kernels)
+        self.post_attention_layernorm = RMSNorm(spec.hidden, dtype, spec.rms_eps, kernels)
 
     def prefill(self, x, cos, sin, mask, stage_rows, k_stage, v_stage):
         x = x + self.self_attn.prefill(self.input_layernorm(x), cos, sin, mask, stage_rows, k_stage, v_stage)
@@ -197,11 +197,11 @@ class DecoderLayer(nn.Cell):
 
 
 class TextModel(nn.Cell):
-    def __init__(self, spec, dtype):
+    def __init__(self, spec, dtype, kernels=None):
         super().__init__()
         self.embed_tokens = Embedding(spec.vocab, spec.hidden, dtype)
-        self.layers = nn.CellList([DecoderLayer(spec, dtype) for _ in range(spec.layers)])
-        self.norm = RMSNorm(spec.hidden, dtype, spec.rms_eps)
+        self.layers = nn.CellList([DecoderLayer(spec, dtype, kernels) for _ in range(spec.layers)])
+        self.norm = RMSNorm(spec.hidden, dtype, spec.rms_eps, kernels)
         cos, sin = rotary_tables(spec.head_dim, spec.rope_theta, spec.max_positions)
         self.cos_table = Tensor(cos, dtype)
         self.sin_table = Tensor(sin, dtype)
@@ -289,7 +289,8 @@ class TextModel(nn.Cell):
 
 
 class LanguageModel(nn.Cell):
-    def __init__(self, spec, dtype):
+    def __init__(self, spec, dtype, kernels=None):
+        """kernels: the compiled CPU kernels (model/cpu_kernels.py) for the norms; None: MindSpore's."""
         super().__init__()
-        self.model = TextModel(spec, dtype)
+        self.model = TextModel(spec, dtype, kernels)
         self.lm_head = Linear(spec.hidden, spec.vocab, False, dtype, True)

@@ -8,7 +8,7 @@ the padding the encoder computes is a few frames per clip.
 import mindspore as ms
 from mindspore import nn, ops
 
-from pipeline.model.cpu_gelu import ExactGelu, GeluKernel
+from pipeline.model.cpu_kernels import CpuKernels, ExactGelu
 from pipeline.model.layers import Conv1d, Embedding, LayerNorm, Linear, cast
 
 
@@ -39,14 +39,14 @@ class EncoderAttention(nn.Cell):
 
 
 class EncoderLayer(nn.Cell):
-    def __init__(self, dim: int, heads: int, ffn: int, dtype, gelu_kernel: GeluKernel | None = None):
+    def __init__(self, dim: int, heads: int, ffn: int, dtype, kernels: CpuKernels | None = None):
         super().__init__()
         self.self_attn = EncoderAttention(dim, heads, dtype)
         self.self_attn_layer_norm = LayerNorm(dim, dtype)
         self.fc1 = Linear(dim, ffn, True, dtype)
         self.fc2 = Linear(ffn, dim, True, dtype)
         self.final_layer_norm = LayerNorm(dim, dtype)
-        self.gelu = ExactGelu(gelu_kernel)
+        self.gelu = ExactGelu(kernels)
 
     def construct(self, x, mask):
         x = x + self.self_attn(self.self_attn_layer_norm(x), mask)
@@ -59,22 +59,22 @@ class AudioEncoder(nn.Cell):
 
     features [E, n_mels, F]; frame_keep [E, 1, F] zeroes the first convolution's output outside each
     clip; position_ids [E, F/2] restart at each clip; mask [E, F/2, F/2] is additive (a position
-    attends to its own clip's valid positions). gelu_kernel: the compiled exact GELU for the CPU
-    backend (model/cpu_gelu.py); None: MindSpore's.
+    attends to its own clip's valid positions). kernels: the compiled CPU kernels, for the exact
+    GELU (model/cpu_kernels.py); None: MindSpore's.
     """
 
-    def __init__(self, spec, dtype, gelu_kernel: GeluKernel | None = None):
+    def __init__(self, spec, dtype, kernels: CpuKernels | None = None):
         super().__init__()
         dim = spec.audio_dim
         self.conv1 = Conv1d(spec.n_mels, dim, kernel_size=3, stride=1, padding=1, dtype=dtype)
         self.conv2 = Conv1d(dim, dim, kernel_size=3, stride=2, padding=1, dtype=dtype)
         self.embed_positions = Embedding(spec.max_source_positions, dim, dtype)
         self.layers = nn.CellList(
-            [EncoderLayer(dim, spec.audio_heads, spec.audio_ffn, dtype, gelu_kernel) for _ in range(spec.audio_layers)]
+            [EncoderLayer(dim, spec.audio_heads, spec.audio_ffn, dtype, kernels) for _ in range(spec.audio_layers)]
         )
         self.layer_norm = LayerNorm(dim, dtype)
         self.heads = spec.audio_heads
-        self.gelu = ExactGelu(gelu_kernel)
+        self.gelu = ExactGelu(kernels)
 
     def construct(self, features, frame_keep, position_ids, mask):
         x = self.gelu(self.conv1(features)) * frame_keep

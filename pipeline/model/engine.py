@@ -76,16 +76,16 @@ class MindSporeModel:
 
         clock.lap("import_s")
 
-        gelu_kernel = None
+        kernels = None
         if plan.device == "cpu" and plan.dtype == "fp32":
-            from pipeline.model import cpu_gelu
+            from pipeline.model import cpu_kernels
 
-            gelu_kernel = cpu_gelu.build(cpu_gelu.kernel_folder(compile_cache_root))
-            clock.lap("gelu_kernel_s")
+            kernels = cpu_kernels.build(cpu_kernels.kernel_folder(compile_cache_root))
+            clock.lap("cpu_kernels_s")
         cache_dir = None
         if compile_cache_root:
             cache_dir = Path(compile_cache_root) / plan.compile_cache_key(
-                ms.__version__, gelu_kernel.tag if gelu_kernel else None)
+                ms.__version__, kernels.tag if kernels else None)
         cache_folder = runtime.configure(plan.device, cache_dir, cpu_threads)
 
         from pipeline.model.generate import Generator
@@ -98,7 +98,7 @@ class MindSporeModel:
         # This node's copy of the checkpoint the driver planned with (it may be elsewhere than the
         # driver's, or missing: CheckpointMissing names the node).
         folder = checkpoint_on_this_node(plan)
-        self.model = Qwen2Audio(plan.spec, self._dtype, gelu_kernel)
+        self.model = Qwen2Audio(plan.spec, self._dtype, kernels)
         load_weights(self.model, folder, plan.spec.tie_embeddings)
         self.decode = text_decoder(folder)
         self.generator = Generator(self.model, plan.spec, plan.prompts, plan.shape, list(plan.max_new_tokens),

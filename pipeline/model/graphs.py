@@ -37,7 +37,7 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from pipeline.model.decoder import LanguageModel
-from pipeline.model.cpu_gelu import GeluKernel
+from pipeline.model.cpu_kernels import CpuKernels
 from pipeline.model.decoding import GraphFeatures
 from pipeline.model.encoder import AudioEncoder, Projector
 from pipeline.model.layers import cast
@@ -45,14 +45,14 @@ from pipeline.model.token_choice import choose
 
 
 class Qwen2Audio(nn.Cell):
-    """Holds every weight, named as in the published checkpoints. gelu_kernel: the encoder's
-    compiled GELU on the CPU backend (model/cpu_gelu.py); None: MindSpore's."""
+    """Holds every weight, named as in the published checkpoints. kernels: the compiled CPU kernels
+    for the encoder's GELU and the decoder's norms (model/cpu_kernels.py); None: MindSpore's."""
 
-    def __init__(self, spec, dtype, gelu_kernel: GeluKernel | None = None):
+    def __init__(self, spec, dtype, kernels: CpuKernels | None = None):
         super().__init__()
-        self.audio_tower = AudioEncoder(spec, dtype, gelu_kernel)
+        self.audio_tower = AudioEncoder(spec, dtype, kernels)
         self.multi_modal_projector = Projector(spec, dtype)
-        self.language_model = LanguageModel(spec, dtype)
+        self.language_model = LanguageModel(spec, dtype, kernels)
 
 
 def _state(shape, dtype, name: str) -> Parameter:

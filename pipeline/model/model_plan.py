@@ -66,7 +66,7 @@ class ModelPlan:
         return {"revision": self.revision, "files": files}
 
     def compile_cache_key(self, mindspore_version: str, kernel: str | None = None) -> str:
-        """kernel: the compiled library the graphs call (model/cpu_gelu.py), if any: a cached graph
+        """kernel: the compiled library the graphs call (model/cpu_kernels.py), if any: a cached graph
         names it, and MindSpore's cache does not look inside graphs (runtime.configure)."""
         payload = [self.spec.fingerprint(), asdict(self.shape), self.dtype,
                    self.device, self.graph_features.key(), mindspore_version]

@@ -13,7 +13,7 @@ import mindspore as ms
 
 from pipeline import shapes
 from pipeline.intake.features import clip_features
-from pipeline.model import cpu_gelu
+from pipeline.model import cpu_kernels
 from pipeline.model.generate import Generator
 from pipeline.model.graph_shapes import declare_shape
 from pipeline.model.graphs import Qwen2Audio
@@ -33,13 +33,14 @@ BUDGETS = [10, 16, 12]
 SECONDS = [1.0, 2.73, 4.9, 7.31, 29.99, 12.4, 0.3, 30.0, 3.3]
 
 
-def load_model(model_dir, native_gelu: bool = True):
-    """The model as a CPU worker builds it: the encoder's GELU the compiled kernel (model/cpu_gelu.py),
-    or MindSpore's where native_gelu is False (what a node that cannot build it runs)."""
+def load_model(model_dir, compiled_kernels: bool = True):
+    """The model as a CPU worker builds it: GELU and RMSNorm the compiled kernels
+    (model/cpu_kernels.py), or MindSpore's where compiled_kernels is False (what a node that cannot
+    build them runs)."""
     spec = ModelSpec.from_checkpoint(model_dir)
-    kernel = cpu_gelu.build(cpu_gelu.kernel_folder(None)) if native_gelu else None
-    assert kernel is not None or not native_gelu, "the GELU kernel did not build (see the warning)"
-    model = Qwen2Audio(spec, ms.float32, kernel)
+    kernels = cpu_kernels.build(cpu_kernels.kernel_folder(None)) if compiled_kernels else None
+    assert kernels is not None or not compiled_kernels, "the CPU kernels did not build (see the warning)"
+    model = Qwen2Audio(spec, ms.float32, kernels)
     load_weights(model, model_dir, spec.tie_embeddings)
     return spec, model
 
@@ -62,14 +63,15 @@ def clip_inputs(extractor, seconds, prefix="clip"):
     return clips, inputs
 
 
-# Each GELU against the reference: the compiled kernel on one checkpoint, MindSpore's on the other.
+# Both ways against the reference: the compiled kernels on one checkpoint, MindSpore's operations
+# on the other.
 @pytest.fixture(scope="module", params=[("small-instruct", True), ("odd-base", False)],
-                ids=["small-instruct-native-gelu", "odd-base-mindspore-gelu"])
+                ids=["small-instruct-compiled-kernels", "odd-base-mindspore-ops"])
 def setup(request, checkpoint_dir, reference, mindspore_cpu):
-    name, native_gelu = request.param
+    name, compiled_kernels = request.param
     model_dir = checkpoint_dir(name)
     ref = reference(model_dir)
-    spec, model = load_model(model_dir, native_gelu)
+    spec, model = load_model(model_dir, compiled_kernels)
     return model_dir, ref, spec, model
 
 

@@ -1,0 +1,167 @@
+"""Compiled kernels for MindSpore's CPU backend, where the node can build them.
+
+Two operations are much slower on MindSpore's CPU backend than the arithmetic they do: the exact
+GELU (erf evaluated one value at a time: a fifth of an encoder row's time on the bench) and
+RMSNorm (five kernels where one pass would do: an eighth of a prefill call). cpu_kernels.cc
+computes both, as the reference does, as AOT custom ops (`ops.Custom`, func_type "aot"); this
+module compiles it with the node's C++ compiler (`$CXX`, else g++) into a shared library named by
+a hash of its source, compiler and flags, kept beside the compile cache so a node builds it once,
+and checks each kernel against float64 before any graph uses it. Where the library cannot be
+built or fails a check (no compiler, not x86-64 Linux, a glibc older than 2.35, fp16 graphs),
+the graphs use MindSpore's own operations and the worker's log says why: the same outputs within
+rounding, slower. On Ascend the graphs always use MindSpore's operations, which CANN fuses;
+nothing here carries over to an NPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from mindspore import nn, ops
+
+SOURCE = Path(__file__).with_name("cpu_kernels.cc")
+# -fopenmp-simd: the loops' `omp simd` and erff's vector variants, without OpenMP threads.
+# -z defs: a glibc without libmvec's erff fails here, not when MindSpore first calls a kernel.
+FLAGS = ("-O2", "-fopenmp-simd", "-shared", "-fPIC", "-Wl,-z,defs")
+LIBRARIES = ("-lmvec", "-lm")
+# Against float64: float32 rounding of erf, of a row's sum of squares and of the products.
+TOLERANCE = 1e-6
+NORM_TOLERANCE = 1e-5
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CpuKernels:
+    library: Path
+
+    @property
+    def tag(self) -> str:
+        """Identifies the library (its file name holds the hash): part of the compile cache's key,
+        because a cached graph names the library it calls."""
+        return self.library.stem
+
+    def op(self, entry: str):
+        """The library's function `entry` as a graph operation whose output has its first input's
+        shape and dtype."""
+        return ops.Custom(f"{self.library}:{entry}", out_shape=lambda x, *_: x, out_dtype=lambda x, *_: x,
+                          func_type="aot")
+
+
+def kernel_folder(compile_cache_root: str | Path | None) -> Path:
+    """Beside the compile cache, so a node's workers share one build; the user's temporary folder
+    when the cache is off."""
+    if compile_cache_root:
+        return Path(compile_cache_root) / "kernels"
+    return Path(tempfile.gettempdir()) / f"qwen2-audio-kernels-{os.getuid()}"
+
+
+@functools.cache
+def build(folder: Path, source: Path = SOURCE, compiler: str | None = None) -> CpuKernels | None:
+    """The checked kernels, built into folder unless an earlier build is there; None (with a
+    warning saying why) where this node cannot have them."""
+    compiler = compiler or os.environ.get("CXX") or "g++"
+    if platform.system() != "Linux" or platform.machine() != "x86_64":
+        return _without(f"built for x86-64 Linux only, this is {platform.system()} {platform.machine()}")
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return _without(f"no C++ compiler ({compiler}: {exc})")
+    digest = hashlib.sha256("\0".join([source.read_text(), version, *FLAGS, *LIBRARIES]).encode()).hexdigest()
+    library = folder / f"kernels-{digest[:16]}.so"
+    if ":" in str(library):  # MindSpore reads "path:function"
+        return _without(f"the kernel folder's path has a colon: {folder}")
+    if not library.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        # Workers of a node may build at once: each into its own file, then one atomic rename.
+        partial = folder / f".{library.name}.{os.getpid()}"
+        done = subprocess.run([compiler, *FLAGS, str(source), "-o", str(partial), *LIBRARIES],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            partial.unlink(missing_ok=True)
+            return _without(f"{compiler} failed: {done.stderr.strip()[-500:]}")
+        os.replace(partial, library)
+    problem = check(library)
+    if problem is not None:
+        return _without(problem)
+    return CpuKernels(library)
+
+
+def _without(reason: str) -> None:
+    log.warning("the graphs use MindSpore's GELU and RMSNorm, not the compiled kernels: %s", reason)
+    return None
+
+
+def _call(function, *arrays: np.ndarray) -> int:
+    """A kernel called as MindSpore calls it: every array's pointer, rank, shape and dtype."""
+    shapes = [(ctypes.c_int64 * max(a.ndim, 1))(*a.shape) for a in arrays]
+    return function(len(arrays), (ctypes.c_void_p * len(arrays))(*(a.ctypes.data for a in arrays)),
+                    (ctypes.c_int * len(arrays))(*(a.ndim for a in arrays)),
+                    (ctypes.POINTER(ctypes.c_int64) * len(arrays))(*shapes),
+                    (ctypes.c_char_p * len(arrays))(*(b"float32" for _ in arrays)), None, None)
+
+
+def check(library: Path) -> str | None:
+    """Run each kernel on values across its range, tails and zeros included, against float64.
+    -> what is wrong, or None."""
+    try:
+        loaded = ctypes.CDLL(str(library))
+        gelu, norm = loaded.ExactGelu, loaded.RmsNorm
+    except (OSError, AttributeError) as exc:
+        return f"{library} does not load: {exc}"
+
+    x = np.concatenate([np.linspace(-12, 12, 24001), [0.0, -0.0, 1e-30, -1e-30, 1e-8, 40.0, -40.0, 1e30, -1e30]])
+    x = x.astype(np.float32)
+    y = np.full_like(x, np.nan)
+    if (status := _call(gelu, x, y)) != 0:
+        return f"{library}: ExactGelu returned {status}"
+    expected = np.array([v * 0.5 * (1.0 + math.erf(v / math.sqrt(2.0))) for v in x.astype(np.float64)])
+    if problem := _compare("GELU", x, y, expected, TOLERANCE, library):
+        return problem
+
+    # Rows as a decoder has them (a width that is no multiple of a vector), a zero row, a tiny one.
+    rows = np.random.default_rng(0).standard_normal((6, 389)).astype(np.float32) * np.float32(8.0)
+    rows[1], rows[2] = 0.0, rows[2] * np.float32(1e-6)
+    weight = np.random.default_rng(1).uniform(-2, 2, 389).astype(np.float32)
+    eps = np.array([1e-6], np.float32)
+    out = np.full_like(rows, np.nan)
+    if (status := _call(norm, rows, weight, eps, out)) != 0:
+        return f"{library}: RmsNorm returned {status}"
+    wide = rows.astype(np.float64)
+    expected = weight * wide / np.sqrt((wide * wide).mean(-1, keepdims=True) + float(eps[0]))
+    return _compare("RMSNorm", rows, out, expected, NORM_TOLERANCE, library)
+
+
+def _compare(name: str, x, y, expected, tolerance: float, library: Path) -> str | None:
+    error = np.abs(y - expected) / np.maximum(1.0, np.abs(expected))
+    if np.all(error <= tolerance):
+        return None
+    worst = np.unravel_index(int(np.argmax(np.where(np.isnan(error), np.inf, error))), error.shape)
+    return f"{library} gives {name} {y[worst]} where float64 gives {expected[worst]} (input {x[worst]})"
+
+
+class ExactGelu(nn.Cell):
+    """GELU with the exact erf (the reference's): the compiled kernel where there is one, else
+    MindSpore's."""
+
+    def __init__(self, kernels: CpuKernels | None):
+        super().__init__()
+        self.native = kernels is not None
+        if kernels is not None:
+            self.kernel = kernels.op("ExactGelu")
+
+    def construct(self, x):
+        if self.native:
+            return self.kernel(x)
+        return ops.gelu(x, approximate="none")

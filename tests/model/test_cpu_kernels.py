@@ -1,0 +1,88 @@
+"""The compiled CPU kernels (model/cpu_kernels.py): built once per node, checked before use, equal to
+MindSpore's GELU and to the RMSNorm it runs otherwise within rounding in a graph, and MindSpore's
+operations wherever the kernels cannot be had. Greedy tokens against transformers both ways:
+tests/model/test_reference.py."""
+
+import logging
+import os
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import nn
+
+from pipeline.model import cpu_kernels
+from pipeline.model.layers import RMSNorm
+
+
+class _Gelu(nn.Cell):
+    def __init__(self, kernels):
+        super().__init__()
+        self.gelu = cpu_kernels.ExactGelu(kernels)
+
+    def construct(self, x):
+        return self.gelu(x)
+
+
+def test_builds_once_per_folder_and_matches_mindspore_in_a_graph(tmp_path, mindspore_cpu):
+    kernels = cpu_kernels.build(tmp_path)
+    assert kernels is not None and kernels.library.parent == tmp_path
+    built_at = kernels.library.stat().st_mtime_ns
+    cpu_kernels.build.cache_clear()  # another process on the node: it finds the library and checks it
+    again = cpu_kernels.build(tmp_path)
+    assert again == kernels and kernels.library.stat().st_mtime_ns == built_at
+    assert [p.name for p in tmp_path.iterdir()] == [kernels.library.name]  # no partial build left
+
+    rng = np.random.default_rng(0)
+    # GELU on the encoder's shapes (a first convolution's [1, 192, F], a layer's [1, T, ffn]).
+    for shape in ((1, 192, 3000), (1, 1500, 768)):
+        x = ms.Tensor((rng.standard_normal(shape) * 4).astype(np.float32))
+        compiled, mindspore = _Gelu(kernels)(x).asnumpy(), _Gelu(None)(x).asnumpy()
+        assert np.abs(compiled).max() > 1
+        np.testing.assert_allclose(compiled, mindspore, rtol=0, atol=2e-6)
+    # RMSNorm on a prefill row's and a decode step's shapes, the same weights both ways.
+    weight = ms.Tensor(rng.uniform(-2, 2, 384).astype(np.float32))
+    for shape in ((1, 832, 384), (32, 384)):
+        x = ms.Tensor((rng.standard_normal(shape) * 3).astype(np.float32))
+        outputs = []
+        for with_kernels in (kernels, None):
+            norm = RMSNorm(384, ms.float32, 1e-6, with_kernels)
+            norm.weight.set_data(weight)
+            outputs.append(norm(x).asnumpy())
+        assert outputs[0].shape == shape and np.abs(outputs[0]).max() > 1
+        np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+
+
+def test_a_node_without_a_compiler_gets_mindspores_operations(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
+        assert cpu_kernels.build(tmp_path, compiler=str(tmp_path / "no-such-compiler")) is None
+    assert "no C++ compiler" in caplog.text
+    assert not list(tmp_path.iterdir())
+
+
+def test_kernels_that_fail_their_check_are_not_used(tmp_path, caplog):
+    # Libraries that build and run, each with one kernel off by a hair: erf's argument, the mean.
+    for name, wrong in (("GELU", ("0.70710678118654752440f", "0.7072f")),
+                        ("RMSNorm", ("static_cast<float>(width) + eps", "static_cast<float>(width + 1) + eps"))):
+        assert wrong[0] in cpu_kernels.SOURCE.read_text()
+        source = tmp_path / f"wrong-{name}.cc"
+        source.write_text(cpu_kernels.SOURCE.read_text().replace(*wrong))
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
+            assert cpu_kernels.build(tmp_path / name, source=source) is None
+        assert f"gives {name} " in caplog.text
+
+
+def test_a_library_that_does_not_build_is_not_used(tmp_path, caplog):
+    broken = tmp_path / "broken.cc"
+    broken.write_text(cpu_kernels.SOURCE.read_text().replace("return 0;", "return 0"))
+    folder = tmp_path / "kernels"
+    with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
+        assert cpu_kernels.build(folder, source=broken) is None
+    assert "failed" in caplog.text
+    assert not list(folder.iterdir())  # the partial output removed
+
+
+def test_the_kernel_folder_is_beside_the_compile_cache_or_the_users_temporary_one(tmp_path):
+    assert cpu_kernels.kernel_folder(tmp_path) == tmp_path / "kernels"
+    assert cpu_kernels.kernel_folder(None).name == f"qwen2-audio-kernels-{os.getuid()}"
