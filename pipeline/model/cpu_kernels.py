@@ -5,7 +5,7 @@ GELU (erf evaluated one value at a time: a fifth of an encoder row's time on the
 RMSNorm (five kernels where one pass would do: an eighth of a prefill call). cpu_kernels.cc
 computes both, as the reference does, as AOT custom ops (`ops.Custom`, func_type "aot"); this
 module compiles it with the node's C++ compiler (`$CXX`, else g++) into a shared library named by
-a hash of its source, compiler and flags, kept beside the compile cache so a node builds it once,
+a hash of its source, compiler, C library and flags, kept beside the compile cache so a node builds it once,
 and checks each kernel against float64 before any graph uses it. Where the library cannot be
 built or fails a check (no compiler, not x86-64 Linux, a glibc older than 2.35, fp16 graphs),
 the graphs use MindSpore's own operations and the worker's log says why: the same outputs within
@@ -78,7 +78,9 @@ def build(folder: Path, source: Path = SOURCE, compiler: str | None = None) -> C
         version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError) as exc:
         return _without(f"no C++ compiler ({compiler}: {exc})")
-    digest = hashlib.sha256("\0".join([source.read_text(), version, *FLAGS, *LIBRARIES]).encode()).hexdigest()
+    # The C library too: a compile cache on a shared disk may serve nodes of other systems.
+    identity = [source.read_text(), version, " ".join(platform.libc_ver()), *FLAGS, *LIBRARIES]
+    digest = hashlib.sha256("\0".join(identity).encode()).hexdigest()
     library = folder / f"kernels-{digest[:16]}.so"
     if ":" in str(library):  # MindSpore reads "path:function"
         return _without(f"the kernel folder's path has a colon: {folder}")
