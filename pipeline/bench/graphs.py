@@ -49,7 +49,7 @@ def profile_graphs(model_dir: Path, task_prompts: list[str], budgets: list[int],
     plan = build_prompt_plan(processor, style, task_prompts, eos_token_ids(model_dir, processor.tokenizer, style))
     spec = ModelSpec.from_checkpoint(model_dir)
     # The graphs as the run has them (the compiled CPU kernels where they build).
-    model = Qwen2Audio(spec, ms.float32, cpu_kernels.build(cpu_kernels.kernel_folder(None)))
+    model = Qwen2Audio(spec, ms.float32, cpu_kernels.for_graphs("cpu", "fp32", None))
     load_weights(model, model_dir, spec.tie_embeddings)
     shape = declare_shape(plan, budgets, slots, spec.max_positions, spec.n_mels)
     generator = Generator(model, spec, plan, shape, budgets, ms.float32, Decoding())

@@ -59,6 +59,14 @@ class CpuKernels:
                           func_type="aot")
 
 
+def for_graphs(device: str, dtype: str, compile_cache_root: str | Path | None) -> CpuKernels | None:
+    """The kernels a model's graphs use: built and checked on a CPU node with fp32 graphs (the only
+    dtype they are built for), else None: MindSpore's operations."""
+    if device != "cpu" or dtype != "fp32":
+        return None
+    return build(kernel_folder(compile_cache_root))
+
+
 def kernel_folder(compile_cache_root: str | Path | None) -> Path:
     """Beside the compile cache, so a node's workers share one build; the user's temporary folder
     when the cache is off."""
@@ -107,7 +115,7 @@ def _without(reason: str) -> None:
 
 def _call(function, *arrays: np.ndarray) -> int:
     """A kernel called as MindSpore calls it: every array's pointer, rank, shape and dtype."""
-    shapes = [(ctypes.c_int64 * max(a.ndim, 1))(*a.shape) for a in arrays]
+    shapes = [(ctypes.c_int64 * a.ndim)(*a.shape) for a in arrays]
     return function(len(arrays), (ctypes.c_void_p * len(arrays))(*(a.ctypes.data for a in arrays)),
                     (ctypes.c_int * len(arrays))(*(a.ndim for a in arrays)),
                     (ctypes.POINTER(ctypes.c_int64) * len(arrays))(*shapes),

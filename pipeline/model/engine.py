@@ -76,12 +76,10 @@ class MindSporeModel:
 
         clock.lap("import_s")
 
-        kernels = None
-        if plan.device == "cpu" and plan.dtype == "fp32":
-            from pipeline.model import cpu_kernels
+        from pipeline.model import cpu_kernels
 
-            kernels = cpu_kernels.build(cpu_kernels.kernel_folder(compile_cache_root))
-            clock.lap("cpu_kernels_s")
+        kernels = cpu_kernels.for_graphs(plan.device, plan.dtype, compile_cache_root)
+        clock.lap("cpu_kernels_s")
         cache_dir = None
         if compile_cache_root:
             cache_dir = Path(compile_cache_root) / plan.compile_cache_key(

@@ -84,9 +84,10 @@ class RMSNorm(nn.Cell):
         if kernels is not None:
             self.kernel = kernels.op("RmsNorm")
             self.eps_input = ms.Tensor(np.array([eps], np.float32))
-        # The mean of squares as a product with a column of 1/dim: the CPU backend's ReduceMean
-        # over the last axis took ~0.7 ms for one prefill row's [832, 384], the product a fraction.
-        self.averager = ms.Tensor(np.full((dim, 1), 1.0 / dim, np.float32))
+        else:
+            # The mean of squares as a product with a column of 1/dim: the CPU backend's ReduceMean
+            # over the last axis took ~0.7 ms for one prefill row's [832, 384], the product a fraction.
+            self.averager = ms.Tensor(np.full((dim, 1), 1.0 / dim, np.float32))
 
     def construct(self, x):
         if self.native:

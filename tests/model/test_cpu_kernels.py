@@ -86,3 +86,12 @@ def test_a_library_that_does_not_build_is_not_used(tmp_path, caplog):
 def test_the_kernel_folder_is_beside_the_compile_cache_or_the_users_temporary_one(tmp_path):
     assert cpu_kernels.kernel_folder(tmp_path) == tmp_path / "kernels"
     assert cpu_kernels.kernel_folder(None).name == f"qwen2-audio-kernels-{os.getuid()}"
+
+
+def test_only_fp32_graphs_on_cpu_get_the_kernels(tmp_path):
+    # NPU graphs and fp16 ones keep MindSpore's operations, and nothing is built for them.
+    assert cpu_kernels.for_graphs("ascend", "bf16", tmp_path) is None
+    assert cpu_kernels.for_graphs("cpu", "fp16", tmp_path) is None
+    assert not list(tmp_path.iterdir())
+    kernels = cpu_kernels.for_graphs("cpu", "fp32", tmp_path)
+    assert kernels is not None and kernels.library.parent == tmp_path / "kernels"

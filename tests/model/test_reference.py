@@ -38,7 +38,7 @@ def load_model(model_dir, compiled_kernels: bool = True):
     (model/cpu_kernels.py), or MindSpore's where compiled_kernels is False (what a node that cannot
     build them runs)."""
     spec = ModelSpec.from_checkpoint(model_dir)
-    kernels = cpu_kernels.build(cpu_kernels.kernel_folder(None)) if compiled_kernels else None
+    kernels = cpu_kernels.for_graphs("cpu", "fp32", None) if compiled_kernels else None
     assert kernels is not None or not compiled_kernels, "the CPU kernels did not build (see the warning)"
     model = Qwen2Audio(spec, ms.float32, kernels)
     load_weights(model, model_dir, spec.tie_embeddings)
