@@ -1,9 +1,10 @@
 """Compiled kernels for MindSpore's CPU backend, where the node can build them.
 
-Two operations are much slower on MindSpore's CPU backend than the arithmetic they do: the exact
-GELU (erf evaluated one value at a time: a fifth of an encoder row's time on the bench) and
-RMSNorm (five kernels where one pass would do: an eighth of a prefill call). cpu_kernels.cc
-computes both, as the reference does, as AOT custom ops (`ops.Custom`, func_type "aot"); this
+Three operations are much slower on MindSpore's CPU backend than the arithmetic they need: the
+exact GELU (erf evaluated one value at a time: a fifth of an encoder row's time on the bench),
+RMSNorm (five kernels where one pass would do: an eighth of a prefill call) and a decode step's
+attention (every slot's whole span read, where a real mix's slots have filled a third of theirs).
+cpu_kernels.cc computes them, as the reference does, as AOT custom ops (`ops.Custom`, func_type "aot"); this
 module compiles it with the node's C++ compiler (`$CXX`, else g++) into a shared library named by
 a hash of its source, compiler, C library and flags, kept beside the compile cache so a node builds it once,
 and checks each kernel against float64 before any graph uses it. Where the library cannot be
@@ -16,6 +17,7 @@ nothing here carries over to an NPU.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import logging
@@ -45,12 +47,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CpuKernels:
     library: Path
+    threads: int = 1  # for the step's attention: the worker's CPU threads, as MindSpore's kernels get
 
     @property
     def tag(self) -> str:
-        """Identifies the library (its file name holds the hash): part of the compile cache's key,
-        because a cached graph names the library it calls."""
-        return self.library.stem
+        """Identifies the library (its file name holds the hash) and the threads the graphs give
+        it: part of the compile cache's key, because a cached graph holds both."""
+        return f"{self.library.stem}-threads{self.threads}"
 
     def op(self, entry: str):
         """The library's function `entry` as a graph operation whose output has its first input's
@@ -59,12 +62,15 @@ class CpuKernels:
                           func_type="aot")
 
 
-def for_graphs(device: str, dtype: str, compile_cache_root: str | Path | None) -> CpuKernels | None:
+def for_graphs(device: str, dtype: str, compile_cache_root: str | Path | None,
+               threads: int = 0) -> CpuKernels | None:
     """The kernels a model's graphs use: built and checked on a CPU node with fp32 graphs (the only
-    dtype they are built for), else None: MindSpore's operations."""
+    dtype they are built for), else None: MindSpore's operations. threads: the worker's CPU threads
+    (0: every core)."""
     if device != "cpu" or dtype != "fp32":
         return None
-    return build(kernel_folder(compile_cache_root))
+    kernels = build(kernel_folder(compile_cache_root))
+    return kernels and dataclasses.replace(kernels, threads=threads if threads > 0 else (os.cpu_count() or 1))
 
 
 def kernel_folder(compile_cache_root: str | Path | None) -> Path:
@@ -109,7 +115,8 @@ def build(folder: Path, source: Path = SOURCE, compiler: str | None = None) -> C
 
 
 def _without(reason: str) -> None:
-    log.warning("the graphs use MindSpore's GELU and RMSNorm, not the compiled kernels: %s", reason)
+    log.warning("the graphs use MindSpore's GELU, RMSNorm and step attention, not the compiled kernels: %s",
+                reason)
     return None
 
 
@@ -119,7 +126,7 @@ def _call(function, *arrays: np.ndarray) -> int:
     return function(len(arrays), (ctypes.c_void_p * len(arrays))(*(a.ctypes.data for a in arrays)),
                     (ctypes.c_int * len(arrays))(*(a.ndim for a in arrays)),
                     (ctypes.POINTER(ctypes.c_int64) * len(arrays))(*shapes),
-                    (ctypes.c_char_p * len(arrays))(*(b"float32" for _ in arrays)), None, None)
+                    (ctypes.c_char_p * len(arrays))(*(str(a.dtype).encode() for a in arrays)), None, None)
 
 
 def check(library: Path) -> str | None:
@@ -127,7 +134,7 @@ def check(library: Path) -> str | None:
     -> what is wrong, or None."""
     try:
         loaded = ctypes.CDLL(str(library))
-        gelu, norm = loaded.ExactGelu, loaded.RmsNorm
+        gelu, norm, attention = loaded.ExactGelu, loaded.RmsNorm, loaded.StepAttention
     except (OSError, AttributeError) as exc:
         return f"{library} does not load: {exc}"
 
@@ -150,7 +157,37 @@ def check(library: Path) -> str | None:
         return f"{library}: RmsNorm returned {status}"
     wide = rows.astype(np.float64)
     expected = weight * wide / np.sqrt((wide * wide).mean(-1, keepdims=True) + float(eps[0]))
-    return _compare("RMSNorm", rows, out, expected, NORM_TOLERANCE, library)
+    if problem := _compare("RMSNorm", rows, out, expected, NORM_TOLERANCE, library):
+        return problem
+
+    # Head widths of the vector form (64) and of the plain one (12), on two threads.
+    for width in (64, 12):
+        problem = _check_step_attention(attention, width, library)
+        if problem:
+            return problem
+    return None
+
+
+def _check_step_attention(attention, width: int, library: Path) -> str | None:
+    """Slots at the first position, in the middle, at the last a row has, and idle (the scratch
+    position: zeros); two query heads per key/value head."""
+    rng = np.random.default_rng(width)
+    slots, kv, groups, span = 4, 2, 2, 37
+    q = rng.standard_normal((slots, kv, groups, width)).astype(np.float32) * np.float32(2.0)
+    keys = rng.standard_normal((slots, kv, span, width)).astype(np.float32)
+    values = rng.standard_normal((slots, kv, span, width)).astype(np.float32)
+    positions = np.array([0, 17, span - 2, span - 1], np.int32)
+    scale = np.array([width**-0.5], np.float32)
+    out = np.full_like(q, np.nan)
+    if (status := _call(attention, q, keys, values, positions, scale, np.array([2], np.int32), out)) != 0:
+        return f"{library}: StepAttention returned {status}"
+    expected = np.zeros(q.shape)
+    for slot, position in enumerate(positions[:-1]):
+        seen = slice(0, position + 1)
+        scores = np.einsum("hgd,htd->hgt", q[slot].astype(np.float64), keys[slot, :, seen]) * float(scale[0])
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        expected[slot] = np.einsum("hgt,htd->hgd", probs / probs.sum(-1, keepdims=True), values[slot, :, seen])
+    return _compare(f"step attention (heads of {width})", q, out, expected, NORM_TOLERANCE, library)
 
 
 def _compare(name: str, x, y, expected, tolerance: float, library: Path) -> str | None:

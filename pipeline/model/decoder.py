@@ -59,7 +59,9 @@ def additive_mask(visible):
 
 
 class TextAttention(nn.Cell):
-    def __init__(self, spec, dtype):
+    def __init__(self, spec, dtype, kernels=None):
+        """kernels: the compiled CPU kernels (model/cpu_kernels.py) for a step's attention, which
+        read each slot's filled positions only; None: MindSpore's, over the whole span, masked."""
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = spec.heads, spec.kv_heads, spec.head_dim
         self.groups = spec.heads // spec.kv_heads
@@ -69,6 +71,11 @@ class TextAttention(nn.Cell):
         self.v_proj = Linear(spec.hidden, spec.kv_heads * spec.head_dim, True, dtype, True)
         self.o_proj = Linear(spec.heads * spec.head_dim, spec.hidden, False, dtype, True)
         self.rotation = Tensor(rotation_matrix(spec.head_dim), dtype)
+        self.native_step = kernels is not None
+        if kernels is not None:
+            self.step_kernel = kernels.op("StepAttention")
+            self.scale_input = Tensor(np.array([self.scaling], np.float32))
+            self.threads_input = Tensor(np.array([kernels.threads], np.int32))
 
     def prefill(self, x, cos, sin, mask, stage_rows, k_stage, v_stage):
         """x [r, l, hidden]; cos/sin [r, l, 1, d]; mask [r, kv, g, l, l] additive; every token's key
@@ -95,22 +102,23 @@ class TextAttention(nn.Cell):
         out = ops.matmul(probs, v).reshape(r, self.heads, l, d).transpose(0, 2, 1, 3)
         return ops.depend(self.o_proj(out.reshape(r, l, self.heads * d)), written)
 
-    def step(self, x, cos, sin, write_at, mask, k_cache, v_cache):
+    def step(self, x, cos, sin, write_at, visible, k_cache, v_cache):
         """x [n, hidden] one token per slot; its key and value go to cache index write_at [n, kv, 3]
-        (slot, head, position; an idle slot writes to its scratch position); mask [n, kv, g, span]
-        additive."""
+        (slot, head, position; an idle slot writes to its scratch position); visible: what each
+        slot sees (TextModel._step_cache_index)."""
         n, _ = x.shape
         q, k, v = self._step_qkv(x, cos, sin)
         written = ops.scatter_nd_add(k_cache, write_at, k)
         written = ops.depend(written, ops.scatter_nd_add(v_cache, write_at, v))
-        out = self._attend_step(q, ops.depend(k_cache, written), ops.depend(v_cache, written), mask, x.dtype)
+        out = self._attend_step(q, ops.depend(k_cache, written), ops.depend(v_cache, written), visible, x.dtype)
         return self.o_proj(out.reshape(n, self.heads * self.head_dim))
 
-    def step_split(self, x, cos, sin, write_at, mask, k_cache, v_cache, short_at, short_mask, k_short, v_short):
+    def step_split(self, x, cos, sin, write_at, visible, k_cache, v_cache, short_at, short_visible, k_short,
+                   v_short):
         """step() over long slots then short ones: the first rows of x are the long slots (write_at,
-        mask and caches as in step()), the rest the short slots, whose keys and values go to
-        short_at [s, kv, 3] of the short caches, read with short_mask [s, kv, g, short span]. Only
-        the attention is per slot class; the projections run once over every row."""
+        visible and caches as in step()), the rest the short slots, whose keys and values go to
+        short_at [s, kv, 3] of the short caches, which they see as short_visible says. Only the
+        attention is per slot class; the projections run once over every row."""
         n, _ = x.shape
         long_n = write_at.shape[0]
         q, k, v = self._step_qkv(x, cos, sin)
@@ -119,8 +127,9 @@ class TextAttention(nn.Cell):
         written = ops.depend(written, ops.scatter_nd_add(k_short, short_at, k[long_n:]))
         written = ops.depend(written, ops.scatter_nd_add(v_short, short_at, v[long_n:]))
         out = ops.concat((
-            self._attend_step(q[:long_n], ops.depend(k_cache, written), ops.depend(v_cache, written), mask, x.dtype),
-            self._attend_step(q[long_n:], ops.depend(k_short, written), ops.depend(v_short, written), short_mask,
+            self._attend_step(q[:long_n], ops.depend(k_cache, written), ops.depend(v_cache, written), visible,
+                              x.dtype),
+            self._attend_step(q[long_n:], ops.depend(k_short, written), ops.depend(v_short, written), short_visible,
                               x.dtype)), 0)
         return self.o_proj(out.reshape(n, self.heads * self.head_dim))
 
@@ -132,8 +141,13 @@ class TextAttention(nn.Cell):
         k = _rotate(self.k_proj(x).reshape(n, kv, 1, d), cos, sin, self.rotation)
         return q, k.reshape(n, kv, d), self.v_proj(x).reshape(n, kv, d)
 
-    def _attend_step(self, q, keys, values, mask, dtype):
-        scores = cast(ops.BatchMatMul(transpose_b=True)(q, keys) * self.scaling, ms.float32) + mask
+    def _attend_step(self, q, keys, values, visible, dtype):
+        """q [n, kv, g, d] against caches [n, kv, span, d] -> [n, kv, g, d]. visible: each slot's
+        position [n] for the compiled kernel, which reads positions up to it; for MindSpore's
+        operations the additive mask [n, kv, g, span] over the whole span."""
+        if self.native_step:
+            return self.step_kernel(q, keys, values, visible, self.scale_input, self.threads_input)
+        scores = cast(ops.BatchMatMul(transpose_b=True)(q, keys) * self.scaling, ms.float32) + visible
         return ops.matmul(cast(ops.softmax(scores, -1), dtype), values)
 
     def extend(self, x, cos, sin, write_at, slots, mask, k_cache, v_cache):
@@ -173,7 +187,7 @@ class MLP(nn.Cell):
 class DecoderLayer(nn.Cell):
     def __init__(self, spec, dtype, kernels=None):
         super().__init__()
-        self.self_attn = TextAttention(spec, dtype)
+        self.self_attn = TextAttention(spec, dtype, kernels)
         self.mlp = MLP(spec, dtype)
         self.input_layernorm = RMSNorm(spec.hidden, dtype, spec.rms_eps, kernels)
         self.post_attention_layernorm = RMSNorm(spec.hidden, dtype, spec.rms_eps, kernels)
@@ -182,13 +196,14 @@ class DecoderLayer(nn.Cell):
         x = x + self.self_attn.prefill(self.input_layernorm(x), cos, sin, mask, stage_rows, k_stage, v_stage)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def step(self, x, cos, sin, write_at, mask, k_cache, v_cache):
-        x = x + self.self_attn.step(self.input_layernorm(x), cos, sin, write_at, mask, k_cache, v_cache)
+    def step(self, x, cos, sin, write_at, visible, k_cache, v_cache):
+        x = x + self.self_attn.step(self.input_layernorm(x), cos, sin, write_at, visible, k_cache, v_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def step_split(self, x, cos, sin, write_at, mask, k_cache, v_cache, short_at, short_mask, k_short, v_short):
-        x = x + self.self_attn.step_split(self.input_layernorm(x), cos, sin, write_at, mask, k_cache, v_cache,
-                                          short_at, short_mask, k_short, v_short)
+    def step_split(self, x, cos, sin, write_at, visible, k_cache, v_cache, short_at, short_visible, k_short,
+                   v_short):
+        x = x + self.self_attn.step_split(self.input_layernorm(x), cos, sin, write_at, visible, k_cache, v_cache,
+                                          short_at, short_visible, k_short, v_short)
         return x + self.mlp(self.post_attention_layernorm(x))
 
     def extend(self, x, cos, sin, write_at, slots, mask, k_cache, v_cache):
@@ -207,6 +222,7 @@ class TextModel(nn.Cell):
         self.sin_table = Tensor(sin, dtype)
         self.kv_heads, self.head_dim = spec.kv_heads, spec.head_dim
         self.groups = spec.heads // spec.kv_heads
+        self.native_step = kernels is not None
 
     def prefill(self, embeds, positions, mask, stage_rows, k_stages, v_stages):
         """embeds [r, l, hidden] at positions [r, l], mask [r, l, l] additive (packing.PrefillRow),
@@ -230,10 +246,10 @@ class TextModel(nn.Cell):
         idle slot gives its scratch position, the last, which no row ever sees)."""
         n = positions.shape[0]
         cos, sin = self._step_rotary(positions)
-        write_at, mask = self._step_cache_index(positions, k_caches[0].shape[2])
+        write_at, visible = self._step_cache_index(positions, k_caches[0].shape[2])
         x = embeds
         for i in range(len(self.layers)):
-            x = self.layers[i].step(x, cos, sin, write_at, mask, k_caches[i], v_caches[i])
+            x = self.layers[i].step(x, cos, sin, write_at, visible, k_caches[i], v_caches[i])
         return self.norm(x)
 
     def step_split(self, embeds, positions, k_caches, v_caches, k_shorts, v_shorts):
@@ -242,12 +258,12 @@ class TextModel(nn.Cell):
         position its own cache's last."""
         long_n = k_caches[0].shape[0]
         cos, sin = self._step_rotary(positions)
-        write_at, mask = self._step_cache_index(positions[:long_n], k_caches[0].shape[2])
-        short_at, short_mask = self._step_cache_index(positions[long_n:], k_shorts[0].shape[2])
+        write_at, visible = self._step_cache_index(positions[:long_n], k_caches[0].shape[2])
+        short_at, short_visible = self._step_cache_index(positions[long_n:], k_shorts[0].shape[2])
         x = embeds
         for i in range(len(self.layers)):
-            x = self.layers[i].step_split(x, cos, sin, write_at, mask, k_caches[i], v_caches[i],
-                                          short_at, short_mask, k_shorts[i], v_shorts[i])
+            x = self.layers[i].step_split(x, cos, sin, write_at, visible, k_caches[i], v_caches[i],
+                                          short_at, short_visible, k_shorts[i], v_shorts[i])
         return self.norm(x)
 
     def _step_rotary(self, positions):
@@ -258,14 +274,18 @@ class TextModel(nn.Cell):
 
     def _step_cache_index(self, positions, span):
         """Slot j's new key and value at (j, head, positions[j]) of a cache of span positions, and
-        the additive mask [n, kv, g, span] that shows it positions up to its own."""
+        what shows it positions up to its own: the positions themselves for the compiled kernel,
+        else the additive mask [n, kv, g, span]."""
         n = positions.shape[0]
         slots = ops.broadcast_to(ops.arange(0, n, 1, dtype=ms.int32).reshape(n, 1, 1), (n, self.kv_heads, 1))
         heads = ops.broadcast_to(ops.arange(0, self.kv_heads, 1, dtype=ms.int32).reshape(1, -1, 1), (n, self.kv_heads, 1))
         at = ops.broadcast_to(positions.reshape(n, 1, 1), (n, self.kv_heads, 1))
+        write_at = ops.concat((slots, heads, at), -1)
+        if self.native_step:
+            return write_at, positions
         visible = ops.arange(0, span, 1, dtype=ms.int32).reshape(1, span) <= positions.reshape(n, 1)
-        mask = ops.broadcast_to(additive_mask(visible).reshape(n, 1, 1, span), (n, self.kv_heads, self.groups, span))
-        return ops.concat((slots, heads, at), -1), mask
+        return write_at, ops.broadcast_to(additive_mask(visible).reshape(n, 1, 1, span),
+                                          (n, self.kv_heads, self.groups, span))
 
     def extend(self, embeds, positions, write_positions, slots, k_caches, v_caches):
         """embeds [e, c, hidden]: new tokens of the slots [e] at positions [e, c], written at

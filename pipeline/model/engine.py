@@ -78,7 +78,7 @@ class MindSporeModel:
 
         from pipeline.model import cpu_kernels
 
-        kernels = cpu_kernels.for_graphs(plan.device, plan.dtype, compile_cache_root)
+        kernels = cpu_kernels.for_graphs(plan.device, plan.dtype, compile_cache_root, cpu_threads)
         clock.lap("cpu_kernels_s")
         cache_dir = None
         if compile_cache_root:

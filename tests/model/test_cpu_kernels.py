@@ -1,18 +1,21 @@
 """The compiled CPU kernels (model/cpu_kernels.py): built once per node, checked before use, equal to
-MindSpore's GELU and to the RMSNorm it runs otherwise within rounding in a graph, and MindSpore's
-operations wherever the kernels cannot be had. Greedy tokens against transformers both ways:
+MindSpore's GELU and to the RMSNorm and step attention it runs otherwise within rounding in a graph,
+and MindSpore's operations wherever the kernels cannot be had. Greedy tokens against transformers both ways:
 tests/model/test_reference.py."""
 
 import logging
 import os
+from types import SimpleNamespace
 
 import numpy as np
 
 import mindspore as ms
-from mindspore import nn
+from mindspore import Parameter, nn
 
 from pipeline.model import cpu_kernels
+from pipeline.model.decoder import TextAttention
 from pipeline.model.layers import RMSNorm
+from pipeline.model.packing import MASKED
 
 
 class _Gelu(nn.Cell):
@@ -53,6 +56,39 @@ def test_builds_once_per_folder_and_matches_mindspore_in_a_graph(tmp_path, minds
         np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
 
 
+class _StepAttention(nn.Cell):
+    """A decode step's attention over caches held as Parameters, as the step graph reads them."""
+
+    def __init__(self, spec, kernels, keys, values):
+        super().__init__()
+        self.attention = TextAttention(spec, ms.float32, kernels)
+        self.keys = Parameter(ms.Tensor(keys), requires_grad=False)
+        self.values = Parameter(ms.Tensor(values), requires_grad=False)
+
+    def construct(self, q, visible):
+        return self.attention._attend_step(q, self.keys, self.values, visible, ms.float32)
+
+
+def test_step_attention_matches_mindspores_masked_one_in_a_graph(tmp_path, mindspore_cpu):
+    rng = np.random.default_rng(1)
+    # Heads of the vector form (64) and of the plain one (12), grouped queries, an idle slot.
+    for head_dim in (64, 12):
+        slots, kv, groups, span = 6, 2, 3, 41
+        spec = SimpleNamespace(heads=kv * groups, kv_heads=kv, head_dim=head_dim, hidden=kv * groups * head_dim)
+        keys = rng.standard_normal((slots, kv, span, head_dim)).astype(np.float32)
+        values = rng.standard_normal((slots, kv, span, head_dim)).astype(np.float32)
+        q = ms.Tensor(rng.standard_normal((slots, kv, groups, head_dim)).astype(np.float32) * 3)
+        positions = np.array([0, 1, 20, span - 2, 7, span - 1], np.int32)  # the last: the scratch one
+        mask = np.where(np.arange(span)[None, :] <= positions[:, None], 0.0, MASKED).astype(np.float32)
+        mask = np.broadcast_to(mask[:, None, None, :], (slots, kv, groups, span)).copy()
+        kernels = cpu_kernels.CpuKernels(cpu_kernels.build(tmp_path).library, threads=2)
+        compiled = _StepAttention(spec, kernels, keys, values)(q, ms.Tensor(positions)).asnumpy()
+        mindspore = _StepAttention(spec, None, keys, values)(q, ms.Tensor(mask)).asnumpy()
+        assert np.abs(compiled[:-1]).max() > 0.1
+        np.testing.assert_allclose(compiled[:-1], mindspore[:-1], rtol=1e-5, atol=2e-6)
+        assert not compiled[-1].any()  # idle: nothing read, nothing any row uses
+
+
 def test_a_node_without_a_compiler_gets_mindspores_operations(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
         assert cpu_kernels.build(tmp_path, compiler=str(tmp_path / "no-such-compiler")) is None
@@ -61,9 +97,12 @@ def test_a_node_without_a_compiler_gets_mindspores_operations(tmp_path, caplog):
 
 
 def test_kernels_that_fail_their_check_are_not_used(tmp_path, caplog):
-    # Libraries that build and run, each with one kernel off by a hair: erf's argument, the mean.
+    # Libraries that build and run, each with one kernel off by a hair: erf's argument, the mean,
+    # the positions a slot sees (one short).
     for name, wrong in (("GELU", ("0.70710678118654752440f", "0.7072f")),
-                        ("RMSNorm", ("static_cast<float>(width) + eps", "static_cast<float>(width + 1) + eps"))):
+                        ("RMSNorm", ("static_cast<float>(width) + eps", "static_cast<float>(width + 1) + eps")),
+                        ("step attention", ("const int64_t length = position + 1;",
+                                            "const int64_t length = position > 0 ? position : 1;"))):
         assert wrong[0] in cpu_kernels.SOURCE.read_text()
         source = tmp_path / f"wrong-{name}.cc"
         source.write_text(cpu_kernels.SOURCE.read_text().replace(*wrong))
@@ -95,3 +134,7 @@ def test_only_fp32_graphs_on_cpu_get_the_kernels(tmp_path):
     assert not list(tmp_path.iterdir())
     kernels = cpu_kernels.for_graphs("cpu", "fp32", tmp_path)
     assert kernels is not None and kernels.library.parent == tmp_path / "kernels"
+    assert kernels.threads == os.cpu_count()
+    # The worker's threads are the step attention's, and part of the compile cache's key.
+    three = cpu_kernels.for_graphs("cpu", "fp32", tmp_path, 3)
+    assert three.threads == 3 and three.library == kernels.library and three.tag != kernels.tag
