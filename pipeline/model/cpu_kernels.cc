@@ -10,6 +10,7 @@
 // - StepAttention: a decode step's attention, each slot over the positions it has filled, where
 //   MindSpore's graph reads every slot's whole span through four kernels (product, mask add,
 //   softmax, product): the slots of a real mix fill a third of theirs (measured on the bench).
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <condition_variable>
@@ -129,11 +130,13 @@ void attend_vectors(const float *q, const float *k, const float *v, int64_t leng
   constexpr int64_t d = CHUNKS * 16;
   for (int64_t j = 0; j < groups; ++j) {
     v16 query[CHUNKS];
+    #pragma GCC unroll 16
     for (int c = 0; c < CHUNKS; ++c) query[c] = *reinterpret_cast<const v16 *>(q + j * d + c * 16);
     float *s = scores + j * length;
     for (int64_t t = 0; t < length; ++t) {
       const float *key = k + t * d;
       v16 acc = query[0] * *reinterpret_cast<const v16 *>(key);
+      #pragma GCC unroll 16
       for (int c = 1; c < CHUNKS; ++c) acc += query[c] * *reinterpret_cast<const v16 *>(key + c * 16);
       s[t] = sum_lanes(acc) * scale;
     }
@@ -141,8 +144,10 @@ void attend_vectors(const float *q, const float *k, const float *v, int64_t leng
     v16 acc[CHUNKS] = {};
     for (int64_t t = 0; t < length; ++t) {
       const float *value = v + t * d;
+      #pragma GCC unroll 16
       for (int c = 0; c < CHUNKS; ++c) acc[c] += s[t] * *reinterpret_cast<const v16 *>(value + c * 16);
     }
+    #pragma GCC unroll 16
     for (int c = 0; c < CHUNKS; ++c) *reinterpret_cast<v16 *>(out + j * d + c * 16) = acc[c];
   }
 }
@@ -239,6 +244,155 @@ void step_attention(const float *q, const float *keys, const float *values, cons
   helpers().run(work, threads);
 }
 
+
+// Attention of packed rows (the encoder's clips, prefill's prompts) over the keys each query may
+// see, where MindSpore's graph computes every score of the row and masks most of them away (a
+// real mix uses about 40% of them). Blocks of QUERIES consecutive queries: their scores over the
+// span of keys any of them sees, as register tiles against keys transposed (the form of a
+// matrix product, not a dot product per pair), hidden keys then dropped exactly as the additive
+// mask drops them; probabilities times values as tiles too.
+constexpr int QUERIES = 8;
+
+// Whether any of m[0 .. 16) is 0 (visible).
+__attribute__((always_inline)) inline bool any_visible(const float *m) {
+  int found = 0;
+#pragma omp simd reduction(| : found)
+  for (int j = 0; j < 16; ++j) found |= m[j] == 0.0f;
+  return found != 0;
+}
+
+// keys [length, d] -> transposed [d, stride] (stride >= length, a multiple of 16, zero-padded).
+void transpose_keys(const float *k, int64_t length, int64_t d, int64_t stride, float *out) {
+  for (int64_t i = 0; i < d; ++i) {
+    float *row = out + i * stride;
+    for (int64_t t = 0; t < length; ++t) row[t] = k[t * d + i];
+    for (int64_t t = length; t < stride; ++t) row[t] = 0.0f;
+  }
+}
+
+// One block of n <= QUERIES queries q [n rows of d, q_stride apart] against the keys kt
+// (transposed, [d, stride]) and values v [length, d] in [lo, hi); masks: each query's mask row
+// (0 where visible). -> out rows (out_stride apart). scores: QUERIES * stride floats.
+template <int CHUNKS>
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void attend_block(const float *q, int64_t q_stride, int n, const float *kt, int64_t stride, const float *v,
+                  const float *const *masks, int64_t lo, int64_t hi, float *scores, float *out,
+                  int64_t out_stride) {
+  constexpr int64_t d = CHUNKS * 16;
+  const int64_t first = lo & ~int64_t{15};
+  float block[d * QUERIES];  // the queries transposed: [d][QUERIES], missing ones zero
+  for (int64_t i = 0; i < d; ++i) {
+    #pragma GCC unroll 16
+    for (int r = 0; r < QUERIES; ++r) block[i * QUERIES + r] = r < n ? q[r * q_stride + i] : 0.0f;
+  }
+  for (int64_t c = first; c < hi; c += 16) {
+    v16 acc[QUERIES] = {};
+    for (int64_t i = 0; i < d; ++i) {
+      const v16 key = *reinterpret_cast<const v16 *>(kt + i * stride + c);
+      #pragma GCC unroll 16
+      for (int r = 0; r < QUERIES; ++r) acc[r] += block[i * QUERIES + r] * key;
+    }
+    #pragma GCC unroll 16
+    for (int r = 0; r < QUERIES; ++r) *reinterpret_cast<v16 *>(scores + r * stride + c) = acc[r];
+  }
+  #pragma GCC unroll 16
+  for (int r = 0; r < n; ++r) {
+    float *s = scores + r * stride;
+    const float *mask = masks[r];
+#pragma omp simd
+    for (int64_t t = lo; t < hi; ++t) s[t] = mask[t] == 0.0f ? s[t] : -INFINITY;
+    float top = -INFINITY;
+#pragma omp simd reduction(max : top)
+    for (int64_t t = lo; t < hi; ++t) top = s[t] > top ? s[t] : top;
+    float total = 0.0f;
+#pragma omp simd reduction(+ : total)
+    for (int64_t t = lo; t < hi; ++t) {
+      s[t] = expf(s[t] - top);
+      total += s[t];
+    }
+#pragma omp simd
+    for (int64_t t = lo; t < hi; ++t) s[t] = s[t] / total;
+  }
+  #pragma GCC unroll 16
+  for (int r = n; r < (n + 3) / 4 * 4; ++r) std::fill(scores + r * stride + lo, scores + r * stride + hi, 0.0f);
+  for (int r0 = 0; r0 < n; r0 += 4) {
+    v16 acc[4][CHUNKS] = {};
+    for (int64_t t = lo; t < hi; ++t) {
+      v16 value[CHUNKS];
+      #pragma GCC unroll 16
+      for (int c = 0; c < CHUNKS; ++c) value[c] = *reinterpret_cast<const v16 *>(v + t * d + c * 16);
+      #pragma GCC unroll 16
+      for (int r = 0; r < 4; ++r) {
+        const float p = scores[(r0 + r) * stride + t];
+        #pragma GCC unroll 16
+        for (int c = 0; c < CHUNKS; ++c) acc[r][c] += p * value[c];
+      }
+    }
+        for (int r = 0; r < 4 && r0 + r < n; ++r) {
+      #pragma GCC unroll 16
+      for (int c = 0; c < CHUNKS; ++c) *reinterpret_cast<v16 *>(out + (r0 + r) * out_stride + c * 16) = acc[r][c];
+    }
+  }
+}
+
+using BlockFunction = void (*)(const float *, int64_t, int, const float *, int64_t, const float *,
+                               const float *const *, int64_t, int64_t, float *, float *, int64_t);
+
+// q [b, kv, rows, d] (rows = groups * length: the query heads of a key/value head one after the
+// other), keys and values [b, kv, length, d], mask [b, length, length] additive (0 or MASKED)
+// -> out [b, kv, rows, d].
+void masked_attention(const float *q, const float *keys, const float *values, const float *mask, float *out,
+                      int64_t b, int64_t kv, int64_t rows, int64_t length, int64_t d, int threads,
+                      BlockFunction block_function) {
+  const int64_t stride = (length + 15) / 16 * 16;
+  // Each mask row's first and last visible key, and the keys transposed, once for every head.
+  std::vector<int64_t> first(b * length), last(b * length);
+  std::vector<float> transposed(b * kv * d * stride);
+  std::atomic<int64_t> next{0};
+  helpers().run([&] {
+    for (int64_t item; (item = next.fetch_add(1)) < b * kv + b;) {
+      if (item < b * kv) {
+        transpose_keys(keys + item * length * d, length, d, stride, transposed.data() + item * d * stride);
+        continue;
+      }
+      const int64_t row = item - b * kv;
+      for (int64_t i = 0; i < length; ++i) {
+        const float *m = mask + (row * length + i) * length;
+        int64_t lo = 0, hi = length;
+        while (lo + 16 <= length && !any_visible(m + lo)) lo += 16;  // sixteen at a time, then one
+        while (lo < length && m[lo] != 0.0f) ++lo;
+        while (hi - 16 >= lo && !any_visible(m + hi - 16)) hi -= 16;
+        while (hi > lo && m[hi - 1] != 0.0f) --hi;
+        first[row * length + i] = lo;
+        last[row * length + i] = hi;
+      }
+    }
+  }, threads);
+  const int64_t blocks_per_group = (length + QUERIES - 1) / QUERIES;
+  const int64_t blocks = b * kv * (rows / length) * blocks_per_group;
+  next = 0;
+  helpers().run([&] {
+    std::vector<float> scores(QUERIES * stride);
+    for (int64_t item; (item = next.fetch_add(1)) < blocks;) {
+      const int64_t head = item / ((rows / length) * blocks_per_group);  // b * kv + h
+      const int64_t row = head / kv;
+      const int64_t within = item % ((rows / length) * blocks_per_group);
+      const int64_t group = within / blocks_per_group, i0 = (within % blocks_per_group) * QUERIES;
+      const int n = static_cast<int>(std::min<int64_t>(QUERIES, length - i0));
+      const float *masks[QUERIES];
+      int64_t lo = length, hi = 0;
+      for (int r = 0; r < n; ++r) {
+        masks[r] = mask + (row * length + i0 + r) * length;
+        lo = std::min(lo, first[row * length + i0 + r]);
+        hi = std::max(hi, last[row * length + i0 + r]);
+      }
+      const int64_t q_row = head * rows + group * length + i0;
+      block_function(q + q_row * d, d, n, transposed.data() + head * d * stride, stride,
+                     values + head * length * d, masks, lo, hi, scores.data(), out + q_row * d, d);
+    }
+  }, threads);
+}
+
 }  // namespace
 
 // MindSpore's AOT interface: params holds the inputs then the output; shapes[i] has ndims[i]
@@ -286,5 +440,35 @@ extern "C" int StepAttention(int nparam, void **params, int *ndims, int64_t **sh
                  static_cast<const float *>(params[2]), static_cast<const int32_t *>(params[3]),
                  *static_cast<const float *>(params[4]), static_cast<float *>(params[6]), n, kv, groups,
                  shapes[1][2], d, threads);
+  return 0;
+}
+
+// (q [b, kv, rows, d], keys [b, kv, length, d], values [b, kv, length, d], mask [b, length, length]
+// float32, 0 where a query sees a key and MASKED elsewhere, every query seeing at least one;
+// threads [1] int32) -> [b, kv, rows, d]: softmax(q k^T + mask) v, q scaled already. rows is
+// groups * length: query row j * length + i is query i of the head's j-th query head. d: a
+// multiple of 16 up to 128.
+extern "C" int MaskedAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                               void *, void *) {
+  if (nparam != 6 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 3) return 1;
+  for (int i : {0, 1, 2, 3, 5}) {
+    if (std::strcmp(dtypes[i], "float32") != 0) return 1;
+  }
+  if (std::strcmp(dtypes[4], "int32") != 0) return 1;
+  const int64_t b = shapes[1][0], kv = shapes[1][1], length = shapes[1][2], d = shapes[1][3];
+  const int64_t rows = shapes[0][2];
+  if (shapes[0][0] != b || shapes[0][1] != kv || shapes[0][3] != d || rows % length != 0) return 1;
+  for (int i = 0; i < 4; ++i) {
+    if (shapes[2][i] != shapes[1][i]) return 1;
+  }
+  if (shapes[3][0] != b || shapes[3][1] != length || shapes[3][2] != length) return 1;
+  const int threads = *static_cast<const int32_t *>(params[4]);
+  if (threads < 1 || threads > 1024) return 1;
+  BlockFunction block = d == 16 ? attend_block<1> : d == 32 ? attend_block<2> : d == 48 ? attend_block<3>
+                      : d == 64 ? attend_block<4> : d == 128 ? attend_block<8> : nullptr;
+  if (block == nullptr) return 1;
+  masked_attention(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+                   static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
+                   static_cast<float *>(params[5]), b, kv, rows, length, d, threads, block);
   return 0;
 }

@@ -37,6 +37,8 @@ SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 # -z defs: a glibc without libmvec's erff fails here, not when MindSpore first calls a kernel.
 FLAGS = ("-O2", "-fopenmp-simd", "-shared", "-fPIC", "-Wl,-z,defs")
 LIBRARIES = ("-lmvec", "-lm")
+# Head widths MaskedAttention is built for (cpu_kernels.cc): multiples of 16, in registers.
+MASKED_ATTENTION_WIDTHS = (16, 32, 48, 64, 128)
 # Against float64: float32 rounding of erf, of a row's sum of squares and of the products.
 TOLERANCE = 1e-6
 NORM_TOLERANCE = 1e-5
@@ -135,6 +137,7 @@ def check(library: Path) -> str | None:
     try:
         loaded = ctypes.CDLL(str(library))
         gelu, norm, attention = loaded.ExactGelu, loaded.RmsNorm, loaded.StepAttention
+        masked = loaded.MaskedAttention
     except (OSError, AttributeError) as exc:
         return f"{library} does not load: {exc}"
 
@@ -165,7 +168,40 @@ def check(library: Path) -> str | None:
         problem = _check_step_attention(attention, width, library)
         if problem:
             return problem
+    for width in (64, 16):
+        problem = _check_masked_attention(masked, width, library)
+        if problem:
+            return problem
     return None
+
+
+def _check_masked_attention(masked, width: int, library: Path) -> str | None:
+    """Two packed rows as the encoder and prefill have them: clips that see their own block, a
+    prefix seen causally then by two suffixes, each seen causally, and padding that sees itself;
+    lengths that are no multiple of the kernel's blocks, two query heads per key/value head."""
+    from pipeline.model.packing import MASKED
+
+    rng = np.random.default_rng(width)
+    rows, kv, groups, length = 2, 2, 2, 45
+    mask = np.full((rows, length, length), MASKED, np.float32)
+    mask[:, np.arange(length), np.arange(length)] = 0.0
+    mask[0, :13, :13] = mask[0, 13:40, 13:40] = 0.0  # two clips, then padding
+    causal = np.tril(np.ones((length, length), bool))
+    prefix, first, second = slice(0, 20), slice(20, 29), slice(29, 41)
+    for part in (prefix, first, second):
+        mask[1, part, part][causal[part, part]] = 0.0
+        mask[1, part, prefix] = np.where(causal[part, prefix] | (part != prefix), 0.0, MASKED)
+    q = (rng.standard_normal((rows, kv, groups * length, width)) * width**-0.5 * 2).astype(np.float32)
+    keys = rng.standard_normal((rows, kv, length, width)).astype(np.float32)
+    values = rng.standard_normal((rows, kv, length, width)).astype(np.float32)
+    out = np.full_like(q, np.nan)
+    if (status := _call(masked, q, keys, values, mask, np.array([2], np.int32), out)) != 0:
+        return f"{library}: MaskedAttention returned {status}"
+    wide = q.reshape(rows, kv, groups, length, width).astype(np.float64)
+    scores = np.einsum("bhgid,bhtd->bhgit", wide, keys) + mask[:, None, None]
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    expected = np.einsum("bhgit,bhtd->bhgid", probs / probs.sum(-1, keepdims=True), values).reshape(q.shape)
+    return _compare(f"masked attention (heads of {width})", q, out, expected, NORM_TOLERANCE, library)
 
 
 def _check_step_attention(attention, width: int, library: Path) -> str | None:

@@ -23,6 +23,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
+from pipeline.model.cpu_kernels import MASKED_ATTENTION_WIDTHS
 from pipeline.model.layers import Embedding, Linear, RMSNorm, cast
 from pipeline.model.packing import MASKED
 
@@ -72,13 +73,17 @@ class TextAttention(nn.Cell):
         self.o_proj = Linear(spec.heads * spec.head_dim, spec.hidden, False, dtype, True)
         self.rotation = Tensor(rotation_matrix(spec.head_dim), dtype)
         self.native_step = kernels is not None
+        # Prefill's packed rows through the compiled kernel where it has the head width.
+        self.native_prefill = kernels is not None and spec.head_dim in MASKED_ATTENTION_WIDTHS
         if kernels is not None:
             self.step_kernel = kernels.op("StepAttention")
+            self.prefill_kernel = kernels.op("MaskedAttention")
             self.scale_input = Tensor(np.array([self.scaling], np.float32))
             self.threads_input = Tensor(np.array([kernels.threads], np.int32))
 
     def prefill(self, x, cos, sin, mask, stage_rows, k_stage, v_stage):
-        """x [r, l, hidden]; cos/sin [r, l, 1, d]; mask [r, kv, g, l, l] additive; every token's key
+        """x [r, l, hidden]; cos/sin [r, l, 1, d]; mask additive, [r, l, l] for the compiled kernel,
+        else [r, kv, g, l, l] (TextModel.prefill); every token's key
         and value for head h go to row stage_rows[token] * kv + h of the staging caches
         ([rows * kv, d]: the rows of a token's heads are adjacent, as they come out of k_proj)."""
         r, l, _ = x.shape
@@ -97,9 +102,12 @@ class TextAttention(nn.Cell):
         q = (q * self.scaling).transpose(0, 2, 1, 3).reshape(r, kv, g * l, d)
         k = k.transpose(0, 2, 1, 3)
         v = v.transpose(0, 2, 1, 3)
-        scores = cast(ops.BatchMatMul(transpose_b=True)(q, k), ms.float32).reshape(r, kv, g, l, l) + mask
-        probs = cast(ops.softmax(scores, -1), x.dtype).reshape(r, kv, g * l, l)
-        out = ops.matmul(probs, v).reshape(r, self.heads, l, d).transpose(0, 2, 1, 3)
+        if self.native_prefill:  # only the scores each query's mask row shows
+            out = self.prefill_kernel(q, k, v, mask, self.threads_input)
+        else:
+            scores = cast(ops.BatchMatMul(transpose_b=True)(q, k), ms.float32).reshape(r, kv, g, l, l) + mask
+            out = ops.matmul(cast(ops.softmax(scores, -1), x.dtype).reshape(r, kv, g * l, l), v)
+        out = out.reshape(r, self.heads, l, d).transpose(0, 2, 1, 3)
         return ops.depend(self.o_proj(out.reshape(r, l, self.heads * d)), written)
 
     def step(self, x, cos, sin, write_at, visible, k_cache, v_cache):
@@ -234,8 +242,10 @@ class TextModel(nn.Cell):
         cos = ops.gather(self.cos_table, positions, 0).reshape(r, l, 1, self.head_dim)
         sin = ops.gather(self.sin_table, positions, 0).reshape(r, l, 1, self.head_dim)
         # One copy per query head, made once for every layer: the CPU backend's Add broadcasting the
-        # mask over heads took 1.5x the time of its mask add and softmax without (encoder.py).
-        mask = ops.tile(mask.reshape(r, 1, 1, l, l), (1, self.kv_heads, self.groups, 1, 1))
+        # mask over heads took 1.5x the time of its mask add and softmax without (encoder.py). The
+        # compiled kernel reads each query's row once for every head.
+        if not self.layers[0].self_attn.native_prefill:
+            mask = ops.tile(mask.reshape(r, 1, 1, l, l), (1, self.kv_heads, self.groups, 1, 1))
         x = embeds
         for i in range(len(self.layers)):
             x = self.layers[i].prefill(x, cos, sin, mask, stage_rows, k_stages[i], v_stages[i])

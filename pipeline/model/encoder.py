@@ -5,19 +5,27 @@ share a row (pipeline.model.packing): each clip's valid audio tokens match the 3
 the padding the encoder computes is a few frames per clip.
 """
 
+import numpy as np
+
 import mindspore as ms
 from mindspore import nn, ops
 
-from pipeline.model.cpu_kernels import CpuKernels, ExactGelu
+from pipeline.model.cpu_kernels import MASKED_ATTENTION_WIDTHS, CpuKernels, ExactGelu
 from pipeline.model.layers import Conv1d, Embedding, LayerNorm, Linear, cast
 
 
 class EncoderAttention(nn.Cell):
-    def __init__(self, dim: int, heads: int, dtype):
+    def __init__(self, dim: int, heads: int, dtype, kernels: CpuKernels | None = None):
+        """kernels: the compiled CPU kernels, whose masked attention computes only the scores of
+        each clip's own block, where the head width suits it; None: MindSpore's, over the row."""
         super().__init__()
         self.heads = heads
         self.head_dim = dim // heads
         self.scaling = self.head_dim**-0.5
+        self.native = kernels is not None and self.head_dim in MASKED_ATTENTION_WIDTHS
+        if self.native:
+            self.kernel = kernels.op("MaskedAttention")
+            self.threads_input = ms.Tensor(np.array([kernels.threads], np.int32))
         self.q_proj = Linear(dim, dim, True, dtype)
         self.k_proj = Linear(dim, dim, False, dtype)  # Whisper's key projection has no bias
         self.v_proj = Linear(dim, dim, True, dtype)
@@ -27,21 +35,24 @@ class EncoderAttention(nn.Cell):
         return x.reshape(b, t, self.heads, self.head_dim).transpose(0, 2, 1, 3)
 
     def construct(self, x, mask):
+        """mask: additive, [b, t, t] for the compiled kernel, else one copy per head [b, heads, t, t]."""
         b, t, _ = x.shape
         # Scale q before the product, as the reference does (it matters for its numerics).
         q = self._split(self.q_proj(x) * self.scaling, b, t)
         k = self._split(self.k_proj(x), b, t)
         v = self._split(self.v_proj(x), b, t)
-        scores = cast(ops.BatchMatMul(transpose_b=True)(q, k), ms.float32) + mask
-        probs = cast(ops.softmax(scores, -1), x.dtype)
-        out = ops.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b, t, -1)
-        return self.out_proj(out)
+        if self.native:
+            out = self.kernel(q, k, v, mask, self.threads_input)
+        else:
+            scores = cast(ops.BatchMatMul(transpose_b=True)(q, k), ms.float32) + mask
+            out = ops.matmul(cast(ops.softmax(scores, -1), x.dtype), v)
+        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, -1))
 
 
 class EncoderLayer(nn.Cell):
     def __init__(self, dim: int, heads: int, ffn: int, dtype, kernels: CpuKernels | None = None):
         super().__init__()
-        self.self_attn = EncoderAttention(dim, heads, dtype)
+        self.self_attn = EncoderAttention(dim, heads, dtype, kernels)
         self.self_attn_layer_norm = LayerNorm(dim, dtype)
         self.fc1 = Linear(dim, ffn, True, dtype)
         self.fc2 = Linear(ffn, dim, True, dtype)
@@ -60,7 +71,7 @@ class AudioEncoder(nn.Cell):
     features [E, n_mels, F]; frame_keep [E, 1, F] zeroes the first convolution's output outside each
     clip; position_ids [E, F/2] restart at each clip; mask [E, F/2, F/2] is additive (a position
     attends to its own clip's valid positions). kernels: the compiled CPU kernels, for the exact
-    GELU (model/cpu_kernels.py); None: MindSpore's.
+    GELU and the attention (model/cpu_kernels.py); None: MindSpore's.
     """
 
     def __init__(self, spec, dtype, kernels: CpuKernels | None = None):
@@ -86,7 +97,8 @@ class AudioEncoder(nn.Cell):
         # [1, 1, t, t] mask over the heads took twice as long as the same add without broadcasting
         # (measured: 28 ms against 20 ms, copy included, per layer's mask add and softmax on a
         # 1500-position row). Tile, not broadcast_to: BroadcastTo's copy was as slow as the add.
-        mask = ops.tile(mask.reshape(b, 1, t, t), (1, self.heads, 1, 1))
+        if not self.layers[0].self_attn.native:  # the compiled kernel reads each row once for all heads
+            mask = ops.tile(mask.reshape(b, 1, t, t), (1, self.heads, 1, 1))
         for layer in self.layers:
             x = layer(x, mask)
         # AvgPool1d(kernel 2, stride 2) over time.
