@@ -14,6 +14,7 @@ from mindspore import Parameter, nn
 
 from pipeline.model import cpu_kernels
 from pipeline.model.decoder import TextAttention
+from pipeline.model.encoder import EncoderAttention
 from pipeline.model.layers import RMSNorm
 from pipeline.model.packing import MASKED
 
@@ -89,6 +90,39 @@ def test_step_attention_matches_mindspores_masked_one_in_a_graph(tmp_path, minds
         assert not compiled[-1].any()  # idle: nothing read, nothing any row uses
 
 
+def _clips_mask(length: int, clips: list[int]) -> np.ndarray:
+    """An encoder row's additive mask: each clip sees its own block, the padding after them itself."""
+    mask = np.full((length, length), MASKED, np.float32)
+    np.fill_diagonal(mask, 0.0)
+    start = 0
+    for n in clips:
+        mask[start:start + n, start:start + n] = 0.0
+        start += n
+    return mask
+
+
+def test_masked_attention_matches_mindspores_in_the_encoders_graph(tmp_path, mindspore_cpu):
+    rng = np.random.default_rng(2)
+    kernels = cpu_kernels.CpuKernels(cpu_kernels.build(tmp_path).library, threads=2)
+    # Heads of 64 (the real encoder's) and 16; rows of two clips and padding, a length no multiple
+    # of the kernel's blocks.
+    for dim, heads in ((192, 3), (48, 3)):
+        length = 203
+        mask = np.stack([_clips_mask(length, [90, 100]), _clips_mask(length, [203])])
+        x = ms.Tensor(rng.standard_normal((2, length, dim)).astype(np.float32))
+        outputs = []
+        for with_kernels, mask_input in ((kernels, mask), (None, np.repeat(mask[:, None], heads, 1))):
+            attention = EncoderAttention(dim, heads, ms.float32, with_kernels)
+            assert attention.native == (with_kernels is not None)
+            weights = np.random.default_rng(3)  # the same weights both ways
+            for parameter in attention.get_parameters():
+                parameter.set_data(ms.Tensor(weights.standard_normal(parameter.shape).astype(np.float32) * 0.2))
+            outputs.append(attention(x, ms.Tensor(mask_input)).asnumpy())
+        scale = np.abs(outputs[1]).max()
+        assert scale > 0.1
+        np.testing.assert_allclose(outputs[0], outputs[1], rtol=0, atol=5e-6 * scale)  # float32 rounding
+
+
 def test_a_node_without_a_compiler_gets_mindspores_operations(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
         assert cpu_kernels.build(tmp_path, compiler=str(tmp_path / "no-such-compiler")) is None
@@ -98,11 +132,13 @@ def test_a_node_without_a_compiler_gets_mindspores_operations(tmp_path, caplog):
 
 def test_kernels_that_fail_their_check_are_not_used(tmp_path, caplog):
     # Libraries that build and run, each with one kernel off by a hair: erf's argument, the mean,
-    # the positions a slot sees (one short).
+    # the positions a slot sees (one short), the last key a packed row's query sees (dropped).
     for name, wrong in (("GELU", ("0.70710678118654752440f", "0.7072f")),
                         ("RMSNorm", ("static_cast<float>(width) + eps", "static_cast<float>(width + 1) + eps")),
                         ("step attention", ("const int64_t length = position + 1;",
-                                            "const int64_t length = position > 0 ? position : 1;"))):
+                                            "const int64_t length = position > 0 ? position : 1;")),
+                        ("masked attention", ("while (hi > lo && m[hi - 1] != 0.0f) --hi;",
+                                              "while (hi > lo && m[hi - 1] != 0.0f) --hi;\n        hi -= hi - lo > 1;"))):
         assert wrong[0] in cpu_kernels.SOURCE.read_text()
         source = tmp_path / f"wrong-{name}.cc"
         source.write_text(cpu_kernels.SOURCE.read_text().replace(*wrong))
