@@ -7,6 +7,8 @@
 // - RmsNorm: weight * (x * rsqrt(mean(x^2) + eps)) over the last axis, Qwen2's order. MindSpore
 //   runs it as five kernels (square, mean, add, rsqrt, two products); a prefill row's thirteen
 //   norms took 24 ms that way, 4.7 ms so (measured).
+// - SiluProduct: silu(gate) * up, the decoder MLP's elementwise part: two kernels in MindSpore
+//   (SiLU, then the product), one pass here (six prefill layers 10 ms against 3.3, measured).
 // - StepAttention: a decode step's attention, each slot over the positions it has filled, where
 //   MindSpore's graph reads every slot's whole span through four kernels (product, mask add,
 //   softmax, product): the slots of a real mix fill a third of theirs (measured on the bench).
@@ -65,6 +67,15 @@ void rms_norm(const float *x, const float *weight, float eps, float *y, int64_t 
     const float scale = 1.0f / std::sqrt(squares / static_cast<float>(width) + eps);
 #pragma omp simd
     for (int64_t i = 0; i < width; ++i) out[i] = weight[i] * (row[i] * scale);
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void silu_product(const float *gate, const float *up, float *y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    y[i] = g / (1.0f + expf(-g)) * up[i];
   }
 }
 
@@ -395,6 +406,18 @@ extern "C" int ExactGelu(int nparam, void **params, int *ndims, int64_t **shapes
   if (nparam != 2 || !all_float32(nparam, dtypes)) return 1;
   exact_gelu(static_cast<const float *>(params[0]), static_cast<float *>(params[1]),
              elements(ndims[0], shapes[0], 0, ndims[0]));
+  return 0;
+}
+
+// (gate, up of one shape) -> silu(gate) * up.
+extern "C" int SiluProduct(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                           void *, void *) {
+  if (nparam != 3 || !all_float32(nparam, dtypes) || ndims[0] != ndims[1]) return 1;
+  for (int i = 0; i < ndims[0]; ++i) {
+    if (shapes[0][i] != shapes[1][i]) return 1;
+  }
+  silu_product(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+               static_cast<float *>(params[2]), elements(ndims[0], shapes[0], 0, ndims[0]));
   return 0;
 }
 

@@ -1,9 +1,10 @@
 """Compiled kernels for MindSpore's CPU backend, where the node can build them.
 
-Three operations are much slower on MindSpore's CPU backend than the arithmetic they need: the
+Some operations are much slower on MindSpore's CPU backend than the arithmetic they need: the
 exact GELU (erf evaluated one value at a time: a fifth of an encoder row's time on the bench),
-RMSNorm (five kernels where one pass would do: an eighth of a prefill call) and a decode step's
-attention (every slot's whole span read, where a real mix's slots have filled a third of theirs).
+RMSNorm (five kernels where one pass would do: an eighth of a prefill call), the MLP's SiLU and
+product (two), and attention (every score of a packed row computed and most masked away; every
+slot's whole span read in a decode step, where a real mix's slots have filled a third of theirs).
 cpu_kernels.cc computes them, as the reference does, as AOT custom ops (`ops.Custom`, func_type "aot"); this
 module compiles it with the node's C++ compiler (`$CXX`, else g++) into a shared library named by
 a hash of its source, compiler, C library and flags, kept beside the compile cache so a node builds it once,
@@ -117,8 +118,7 @@ def build(folder: Path, source: Path = SOURCE, compiler: str | None = None) -> C
 
 
 def _without(reason: str) -> None:
-    log.warning("the graphs use MindSpore's GELU, RMSNorm and step attention, not the compiled kernels: %s",
-                reason)
+    log.warning("the graphs use MindSpore's operations, not the compiled kernels: %s", reason)
     return None
 
 
@@ -137,7 +137,7 @@ def check(library: Path) -> str | None:
     try:
         loaded = ctypes.CDLL(str(library))
         gelu, norm, attention = loaded.ExactGelu, loaded.RmsNorm, loaded.StepAttention
-        masked = loaded.MaskedAttention
+        masked, silu_product = loaded.MaskedAttention, loaded.SiluProduct
     except (OSError, AttributeError) as exc:
         return f"{library} does not load: {exc}"
 
@@ -161,6 +161,17 @@ def check(library: Path) -> str | None:
     wide = rows.astype(np.float64)
     expected = weight * wide / np.sqrt((wide * wide).mean(-1, keepdims=True) + float(eps[0]))
     if problem := _compare("RMSNorm", rows, out, expected, NORM_TOLERANCE, library):
+        return problem
+
+    gate = np.concatenate([np.linspace(-30, 30, 6001), [0.0, -0.0, 1e-30, -1e-30, 88.0, -88.0, 200.0, -200.0]])
+    gate = gate.astype(np.float32)
+    up = np.random.default_rng(2).uniform(-3, 3, gate.shape).astype(np.float32)
+    product = np.full_like(gate, np.nan)
+    if (status := _call(silu_product, gate, up, product)) != 0:
+        return f"{library}: SiluProduct returned {status}"
+    wide = gate.astype(np.float64)
+    expected = wide / (1.0 + np.exp(-wide)) * up
+    if problem := _compare("SiLU product", gate, product, expected, TOLERANCE, library):
         return problem
 
     # Head widths of the vector form (64) and of the plain one (12), on two threads.

@@ -182,13 +182,20 @@ class TextAttention(nn.Cell):
 
 
 class MLP(nn.Cell):
-    def __init__(self, spec, dtype):
+    def __init__(self, spec, dtype, kernels=None):
+        """kernels: the compiled CPU kernels (model/cpu_kernels.py), which take SiLU and the product
+        in one pass; None: MindSpore's two."""
         super().__init__()
         self.gate_proj = Linear(spec.hidden, spec.intermediate, False, dtype, True)
         self.up_proj = Linear(spec.hidden, spec.intermediate, False, dtype, True)
         self.down_proj = Linear(spec.intermediate, spec.hidden, False, dtype, True)
+        self.native = kernels is not None
+        if kernels is not None:
+            self.silu_product = kernels.op("SiluProduct")
 
     def construct(self, x):
+        if self.native:
+            return self.down_proj(self.silu_product(self.gate_proj(x), self.up_proj(x)))
         return self.down_proj(ops.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -196,7 +203,7 @@ class DecoderLayer(nn.Cell):
     def __init__(self, spec, dtype, kernels=None):
         super().__init__()
         self.self_attn = TextAttention(spec, dtype, kernels)
-        self.mlp = MLP(spec, dtype)
+        self.mlp = MLP(spec, dtype, kernels)
         self.input_layernorm = RMSNorm(spec.hidden, dtype, spec.rms_eps, kernels)
         self.post_attention_layernorm = RMSNorm(spec.hidden, dtype, spec.rms_eps, kernels)
 

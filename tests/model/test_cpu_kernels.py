@@ -1,7 +1,7 @@
-"""The compiled CPU kernels (model/cpu_kernels.py): built once per node, checked before use, equal to
-MindSpore's GELU and to the RMSNorm and step attention it runs otherwise within rounding in a graph,
-and MindSpore's operations wherever the kernels cannot be had. Greedy tokens against transformers both ways:
-tests/model/test_reference.py."""
+"""The compiled CPU kernels (model/cpu_kernels.py): built once per node, checked before use, equal
+within rounding in graphs to what MindSpore runs otherwise (GELU, RMSNorm, the MLP's SiLU and
+product, a step's and packed rows' attention), and MindSpore's operations wherever the kernels cannot
+be had. Greedy tokens against transformers both ways: tests/model/test_reference.py."""
 
 import logging
 import os
@@ -13,7 +13,7 @@ import mindspore as ms
 from mindspore import Parameter, nn
 
 from pipeline.model import cpu_kernels
-from pipeline.model.decoder import TextAttention
+from pipeline.model.decoder import MLP, TextAttention
 from pipeline.model.encoder import EncoderAttention
 from pipeline.model.layers import RMSNorm
 from pipeline.model.packing import MASKED
@@ -55,6 +55,16 @@ def test_builds_once_per_folder_and_matches_mindspore_in_a_graph(tmp_path, minds
             outputs.append(norm(x).asnumpy())
         assert outputs[0].shape == shape and np.abs(outputs[0]).max() > 1
         np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+    # The MLP's SiLU and product on a prefill row's [1, 832, intermediate], with MindSpore's MLP.
+    mlps = [MLP(SimpleNamespace(hidden=64, intermediate=1024), ms.float32, k) for k in (kernels, None)]
+    for mlp in mlps:
+        for parameter in mlp.get_parameters():
+            weights = np.random.default_rng(len(parameter.name))
+            parameter.set_data(ms.Tensor(weights.standard_normal(parameter.shape).astype(np.float32) * 0.3))
+    x = ms.Tensor(rng.standard_normal((1, 832, 64)).astype(np.float32))
+    compiled, mindspore = (mlp(x).asnumpy() for mlp in mlps)
+    assert mlps[0].native and np.abs(compiled).max() > 1
+    np.testing.assert_allclose(compiled, mindspore, rtol=0, atol=1e-5 * np.abs(mindspore).max())
 
 
 class _StepAttention(nn.Cell):
@@ -132,9 +142,11 @@ def test_a_node_without_a_compiler_gets_mindspores_operations(tmp_path, caplog):
 
 def test_kernels_that_fail_their_check_are_not_used(tmp_path, caplog):
     # Libraries that build and run, each with one kernel off by a hair: erf's argument, the mean,
-    # the positions a slot sees (one short), the last key a packed row's query sees (dropped).
+    # SiLU's exponent, the positions a slot sees (one short), the last key a packed row's query sees
+    # (dropped).
     for name, wrong in (("GELU", ("0.70710678118654752440f", "0.7072f")),
                         ("RMSNorm", ("static_cast<float>(width) + eps", "static_cast<float>(width + 1) + eps")),
+                        ("SiLU product", ("g / (1.0f + expf(-g))", "g / (1.0f + expf(-1.0001f * g))")),
                         ("step attention", ("const int64_t length = position + 1;",
                                             "const int64_t length = position > 0 ? position : 1;")),
                         ("masked attention", ("while (hi > lo && m[hi - 1] != 0.0f) --hi;",

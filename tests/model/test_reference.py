@@ -34,9 +34,9 @@ SECONDS = [1.0, 2.73, 4.9, 7.31, 29.99, 12.4, 0.3, 30.0, 3.3]
 
 
 def load_model(model_dir, compiled_kernels: bool = True):
-    """The model as a CPU worker builds it: GELU and RMSNorm the compiled kernels
-    (model/cpu_kernels.py), or MindSpore's where compiled_kernels is False (what a node that cannot
-    build them runs)."""
+    """The model as a CPU worker builds it: GELU, RMSNorm, the MLP's SiLU and attention the compiled
+    kernels (model/cpu_kernels.py), or MindSpore's where compiled_kernels is False (what a node that
+    cannot build them runs)."""
     spec = ModelSpec.from_checkpoint(model_dir)
     kernels = cpu_kernels.for_graphs("cpu", "fp32", None) if compiled_kernels else None
     assert kernels is not None or not compiled_kernels, "the CPU kernels did not build (see the warning)"
