@@ -33,11 +33,27 @@ extern "C" float expf(float) __attribute__((simd("notinbranch")));
 
 namespace {
 
-bool all_float32(int nparam, const char **dtypes) {
+// The call has len(kinds) parameters, each of its kind: 'f' float32, 'i' int32.
+bool kinds_are(int nparam, const char **dtypes, const char *kinds) {
+  if (nparam != static_cast<int>(std::strlen(kinds))) return false;
   for (int i = 0; i < nparam; ++i) {
-    if (std::strcmp(dtypes[i], "float32") != 0) return false;
+    if (std::strcmp(dtypes[i], kinds[i] == 'f' ? "float32" : "int32") != 0) return false;
   }
   return true;
+}
+
+bool same_shape(const int *ndims, int64_t *const *shapes, int a, int b) {
+  if (ndims[a] != ndims[b]) return false;
+  for (int i = 0; i < ndims[a]; ++i) {
+    if (shapes[a][i] != shapes[b][i]) return false;
+  }
+  return true;
+}
+
+// A threads input [1] int32 -> its count, or 0 where it is out of range.
+int threads_of(const void *param) {
+  const int threads = *static_cast<const int32_t *>(param);
+  return threads >= 1 && threads <= 1024 ? threads : 0;
 }
 
 int64_t elements(int ndims, const int64_t *shape, int from, int to) {
@@ -244,6 +260,8 @@ void step_attention(const float *q, const float *keys, const float *values, cons
         attend_vectors<1>(qb, kb, vb, length, groups, scale, scores.data(), o);
       } else if (d == 32) {
         attend_vectors<2>(qb, kb, vb, length, groups, scale, scores.data(), o);
+      } else if (d == 48) {
+        attend_vectors<3>(qb, kb, vb, length, groups, scale, scores.data(), o);
       } else if (d == 64) {
         attend_vectors<4>(qb, kb, vb, length, groups, scale, scores.data(), o);
       } else if (d == 128) {
@@ -255,7 +273,6 @@ void step_attention(const float *q, const float *keys, const float *values, cons
   };
   helpers().run(work, threads);
 }
-
 
 // Attention of packed rows (the encoder's clips, prefill's prompts) over the keys each query may
 // see, where MindSpore's graph computes every score of the row and masks most of them away (a
@@ -330,7 +347,7 @@ void attend_block(const float *q, int64_t q_stride, int n, const float *kt, int6
         for (int c = 0; c < CHUNKS; ++c) acc[r][c] += p * value[c];
       }
     }
-        for (int r = 0; r < 4 && r0 + r < n; ++r) {
+    for (int r = 0; r < 4 && r0 + r < n; ++r) {
 #pragma GCC unroll 16
       for (int c = 0; c < CHUNKS; ++c) *reinterpret_cast<v16 *>(out + (r0 + r) * out_stride + c * 16) = acc[r][c];
     }
@@ -398,12 +415,12 @@ void masked_attention(const float *q, const float *keys, const float *values, co
 }  // namespace
 
 // MindSpore's AOT interface: params holds the inputs then the output; shapes[i] has ndims[i]
-// sizes. A non-zero return makes MindSpore raise (only float32 is built for, and int32 positions).
+// sizes. A non-zero return makes MindSpore raise (float32 data only; positions and threads int32).
 
 // (x) -> GELU(x)
 extern "C" int ExactGelu(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                          void *, void *) {
-  if (nparam != 2 || !all_float32(nparam, dtypes)) return 1;
+  if (!kinds_are(nparam, dtypes, "ff")) return 1;
   exact_gelu(static_cast<const float *>(params[0]), static_cast<float *>(params[1]),
              elements(ndims[0], shapes[0], 0, ndims[0]));
   return 0;
@@ -412,10 +429,7 @@ extern "C" int ExactGelu(int nparam, void **params, int *ndims, int64_t **shapes
 // (gate, up of one shape) -> silu(gate) * up.
 extern "C" int SiluProduct(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                            void *, void *) {
-  if (nparam != 3 || !all_float32(nparam, dtypes) || ndims[0] != ndims[1]) return 1;
-  for (int i = 0; i < ndims[0]; ++i) {
-    if (shapes[0][i] != shapes[1][i]) return 1;
-  }
+  if (!kinds_are(nparam, dtypes, "fff") || !same_shape(ndims, shapes, 0, 1)) return 1;
   silu_product(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                static_cast<float *>(params[2]), elements(ndims[0], shapes[0], 0, ndims[0]));
   return 0;
@@ -424,7 +438,7 @@ extern "C" int SiluProduct(int nparam, void **params, int *ndims, int64_t **shap
 // (x [..., width], weight [width], eps [1]) -> the norm of x's last axis, scaled.
 extern "C" int RmsNorm(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                        void *, void *) {
-  if (nparam != 4 || !all_float32(nparam, dtypes) || ndims[0] < 1) return 1;
+  if (!kinds_are(nparam, dtypes, "ffff") || ndims[0] < 1) return 1;
   const int64_t width = shapes[0][ndims[0] - 1];
   if (elements(ndims[1], shapes[1], 0, ndims[1]) != width) return 1;
   rms_norm(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
@@ -438,18 +452,11 @@ extern "C" int RmsNorm(int nparam, void **params, int *ndims, int64_t **shapes, 
 // of each slot, on that many threads.
 extern "C" int StepAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                              void *, void *) {
-  if (nparam != 7 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 1) return 1;
-  for (int i : {0, 1, 2, 4, 6}) {
-    if (std::strcmp(dtypes[i], "float32") != 0) return 1;
-  }
-  if (std::strcmp(dtypes[3], "int32") != 0 || std::strcmp(dtypes[5], "int32") != 0) return 1;
+  if (!kinds_are(nparam, dtypes, "fffifif") || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 1) return 1;
   const int64_t n = shapes[0][0], kv = shapes[0][1], groups = shapes[0][2], d = shapes[0][3];
   if (shapes[1][0] != n || shapes[1][1] != kv || shapes[1][3] != d || shapes[3][0] != n) return 1;
-  for (int i = 0; i < 4; ++i) {
-    if (shapes[2][i] != shapes[1][i]) return 1;
-  }
-  const int threads = *static_cast<const int32_t *>(params[5]);
-  if (threads < 1 || threads > 1024) return 1;
+  const int threads = threads_of(params[5]);
+  if (!same_shape(ndims, shapes, 1, 2) || threads == 0) return 1;
   step_attention(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                  static_cast<const float *>(params[2]), static_cast<const int32_t *>(params[3]),
                  *static_cast<const float *>(params[4]), static_cast<float *>(params[6]), n, kv, groups,
@@ -464,20 +471,13 @@ extern "C" int StepAttention(int nparam, void **params, int *ndims, int64_t **sh
 // multiple of 16 up to 128.
 extern "C" int MaskedAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                void *, void *) {
-  if (nparam != 6 || ndims[0] != 4 || ndims[1] != 4 || ndims[2] != 4 || ndims[3] != 3) return 1;
-  for (int i : {0, 1, 2, 3, 5}) {
-    if (std::strcmp(dtypes[i], "float32") != 0) return 1;
-  }
-  if (std::strcmp(dtypes[4], "int32") != 0) return 1;
+  if (!kinds_are(nparam, dtypes, "ffffif") || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 3) return 1;
   const int64_t b = shapes[1][0], kv = shapes[1][1], length = shapes[1][2], d = shapes[1][3];
   const int64_t rows = shapes[0][2];
   if (shapes[0][0] != b || shapes[0][1] != kv || shapes[0][3] != d || rows % length != 0) return 1;
-  for (int i = 0; i < 4; ++i) {
-    if (shapes[2][i] != shapes[1][i]) return 1;
-  }
   if (shapes[3][0] != b || shapes[3][1] != length || shapes[3][2] != length) return 1;
-  const int threads = *static_cast<const int32_t *>(params[4]);
-  if (threads < 1 || threads > 1024) return 1;
+  const int threads = threads_of(params[4]);
+  if (!same_shape(ndims, shapes, 1, 2) || threads == 0) return 1;
   BlockFunction block = d == 16 ? attend_block<1> : d == 32 ? attend_block<2> : d == 48 ? attend_block<3>
                       : d == 64 ? attend_block<4> : d == 128 ? attend_block<8> : nullptr;
   if (block == nullptr) return 1;

@@ -5,10 +5,10 @@ exact GELU (erf evaluated one value at a time: a fifth of an encoder row's time 
 RMSNorm (five kernels where one pass would do: an eighth of a prefill call), the MLP's SiLU and
 product (two), and attention (every score of a packed row computed and most masked away; every
 slot's whole span read in a decode step, where a real mix's slots have filled a third of theirs).
-cpu_kernels.cc computes them, as the reference does, as AOT custom ops (`ops.Custom`, func_type "aot"); this
-module compiles it with the node's C++ compiler (`$CXX`, else g++) into a shared library named by
-a hash of its source, compiler, C library and flags, kept beside the compile cache so a node builds it once,
-and checks each kernel against float64 before any graph uses it. Where the library cannot be
+cpu_kernels.cc computes them, as the reference does, as AOT custom ops (`ops.Custom`, func_type
+"aot"); this module compiles it with the node's C++ compiler (`$CXX`, else g++) into a shared
+library named by a hash of its source, compiler, C library and flags, kept beside the compile cache
+so a node builds it once, and checks each kernel against float64 before any graph uses it. Where the library cannot be
 built or fails a check (no compiler, not x86-64 Linux, a glibc older than 2.35, fp16 graphs),
 the graphs use MindSpore's own operations and the worker's log says why: the same outputs within
 rounding, slower. On Ascend the graphs always use MindSpore's operations, which CANN fuses;
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CpuKernels:
     library: Path
-    threads: int = 1  # for the step's attention: the worker's CPU threads, as MindSpore's kernels get
+    threads: int = 1  # for the attention kernels: the worker's CPU threads, as MindSpore's kernels get
 
     @property
     def tag(self) -> str:
@@ -209,9 +209,8 @@ def _check_masked_attention(masked, width: int, library: Path) -> str | None:
     if (status := _call(masked, q, keys, values, mask, np.array([2], np.int32), out)) != 0:
         return f"{library}: MaskedAttention returned {status}"
     wide = q.reshape(rows, kv, groups, length, width).astype(np.float64)
-    scores = np.einsum("bhgid,bhtd->bhgit", wide, keys) + mask[:, None, None]
-    probs = np.exp(scores - scores.max(-1, keepdims=True))
-    expected = np.einsum("bhgit,bhtd->bhgid", probs / probs.sum(-1, keepdims=True), values).reshape(q.shape)
+    probs = _softmax64(np.einsum("bhgid,bhtd->bhgit", wide, keys) + mask[:, None, None])
+    expected = np.einsum("bhgit,bhtd->bhgid", probs, values).reshape(q.shape)
     return _compare(f"masked attention (heads of {width})", q, out, expected, NORM_TOLERANCE, library)
 
 
@@ -232,9 +231,14 @@ def _check_step_attention(attention, width: int, library: Path) -> str | None:
     for slot, position in enumerate(positions[:-1]):
         seen = slice(0, position + 1)
         scores = np.einsum("hgd,htd->hgt", q[slot].astype(np.float64), keys[slot, :, seen]) * float(scale[0])
-        probs = np.exp(scores - scores.max(-1, keepdims=True))
-        expected[slot] = np.einsum("hgt,htd->hgd", probs / probs.sum(-1, keepdims=True), values[slot, :, seen])
+        expected[slot] = np.einsum("hgt,htd->hgd", _softmax64(scores), values[slot, :, seen])
     return _compare(f"step attention (heads of {width})", q, out, expected, NORM_TOLERANCE, library)
+
+
+def _softmax64(scores: np.ndarray) -> np.ndarray:
+    """The softmax over the last axis in float64, what the attention kernels are checked against."""
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    return probs / probs.sum(-1, keepdims=True)
 
 
 def _compare(name: str, x, y, expected, tolerance: float, library: Path) -> str | None:

@@ -237,7 +237,6 @@ class TextModel(nn.Cell):
         self.sin_table = Tensor(sin, dtype)
         self.kv_heads, self.head_dim = spec.kv_heads, spec.head_dim
         self.groups = spec.heads // spec.kv_heads
-        self.native_step = kernels is not None
 
     def prefill(self, embeds, positions, mask, stage_rows, k_stages, v_stages):
         """embeds [r, l, hidden] at positions [r, l], mask [r, l, l] additive (packing.PrefillRow),
@@ -298,7 +297,7 @@ class TextModel(nn.Cell):
         heads = ops.broadcast_to(ops.arange(0, self.kv_heads, 1, dtype=ms.int32).reshape(1, -1, 1), (n, self.kv_heads, 1))
         at = ops.broadcast_to(positions.reshape(n, 1, 1), (n, self.kv_heads, 1))
         write_at = ops.concat((slots, heads, at), -1)
-        if self.native_step:
+        if self.layers[0].self_attn.native_step:
             return write_at, positions
         visible = ops.arange(0, span, 1, dtype=ms.int32).reshape(1, span) <= positions.reshape(n, 1)
         return write_at, ops.broadcast_to(additive_mask(visible).reshape(n, 1, 1, span),
