@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import signal
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,6 +18,15 @@ from pipeline.errors import UserError
 from pipeline.model.runtime import log_environment
 from pipeline.run import ray_address
 from pipeline.run.signals import StopRequested
+
+
+# A private node's processes connect to its raylet and object store retrying every 20 ms, 500
+# times, where Ray's defaults retry every second, 10 times: the same 10 s of patience. The raylet's
+# own connection to its object store missed the store's first moment about one start in three here
+# and came up a second later (1.0 s of those starts, measured).
+PRIVATE_SYSTEM_CONFIG = {"raylet_client_connect_timeout_milliseconds": 20, "raylet_client_num_connect_attempts": 500}
+# How long the node table is watched for a private node's registration before Ray's own wait takes over.
+REGISTRATION_WAIT_S = 30.0
 
 
 @contextmanager
@@ -43,9 +53,9 @@ def ray_session(workers: int, cluster: ray_address.ClusterChoice):
             # process's environment instead. A job-level runtime_env made Ray discard the workers it
             # starts ahead of the job and start new ones through its runtime-env agent: 0.6 s more
             # before the first task or actor ran, and 0.8 s of CPU for the discarded ones (measured).
-            with _environment(log_environment()), _agent_on_any_free_port():
+            with _environment(log_environment()), _lighter_private_node():
                 ray.init(address="local", num_cpus=max(os.cpu_count() or 1, 2 * workers), include_dashboard=False,
-                         logging_level="WARNING", log_to_driver=True)
+                         logging_level="WARNING", log_to_driver=True, _system_config=PRIVATE_SYSTEM_CONFIG)
         else:
             # Ship this package to the cluster's workers; its dependencies must be installed there.
             runtime_env = {"env_vars": log_environment(), "py_modules": [str(Path(__file__).parents[1])]}
@@ -60,8 +70,6 @@ def ray_session(workers: int, cluster: ray_address.ClusterChoice):
     try:
         yield ray_address.describe(cluster)
     finally:
-        if cluster.private:
-            _stop_autoscaler_monitor()
         ray.shutdown()
 
 
@@ -82,45 +90,62 @@ def _environment(values: dict[str, str]):
 
 
 @contextmanager
-def _agent_on_any_free_port():
-    """Ray's node agent listens on a fixed port (52365) unless told otherwise, and ray.init has no
-    option for it. Where another Ray runs on the node (a `ray start` cluster, another run, a test
-    session) that port is taken: the agent retries it five times with growing pauses, then goes on
-    without it, and the node is not up until it has (3.4 s of every start here, measured). A
-    private cluster's agent takes any free port instead (0). Ray's parameter class is not public
-    API: where it has no such field, nothing changes."""
-    from ray._private import parameter
+def _lighter_private_node():
+    """A private cluster's node without what a run never uses, each measured on this machine's two
+    cores (a bare ray.init 2.4-3.5 s before):
+    - Ray's API server (the dashboard's head, which `include_dashboard=False` still starts with its
+      usage-stats module): ray.init waited for it, 0.55-0.8 s. Nothing of a run asks it anything
+      (where `ray[default]` is installed, the node agent's event module then logs once a second, in
+      Ray's session folder, that it finds no dashboard to report to).
+    - the autoscaler monitor: a private cluster never scales, and ray.shutdown then waited about
+      1 s for it to give up reporting to the GCS stopped before it.
+    - the node agent's fixed port (52365): where another Ray on the node holds it (a `ray start`
+      cluster, another run, a test session), the agent retried it five times with growing pauses
+      and the node was not up until it gave up (3.4 s of every start); it takes any free port.
+    - the node's registration, which ray.init asks the GCS for in a call that waits in whole
+      seconds (1 or 2 s here, for a node that registers 0.6-0.7 s after its raylet starts): the
+      node table is read every 20 ms until the node is in it, then Ray's call returns at once.
+    Ray's node, parameter, services and state modules are not public API (Ray is pinned): where one
+    lacks what this changes, that part of Ray's start stays as it was."""
+    from ray._private import node, parameter, services, state
 
-    original = parameter.RayParams
-    if "dashboard_agent_listen_port" not in original.__init__.__code__.co_varnames:
-        yield
-        return
+    original_params, original_api_server = parameter.RayParams, getattr(node.Node, "start_api_server", None)
+    fields = original_params.__init__.__code__.co_varnames
+    defaults = {name: value for name, value in (("dashboard_agent_listen_port", 0), ("no_monitor", True))
+                if name in fields}
 
-    class RayParams(original):
+    class RayParams(original_params):
         def __init__(self, *args, **kwargs):
-            kwargs.setdefault("dashboard_agent_listen_port", 0)
+            for name, value in defaults.items():
+                kwargs.setdefault(name, value)
             super().__init__(*args, **kwargs)
 
+    original_get_node = getattr(services, "get_node", None)
+
+    def get_node_once_registered(gcs_address, node_id):
+        try:
+            table = state.GlobalState()
+            table._initialize_global_state(services._get_gcs_client_options(gcs_address))
+            deadline = time.monotonic() + REGISTRATION_WAIT_S
+            while node_id not in {n["NodeID"] for n in table.node_table()} and time.monotonic() < deadline:
+                time.sleep(0.02)
+        except Exception:  # noqa: BLE001 - Ray's own call below still waits for the node, its own way
+            pass
+        return original_get_node(gcs_address, node_id)
+
     parameter.RayParams = RayParams
+    if original_api_server is not None:
+        node.Node.start_api_server = lambda self, **_: None
+    if original_get_node is not None:
+        services.get_node = get_node_once_registered
     try:
         yield
     finally:
-        parameter.RayParams = original
-
-
-def _stop_autoscaler_monitor() -> None:
-    """Kill a private cluster's autoscaler monitor before ray.shutdown stops the rest. ray.shutdown
-    stops the GCS before it, and the monitor, told to stop, then tries to report to the GCS that is
-    gone until ray.shutdown gives up on it a second later (1.0 s of every run's end, measured). A
-    private cluster never autoscales; nothing of its state matters. Ray's own process table is not
-    public API: where it is missing, ray.shutdown does it the slow way."""
-    node = getattr(ray._private.worker, "_global_node", None)
-    for info in getattr(node, "all_processes", {}).get("monitor", []):
-        try:
-            info.process.kill()
-            info.process.wait(timeout=5)
-        except Exception:  # noqa: BLE001 - gone already, or not ours to stop: ray.shutdown still runs
-            pass
+        parameter.RayParams = original_params
+        if original_api_server is not None:
+            node.Node.start_api_server = original_api_server
+        if original_get_node is not None:
+            services.get_node = original_get_node
 
 
 def cluster_npus() -> int:

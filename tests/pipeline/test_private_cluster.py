@@ -1,7 +1,8 @@
 """The private Ray a run starts for itself (run/cluster.ray_session): its processes get the logging
 settings from the environment, not a runtime_env (which made Ray discard the workers it starts
-ahead of the job); its node agent does not wait for a port another Ray on the node holds; and it
-leaves no process behind. In a subprocess: this test session's own Ray is already running here."""
+ahead of the job); its node agent does not wait for a port another Ray on the node holds; it starts
+neither Ray's API server nor the autoscaler monitor; and it leaves no process behind. In a
+subprocess: this test session's own Ray is already running here."""
 
 import json
 import os
@@ -28,6 +29,7 @@ with cluster.ray_session(1, ray_address.choose("local", environ={})):
     session = node.get_session_dir_path()
     pid, glog_v, glog_stderr = ray.get(environment.remote())
     print(json.dumps({"agent_port": node.dashboard_agent_listen_port, "session": session,
+                      "processes": sorted(node.all_processes),
                       "worker_glog": [glog_v, glog_stderr], "driver_env_inside": {k: os.environ.get(k) for k in before},
                       "pids": [p.pid for p in __import__("psutil").Process().children(recursive=True)]}), flush=True)
 print(json.dumps({"driver_env_after": {k: os.environ.get(k) for k in before}, "before": before}))
@@ -51,7 +53,8 @@ def test_private_cluster_settings_ports_and_cleanup(tmp_path):
     assert inside["worker_glog"] == ["2", "1"]  # MindSpore's logging settings reach the workers
     assert after["driver_env_after"] == after["before"] == {"GLOG_v": None, "GLOG_logtostderr": None}
     assert inside["agent_port"] not in (52365, None)
+    assert inside["processes"] == ["gcs_server", "log_monitor", "raylet"]  # no API server, no monitor
     agent_log = open(os.path.join(inside["session"], "logs", "dashboard_agent.log")).read()
     assert "Failed to bind" not in agent_log
     left = [pid for pid in inside["pids"] if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
-    assert left == []  # the monitor too: it is killed first, not left for ray.shutdown's slow path
+    assert left == []
