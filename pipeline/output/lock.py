@@ -13,7 +13,8 @@ taken over, when
 - or its heartbeat is older than STALE_AFTER_S (an owner on another machine, which we cannot see).
 A finished run removes its lock (on object stores it marks it released instead: a delete there
 makes pyarrow write a folder marker). After writing its lock a run waits SETTLE_S and reads it back: two runs that raced for a free
-(or stale) lock both wrote, one of them was last, and the other one sees that and gives up.
+(or stale) lock both wrote, one of them was last, and the other one sees that and gives up. A local
+lock created where there was none needs no wait: its creation is exclusive.
 
 Before each commit the sink checks the lock is still its own (check()): a run whose heartbeat
 stalled past STALE_AFTER_S (a paused VM) and whose lock was taken over stops instead of
@@ -164,13 +165,15 @@ class OutLock:
         if found is not None and not self.stale(found):
             self._refuse(found)
         if found is None and self.local:
+            # Exclusive: no other run wrote it, and one that comes to take over finds it alive. No
+            # settling (0.2 s of every local run's start).
             self._create_local()
         else:
             if found is not None and self.local and self.read() != found:  # changed while we looked
                 self._refuse(self.read() or found)
             self._write()
             self.taken_over = found
-        time.sleep(SETTLE_LOCAL_S if self.local else SETTLE_S)
+            time.sleep(SETTLE_LOCAL_S if self.local else SETTLE_S)
         now = self.read()
         if now is None or now.token != self.owner.token:
             self._refuse(now or found)

@@ -105,9 +105,13 @@ def _lighter_private_node():
     - the node's registration, which ray.init asks the GCS for in a call that waits in whole
       seconds (1 or 2 s here, for a node that registers 0.6-0.7 s after its raylet starts): the
       node table is read every 20 ms until the node is in it, then Ray's call returns at once.
-    Ray's node, parameter, services and state modules are not public API (Ray is pinned): where one
-    lacks what this changes, that part of Ray's start stays as it was."""
-    from ray._private import node, parameter, services, state
+    - the dashboard's dependency check: Ray imports them to see whether they are installed (aiohttp
+      and more, 0.3 s of the driver's CPU on the start's critical path where `ray[default]` is);
+      told they are missing, the node agent starts as with a plain `pip install ray`, without its
+      HTTP and metrics servers, which nothing of a private run reads.
+    Ray's node, parameter, services, state and utils modules are not public API (Ray is pinned):
+    where one lacks what this changes, that part of Ray's start stays as it was."""
+    from ray._private import node, parameter, services, state, utils
 
     original_params, original_api_server = parameter.RayParams, getattr(node.Node, "start_api_server", None)
     fields = original_params.__init__.__code__.co_varnames
@@ -133,11 +137,14 @@ def _lighter_private_node():
             pass
         return original_get_node(gcs_address, node_id)
 
+    original_dependency_check = getattr(utils, "get_dashboard_dependency_error", None)
     parameter.RayParams = RayParams
     if original_api_server is not None:
         node.Node.start_api_server = lambda self, **_: None
     if original_get_node is not None:
         services.get_node = get_node_once_registered
+    if original_dependency_check is not None:
+        utils.get_dashboard_dependency_error = lambda: ImportError("a private run's node serves no dashboard")
     try:
         yield
     finally:
@@ -146,6 +153,8 @@ def _lighter_private_node():
             node.Node.start_api_server = original_api_server
         if original_get_node is not None:
             services.get_node = original_get_node
+        if original_dependency_check is not None:
+            utils.get_dashboard_dependency_error = original_dependency_check
 
 
 def cluster_npus() -> int:
