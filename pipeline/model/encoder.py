@@ -53,10 +53,10 @@ class EncoderLayer(nn.Cell):
     def __init__(self, dim: int, heads: int, ffn: int, dtype, kernels: CpuKernels | None = None):
         super().__init__()
         self.self_attn = EncoderAttention(dim, heads, dtype, kernels)
-        self.self_attn_layer_norm = LayerNorm(dim, dtype)
+        self.self_attn_layer_norm = LayerNorm(dim, dtype, kernels=kernels)
         self.fc1 = Linear(dim, ffn, True, dtype)
         self.fc2 = Linear(ffn, dim, True, dtype)
-        self.final_layer_norm = LayerNorm(dim, dtype)
+        self.final_layer_norm = LayerNorm(dim, dtype, kernels=kernels)
         self.gelu = ExactGelu(kernels)
 
     def construct(self, x, mask):
@@ -71,7 +71,7 @@ class AudioEncoder(nn.Cell):
     features [E, n_mels, F]; frame_keep [E, 1, F] zeroes the first convolution's output outside each
     clip; position_ids [E, F/2] restart at each clip; mask [E, F/2, F/2] is additive (a position
     attends to its own clip's valid positions). kernels: the compiled CPU kernels, for the exact
-    GELU and the attention (model/cpu_kernels.py); None: MindSpore's.
+    GELU, the layer norms and the attention (model/cpu_kernels.py); None: MindSpore's.
     """
 
     def __init__(self, spec, dtype, kernels: CpuKernels | None = None):
@@ -83,7 +83,7 @@ class AudioEncoder(nn.Cell):
         self.layers = nn.CellList(
             [EncoderLayer(dim, spec.audio_heads, spec.audio_ffn, dtype, kernels) for _ in range(spec.audio_layers)]
         )
-        self.layer_norm = LayerNorm(dim, dtype)
+        self.layer_norm = LayerNorm(dim, dtype, kernels=kernels)
         self.heads = spec.audio_heads
         self.gelu = ExactGelu(kernels)
 

@@ -62,13 +62,22 @@ class Linear(nn.Cell):
 
 
 class LayerNorm(nn.Cell):
-    def __init__(self, dim: int, dtype, eps: float = 1e-5):
+    """kernels: the compiled CPU kernels (model/cpu_kernels.py), one pass a row; None: MindSpore's."""
+
+    def __init__(self, dim: int, dtype, eps: float = 1e-5, kernels=None):
         super().__init__()
         self.weight = _zeros((dim,), dtype)
         self.bias = _zeros((dim,), dtype)
-        self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
+        self.native = kernels is not None
+        if kernels is not None:
+            self.kernel = kernels.op("LayerNorm")
+            self.eps_input = ms.Tensor(np.array([eps], np.float32))
+        else:
+            self.norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=eps)
 
     def construct(self, x):
+        if self.native:
+            return self.kernel(x, self.weight, self.bias, self.eps_input)
         return self.norm(x, self.weight, self.bias)[0]
 
 

@@ -1,6 +1,6 @@
 """The compiled CPU kernels (model/cpu_kernels.py): built once per node, checked before use, equal
-within rounding in graphs to what MindSpore runs otherwise (GELU, RMSNorm, the MLP's SiLU and
-product, a step's and packed rows' attention), and MindSpore's operations wherever the kernels cannot
+within rounding in graphs to what MindSpore runs otherwise (GELU, RMSNorm, LayerNorm, the MLP's
+SiLU and product, a step's and packed rows' attention), and MindSpore's operations wherever the kernels cannot
 be had. Greedy tokens against transformers both ways: tests/model/test_reference.py."""
 
 import logging
@@ -15,7 +15,7 @@ from mindspore import Parameter, nn
 from pipeline.model import cpu_kernels
 from pipeline.model.decoder import MLP, TextAttention
 from pipeline.model.encoder import EncoderAttention
-from pipeline.model.layers import RMSNorm
+from pipeline.model.layers import LayerNorm, RMSNorm
 from pipeline.model.packing import MASKED
 
 
@@ -55,6 +55,17 @@ def test_builds_once_per_folder_and_matches_mindspore_in_a_graph(tmp_path, minds
             outputs.append(norm(x).asnumpy())
         assert outputs[0].shape == shape and np.abs(outputs[0]).max() > 1
         np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+    # LayerNorm on an encoder row's [1, 1500, 192], rows away from zero, weights and bias both ways.
+    weight, bias = (ms.Tensor(rng.uniform(-2, 2, 192).astype(np.float32)) for _ in range(2))
+    x = ms.Tensor((rng.standard_normal((1, 1500, 192)) * 3 + 5).astype(np.float32))
+    outputs = []
+    for with_kernels in (kernels, None):
+        norm = LayerNorm(192, ms.float32, kernels=with_kernels)
+        norm.weight.set_data(weight)
+        norm.bias.set_data(bias)
+        outputs.append(norm(x).asnumpy())
+    assert np.abs(outputs[0]).max() > 1
+    np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
     # The MLP's SiLU and product on a prefill row's [1, 832, intermediate], with MindSpore's MLP.
     mlps = [MLP(SimpleNamespace(hidden=64, intermediate=1024), ms.float32, k) for k in (kernels, None)]
     for mlp in mlps:
@@ -141,17 +152,20 @@ def test_a_node_without_a_compiler_gets_mindspores_operations(tmp_path, caplog):
 
 
 def test_kernels_that_fail_their_check_are_not_used(tmp_path, caplog):
-    # Libraries that build and run, each with one kernel off by a hair: erf's argument, the mean,
-    # SiLU's exponent, the positions a slot sees (one short), the last key a packed row's query sees
+    # Libraries that build and run, each with one kernel off by a hair: erf's argument, the mean
+    # square, the layer norm's mean, SiLU's exponent, the positions a slot sees (one short), the last key a packed row's query sees
     # (dropped).
     for name, wrong in (("GELU", ("0.70710678118654752440f", "0.7072f")),
-                        ("RMSNorm", ("static_cast<float>(width) + eps", "static_cast<float>(width + 1) + eps")),
+                        ("RMSNorm", ("squares / static_cast<float>(width) + eps",
+                                     "squares / static_cast<float>(width + 1) + eps")),
+                        ("LayerNorm", ("const float mean = sum / static_cast<float>(width);",
+                                       "const float mean = sum / static_cast<float>(width + 1);")),
                         ("SiLU product", ("g / (1.0f + expf(-g))", "g / (1.0f + expf(-1.0001f * g))")),
                         ("step attention", ("const int64_t length = position + 1;",
                                             "const int64_t length = position > 0 ? position : 1;")),
                         ("masked attention", ("while (hi > lo && m[hi - 1] != 0.0f) --hi;",
                                               "while (hi > lo && m[hi - 1] != 0.0f) --hi;\n        hi -= hi - lo > 1;"))):
-        assert wrong[0] in cpu_kernels.SOURCE.read_text()
+        assert cpu_kernels.SOURCE.read_text().count(wrong[0]) == 1
         source = tmp_path / f"wrong-{name}.cc"
         source.write_text(cpu_kernels.SOURCE.read_text().replace(*wrong))
         caplog.clear()
