@@ -10,6 +10,9 @@
 // - LayerNorm: (x - mean) / sqrt(var + eps) * weight + bias over the last axis, the encoder's norm.
 //   MindSpore's CPU LayerNorm took about 1 ms for one encoder row's [1500, 192] (seven of them a
 //   row: 12% of an encode call, measured), one pass a row here.
+// - Rotary: (x * cos + rotate_half(x) * sin) * scale, the rotary embedding of queries and keys
+//   (scale: the attention's, folded into the queries of prefill). MindSpore runs it as a product
+//   with a rotation matrix, two multiplications, an addition and a scaling: five passes.
 // - SiluProduct: silu(gate) * up, the decoder MLP's elementwise part: two kernels in MindSpore
 //   (SiLU, then the product), one pass here (six prefill layers 10 ms against 3.3, measured).
 // - StepAttention: a decode step's attention, each slot over the positions it has filled, where
@@ -107,6 +110,24 @@ void layer_norm(const float *x, const float *weight, const float *bias, float ep
     const float scale = 1.0f / std::sqrt(spread / static_cast<float>(width) + eps);
 #pragma omp simd
     for (int64_t i = 0; i < width; ++i) out[i] = (row[i] - mean) * scale * weight[i] + bias[i];
+  }
+}
+
+// x [tokens, heads, d], cos and sin [tokens, d] (every head of a token turns alike).
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void rotary(const float *x, const float *cos, const float *sin, float scale, float *y, int64_t tokens,
+            int64_t heads, int64_t d) {
+  const int64_t half = d / 2;
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float *c = cos + t * d, *s = sin + t * d;
+    for (int64_t h = 0; h < heads; ++h) {
+      const float *in = x + (t * heads + h) * d;
+      float *out = y + (t * heads + h) * d;
+#pragma omp simd
+      for (int64_t i = 0; i < half; ++i) out[i] = (in[i] * c[i] + -in[i + half] * s[i]) * scale;
+#pragma omp simd
+      for (int64_t i = half; i < d; ++i) out[i] = (in[i] * c[i] + in[i - half] * s[i]) * scale;
+    }
   }
 }
 
@@ -482,6 +503,20 @@ extern "C" int LayerNorm(int nparam, void **params, int *ndims, int64_t **shapes
   layer_norm(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
              static_cast<const float *>(params[2]), *static_cast<const float *>(params[3]),
              static_cast<float *>(params[4]), elements(ndims[0], shapes[0], 0, ndims[0] - 1), width);
+  return 0;
+}
+
+// (x [tokens, ..., d], cos [tokens, ..., d] and sin alike, one row of d per token, scale [1]) ->
+// x's rotary embedding, times scale; d even.
+extern "C" int Rotary(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
+                      void *, void *) {
+  if (!kinds_are(nparam, dtypes, "fffff") || ndims[0] < 2 || !same_shape(ndims, shapes, 1, 2)) return 1;
+  const int64_t d = shapes[0][ndims[0] - 1], values = elements(ndims[0], shapes[0], 0, ndims[0]);
+  const int64_t angles = elements(ndims[1], shapes[1], 0, ndims[1]);
+  if (d % 2 != 0 || shapes[1][ndims[1] - 1] != d || angles == 0 || values % angles != 0) return 1;
+  rotary(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
+         static_cast<const float *>(params[2]), *static_cast<const float *>(params[3]),
+         static_cast<float *>(params[4]), angles / d, values / angles, d);
   return 0;
 }
 

@@ -3,7 +3,8 @@
 Some operations are much slower on MindSpore's CPU backend than the arithmetic they need: the
 exact GELU (erf evaluated one value at a time: a fifth of an encoder row's time on the bench),
 RMSNorm (five kernels where one pass would do: an eighth of a prefill call), the encoder's
-LayerNorm (about 1 ms for a row's [1500, 192] where one pass takes a tenth), the MLP's SiLU and
+LayerNorm (about 1 ms for a row's [1500, 192] where one pass takes a tenth), the rotary
+embedding (a product with a rotation matrix and four elementwise passes), the MLP's SiLU and
 product (two), and attention (every score of a packed row computed and most masked away; every
 slot's whole span read in a decode step, where a real mix's slots have filled a third of theirs).
 cpu_kernels.cc computes them, as the reference does, as AOT custom ops (`ops.Custom`, func_type
@@ -138,6 +139,7 @@ def check(library: Path) -> str | None:
     try:
         loaded = ctypes.CDLL(str(library))
         gelu, norm, attention, layer_norm = loaded.ExactGelu, loaded.RmsNorm, loaded.StepAttention, loaded.LayerNorm
+        rotary = loaded.Rotary
         masked, silu_product = loaded.MaskedAttention, loaded.SiluProduct
     except (OSError, AttributeError) as exc:
         return f"{library} does not load: {exc}"
@@ -178,6 +180,9 @@ def check(library: Path) -> str | None:
     if problem := _compare("LayerNorm", rows, out, expected, NORM_TOLERANCE, library):
         return problem
 
+    if problem := _check_rotary(rotary, library):
+        return problem
+
     gate = np.concatenate([np.linspace(-30, 30, 6001), [0.0, -0.0, 1e-30, -1e-30, 88.0, -88.0, 200.0, -200.0]])
     gate = gate.astype(np.float32)
     up = np.random.default_rng(2).uniform(-3, 3, gate.shape).astype(np.float32)
@@ -199,6 +204,26 @@ def check(library: Path) -> str | None:
         if problem:
             return problem
     return None
+
+
+def _check_rotary(rotary, library: Path) -> str | None:
+    """Three tokens of two heads of 64, each token at its own angles, scaled by 0.125; an odd width
+    refused."""
+    from pipeline.model.decoder import rotary_tables
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((3, 2, 64)).astype(np.float32) * np.float32(4.0)
+    cos, sin = (table[[0, 7, 801]].reshape(3, 1, 64) for table in rotary_tables(64, 10000.0, 1024))
+    scale = np.array([0.125], np.float32)
+    out = np.full_like(x, np.nan)
+    if (status := _call(rotary, x, cos, sin, scale, out)) != 0:
+        return f"{library}: Rotary returned {status}"
+    if _call(rotary, x[..., :63].copy(), cos[..., :63].copy(), sin[..., :63].copy(), scale, out[..., :63].copy()) == 0:
+        return f"{library}: Rotary took heads of 63 (odd)"
+    wide = x.astype(np.float64)
+    turned = np.concatenate([-wide[..., 32:], wide[..., :32]], -1)
+    expected = (wide * cos + turned * sin) * 0.125
+    return _compare("rotary", x, out, expected, TOLERANCE, library)
 
 
 def _check_masked_attention(masked, width: int, library: Path) -> str | None:

@@ -47,13 +47,6 @@ def rotation_matrix(head_dim: int) -> np.ndarray:
     return r
 
 
-def _rotate(x, cos, sin, rotation):
-    """Rotary embedding of x [..., d] (cos/sin broadcast against it)."""
-    d = x.shape[-1]
-    turned = ops.matmul(x.reshape(-1, d), rotation).reshape(x.shape)
-    return x * cos + turned * sin
-
-
 def additive_mask(visible):
     """0 where visible, the dtype's minimum elsewhere (as the reference masks), in fp32."""
     return ops.select(visible, ops.zeros(visible.shape, ms.float32), ops.fill(ms.float32, visible.shape, MASKED))
@@ -72,13 +65,16 @@ class TextAttention(nn.Cell):
         self.v_proj = Linear(spec.hidden, spec.kv_heads * spec.head_dim, True, dtype, True)
         self.o_proj = Linear(spec.heads * spec.head_dim, spec.hidden, False, dtype, True)
         self.rotation = Tensor(rotation_matrix(spec.head_dim), dtype)
+        self.native_rotary = kernels is not None
         self.native_step = kernels is not None
         # Prefill's packed rows through the compiled kernel where it has the head width.
         self.native_prefill = kernels is not None and spec.head_dim in MASKED_ATTENTION_WIDTHS
         if kernels is not None:
             self.step_kernel = kernels.op("StepAttention")
             self.prefill_kernel = kernels.op("MaskedAttention")
+            self.rotary_kernel = kernels.op("Rotary")
             self.scale_input = Tensor(np.array([self.scaling], np.float32))
+            self.unit_input = Tensor(np.array([1.0], np.float32))
             self.threads_input = Tensor(np.array([kernels.threads], np.int32))
 
     def prefill(self, x, cos, sin, mask, stage_rows, k_stage, v_stage):
@@ -91,15 +87,15 @@ class TextAttention(nn.Cell):
         q = self.q_proj(x).reshape(r, l, self.heads, d)
         k = self.k_proj(x).reshape(r, l, kv, d)
         v = self.v_proj(x).reshape(r, l, kv, d)
-        q = _rotate(q, cos, sin, self.rotation)
-        k = _rotate(k, cos, sin, self.rotation)
+        # Scaled before the product, on l x d values rather than the l x l scores (exact for the
+        # power-of-two scales of 64- and 256-wide heads, within rounding otherwise).
+        q = self._rotate(q, cos, sin, scaled=True)
+        k = self._rotate(k, cos, sin)
         written = ops.scatter_update(k_stage, stage_rows, k.reshape(r * l * kv, d))
         written = ops.depend(written, ops.scatter_update(v_stage, stage_rows, v.reshape(r * l * kv, d)))
         # Query heads that share a key/value head are folded into the query axis (head h uses kv
         # head h // g, as the reference's repeat_kv does), so keys are never copied per head.
-        # Scaled before the product, on l x d values rather than the l x l scores (exact for the
-        # power-of-two scales of 64- and 256-wide heads, within rounding otherwise).
-        q = (q * self.scaling).transpose(0, 2, 1, 3).reshape(r, kv, g * l, d)
+        q = q.transpose(0, 2, 1, 3).reshape(r, kv, g * l, d)
         k = k.transpose(0, 2, 1, 3)
         v = v.transpose(0, 2, 1, 3)
         if self.native_prefill:  # only the scores each query's mask row shows
@@ -141,12 +137,23 @@ class TextAttention(nn.Cell):
                               x.dtype)), 0)
         return self.o_proj(out.reshape(n, self.heads * self.head_dim))
 
+    def _rotate(self, x, cos, sin, scaled: bool = False):
+        """Rotary embedding of x [tokens, ..., d] (cos/sin [tokens, ..., d], one row per token,
+        broadcast over the heads), times the attention's scale where scaled: the compiled kernel in
+        one pass where there is one, else a product with the rotation matrix and elementwise passes."""
+        if self.native_rotary:
+            return self.rotary_kernel(x, cos, sin, self.scale_input if scaled else self.unit_input)
+        d = x.shape[-1]
+        turned = ops.matmul(x.reshape(-1, d), self.rotation).reshape(x.shape)
+        rotated = x * cos + turned * sin
+        return rotated * self.scaling if scaled else rotated
+
     def _step_qkv(self, x, cos, sin):
         """One token per row -> rotated q [n, kv, g, d], rotated k [n, kv, d] and v [n, kv, d]."""
         n, _ = x.shape
         kv, g, d = self.kv_heads, self.groups, self.head_dim
-        q = _rotate(self.q_proj(x).reshape(n, kv, g, d), cos, sin, self.rotation)
-        k = _rotate(self.k_proj(x).reshape(n, kv, 1, d), cos, sin, self.rotation)
+        q = self._rotate(self.q_proj(x).reshape(n, kv, g, d), cos, sin)
+        k = self._rotate(self.k_proj(x).reshape(n, kv, 1, d), cos, sin)
         return q, k.reshape(n, kv, d), self.v_proj(x).reshape(n, kv, d)
 
     def _attend_step(self, q, keys, values, visible, dtype):
@@ -168,8 +175,8 @@ class TextAttention(nn.Cell):
         q = self.q_proj(x).reshape(e, c, self.heads, d)
         k = self.k_proj(x).reshape(e, c, kv, d)
         v = self.v_proj(x).reshape(e, c, kv, d)
-        q = _rotate(q, cos, sin, self.rotation)
-        k = _rotate(k, cos, sin, self.rotation)
+        q = self._rotate(q, cos, sin)
+        k = self._rotate(k, cos, sin)
         written = ops.scatter_nd_add(k_cache, write_at, k)
         written = ops.depend(written, ops.scatter_nd_add(v_cache, write_at, v))
         keys = ops.gather(ops.depend(k_cache, written), slots, 0)

@@ -1,6 +1,6 @@
 """The compiled CPU kernels (model/cpu_kernels.py): built once per node, checked before use, equal
-within rounding in graphs to what MindSpore runs otherwise (GELU, RMSNorm, LayerNorm, the MLP's
-SiLU and product, a step's and packed rows' attention), and MindSpore's operations wherever the kernels cannot
+within rounding in graphs to what MindSpore runs otherwise (GELU, RMSNorm, LayerNorm, the rotary
+embedding, the MLP's SiLU and product, a step's and packed rows' attention), and MindSpore's operations wherever the kernels cannot
 be had. Greedy tokens against transformers both ways: tests/model/test_reference.py."""
 
 import logging
@@ -13,7 +13,7 @@ import mindspore as ms
 from mindspore import Parameter, nn
 
 from pipeline.model import cpu_kernels
-from pipeline.model.decoder import MLP, TextAttention
+from pipeline.model.decoder import MLP, TextAttention, rotary_tables
 from pipeline.model.encoder import EncoderAttention
 from pipeline.model.layers import LayerNorm, RMSNorm
 from pipeline.model.packing import MASKED
@@ -76,6 +76,33 @@ def test_builds_once_per_folder_and_matches_mindspore_in_a_graph(tmp_path, minds
     compiled, mindspore = (mlp(x).asnumpy() for mlp in mlps)
     assert mlps[0].native and np.abs(compiled).max() > 1
     np.testing.assert_allclose(compiled, mindspore, rtol=0, atol=1e-5 * np.abs(mindspore).max())
+
+
+class _Rotate(nn.Cell):
+    def __init__(self, attention, scaled):
+        super().__init__()
+        self.attention, self.scaled = attention, scaled
+
+    def construct(self, x, cos, sin):
+        return self.attention._rotate(x, cos, sin, self.scaled)
+
+
+def test_rotary_matches_mindspores_in_a_graph(tmp_path, mindspore_cpu):
+    # A prefill row's queries (scaled) and a step's keys, at positions across the table.
+    kernels = cpu_kernels.build(tmp_path)
+    assert kernels is not None and TextAttention(SimpleNamespace(hidden=8, heads=1, kv_heads=1, head_dim=8),
+                                                 ms.float32, kernels).native_rotary
+    spec = SimpleNamespace(hidden=384, heads=6, kv_heads=2, head_dim=64)
+    cos_table, sin_table = rotary_tables(64, 1000000.0, 2048)
+    rng = np.random.default_rng(7)
+    for shape, angles, scaled in (((1, 832, 6, 64), (1, 832, 1, 64), True), ((32, 2, 1, 64), (32, 1, 1, 64), False)):
+        positions = rng.integers(0, 2048, int(np.prod(angles[:-1])))
+        cos, sin = (ms.Tensor(t[positions].reshape(angles)) for t in (cos_table, sin_table))
+        x = ms.Tensor((rng.standard_normal(shape) * 3).astype(np.float32))
+        compiled, mindspore = (_Rotate(TextAttention(spec, ms.float32, k), scaled)(x, cos, sin).asnumpy()
+                               for k in (kernels, None))
+        assert np.abs(compiled).max() > 1
+        np.testing.assert_allclose(compiled, mindspore, rtol=0, atol=1e-5)
 
 
 class _StepAttention(nn.Cell):
@@ -153,13 +180,15 @@ def test_a_node_without_a_compiler_gets_mindspores_operations(tmp_path, caplog):
 
 def test_kernels_that_fail_their_check_are_not_used(tmp_path, caplog):
     # Libraries that build and run, each with one kernel off by a hair: erf's argument, the mean
-    # square, the layer norm's mean, SiLU's exponent, the positions a slot sees (one short), the last key a packed row's query sees
+    # square, the layer norm's mean, the rotary embedding's second half, SiLU's exponent, the positions a slot sees (one short), the last key a packed row's query sees
     # (dropped).
     for name, wrong in (("GELU", ("0.70710678118654752440f", "0.7072f")),
                         ("RMSNorm", ("squares / static_cast<float>(width) + eps",
                                      "squares / static_cast<float>(width + 1) + eps")),
                         ("LayerNorm", ("const float mean = sum / static_cast<float>(width);",
                                        "const float mean = sum / static_cast<float>(width + 1);")),
+                        ("rotary", ("out[i] = (in[i] * c[i] + in[i - half] * s[i]) * scale;",
+                                    "out[i] = (in[i] * c[i] + in[i - half] * s[i]) * scale * 1.0001f;")),
                         ("SiLU product", ("g / (1.0f + expf(-g))", "g / (1.0f + expf(-1.0001f * g))")),
                         ("step attention", ("const int64_t length = position + 1;",
                                             "const int64_t length = position > 0 ? position : 1;")),
