@@ -337,22 +337,24 @@ __attribute__((always_inline)) inline bool any_visible(const float *m) {
   return found != 0;
 }
 
-// keys [length, d] -> transposed [d, stride] (stride >= length, a multiple of 16, zero-padded).
-void transpose_keys(const float *k, int64_t length, int64_t d, int64_t stride, float *out) {
+// keys [length rows of d, k_stride apart] -> transposed [d, stride] (stride >= length, a multiple
+// of 16, zero-padded).
+void transpose_keys(const float *k, int64_t k_stride, int64_t length, int64_t d, int64_t stride, float *out) {
   for (int64_t i = 0; i < d; ++i) {
     float *row = out + i * stride;
-    for (int64_t t = 0; t < length; ++t) row[t] = k[t * d + i];
+    for (int64_t t = 0; t < length; ++t) row[t] = k[t * k_stride + i];
     for (int64_t t = length; t < stride; ++t) row[t] = 0.0f;
   }
 }
 
 // One block of n <= QUERIES queries q [n rows of d, q_stride apart] against the keys kt
-// (transposed, [d, stride]) and values v [length, d] in [lo, hi); masks: each query's mask row
-// (0 where visible). -> out rows (out_stride apart). scores: QUERIES * stride floats.
+// (transposed, [d, stride]) and values v [length rows of d, v_stride apart] in [lo, hi); masks:
+// each query's mask row (0 where visible). -> out rows (out_stride apart). scores: QUERIES *
+// stride floats.
 template <int CHUNKS>
 __attribute__((target_clones("avx512f", "avx2", "default")))
 void attend_block(const float *q, int64_t q_stride, int n, const float *kt, int64_t stride, const float *v,
-                  const float *const *masks, int64_t lo, int64_t hi, float *scores, float *out,
+                  int64_t v_stride, const float *const *masks, int64_t lo, int64_t hi, float *scores, float *out,
                   int64_t out_stride) {
   constexpr int64_t d = CHUNKS * 16;
   const int64_t first = lo & ~int64_t{15};
@@ -384,7 +386,7 @@ void attend_block(const float *q, int64_t q_stride, int n, const float *kt, int6
     for (int64_t t = lo; t < hi; ++t) {
       v16 value[CHUNKS];
 #pragma GCC unroll 16
-      for (int c = 0; c < CHUNKS; ++c) value[c] = *reinterpret_cast<const v16 *>(v + t * d + c * 16);
+      for (int c = 0; c < CHUNKS; ++c) value[c] = *reinterpret_cast<const v16 *>(v + t * v_stride + c * 16);
 #pragma GCC unroll 16
       for (int r = 0; r < 4; ++r) {
         const float p = scores[(r0 + r) * stride + t];
@@ -399,24 +401,25 @@ void attend_block(const float *q, int64_t q_stride, int n, const float *kt, int6
   }
 }
 
-using BlockFunction = void (*)(const float *, int64_t, int, const float *, int64_t, const float *,
+using BlockFunction = void (*)(const float *, int64_t, int, const float *, int64_t, const float *, int64_t,
                                const float *const *, int64_t, int64_t, float *, float *, int64_t);
 
-// q [b, kv, rows, d] (rows = groups * length: the query heads of a key/value head one after the
-// other), keys and values [b, kv, length, d], mask [b, length, length] additive (0 or MASKED)
-// -> out [b, kv, rows, d].
+// q [b, length, heads, d] (query head h uses key/value head h / (heads / kv)), keys and values
+// [b, length, kv, d], mask [b, length, length] additive (0 or MASKED) -> out [b, length, heads, d]:
+// the layout the projections write and the output projection reads, so the graph transposes nothing.
 void masked_attention(const float *q, const float *keys, const float *values, const float *mask, float *out,
-                      int64_t b, int64_t kv, int64_t rows, int64_t length, int64_t d, int threads,
+                      int64_t b, int64_t length, int64_t heads, int64_t kv, int64_t d, int threads,
                       BlockFunction block_function) {
-  const int64_t stride = (length + 15) / 16 * 16;
+  const int64_t stride = (length + 15) / 16 * 16, groups = heads / kv;
   // Each mask row's first and last visible key, and the keys transposed, once for every head.
   std::vector<int64_t> first(b * length), last(b * length);
   std::vector<float> transposed(b * kv * d * stride);
   std::atomic<int64_t> next{0};
   helpers().run([&] {
     for (int64_t item; (item = next.fetch_add(1)) < b * kv + b;) {
-      if (item < b * kv) {
-        transpose_keys(keys + item * length * d, length, d, stride, transposed.data() + item * d * stride);
+      if (item < b * kv) {  // row item / kv, key/value head item % kv
+        transpose_keys(keys + ((item / kv) * length * kv + item % kv) * d, kv * d, length, d, stride,
+                       transposed.data() + item * d * stride);
         continue;
       }
       const int64_t row = item - b * kv;
@@ -432,16 +435,13 @@ void masked_attention(const float *q, const float *keys, const float *values, co
       }
     }
   }, threads);
-  const int64_t blocks_per_group = (length + QUERIES - 1) / QUERIES;
-  const int64_t blocks = b * kv * (rows / length) * blocks_per_group;
+  const int64_t blocks_per_head = (length + QUERIES - 1) / QUERIES;
   next = 0;
   helpers().run([&] {
     std::vector<float> scores(QUERIES * stride);
-    for (int64_t item; (item = next.fetch_add(1)) < blocks;) {
-      const int64_t head = item / ((rows / length) * blocks_per_group);  // b * kv + h
-      const int64_t row = head / kv;
-      const int64_t within = item % ((rows / length) * blocks_per_group);
-      const int64_t group = within / blocks_per_group, i0 = (within % blocks_per_group) * QUERIES;
+    for (int64_t item; (item = next.fetch_add(1)) < b * heads * blocks_per_head;) {
+      const int64_t row = item / (heads * blocks_per_head), h = item / blocks_per_head % heads;
+      const int64_t i0 = item % blocks_per_head * QUERIES, pair = row * kv + h / groups;
       const int n = static_cast<int>(std::min<int64_t>(QUERIES, length - i0));
       const float *masks[QUERIES];
       int64_t lo = length, hi = 0;
@@ -450,9 +450,10 @@ void masked_attention(const float *q, const float *keys, const float *values, co
         lo = std::min(lo, first[row * length + i0 + r]);
         hi = std::max(hi, last[row * length + i0 + r]);
       }
-      const int64_t q_row = head * rows + group * length + i0;
-      block_function(q + q_row * d, d, n, transposed.data() + head * d * stride, stride,
-                     values + head * length * d, masks, lo, hi, scores.data(), out + q_row * d, d);
+      const int64_t at = ((row * length + i0) * heads + h) * d;
+      block_function(q + at, heads * d, n, transposed.data() + pair * d * stride, stride,
+                     values + (row * length * kv + h / groups) * d, kv * d, masks, lo, hi, scores.data(),
+                     out + at, heads * d);
     }
   }, threads);
 }
@@ -537,17 +538,16 @@ extern "C" int StepAttention(int nparam, void **params, int *ndims, int64_t **sh
   return 0;
 }
 
-// (q [b, kv, rows, d], keys [b, kv, length, d], values [b, kv, length, d], mask [b, length, length]
-// float32, 0 where a query sees a key and MASKED elsewhere, every query seeing at least one;
-// threads [1] int32) -> [b, kv, rows, d]: softmax(q k^T + mask) v, q scaled already. rows is
-// groups * length: query row j * length + i is query i of the head's j-th query head. d: a
-// multiple of 16 up to 128.
+// (q [b, length, heads, d], keys [b, length, kv, d], values [b, length, kv, d], mask [b, length,
+// length] float32, 0 where a query sees a key and MASKED elsewhere, every query seeing at least
+// one; threads [1] int32) -> [b, length, heads, d]: softmax(q k^T + mask) v, q scaled already,
+// query head h against key/value head h / (heads / kv). d: a multiple of 16 up to 128.
 extern "C" int MaskedAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                void *, void *) {
   if (!kinds_are(nparam, dtypes, "ffffif") || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 3) return 1;
-  const int64_t b = shapes[1][0], kv = shapes[1][1], length = shapes[1][2], d = shapes[1][3];
-  const int64_t rows = shapes[0][2];
-  if (shapes[0][0] != b || shapes[0][1] != kv || shapes[0][3] != d || rows % length != 0) return 1;
+  const int64_t b = shapes[1][0], length = shapes[1][1], kv = shapes[1][2], d = shapes[1][3];
+  const int64_t heads = shapes[0][2];
+  if (shapes[0][0] != b || shapes[0][1] != length || shapes[0][3] != d || kv == 0 || heads % kv != 0) return 1;
   if (shapes[3][0] != b || shapes[3][1] != length || shapes[3][2] != length) return 1;
   const int threads = threads_of(params[4]);
   if (!same_shape(ndims, shapes, 1, 2) || threads == 0) return 1;
@@ -556,6 +556,6 @@ extern "C" int MaskedAttention(int nparam, void **params, int *ndims, int64_t **
   if (block == nullptr) return 1;
   masked_attention(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                    static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
-                   static_cast<float *>(params[5]), b, kv, rows, length, d, threads, block);
+                   static_cast<float *>(params[5]), b, length, heads, kv, d, threads, block);
   return 0;
 }

@@ -244,15 +244,16 @@ def _check_masked_attention(masked, width: int, library: Path) -> str | None:
     for part in (prefix, first, second):
         mask[1, part, part][causal[part, part]] = 0.0
         mask[1, part, prefix] = np.where(causal[part, prefix] | (part != prefix), 0.0, MASKED)
-    q = (rng.standard_normal((rows, kv, groups * length, width)) * width**-0.5 * 2).astype(np.float32)
-    keys = rng.standard_normal((rows, kv, length, width)).astype(np.float32)
-    values = rng.standard_normal((rows, kv, length, width)).astype(np.float32)
+    # Token-major, as the projections write them: query head h uses key/value head h // groups.
+    q = (rng.standard_normal((rows, length, kv * groups, width)) * width**-0.5 * 2).astype(np.float32)
+    keys = rng.standard_normal((rows, length, kv, width)).astype(np.float32)
+    values = rng.standard_normal((rows, length, kv, width)).astype(np.float32)
     out = np.full_like(q, np.nan)
     if (status := _call(masked, q, keys, values, mask, np.array([2], np.int32), out)) != 0:
         return f"{library}: MaskedAttention returned {status}"
-    wide = q.reshape(rows, kv, groups, length, width).astype(np.float64)
-    probs = _softmax64(np.einsum("bhgid,bhtd->bhgit", wide, keys) + mask[:, None, None])
-    expected = np.einsum("bhgit,bhtd->bhgid", probs, values).reshape(q.shape)
+    wide = q.reshape(rows, length, kv, groups, width).astype(np.float64)
+    probs = _softmax64(np.einsum("bihgd,bthd->bhgit", wide, keys) + mask[:, None, None])
+    expected = np.einsum("bhgit,bthd->bihgd", probs, values).reshape(q.shape)
     return _compare(f"masked attention (heads of {width})", q, out, expected, NORM_TOLERANCE, library)
 
 

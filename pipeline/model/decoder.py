@@ -93,17 +93,15 @@ class TextAttention(nn.Cell):
         k = self._rotate(k, cos, sin)
         written = ops.scatter_update(k_stage, stage_rows, k.reshape(r * l * kv, d))
         written = ops.depend(written, ops.scatter_update(v_stage, stage_rows, v.reshape(r * l * kv, d)))
-        # Query heads that share a key/value head are folded into the query axis (head h uses kv
-        # head h // g, as the reference's repeat_kv does), so keys are never copied per head.
-        q = q.transpose(0, 2, 1, 3).reshape(r, kv, g * l, d)
-        k = k.transpose(0, 2, 1, 3)
-        v = v.transpose(0, 2, 1, 3)
-        if self.native_prefill:  # only the scores each query's mask row shows
+        if self.native_prefill:  # only the scores each query's mask row shows, token-major: no transposes
             out = self.prefill_kernel(q, k, v, mask, self.threads_input)
         else:
-            scores = cast(ops.BatchMatMul(transpose_b=True)(q, k), ms.float32).reshape(r, kv, g, l, l) + mask
-            out = ops.matmul(cast(ops.softmax(scores, -1), x.dtype).reshape(r, kv, g * l, l), v)
-        out = out.reshape(r, self.heads, l, d).transpose(0, 2, 1, 3)
+            # Query heads that share a key/value head are folded into the query axis (head h uses
+            # kv head h // g, as the reference's repeat_kv does), so keys are never copied per head.
+            q = q.transpose(0, 2, 1, 3).reshape(r, kv, g * l, d)
+            scores = cast(ops.BatchMatMul(transpose_b=True)(q, k.transpose(0, 2, 1, 3)), ms.float32)
+            probs = cast(ops.softmax(scores.reshape(r, kv, g, l, l) + mask, -1), x.dtype).reshape(r, kv, g * l, l)
+            out = ops.matmul(probs, v.transpose(0, 2, 1, 3)).reshape(r, self.heads, l, d).transpose(0, 2, 1, 3)
         return ops.depend(self.o_proj(out.reshape(r, l, self.heads * d)), written)
 
     def step(self, x, cos, sin, write_at, visible, k_cache, v_cache):

@@ -31,22 +31,20 @@ class EncoderAttention(nn.Cell):
         self.v_proj = Linear(dim, dim, True, dtype)
         self.out_proj = Linear(dim, dim, True, dtype)
 
-    def _split(self, x, b, t):
-        return x.reshape(b, t, self.heads, self.head_dim).transpose(0, 2, 1, 3)
-
     def construct(self, x, mask):
         """mask: additive, [b, t, t] for the compiled kernel, else one copy per head [b, heads, t, t]."""
         b, t, _ = x.shape
         # Scale q before the product, as the reference does (it matters for its numerics).
-        q = self._split(self.q_proj(x) * self.scaling, b, t)
-        k = self._split(self.k_proj(x), b, t)
-        v = self._split(self.v_proj(x), b, t)
-        if self.native:
+        q = (self.q_proj(x) * self.scaling).reshape(b, t, self.heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.heads, self.head_dim)
+        if self.native:  # token-major in and out: no transposes
             out = self.kernel(q, k, v, mask, self.threads_input)
         else:
+            q, k, v = (y.transpose(0, 2, 1, 3) for y in (q, k, v))
             scores = cast(ops.BatchMatMul(transpose_b=True)(q, k), ms.float32) + mask
-            out = ops.matmul(cast(ops.softmax(scores, -1), x.dtype), v)
-        return self.out_proj(out.transpose(0, 2, 1, 3).reshape(b, t, -1))
+            out = ops.matmul(cast(ops.softmax(scores, -1), x.dtype), v).transpose(0, 2, 1, 3)
+        return self.out_proj(out.reshape(b, t, -1))
 
 
 class EncoderLayer(nn.Cell):
