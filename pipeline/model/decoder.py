@@ -23,7 +23,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from pipeline.model.cpu_kernels import MASKED_ATTENTION_WIDTHS
+from pipeline.model.cpu_kernels import MASKED_ATTENTION_WIDTHS, RowWriter
 from pipeline.model.layers import Embedding, Linear, RMSNorm, cast
 from pipeline.model.packing import MASKED
 
@@ -65,6 +65,7 @@ class TextAttention(nn.Cell):
         self.v_proj = Linear(spec.hidden, spec.kv_heads * spec.head_dim, True, dtype, True)
         self.o_proj = Linear(spec.heads * spec.head_dim, spec.hidden, False, dtype, True)
         self.rotation = Tensor(rotation_matrix(spec.head_dim), dtype)
+        self.write_rows = RowWriter(kernels)  # prefill's keys and values into the staging caches
         self.native_rotary = kernels is not None
         self.native_step = kernels is not None
         # Prefill's packed rows through the compiled kernel where it has the head width.
@@ -91,8 +92,8 @@ class TextAttention(nn.Cell):
         # power-of-two scales of 64- and 256-wide heads, within rounding otherwise).
         q = self._rotate(q, cos, sin, scaled=True)
         k = self._rotate(k, cos, sin)
-        written = ops.scatter_update(k_stage, stage_rows, k.reshape(r * l * kv, d))
-        written = ops.depend(written, ops.scatter_update(v_stage, stage_rows, v.reshape(r * l * kv, d)))
+        written = self.write_rows(k_stage, stage_rows, k.reshape(r * l * kv, d))
+        written = ops.depend(written, self.write_rows(v_stage, stage_rows, v.reshape(r * l * kv, d)))
         if self.native_prefill:  # only the scores each query's mask row shows, token-major: no transposes
             out = self.prefill_kernel(q, k, v, mask, self.threads_input)
         else:

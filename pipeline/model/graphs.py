@@ -37,7 +37,7 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from pipeline.model.decoder import LanguageModel
-from pipeline.model.cpu_kernels import CpuKernels
+from pipeline.model.cpu_kernels import CpuKernels, RowWriter
 from pipeline.model.decoding import GraphFeatures
 from pipeline.model.encoder import AudioEncoder, Projector
 from pipeline.model.layers import cast
@@ -45,14 +45,16 @@ from pipeline.model.token_choice import choose
 
 
 class Qwen2Audio(nn.Cell):
-    """Holds every weight, named as in the published checkpoints. kernels: the compiled CPU kernels
-    for the encoder's GELU and the decoder's norms (model/cpu_kernels.py); None: MindSpore's."""
+    """Holds every weight, named as in the published checkpoints, and how the graphs write their
+    state (write_rows). kernels: the compiled CPU kernels (model/cpu_kernels.py); None: MindSpore's
+    operations."""
 
     def __init__(self, spec, dtype, kernels: CpuKernels | None = None):
         super().__init__()
         self.audio_tower = AudioEncoder(spec, dtype, kernels)
         self.multi_modal_projector = Projector(spec, dtype)
         self.language_model = LanguageModel(spec, dtype, kernels)
+        self.write_rows = RowWriter(kernels)
 
 
 def _state(shape, dtype, name: str) -> Parameter:
@@ -90,11 +92,12 @@ class EncodeGraph(nn.Cell):
         super().__init__(auto_prefix=False)
         self.encoder = model.audio_tower
         self.projector = model.multi_modal_projector
+        self.write_rows = model.write_rows
         self.state = state
 
     def construct(self, features, frame_keep, position_ids, mask, arena_rows):
         audio = self.projector(self.encoder(features, frame_keep, position_ids, mask))
-        written = ops.scatter_update(self.state.audio, arena_rows, audio.reshape(-1, audio.shape[-1]))
+        written = self.write_rows(self.state.audio, arena_rows, audio.reshape(-1, audio.shape[-1]))
         return ops.depend(arena_rows[:1], written)
 
 
@@ -144,9 +147,10 @@ class InsertGraph(nn.Cell):
     one, so a padded call writes nothing new. short: into the short slots (slots are numbered
     across both classes; the short ones come after the first_short long ones)."""
 
-    def __init__(self, spec, state: ModelState, features: GraphFeatures, short: bool = False):
+    def __init__(self, spec, state: ModelState, features: GraphFeatures, write_rows: RowWriter, short: bool = False):
         super().__init__(auto_prefix=False)
         self.state = state
+        self.write_rows = write_rows
         self.layers = spec.layers
         self.kv_heads, self.head_dim = spec.kv_heads, spec.head_dim
         self.penalty = features.penalty
@@ -171,7 +175,7 @@ class InsertGraph(nn.Cell):
             for stage, cache in ((self.state.k_stage[layer], k_caches[layer]),
                                  (self.state.v_stage[layer], v_caches[layer])):
                 values = ops.gather(stage, flat, 0).reshape(i, kv, span, self.head_dim)
-                done = ops.depend(done, ops.scatter_update(cache, in_class, values))
+                done = ops.depend(done, self.write_rows(cache, in_class, values))
         return done
 
 

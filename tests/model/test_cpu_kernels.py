@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import numpy as np
 
 import mindspore as ms
-from mindspore import Parameter, nn
+from mindspore import Parameter, nn, ops
 
 from pipeline.model import cpu_kernels
 from pipeline.model.decoder import MLP, TextAttention, rotary_tables
@@ -171,6 +171,49 @@ def test_masked_attention_matches_mindspores_in_the_encoders_graph(tmp_path, min
         np.testing.assert_allclose(outputs[0], outputs[1], rtol=0, atol=5e-6 * scale)  # float32 rounding
 
 
+class _Rows(nn.Cell):
+    """A graph state of [6, 2, 3] rows, written by one graph and read by another, as the model's
+    graphs write their caches and read them in the next call."""
+
+    def __init__(self, kernels):
+        super().__init__()
+        self.state = Parameter(ms.Tensor(np.arange(36, dtype=np.float32).reshape(6, 2, 3)), requires_grad=False)
+        self.write = cpu_kernels.RowWriter(kernels)
+
+    def construct(self, rows, values):
+        return self.write(self.state, rows, values) * 1
+
+
+class _ReadRows(nn.Cell):
+    def __init__(self, rows):
+        super().__init__()
+        self.rows = rows
+
+    def construct(self, at):
+        return ops.gather(self.rows.state, at, 0)
+
+
+def test_row_writes_land_in_the_graphs_state_as_scatter_updates_do(tmp_path, mindspore_cpu):
+    # The kernel writes into the Parameter MindSpore hands it: this holds the MindSpore version
+    # the project pins to doing so (a copy would lose every cache write, and the texts with them).
+    kernels = cpu_kernels.CpuKernels(cpu_kernels.build(tmp_path).library)
+    rows = ms.Tensor(np.array([4, 1, 4], np.int32))
+    values = ms.Tensor(-np.arange(1, 19, dtype=np.float32).reshape(3, 2, 3))
+    states, reads = [], []
+    for with_kernels in (kernels, None):
+        graph = _Rows(with_kernels)
+        assert graph.write.native == (with_kernels is not None)
+        np.testing.assert_array_equal(graph(rows, values).asnumpy(), [4, 1, 4])
+        states.append(graph.state.asnumpy())
+        reads.append(_ReadRows(graph)(ms.Tensor(np.array([4, 0, 1], np.int32))).asnumpy())
+    expected = np.arange(36, dtype=np.float32).reshape(6, 2, 3)
+    expected[[1, 4]] = values.asnumpy()[[1, 2]]
+    np.testing.assert_array_equal(states[0], expected)
+    np.testing.assert_array_equal(states[0], states[1])
+    np.testing.assert_array_equal(reads[0], expected[[4, 0, 1]])
+    np.testing.assert_array_equal(reads[0], reads[1])
+
+
 def test_a_node_without_a_compiler_gets_mindspores_operations(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
         assert cpu_kernels.build(tmp_path, compiler=str(tmp_path / "no-such-compiler")) is None
@@ -181,7 +224,7 @@ def test_a_node_without_a_compiler_gets_mindspores_operations(tmp_path, caplog):
 def test_kernels_that_fail_their_check_are_not_used(tmp_path, caplog):
     # Libraries that build and run, each with one kernel off by a hair: erf's argument, the mean
     # square, the layer norm's mean, the rotary embedding's second half, SiLU's exponent, the positions a slot sees (one short), the last key a packed row's query sees
-    # (dropped).
+    # (dropped), a written row's last value (not copied).
     for name, wrong in (("GELU", ("0.70710678118654752440f", "0.7072f")),
                         ("RMSNorm", ("squares / static_cast<float>(width) + eps",
                                      "squares / static_cast<float>(width + 1) + eps")),
@@ -193,7 +236,9 @@ def test_kernels_that_fail_their_check_are_not_used(tmp_path, caplog):
                         ("step attention", ("const int64_t length = position + 1;",
                                             "const int64_t length = position > 0 ? position : 1;")),
                         ("masked attention", ("while (hi > lo && m[hi - 1] != 0.0f) --hi;",
-                                              "while (hi > lo && m[hi - 1] != 0.0f) --hi;\n        hi -= hi - lo > 1;"))):
+                                              "while (hi > lo && m[hi - 1] != 0.0f) --hi;\n        hi -= hi - lo > 1;")),
+                        ("row writes", ("values + j * width, sizeof(float) * width);",
+                                        "values + j * width, sizeof(float) * (width - 1));"))):
         assert cpu_kernels.SOURCE.read_text().count(wrong[0]) == 1
         source = tmp_path / f"wrong-{name}.cc"
         source.write_text(cpu_kernels.SOURCE.read_text().replace(*wrong))
