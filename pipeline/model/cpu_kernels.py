@@ -61,11 +61,12 @@ class CpuKernels:
         it: part of the compile cache's key, because a cached graph holds both."""
         return f"{self.library.stem}-threads{self.threads}"
 
-    def op(self, entry: str, like: int = 0):
+    def op(self, entry: str, like: int = 0, shape=None):
         """The library's function `entry` as a graph operation whose output has the shape and dtype
-        of its input number `like` (the first by default)."""
-        return ops.Custom(f"{self.library}:{entry}", out_shape=lambda *x: x[like], out_dtype=lambda *x: x[like],
-                          func_type="aot")
+        of its input number `like` (the first by default); shape: a function of the inputs' shapes
+        giving the output's instead."""
+        return ops.Custom(f"{self.library}:{entry}", out_shape=shape or (lambda *x: x[like]),
+                          out_dtype=lambda *x: x[like], func_type="aot")
 
 
 def for_graphs(device: str, dtype: str, compile_cache_root: str | Path | None,
@@ -142,6 +143,7 @@ def check(library: Path) -> str | None:
         gelu, norm, attention, layer_norm = loaded.ExactGelu, loaded.RmsNorm, loaded.StepAttention, loaded.LayerNorm
         rotary = loaded.Rotary
         masked, silu_product, write_rows = loaded.MaskedAttention, loaded.SiluProduct, loaded.WriteRows
+        greedy = loaded.GreedyChoice
     except (OSError, AttributeError) as exc:
         return f"{library} does not load: {exc}"
 
@@ -204,7 +206,35 @@ def check(library: Path) -> str | None:
         problem = _check_masked_attention(masked, width, library)
         if problem:
             return problem
-    return _check_write_rows(write_rows, library)
+    return _check_write_rows(write_rows, library) or _check_greedy_choice(greedy, library)
+
+
+def _check_greedy_choice(greedy, library: Path) -> str | None:
+    """Rows of logits as a decode step has them, one with its largest logit twice (the first
+    wins, as argmax has it), with and without a penalty of 1.3 on some ids (a positive logit
+    divided, a negative one multiplied), against numpy's argmax and a float64 log-softmax."""
+    rng = np.random.default_rng(7)
+    logits = (rng.standard_normal((5, 1001)) * 4).astype(np.float32)
+    logits[1, [17, 600]] = logits[1].max() + 1.0
+    logits[2] = -np.abs(logits[2])  # all negative: a penalised id moves away from the top
+    presence = (rng.uniform(size=logits.shape) < 0.3).astype(np.float32)
+    presence[3, int(np.argmax(logits[3]))] = 1.0  # the top id penalised: another may win
+    wide = logits.astype(np.float64)
+    log_softmax = wide - wide.max(-1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+    for penalty in (np.ones(1, np.float32), np.full((5, 1), 1.3, np.float32)):
+        scores = np.where(presence > 0, np.where(logits < 0, logits * penalty, logits / penalty), logits)
+        tokens = np.argmax(scores, -1)
+        out = np.full((5, 2), np.nan, np.float32)
+        if (status := _call(greedy, logits, presence, penalty, np.array([2], np.int32), out)) != 0:
+            return f"{library}: GreedyChoice returned {status}"
+        if not np.array_equal(out[:, 0], tokens):
+            return f"{library} gives greedy tokens {out[:, 0].tolist()} where argmax gives {tokens.tolist()}"
+        expected = log_softmax[np.arange(5), tokens]
+        if problem := _compare("greedy log-probabilities", logits[:, :1], out[:, 1:], expected[:, None],
+                               NORM_TOLERANCE, library):
+            return problem
+    return None
 
 
 def _check_write_rows(write_rows, library: Path) -> str | None:

@@ -41,7 +41,7 @@ from pipeline.model.cpu_kernels import CpuKernels, RowWriter
 from pipeline.model.decoding import GraphFeatures
 from pipeline.model.encoder import AudioEncoder, Projector
 from pipeline.model.layers import cast
-from pipeline.model.token_choice import choose
+from pipeline.model.token_choice import TokenChooser
 
 
 class Qwen2Audio(nn.Cell):
@@ -55,6 +55,7 @@ class Qwen2Audio(nn.Cell):
         self.multi_modal_projector = Projector(spec, dtype)
         self.language_model = LanguageModel(spec, dtype, kernels)
         self.write_rows = RowWriter(kernels)
+        self.kernels = kernels  # for the graphs' token choice (token_choice.TokenChooser)
 
 
 def _state(shape, dtype, name: str) -> Parameter:
@@ -112,6 +113,7 @@ class PrefillGraph(nn.Cell):
         self.lm_head = model.language_model.lm_head
         self.state = state
         self.penalty, self.sampling = features.penalty, features.sampling
+        self.choose = TokenChooser(model.kernels, features.penalty, features.sampling)
 
     def construct(self, ids, audio_rows, is_audio, positions, mask, stage_rows, last, tasks, parameters):
         r, l = ids.shape
@@ -122,7 +124,7 @@ class PrefillGraph(nn.Cell):
         picked = ops.gather(hidden.reshape(r * l, -1), last, 0)
         logits = cast(self.lm_head(picked), ms.float32)
         presence = ops.gather(self.state.prompt_presence, tasks, 0) if self.penalty else logits
-        tokens, logprobs = choose(logits, presence, parameters, self.penalty, self.sampling)
+        tokens, logprobs = self.choose(logits, presence, parameters)
         return tokens, logprobs, logits
 
 
@@ -220,6 +222,7 @@ class ExtendGraph(nn.Cell):
         self.lm_head = model.language_model.lm_head
         self.state = state
         self.penalty, self.sampling = features.penalty, features.sampling
+        self.choose = TokenChooser(model.kernels, features.penalty, features.sampling)
 
     def construct(self, ids, positions, write_positions, slots, last, weights, parameters):
         e, c = ids.shape
@@ -227,12 +230,12 @@ class ExtendGraph(nn.Cell):
                                   self.state.k_cache, self.state.v_cache)
         logits = cast(self.lm_head(ops.gather(hidden.reshape(e * c, -1), last, 0)), ms.float32)
         if not self.penalty:
-            return choose(logits, logits, parameters, False, self.sampling)
+            return self.choose(logits, logits, parameters)
         at_slot = ops.broadcast_to(slots.reshape(e, 1), (e, c)).reshape(-1)
         at = ops.stack((at_slot, ids.reshape(-1)), -1)
         added = ops.scatter_nd_add(self.state.presence, at, weights)
         presence = ops.gather(ops.depend(self.state.presence, added), slots, 0)
-        return choose(logits, presence, parameters, True, self.sampling)
+        return self.choose(logits, presence, parameters)
 
 
 class StepGraph(nn.Cell):
@@ -247,6 +250,7 @@ class StepGraph(nn.Cell):
         self.lm_head = model.language_model.lm_head
         self.state = state
         self.penalty, self.sampling = features.penalty, features.sampling
+        self.choose = TokenChooser(model.kernels, features.penalty, features.sampling)
 
     def construct(self, ids, positions, parameters):
         embeds = self.text.embed_tokens(ids)
@@ -257,13 +261,13 @@ class StepGraph(nn.Cell):
             hidden = self.text.step(embeds, positions, self.state.k_cache, self.state.v_cache)
         logits = cast(self.lm_head(hidden), ms.float32)
         if not self.penalty:
-            return choose(logits, logits, parameters, False, self.sampling)
+            return self.choose(logits, logits, parameters)
         n = ids.shape[0]
         at = ops.stack((ops.arange(0, n, 1, dtype=ms.int32), ids), -1)
         # Added, not set: a count above 0 is presence, and scatter_nd_add writes in place
         # (scatter_nd_update copies the whole state on the CPU backend).
         added = ops.scatter_nd_add(self.state.presence, at, ops.ones((n,), ms.float32))
-        return choose(logits, ops.depend(self.state.presence, added), parameters, True, self.sampling)
+        return self.choose(logits, ops.depend(self.state.presence, added), parameters)
 
 
 def compiled_graph_count(graphs) -> int:

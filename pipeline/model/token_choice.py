@@ -24,8 +24,10 @@ Every chosen token also gets its log-probability under the model's raw distribut
 penalty, temperature, top-k or top-p): the `logprob` output column.
 """
 
+import numpy as np
+
 import mindspore as ms
-from mindspore import ops
+from mindspore import Tensor, nn, ops
 
 from pipeline.model.decoding import DRAW, PENALTY, SAMPLE, TEMPERATURE, TOP_K, TOP_P_LIMIT
 
@@ -93,3 +95,26 @@ def choose(logits, presence, parameters, penalty: bool, sampling: bool):
         drawn = draw(scaled, kept, _column(parameters, DRAW))
         tokens = ops.where(parameters[:, SAMPLE] > 0, drawn, tokens)
     return tokens, log_probability(logits, tokens, argmax=not (penalty or sampling))
+
+
+class TokenChooser(nn.Cell):
+    """choose() in a graph: greedy graphs (with or without the penalty) through the compiled CPU
+    kernel where there is one (model/cpu_kernels.py: two passes a row where MindSpore takes six to
+    ten kernels), sampling graphs and the rest through MindSpore's operations above."""
+
+    def __init__(self, kernels, penalty: bool, sampling: bool):
+        super().__init__()
+        self.penalty, self.sampling = penalty, sampling
+        self.native = kernels is not None and not sampling
+        if self.native:
+            self.kernel = kernels.op("GreedyChoice", shape=lambda logits, *_: [logits[0], 2])
+            self.threads_input = Tensor(np.array([kernels.threads], np.int32))
+            self.no_penalty = Tensor(np.array([1.0], np.float32))
+
+    def construct(self, logits, presence, parameters):
+        """As choose(logits, presence, parameters, penalty, sampling)."""
+        if self.native:
+            penalty = _column(parameters, PENALTY) if self.penalty else self.no_penalty
+            picked = self.kernel(logits, presence, penalty, self.threads_input)
+            return picked[:, 0].astype(ms.int32), picked[:, 1]
+        return choose(logits, presence, parameters, self.penalty, self.sampling)

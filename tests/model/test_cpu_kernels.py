@@ -12,7 +12,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Parameter, nn, ops
 
-from pipeline.model import cpu_kernels
+from pipeline.model import cpu_kernels, token_choice
 from pipeline.model.decoder import MLP, TextAttention, rotary_tables
 from pipeline.model.encoder import EncoderAttention
 from pipeline.model.layers import LayerNorm, RMSNorm
@@ -214,6 +214,31 @@ def test_row_writes_land_in_the_graphs_state_as_scatter_updates_do(tmp_path, min
     np.testing.assert_array_equal(reads[0], reads[1])
 
 
+def test_greedy_choice_matches_mindspores_in_a_graph(tmp_path, mindspore_cpu):
+    # A decode step's logits [32, 8192]: ties at the top (the first wins), and with the penalty
+    # rows of 1.0 (none), 1.1 and 1.5 over a presence of a fifth of the ids.
+    kernels = cpu_kernels.CpuKernels(cpu_kernels.build(tmp_path).library, threads=2)
+    rng = np.random.default_rng(8)
+    logits = (rng.standard_normal((32, 8192)) * 3).astype(np.float32)
+    logits[5, [100, 7000]] = logits[5].max() + 0.5
+    presence = (rng.uniform(size=logits.shape) < 0.2).astype(np.float32)
+    parameters = np.zeros((32, 6), np.float32)
+    parameters[:, token_choice.PENALTY] = np.resize([1.0, 1.1, 1.5], 32)
+    inputs = [ms.Tensor(x) for x in (logits, presence, parameters)]
+    for penalty in (False, True):
+        chosen = []
+        for with_kernels in (kernels, None):
+            chooser = token_choice.TokenChooser(with_kernels, penalty, False)
+            assert chooser.native == (with_kernels is not None)
+            chosen.append([x.asnumpy() for x in chooser(*inputs)])
+        np.testing.assert_array_equal(chosen[0][0], chosen[1][0])
+        assert chosen[0][0].dtype == np.int32 and chosen[0][0][5] == 100
+        np.testing.assert_allclose(chosen[0][1], chosen[1][1], rtol=1e-6, atol=1e-6)
+    assert (chosen[0][0] != np.argmax(logits, -1)).any()  # the penalty changed some tokens
+    # Sampling graphs keep MindSpore's operations.
+    assert not token_choice.TokenChooser(kernels, True, True).native
+
+
 def test_a_node_without_a_compiler_gets_mindspores_operations(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger=cpu_kernels.__name__):
         assert cpu_kernels.build(tmp_path, compiler=str(tmp_path / "no-such-compiler")) is None
@@ -224,7 +249,7 @@ def test_a_node_without_a_compiler_gets_mindspores_operations(tmp_path, caplog):
 def test_kernels_that_fail_their_check_are_not_used(tmp_path, caplog):
     # Libraries that build and run, each with one kernel off by a hair: erf's argument, the mean
     # square, the layer norm's mean, the rotary embedding's second half, SiLU's exponent, the positions a slot sees (one short), the last key a packed row's query sees
-    # (dropped), a written row's last value (not copied).
+    # (dropped), a written row's last value (not copied), the greedy log-probability's sum.
     for name, wrong in (("GELU", ("0.70710678118654752440f", "0.7072f")),
                         ("RMSNorm", ("squares / static_cast<float>(width) + eps",
                                      "squares / static_cast<float>(width + 1) + eps")),
@@ -238,7 +263,9 @@ def test_kernels_that_fail_their_check_are_not_used(tmp_path, caplog):
                         ("masked attention", ("while (hi > lo && m[hi - 1] != 0.0f) --hi;",
                                               "while (hi > lo && m[hi - 1] != 0.0f) --hi;\n        hi -= hi - lo > 1;")),
                         ("row writes", ("values + j * width, sizeof(float) * width);",
-                                        "values + j * width, sizeof(float) * (width - 1));"))):
+                                        "values + j * width, sizeof(float) * (width - 1));")),
+                        ("greedy log-probabilities", ("out[1] = (x[best] - top) - std::log(total);",
+                                                      "out[1] = (x[best] - top) - std::log(total * 1.0001f);"))):
         assert cpu_kernels.SOURCE.read_text().count(wrong[0]) == 1
         source = tmp_path / f"wrong-{name}.cc"
         source.write_text(cpu_kernels.SOURCE.read_text().replace(*wrong))
