@@ -7,7 +7,8 @@ LayerNorm (about 1 ms for a row's [1500, 192] where one pass takes a tenth), the
 embedding (a product with a rotation matrix and four elementwise passes), the MLP's SiLU and
 product (two), attention (every score of a packed row computed and most masked away; every
 slot's whole span read in a decode step, where a real mix's slots have filled a third of theirs),
-and writing rows of the graphs' state (ScatterUpdate copies at about 1.9 GB/s).
+writing rows of the graphs' state (ScatterUpdate copies at about 1.9 GB/s), and greedy decoding's
+choice of a token (six to ten kernels over the whole vocabulary a step).
 cpu_kernels.cc computes them, as the reference does, as AOT custom ops (`ops.Custom`, func_type
 "aot"); this module compiles it with the node's C++ compiler (`$CXX`, else g++) into a shared
 library named by a hash of its source, compiler, C library and flags, kept beside the compile cache
