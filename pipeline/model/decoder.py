@@ -54,8 +54,10 @@ def additive_mask(visible):
 
 class TextAttention(nn.Cell):
     def __init__(self, spec, dtype, kernels=None):
-        """kernels: the compiled CPU kernels (model/cpu_kernels.py) for a step's attention, which
-        read each slot's filled positions only; None: MindSpore's, over the whole span, masked."""
+        """kernels: the compiled CPU kernels (model/cpu_kernels.py) for the rotary embedding, a
+        step's attention (each slot's filled positions only), prefill's packed attention (where the
+        head width suits it) and its staging writes; None: MindSpore's operations (a step's
+        attention over the whole span, masked)."""
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = spec.heads, spec.kv_heads, spec.head_dim
         self.groups = spec.heads // spec.kv_heads
@@ -66,8 +68,8 @@ class TextAttention(nn.Cell):
         self.o_proj = Linear(spec.heads * spec.head_dim, spec.hidden, False, dtype, True)
         self.rotation = Tensor(rotation_matrix(spec.head_dim), dtype)
         self.write_rows = RowWriter(kernels)  # prefill's keys and values into the staging caches
-        self.native_rotary = kernels is not None
-        self.native_step = kernels is not None
+        # The rotary embedding and a step's attention through the compiled kernels (any head width).
+        self.native = kernels is not None
         # Prefill's packed rows through the compiled kernel where it has the head width.
         self.native_prefill = kernels is not None and spec.head_dim in MASKED_ATTENTION_WIDTHS
         if kernels is not None:
@@ -140,7 +142,7 @@ class TextAttention(nn.Cell):
         """Rotary embedding of x [tokens, ..., d] (cos/sin [tokens, ..., d], one row per token,
         broadcast over the heads), times the attention's scale where scaled: the compiled kernel in
         one pass where there is one, else a product with the rotation matrix and elementwise passes."""
-        if self.native_rotary:
+        if self.native:
             return self.rotary_kernel(x, cos, sin, self.scale_input if scaled else self.unit_input)
         d = x.shape[-1]
         turned = ops.matmul(x.reshape(-1, d), self.rotation).reshape(x.shape)
@@ -159,7 +161,7 @@ class TextAttention(nn.Cell):
         """q [n, kv, g, d] against caches [n, kv, span, d] -> [n, kv, g, d]. visible: each slot's
         position [n] for the compiled kernel, which reads positions up to it; for MindSpore's
         operations the additive mask [n, kv, g, span] over the whole span."""
-        if self.native_step:
+        if self.native:
             return self.step_kernel(q, keys, values, visible, self.scale_input, self.threads_input)
         scores = cast(ops.BatchMatMul(transpose_b=True)(q, keys) * self.scaling, ms.float32) + visible
         return ops.matmul(cast(ops.softmax(scores, -1), dtype), values)
@@ -303,7 +305,7 @@ class TextModel(nn.Cell):
         heads = ops.broadcast_to(ops.arange(0, self.kv_heads, 1, dtype=ms.int32).reshape(1, -1, 1), (n, self.kv_heads, 1))
         at = ops.broadcast_to(positions.reshape(n, 1, 1), (n, self.kv_heads, 1))
         write_at = ops.concat((slots, heads, at), -1)
-        if self.layers[0].self_attn.native_step:
+        if self.layers[0].self_attn.native:
             return write_at, positions
         visible = ops.arange(0, span, 1, dtype=ms.int32).reshape(1, span) <= positions.reshape(n, 1)
         return write_at, ops.broadcast_to(additive_mask(visible).reshape(n, 1, 1, span),

@@ -92,8 +92,8 @@ class Generator:
         self._scored = frozenset(yes_no.tasks) if yes_no is not None else frozenset()
         self.prefill_graph = (ScoredPrefillGraph if yes_no is not None else PrefillGraph)(
             model, self.state, self.graph_features)
-        self.insert_graph = InsertGraph(spec, self.state, self.graph_features, model.write_rows)
-        self.short_insert_graph = (InsertGraph(spec, self.state, self.graph_features, model.write_rows, short=True)
+        self.insert_graph = InsertGraph(spec, self.state, self.graph_features, model.kernels)
+        self.short_insert_graph = (InsertGraph(spec, self.state, self.graph_features, model.kernels, short=True)
                                    if shape.short_slots else None)
         self.step_graph = StepGraph(model, self.state, self.graph_features)
         self.extend_graph = ExtendGraph(model, self.state, self.graph_features) if shape.extend_rows else None

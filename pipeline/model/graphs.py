@@ -45,17 +45,15 @@ from pipeline.model.token_choice import TokenChooser
 
 
 class Qwen2Audio(nn.Cell):
-    """Holds every weight, named as in the published checkpoints, and how the graphs write their
-    state (write_rows). kernels: the compiled CPU kernels (model/cpu_kernels.py); None: MindSpore's
-    operations."""
+    """Holds every weight, named as in the published checkpoints, and the compiled CPU kernels its
+    layers and the graphs use (model/cpu_kernels.py; None: MindSpore's operations)."""
 
     def __init__(self, spec, dtype, kernels: CpuKernels | None = None):
         super().__init__()
         self.audio_tower = AudioEncoder(spec, dtype, kernels)
         self.multi_modal_projector = Projector(spec, dtype)
         self.language_model = LanguageModel(spec, dtype, kernels)
-        self.write_rows = RowWriter(kernels)
-        self.kernels = kernels  # for the graphs' token choice (token_choice.TokenChooser)
+        self.kernels = kernels  # for the graphs' state writes and token choice
 
 
 def _state(shape, dtype, name: str) -> Parameter:
@@ -93,7 +91,7 @@ class EncodeGraph(nn.Cell):
         super().__init__(auto_prefix=False)
         self.encoder = model.audio_tower
         self.projector = model.multi_modal_projector
-        self.write_rows = model.write_rows
+        self.write_rows = RowWriter(model.kernels)
         self.state = state
 
     def construct(self, features, frame_keep, position_ids, mask, arena_rows):
@@ -149,10 +147,11 @@ class InsertGraph(nn.Cell):
     one, so a padded call writes nothing new. short: into the short slots (slots are numbered
     across both classes; the short ones come after the first_short long ones)."""
 
-    def __init__(self, spec, state: ModelState, features: GraphFeatures, write_rows: RowWriter, short: bool = False):
+    def __init__(self, spec, state: ModelState, features: GraphFeatures, kernels: CpuKernels | None,
+                 short: bool = False):
         super().__init__(auto_prefix=False)
         self.state = state
-        self.write_rows = write_rows
+        self.write_rows = RowWriter(kernels)
         self.layers = spec.layers
         self.kv_heads, self.head_dim = spec.kv_heads, spec.head_dim
         self.penalty = features.penalty

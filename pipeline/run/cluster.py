@@ -9,7 +9,7 @@ import math
 import os
 import signal
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import ray
@@ -113,12 +113,11 @@ def _lighter_private_node():
     where one lacks what this changes, that part of Ray's start stays as it was."""
     from ray._private import node, parameter, services, state, utils
 
-    original_params, original_api_server = parameter.RayParams, getattr(node.Node, "start_api_server", None)
-    fields = original_params.__init__.__code__.co_varnames
+    fields = parameter.RayParams.__init__.__code__.co_varnames
     defaults = {name: value for name, value in (("dashboard_agent_listen_port", 0), ("no_monitor", True))
                 if name in fields}
 
-    class RayParams(original_params):
+    class RayParams(parameter.RayParams):
         def __init__(self, *args, **kwargs):
             for name, value in defaults.items():
                 kwargs.setdefault(name, value)
@@ -127,34 +126,36 @@ def _lighter_private_node():
     original_get_node = getattr(services, "get_node", None)
 
     def get_node_once_registered(gcs_address, node_id):
+        table = state.GlobalState()
         try:
-            table = state.GlobalState()
             table._initialize_global_state(services._get_gcs_client_options(gcs_address))
             deadline = time.monotonic() + REGISTRATION_WAIT_S
             while node_id not in {n["NodeID"] for n in table.node_table()} and time.monotonic() < deadline:
                 time.sleep(0.02)
         except Exception:  # noqa: BLE001 - Ray's own call below still waits for the node, its own way
             pass
+        finally:
+            table.disconnect()
         return original_get_node(gcs_address, node_id)
 
-    original_dependency_check = getattr(utils, "get_dashboard_dependency_error", None)
-    parameter.RayParams = RayParams
-    if original_api_server is not None:
-        node.Node.start_api_server = lambda self, **_: None
-    if original_get_node is not None:
-        services.get_node = get_node_once_registered
-    if original_dependency_check is not None:
-        utils.get_dashboard_dependency_error = lambda: ImportError("a private run's node serves no dashboard")
-    try:
+    with ExitStack() as restore:
+        for owner, name, replacement in (
+                (parameter, "RayParams", RayParams),
+                (node.Node, "start_api_server", lambda self, **_: None),
+                (services, "get_node", get_node_once_registered),
+                (utils, "get_dashboard_dependency_error",
+                 lambda: ImportError("a private run's node serves no dashboard"))):
+            _replace_for_now(restore, owner, name, replacement)
         yield
-    finally:
-        parameter.RayParams = original_params
-        if original_api_server is not None:
-            node.Node.start_api_server = original_api_server
-        if original_get_node is not None:
-            services.get_node = original_get_node
-        if original_dependency_check is not None:
-            utils.get_dashboard_dependency_error = original_dependency_check
+
+
+def _replace_for_now(restore: ExitStack, owner, name: str, replacement) -> None:
+    """owner.name = replacement until restore closes; nothing where Ray has no such attribute."""
+    original = getattr(owner, name, None)
+    if original is None:
+        return
+    setattr(owner, name, replacement)
+    restore.callback(setattr, owner, name, original)
 
 
 def cluster_npus() -> int:

@@ -91,7 +91,7 @@ def test_rotary_matches_mindspores_in_a_graph(tmp_path, mindspore_cpu):
     # A prefill row's queries (scaled) and a step's keys, at positions across the table.
     kernels = cpu_kernels.build(tmp_path)
     assert kernels is not None and TextAttention(SimpleNamespace(hidden=8, heads=1, kv_heads=1, head_dim=8),
-                                                 ms.float32, kernels).native_rotary
+                                                 ms.float32, kernels).native
     spec = SimpleNamespace(hidden=384, heads=6, kv_heads=2, head_dim=64)
     cos_table, sin_table = rotary_tables(64, 1000000.0, 2048)
     rng = np.random.default_rng(7)
@@ -222,6 +222,7 @@ def test_greedy_choice_matches_mindspores_in_a_graph(tmp_path, mindspore_cpu):
     logits = (rng.standard_normal((32, 8192)) * 3).astype(np.float32)
     logits[5, [100, 7000]] = logits[5].max() + 0.5
     presence = (rng.uniform(size=logits.shape) < 0.2).astype(np.float32)
+    presence[5, [100, 7000]] = 0.0  # the tie stays one under the penalty
     parameters = np.zeros((32, 6), np.float32)
     parameters[:, token_choice.PENALTY] = np.resize([1.0, 1.1, 1.5], 32)
     inputs = [ms.Tensor(x) for x in (logits, presence, parameters)]
@@ -249,7 +250,8 @@ def test_a_node_without_a_compiler_gets_mindspores_operations(tmp_path, caplog):
 def test_kernels_that_fail_their_check_are_not_used(tmp_path, caplog):
     # Libraries that build and run, each with one kernel off by a hair: erf's argument, the mean
     # square, the layer norm's mean, the rotary embedding's second half, SiLU's exponent, the positions a slot sees (one short), the last key a packed row's query sees
-    # (dropped), a written row's last value (not copied), the greedy log-probability's sum.
+    # (dropped), a written row's last value (not copied), the greedy log-probability's sum, the
+    # greedy token's search (past the first largest logit).
     for name, wrong in (("GELU", ("0.70710678118654752440f", "0.7072f")),
                         ("RMSNorm", ("squares / static_cast<float>(width) + eps",
                                      "squares / static_cast<float>(width + 1) + eps")),
@@ -265,7 +267,8 @@ def test_kernels_that_fail_their_check_are_not_used(tmp_path, caplog):
                         ("row writes", ("values + j * width, sizeof(float) * width);",
                                         "values + j * width, sizeof(float) * (width - 1));")),
                         ("greedy log-probabilities", ("out[1] = (x[best] - top) - std::log(total);",
-                                                      "out[1] = (x[best] - top) - std::log(total * 1.0001f);"))):
+                                                      "out[1] = (x[best] - top) - std::log(total * 1.0001f);")),
+                        ("greedy tokens", ("    if (found) break;\n", "\n"))):
         assert cpu_kernels.SOURCE.read_text().count(wrong[0]) == 1
         source = tmp_path / f"wrong-{name}.cc"
         source.write_text(cpu_kernels.SOURCE.read_text().replace(*wrong))
