@@ -105,15 +105,18 @@ class MindSporeModel:
         clock.lap("weights_s")
         if any(plan.conditions):
             self.generator.admit = self.admit
-        # MindSpore runs a full garbage collection before it compiles (or loads) each graph: 80 ms
-        # each over the objects of its import and of the model's build (0.33 s of a worker's start,
-        # measured), none of them garbage. Frozen, collections skip them; they live as long as the
-        # worker does anyway.
-        gc.freeze()
         # Every graph compiles now, in a fixed order: that is what MindSpore's compile cache needs
-        # (see runtime.configure), and it keeps compile time out of the first batches.
-        with runtime.compile_lock(cache_folder):
-            self.generator.precompile()
+        # (see runtime.configure), and it keeps compile time out of the first batches. MindSpore runs
+        # a full garbage collection before it compiles (or loads) each graph: 80 ms each over the
+        # objects of its import and of the model's build (0.33 s of a worker's start, measured),
+        # none of them garbage. Frozen meanwhile, those collections skip them; unfrozen after, so
+        # that whatever of them a process drops later (a test's models) is still collected.
+        gc.freeze()
+        try:
+            with runtime.compile_lock(cache_folder):
+                self.generator.precompile()
+        finally:
+            gc.unfreeze()
         clock.lap("graphs_s")
         self.generator.warm_up()
         clock.lap("first_runs_s")
