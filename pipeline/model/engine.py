@@ -15,7 +15,6 @@ decoded here. A skipped follow-up's text is None, with the reason in BatchOutput
 
 from __future__ import annotations
 
-import gc
 import threading
 import time
 from pathlib import Path
@@ -106,17 +105,9 @@ class MindSporeModel:
         if any(plan.conditions):
             self.generator.admit = self.admit
         # Every graph compiles now, in a fixed order: that is what MindSpore's compile cache needs
-        # (see runtime.configure), and it keeps compile time out of the first batches. MindSpore runs
-        # a full garbage collection before it compiles (or loads) each graph: 80 ms each over the
-        # objects of its import and of the model's build (0.33 s of a worker's start, measured),
-        # none of them garbage. Frozen meanwhile, those collections skip them; unfrozen after, so
-        # that whatever of them a process drops later (a test's models) is still collected.
-        gc.freeze()
-        try:
-            with runtime.compile_lock(cache_folder):
-                self.generator.precompile()
-        finally:
-            gc.unfreeze()
+        # (see runtime.configure), and it keeps compile time out of the first batches.
+        with runtime.compile_lock(cache_folder):
+            self.generator.precompile()
         clock.lap("graphs_s")
         self.generator.warm_up()
         clock.lap("first_runs_s")

@@ -32,14 +32,13 @@ The graphs never learn about manifests, clips or rows: they see indices.
 """
 
 import mindspore as ms
-from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
-from mindspore.common.initializer import Zero
+from mindspore import ParameterTuple, nn, ops
 
 from pipeline.model.decoder import LanguageModel
 from pipeline.model.cpu_kernels import CpuKernels, RowWriter
 from pipeline.model.decoding import GraphFeatures
 from pipeline.model.encoder import AudioEncoder, Projector
-from pipeline.model.layers import cast
+from pipeline.model.layers import cast, zeros_parameter
 from pipeline.model.token_choice import TokenChooser
 
 
@@ -55,33 +54,28 @@ class Qwen2Audio(nn.Cell):
         self.kernels = kernels  # for the graphs' state writes and token choice
 
 
-def _state(shape, dtype, name: str) -> Parameter:
-    # Zeros filled when the graphs first use the state, not here and again in a copy (a worker's
-    # start 0.1 s shorter on the bench's caches, measured).
-    return Parameter(Tensor(shape=shape, dtype=dtype, init=Zero()), name=name, requires_grad=False)
-
-
 class ModelState(nn.Cell):
     """The in-place state shared by the graphs (see the module docstring)."""
 
     def __init__(self, spec, shapes, dtype, features: GraphFeatures = GraphFeatures()):
         super().__init__(auto_prefix=False)
-        self.audio = _state((shapes.audio_rows, spec.hidden), dtype, "state.audio")
+        self.audio = zeros_parameter((shapes.audio_rows, spec.hidden), dtype, "state.audio")
+
+        def per_layer(shape, name: str) -> ParameterTuple:
+            return ParameterTuple(zeros_parameter(shape, dtype, f"state.{name}.{i}") for i in range(spec.layers))
+
         stage = (shapes.stage_rows * spec.kv_heads, spec.head_dim)
-        self.k_stage = ParameterTuple(_state(stage, dtype, f"state.k_stage.{i}") for i in range(spec.layers))
-        self.v_stage = ParameterTuple(_state(stage, dtype, f"state.v_stage.{i}") for i in range(spec.layers))
+        self.k_stage, self.v_stage = per_layer(stage, "k_stage"), per_layer(stage, "v_stage")
         cache = (shapes.long_slots, spec.kv_heads, shapes.cache_span, spec.head_dim)
-        self.k_cache = ParameterTuple(_state(cache, dtype, f"state.k_cache.{i}") for i in range(spec.layers))
-        self.v_cache = ParameterTuple(_state(cache, dtype, f"state.v_cache.{i}") for i in range(spec.layers))
+        self.k_cache, self.v_cache = per_layer(cache, "k_cache"), per_layer(cache, "v_cache")
         self.split = shapes.short_slots > 0
         if self.split:
             short = (shapes.short_slots, spec.kv_heads, shapes.short_cache_span, spec.head_dim)
-            self.k_short = ParameterTuple(_state(short, dtype, f"state.k_short.{i}") for i in range(spec.layers))
-            self.v_short = ParameterTuple(_state(short, dtype, f"state.v_short.{i}") for i in range(spec.layers))
+            self.k_short, self.v_short = per_layer(short, "k_short"), per_layer(short, "v_short")
         # One column per vocabulary id; a 1-row placeholder when no graph reads them.
         rows, prompts = (shapes.slots, shapes.tasks) if features.penalty else (1, 1)
-        self.presence = _state((rows, spec.vocab), ms.float32, "state.presence")
-        self.prompt_presence = _state((prompts, spec.vocab), ms.float32, "state.prompt_presence")
+        self.presence = zeros_parameter((rows, spec.vocab), ms.float32, "state.presence")
+        self.prompt_presence = zeros_parameter((prompts, spec.vocab), ms.float32, "state.prompt_presence")
 
 
 class EncodeGraph(nn.Cell):

@@ -26,10 +26,7 @@ from pipeline.run.signals import StopRequested
 # and came up a second later (1.0 s of those starts, measured).
 # No task events either (a 0 interval turns them off): they feed Ray's state API and timeline,
 # which nothing of a run reads, and the driver's shutdown waited 0.25 s to flush them to a GCS
-# about to stop (measured). Not kept: no worker processes started ahead for the driver (the
-# raylet answers the driver's registration after starting them, 0.4 s of ray.init here): the
-# model actor's process then started beside the first decode task's, and their imports, on two
-# cores, took longer than the 0.4 s saved.
+# about to stop (measured). Worker processes started ahead stay on: docs/decisions.md, Start-up.
 PRIVATE_SYSTEM_CONFIG = {"raylet_client_connect_timeout_milliseconds": 20, "raylet_client_num_connect_attempts": 500,
                          "task_events_report_interval_ms": 0}
 # How long the node table is watched for a private node's registration before Ray's own wait takes over.
