@@ -121,11 +121,13 @@ def _annotate(manifest_path, manifest: Manifest, config: Config, out, tasks, wor
     digest = manifest.digest
     worker_count = default_workers(config, workers)
 
-    # Tokenising the prompts needs no cluster: it runs while Ray starts (seconds each). Submitted
-    # before the session opens: ray.init blocks until the node is up.
+    # Tokenising the prompts needs no cluster: it runs while Ray starts (seconds each), and so do
+    # the imports of Ray's first serialization. Submitted before the session opens: ray.init
+    # blocks until the node is up.
     ray_choice = ray_address.choose(config.ray_address)
     background = ThreadPoolExecutor(1)
     checkpoint = background.submit(load_prompts, config, tasks)
+    background.submit(cluster.import_serializers)
     milestones.mark("ray_starting")
     with background, cluster.ray_session(worker_count, ray_choice) as ray_used:
         signals.install()  # again: Ray's start put its own SIGTERM handler (exit at once) in place

@@ -6,8 +6,11 @@ Handlers import their modules lazily so that `--help` and manifest commands neve
 from __future__ import annotations
 
 import argparse
+import atexit
 from collections import Counter
+import os
 import sys
+import threading
 
 
 def _cmd_manifest_build(args) -> int:
@@ -293,3 +296,24 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+
+
+def run() -> None:
+    """The command's process (`python -m pipeline`, the `qwen2-audio-annotate` script): main(),
+    then exit at once when nothing is left to wait for.
+
+    Once main() returns, every file is closed, OUT's lock released and Ray shut down, and the
+    interpreter's own teardown still took 0.2 s (measured after a run: Ray's and gRPC's native
+    destructors, some 1,100 modules), on every command. atexit handlers run first (logging's
+    flush among them); where a thread that the normal exit would join is still alive, the normal
+    exit runs instead. Tests call main(), which never exits the process."""
+    code = main()
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        raise SystemExit(code)
+    atexit._run_exitfuncs()  # what the normal exit would run; the rest of the teardown frees memory only
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):  # a closed pipe: what the normal exit would have failed to write too
+        pass
+    os._exit(code)

@@ -77,6 +77,14 @@ def ray_session(workers: int, cluster: ray_address.ClusterChoice):
         ray.shutdown()
 
 
+def import_serializers() -> None:
+    """Import what Ray's first serialization in this process imports (its pydantic and Arrow
+    serializers), so that it can happen while Ray starts: the first ray.put, ahead of the model
+    workers' submission, took 0.08-0.10 s with them to import and 0.02-0.04 s without (measured)."""
+    from ray._common import pydantic_compat  # noqa: F401  (not public API: Ray is pinned)
+    from ray._private import arrow_serialization  # noqa: F401
+
+
 @contextmanager
 def _environment(values: dict[str, str]):
     """These variables in this process's environment while the block runs (what processes started

@@ -125,6 +125,15 @@ class WorkerPool:
                 self.given_up += 1
                 self.lost(worker, died=False)
 
+    def wait_for_start(self, timeout_s: float) -> None:
+        """Return when a starting worker answers ready() (loaded, or failed), or after timeout_s:
+        dispatch starts the moment the workers are ready, not at the driver's next look."""
+        starting = [w.ready_ref for w in self.workers if not w.ready]
+        if starting:
+            ray.wait(starting, num_returns=1, timeout=timeout_s)
+        else:
+            time.sleep(timeout_s)
+
     def load_failed(self, worker: WorkerHandle, info: dict) -> None:
         """A worker could not load the model: another one takes its place, up to LOAD_ATTEMPTS in
         that place, then the place is given up and the run goes on with the others. Only no worker

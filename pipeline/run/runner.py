@@ -111,6 +111,7 @@ class _Flight:
 
 
 WAIT_S = 1.0  # the driver loop's longest sleep: stops, signals and the watchdog are checked this often
+IDLE_WAIT_S = 0.2  # its sleep when nothing is in flight (a starting worker's answer ends it sooner)
 
 
 def execute(batches: Iterable[Batch], spec: WorkerSpec, workers: int, use_npu: bool, prefetch: int,
@@ -181,9 +182,9 @@ class Execution:
                     done, _ = ray.wait(list(flights), num_returns=1, timeout=WAIT_S)
                     if done:
                         done, _ = ray.wait(list(flights), num_returns=len(flights), timeout=0)
-                else:
+                else:  # nothing in flight: the workers are loading, or batches wait to be retried
                     done = []
-                    time.sleep(0.2)
+                    pool.wait_for_start(IDLE_WAIT_S)
                 now = time.monotonic()
                 for ref in done:
                     flight = flights.get(ref)
