@@ -308,7 +308,8 @@ def run() -> None:
     flush among them); where a thread that the normal exit would join is still alive, the normal
     exit runs instead. Tests call main(), which never exits the process."""
     code = main()
-    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+    live = any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread())
+    if live or not isinstance(code, int):  # SystemExit also says what a code that is not a number means
         raise SystemExit(code)
     atexit._run_exitfuncs()  # what the normal exit would run; the rest of the teardown frees memory only
     try:
