@@ -95,12 +95,16 @@ class WorkerPool:
                                          load_failures=load_failures))
 
     @property
+    def starting(self) -> list[WorkerHandle]:
+        return [w for w in self.workers if not w.ready]
+
+    @property
     def ready(self) -> list[WorkerHandle]:
         return [w for w in self.workers if w.ready]
 
     def poll(self, now: float) -> None:
         """Take in the workers that became ready; give up those that could not start in time."""
-        starting = [w for w in self.workers if not w.ready]
+        starting = self.starting
         if not starting:
             return
         done, _ = ray.wait([w.ready_ref for w in starting], num_returns=len(starting), timeout=0)
@@ -128,9 +132,8 @@ class WorkerPool:
     def wait_for_start(self, timeout_s: float) -> None:
         """Return when a starting worker answers ready() (loaded, or failed), or after timeout_s:
         dispatch starts the moment the workers are ready, not at the driver's next look."""
-        starting = [w.ready_ref for w in self.workers if not w.ready]
-        if starting:
-            ray.wait(starting, num_returns=1, timeout=timeout_s)
+        if self.starting:
+            ray.wait([w.ready_ref for w in self.starting], num_returns=1, timeout=timeout_s)
         else:
             time.sleep(timeout_s)
 
