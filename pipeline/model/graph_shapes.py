@@ -253,10 +253,16 @@ def graph_flops(spec: ModelSpec, shape: EngineShape) -> dict[str, float]:
         attention = 4 * tokens * keys_per_token * inner
         return spec.layers * (linear + rotary + attention)
 
+    def past_attention(tokens: int) -> float:  # a layer's output projection and MLP
+        return 2 * tokens * (spec.hidden * inner + 3 * spec.hidden * spec.intermediate)
+
     head = 2 * spec.hidden * spec.vocab
+    # Prefill's last layer takes only the first tokens' rows past attention (decoder.TextModel.prefill).
+    prefill = (text_layers(shape.prefill_len, shape.prefill_len) - past_attention(shape.prefill_len)
+               + past_attention(shape.first_tokens) + shape.first_tokens * head)
     return {
         "encode": float(encode),
-        "prefill": float(text_layers(shape.prefill_len, shape.prefill_len) + shape.first_tokens * head),
+        "prefill": float(prefill),
         "insert": 0.0,
         "step": float(text_layers(shape.slots, shape.step_cache_positions / shape.slots) + shape.slots * head),
     }

@@ -112,9 +112,7 @@ class PrefillGraph(nn.Cell):
         r, l = ids.shape
         audio = ops.gather(self.state.audio, audio_rows, 0)
         embeds = ops.select(is_audio.reshape(r, l, 1), audio, self.text.embed_tokens(ids))
-        hidden = self.text.prefill(embeds, positions, mask, stage_rows,
-                                   self.state.k_stage, self.state.v_stage)
-        picked = ops.gather(hidden.reshape(r * l, -1), last, 0)
+        picked = self.text.prefill(embeds, positions, mask, stage_rows, self.state.k_stage, self.state.v_stage, last)
         logits = cast(self.lm_head(picked), ms.float32)
         presence = ops.gather(self.state.prompt_presence, tasks, 0) if self.penalty else logits
         tokens, logprobs = self.choose(logits, presence, parameters)
@@ -220,9 +218,9 @@ class ExtendGraph(nn.Cell):
 
     def construct(self, ids, positions, write_positions, slots, last, weights, parameters):
         e, c = ids.shape
-        hidden = self.text.extend(self.text.embed_tokens(ids), positions, write_positions, slots,
-                                  self.state.k_cache, self.state.v_cache)
-        logits = cast(self.lm_head(ops.gather(hidden.reshape(e * c, -1), last, 0)), ms.float32)
+        picked = self.text.extend(self.text.embed_tokens(ids), positions, write_positions, slots,
+                                  self.state.k_cache, self.state.v_cache, last)
+        logits = cast(self.lm_head(picked), ms.float32)
         if not self.penalty:
             return self.choose(logits, logits, parameters)
         at_slot = ops.broadcast_to(slots.reshape(e, 1), (e, c)).reshape(-1)
