@@ -454,15 +454,17 @@ void attend_block(const float *q, int64_t q_stride, int n, const float *kt, int6
 using BlockFunction = void (*)(const float *, int64_t, int, const float *, int64_t, const float *, int64_t,
                                const float *const *, int64_t, int64_t, float *, float *, int64_t);
 
-// q [b, length, heads, d] (query head h uses key/value head h / (heads / kv)), keys and values
-// [b, length, kv, d], mask [b, length, length] additive (0 or MASKED) -> out [b, length, heads, d]:
-// the layout the projections write and the output projection reads, so the graph transposes nothing.
+// q [b, queries, heads, d] (query head h uses key/value head h / (heads / kv)), keys and values
+// [b, length, kv, d], mask [b, queries, length] additive (0 or MASKED) -> out [b, queries, heads,
+// d]: the layout the projections write and the output projection reads, so the graph transposes
+// nothing. queries = length where every token is a query; fewer where only some are (prefill's
+// last layer).
 void masked_attention(const float *q, const float *keys, const float *values, const float *mask, float *out,
-                      int64_t b, int64_t length, int64_t heads, int64_t kv, int64_t d, int threads,
+                      int64_t b, int64_t queries, int64_t length, int64_t heads, int64_t kv, int64_t d, int threads,
                       BlockFunction block_function) {
   const int64_t stride = (length + 15) / 16 * 16, groups = heads / kv;
   // Each mask row's first and last visible key, and the keys transposed, once for every head.
-  std::vector<int64_t> first(b * length), last(b * length);
+  std::vector<int64_t> first(b * queries), last(b * queries);
   std::vector<float> transposed(b * kv * d * stride);
   std::atomic<int64_t> next{0};
   helpers().run([&] {
@@ -473,34 +475,34 @@ void masked_attention(const float *q, const float *keys, const float *values, co
         continue;
       }
       const int64_t row = item - b * kv;
-      for (int64_t i = 0; i < length; ++i) {
-        const float *m = mask + (row * length + i) * length;
+      for (int64_t i = 0; i < queries; ++i) {
+        const float *m = mask + (row * queries + i) * length;
         int64_t lo = 0, hi = length;
         while (lo + 16 <= length && !any_visible(m + lo)) lo += 16;  // sixteen at a time, then one
         while (lo < length && m[lo] != 0.0f) ++lo;
         while (hi - 16 >= lo && !any_visible(m + hi - 16)) hi -= 16;
         while (hi > lo && m[hi - 1] != 0.0f) --hi;
-        first[row * length + i] = lo;
-        last[row * length + i] = hi;
+        first[row * queries + i] = lo;
+        last[row * queries + i] = hi;
       }
     }
   }, threads);
-  const int64_t blocks_per_head = (length + QUERIES - 1) / QUERIES;
+  const int64_t blocks_per_head = (queries + QUERIES - 1) / QUERIES;
   next = 0;
   helpers().run([&] {
     std::vector<float> scores(QUERIES * stride);
     for (int64_t item; (item = next.fetch_add(1)) < b * heads * blocks_per_head;) {
       const int64_t row = item / (heads * blocks_per_head), h = item / blocks_per_head % heads;
       const int64_t i0 = item % blocks_per_head * QUERIES, pair = row * kv + h / groups;
-      const int n = static_cast<int>(std::min<int64_t>(QUERIES, length - i0));
+      const int n = static_cast<int>(std::min<int64_t>(QUERIES, queries - i0));
       const float *masks[QUERIES];
       int64_t lo = length, hi = 0;
       for (int r = 0; r < n; ++r) {
-        masks[r] = mask + (row * length + i0 + r) * length;
-        lo = std::min(lo, first[row * length + i0 + r]);
-        hi = std::max(hi, last[row * length + i0 + r]);
+        masks[r] = mask + (row * queries + i0 + r) * length;
+        lo = std::min(lo, first[row * queries + i0 + r]);
+        hi = std::max(hi, last[row * queries + i0 + r]);
       }
-      const int64_t at = ((row * length + i0) * heads + h) * d;
+      const int64_t at = ((row * queries + i0) * heads + h) * d;
       block_function(q + at, heads * d, n, transposed.data() + pair * d * stride, stride,
                      values + (row * length * kv + h / groups) * d, kv * d, masks, lo, hi, scores.data(),
                      out + at, heads * d);
@@ -631,17 +633,18 @@ extern "C" int StepAttention(int nparam, void **params, int *ndims, int64_t **sh
   return 0;
 }
 
-// (q [b, length, heads, d], keys [b, length, kv, d], values [b, length, kv, d], mask [b, length,
+// (q [b, queries, heads, d], keys [b, length, kv, d], values [b, length, kv, d], mask [b, queries,
 // length] float32, 0 where a query sees a key and MASKED elsewhere, every query seeing at least
-// one; threads [1] int32) -> [b, length, heads, d]: softmax(q k^T + mask) v, q scaled already,
-// query head h against key/value head h / (heads / kv). d: a multiple of 16 up to 128.
+// one; threads [1] int32) -> [b, queries, heads, d]: softmax(q k^T + mask) v, q scaled already,
+// query head h against key/value head h / (heads / kv); queries <= length, each with its mask row.
+// d: a multiple of 16 up to 128.
 extern "C" int MaskedAttention(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
                                void *, void *) {
   if (!kinds_are(nparam, dtypes, "ffffif") || ndims[0] != 4 || ndims[1] != 4 || ndims[3] != 3) return 1;
   const int64_t b = shapes[1][0], length = shapes[1][1], kv = shapes[1][2], d = shapes[1][3];
-  const int64_t heads = shapes[0][2];
-  if (shapes[0][0] != b || shapes[0][1] != length || shapes[0][3] != d || kv == 0 || heads % kv != 0) return 1;
-  if (shapes[3][0] != b || shapes[3][1] != length || shapes[3][2] != length) return 1;
+  const int64_t queries = shapes[0][1], heads = shapes[0][2];
+  if (shapes[0][0] != b || queries > length || shapes[0][3] != d || kv == 0 || heads % kv != 0) return 1;
+  if (shapes[3][0] != b || shapes[3][1] != queries || shapes[3][2] != length) return 1;
   const int threads = threads_of(params[4]);
   if (!same_shape(ndims, shapes, 1, 2) || threads == 0) return 1;
   BlockFunction block = d == 16 ? attend_block<1> : d == 32 ? attend_block<2> : d == 48 ? attend_block<3>
@@ -649,6 +652,6 @@ extern "C" int MaskedAttention(int nparam, void **params, int *ndims, int64_t **
   if (block == nullptr) return 1;
   masked_attention(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
                    static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
-                   static_cast<float *>(params[5]), b, length, heads, kv, d, threads, block);
+                   static_cast<float *>(params[5]), b, queries, length, heads, kv, d, threads, block);
   return 0;
 }

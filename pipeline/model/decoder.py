@@ -82,21 +82,29 @@ class TextAttention(nn.Cell):
 
     def prefill(self, x, cos, sin, mask, stage_rows, k_stage, v_stage, last=None):
         """x [r, l, hidden]; cos/sin [r, l, 1, d]; mask additive, [r, l, l] for the compiled kernel,
-        else [r, kv, g, l, l] (TextModel.prefill); last: None for every token's output, else
-        only those at the flat token indices last [q] ([q, hidden]); every token's key
-        and value for head h go to row stage_rows[token] * kv + h of the staging caches
-        ([rows * kv, d]: the rows of a token's heads are adjacent, as they come out of k_proj)."""
+        else [r, kv, g, l, l] (TextModel.prefill); every token's key and value for head h go to
+        row stage_rows[token] * kv + h of the staging caches ([rows * kv, d]: the rows of a token's
+        heads are adjacent, as they come out of k_proj). last: None for every token's output
+        [r, l, hidden]; else only the outputs of the tokens at the flat indices last [q]
+        ([q, hidden]), and where the compiled kernel attends over one row, only their queries."""
         r, l, _ = x.shape
         kv, g, d = self.kv_heads, self.groups, self.head_dim
-        q = self.q_proj(x).reshape(r, l, self.heads, d)
-        k = self.k_proj(x).reshape(r, l, kv, d)
+        k = self._rotate(self.k_proj(x).reshape(r, l, kv, d), cos, sin)
         v = self.v_proj(x).reshape(r, l, kv, d)
-        # Scaled before the product, on l x d values rather than the l x l scores (exact for the
-        # power-of-two scales of 64- and 256-wide heads, within rounding otherwise).
-        q = self._rotate(q, cos, sin, scaled=True)
-        k = self._rotate(k, cos, sin)
         written = self.write_rows(k_stage, stage_rows, k.reshape(r * l * kv, d))
         written = ops.depend(written, self.write_rows(v_stage, stage_rows, v.reshape(r * l * kv, d)))
+        # The kernel takes fewer queries than keys, each with its mask row; one row's keys are all
+        # of theirs (the graph's rows: one).
+        queries_picked = last is not None and self.native_prefill and r == 1
+        if queries_picked:
+            x = ops.gather(x.reshape(l, -1), last, 0).reshape(1, -1, x.shape[-1])
+            cos = ops.gather(cos.reshape(l, 1, d), last, 0).reshape(1, -1, 1, d)
+            sin = ops.gather(sin.reshape(l, 1, d), last, 0).reshape(1, -1, 1, d)
+            mask = ops.gather(mask.reshape(l, l), last, 0).reshape(1, -1, l)
+        m = x.shape[1]
+        # Scaled before the product, on m x d values rather than the m x l scores (exact for the
+        # power-of-two scales of 64- and 256-wide heads, within rounding otherwise).
+        q = self._rotate(self.q_proj(x).reshape(r, m, self.heads, d), cos, sin, scaled=True)
         if self.native_prefill:  # only the scores each query's mask row shows, token-major: no transposes
             out = self.prefill_kernel(q, k, v, mask, self.threads_input)
         else:
@@ -106,9 +114,12 @@ class TextAttention(nn.Cell):
             scores = cast(ops.BatchMatMul(transpose_b=True)(q, k.transpose(0, 2, 1, 3)), ms.float32)
             probs = cast(ops.softmax(scores.reshape(r, kv, g, l, l) + mask, -1), x.dtype).reshape(r, kv, g * l, l)
             out = ops.matmul(probs, v.transpose(0, 2, 1, 3)).reshape(r, self.heads, l, d).transpose(0, 2, 1, 3)
-        if last is not None:  # only these tokens' outputs: [q, heads * d] -> [q, hidden]
-            return ops.depend(self.o_proj(ops.gather(out.reshape(r * l, self.heads * d), last, 0)), written)
-        return ops.depend(self.o_proj(out.reshape(r, l, self.heads * d)), written)
+        if last is None:
+            return ops.depend(self.o_proj(out.reshape(r, l, self.heads * d)), written)
+        out = out.reshape(r * m, self.heads * d)
+        if not queries_picked:
+            out = ops.gather(out, last, 0)
+        return ops.depend(self.o_proj(out), written)
 
     def step(self, x, cos, sin, write_at, visible, k_cache, v_cache):
         """x [n, hidden] one token per slot; its key and value go to cache index write_at [n, kv, 3]
@@ -222,8 +233,9 @@ class DecoderLayer(nn.Cell):
 
     def prefill(self, x, cos, sin, mask, stage_rows, k_stage, v_stage, last=None):
         """last: None for every token's output [r, l, hidden]; else only the tokens at the flat
-        indices last [q] go past attention ([q, hidden]): every token's key and value is still
-        written, and no later layer reads the others' outputs."""
+        indices last [q] go past attention ([q, hidden]; their queries alone with the compiled
+        kernel): every token's key and value is still written, and no later layer reads the
+        others' outputs."""
         attended = self.self_attn.prefill(self.input_layernorm(x), cos, sin, mask, stage_rows, k_stage, v_stage, last)
         if last is not None:
             x = ops.gather(x.reshape(-1, x.shape[-1]), last, 0)
@@ -265,8 +277,8 @@ class TextModel(nn.Cell):
         """embeds [r, l, hidden] at positions [r, l], mask [r, l, l] additive (packing.PrefillRow),
         keys and values of token j to staging row stage_rows[j] -> normed hidden states [q, hidden]
         of the tokens at the flat indices last [q]: only their logits are read, so the last layer
-        takes only those past attention (its output projection and MLP over q tokens instead of
-        r * l; the bench model's prefill row 8% faster, measured: one layer's share of that work)."""
+        computes only their queries, attention, output projection and MLP (q tokens instead of
+        r * l; keys and values for every token), one layer's share of prefill's work."""
         r, l = positions.shape
         # Row stage_rows[j] of the [rows, kv * d] staging layout, as kv rows of [rows * kv, d].
         stage_rows = (stage_rows.reshape(-1, 1) * self.kv_heads

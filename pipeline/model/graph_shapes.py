@@ -247,22 +247,24 @@ def graph_flops(spec: ModelSpec, shape: EngineShape) -> dict[str, float]:
               + spec.audio_layers * (2 * positions * (4 * d * d + 2 * d * spec.audio_ffn) + 4 * positions**2 * d)
               + 2 * (positions // 2) * d * spec.hidden)
 
-    def text_layers(tokens: int, keys_per_token: float) -> float:
-        linear = 2 * tokens * (2 * spec.hidden * inner + 2 * spec.hidden * kv + 3 * spec.hidden * spec.intermediate)
-        rotary = 2 * tokens * (spec.heads + spec.kv_heads) * spec.head_dim**2  # the rotate-half product
-        attention = 4 * tokens * keys_per_token * inner
-        return spec.layers * (linear + rotary + attention)
-
-    def past_attention(tokens: int) -> float:  # a layer's output projection and MLP
-        return 2 * tokens * (spec.hidden * inner + 3 * spec.hidden * spec.intermediate)
+    def text_layer(tokens: int, keys_per_token: float, queries: int | None = None) -> float:
+        """One decoder layer: keys and values for every token, the rest for `queries` of them (every
+        token by default; prefill's last layer: the first tokens alone, decoder.TextModel.prefill)."""
+        queries = tokens if queries is None else queries
+        key_values = 2 * tokens * (2 * spec.hidden * kv + spec.kv_heads * spec.head_dim**2)  # with k's rotation
+        linear = 2 * queries * (2 * spec.hidden * inner + 3 * spec.hidden * spec.intermediate)
+        rotary = 2 * queries * spec.heads * spec.head_dim**2  # the rotate-half product
+        attention = 4 * queries * keys_per_token * inner
+        return key_values + linear + rotary + attention
 
     head = 2 * spec.hidden * spec.vocab
-    # Prefill's last layer takes only the first tokens' rows past attention (decoder.TextModel.prefill).
-    prefill = (text_layers(shape.prefill_len, shape.prefill_len) - past_attention(shape.prefill_len)
-               + past_attention(shape.first_tokens) + shape.first_tokens * head)
+    length, first = shape.prefill_len, shape.first_tokens
+    prefill = ((spec.layers - 1) * text_layer(length, length) + text_layer(length, length, first)
+               + first * head)
+    step = spec.layers * text_layer(shape.slots, shape.step_cache_positions / shape.slots) + shape.slots * head
     return {
         "encode": float(encode),
         "prefill": float(prefill),
         "insert": 0.0,
-        "step": float(text_layers(shape.slots, shape.step_cache_positions / shape.slots) + shape.slots * head),
+        "step": float(step),
     }
