@@ -93,8 +93,9 @@ class TextAttention(nn.Cell):
         v = self.v_proj(x).reshape(r, l, kv, d)
         written = self.write_rows(k_stage, stage_rows, k.reshape(r * l * kv, d))
         written = ops.depend(written, self.write_rows(v_stage, stage_rows, v.reshape(r * l * kv, d)))
-        # The kernel takes fewer queries than keys, each with its mask row; one row's keys are all
-        # of theirs (the graph's rows: one).
+        # Only the picked tokens' queries where the compiled kernel attends over a single row (the
+        # prefill graph's shape): it takes fewer queries than keys, each with its mask row.
+        # Otherwise every query attends and the picked outputs are gathered after.
         queries_picked = last is not None and self.native_prefill and r == 1
         if queries_picked:
             x = ops.gather(x.reshape(l, -1), last, 0).reshape(1, -1, x.shape[-1])
