@@ -238,24 +238,26 @@ class DecoderLayer(nn.Cell):
         kernel): every token's key and value is still written, and no later layer reads the
         others' outputs."""
         attended = self.self_attn.prefill(self.input_layernorm(x), cos, sin, mask, stage_rows, k_stage, v_stage, last)
-        if last is not None:
-            x = ops.gather(x.reshape(-1, x.shape[-1]), last, 0)
-        x = x + attended
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return self._residual_and_mlp(x, attended, last)
 
     def step(self, x, cos, sin, write_at, visible, k_cache, v_cache):
-        x = x + self.self_attn.step(self.input_layernorm(x), cos, sin, write_at, visible, k_cache, v_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attended = self.self_attn.step(self.input_layernorm(x), cos, sin, write_at, visible, k_cache, v_cache)
+        return self._residual_and_mlp(x, attended)
 
     def step_split(self, x, cos, sin, write_at, visible, k_cache, v_cache, short_at, short_visible, k_short,
                    v_short):
-        x = x + self.self_attn.step_split(self.input_layernorm(x), cos, sin, write_at, visible, k_cache, v_cache,
-                                          short_at, short_visible, k_short, v_short)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        attended = self.self_attn.step_split(self.input_layernorm(x), cos, sin, write_at, visible, k_cache, v_cache,
+                                             short_at, short_visible, k_short, v_short)
+        return self._residual_and_mlp(x, attended)
 
     def extend(self, x, cos, sin, write_at, slots, mask, k_cache, v_cache, last=None):
         attended = self.self_attn.extend(self.input_layernorm(x), cos, sin, write_at, slots, mask, k_cache, v_cache,
                                          last)
+        return self._residual_and_mlp(x, attended, last)
+
+    def _residual_and_mlp(self, x, attended, last=None):
+        """The layer after attention: the residual, then the MLP block. last: the flat token
+        indices attention gave outputs for (None: every token), whose rows of x it adds to."""
         if last is not None:
             x = ops.gather(x.reshape(-1, x.shape[-1]), last, 0)
         x = x + attended

@@ -132,8 +132,9 @@ class WorkerPool:
     def wait_for_start(self, timeout_s: float) -> None:
         """Return when a starting worker answers ready() (loaded, or failed), or after timeout_s:
         dispatch starts the moment the workers are ready, not at the driver's next look."""
-        if self.starting:
-            ray.wait([w.ready_ref for w in self.starting], num_returns=1, timeout=timeout_s)
+        starting = self.starting
+        if starting:
+            ray.wait([w.ready_ref for w in starting], num_returns=1, timeout=timeout_s)
         else:
             time.sleep(timeout_s)
 
