@@ -280,8 +280,9 @@ class TextModel(nn.Cell):
         """embeds [r, l, hidden] at positions [r, l], mask [r, l, l] additive (packing.PrefillRow),
         keys and values of token j to staging row stage_rows[j] -> normed hidden states [q, hidden]
         of the tokens at the flat indices last [q]: only their logits are read, so the last layer
-        computes only their queries, attention, output projection and MLP (q tokens instead of
-        r * l; keys and values for every token), one layer's share of prefill's work."""
+        takes only them past attention (output projection and MLP for q tokens instead of r * l;
+        with the compiled kernel over one row, their queries and attention alone too; keys and
+        values for every token), one layer's share of prefill's work."""
         r, l = positions.shape
         # Row stage_rows[j] of the [rows, kv * d] staging layout, as kv rows of [rows * kv, d].
         stage_rows = (stage_rows.reshape(-1, 1) * self.kv_heads
