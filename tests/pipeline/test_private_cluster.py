@@ -1,8 +1,9 @@
 """The private Ray a run starts for itself (run/cluster.ray_session): its processes get the logging
 settings from the environment, not a runtime_env (which made Ray discard the workers it starts
-ahead of the job); its node agent does not wait for a port another Ray on the node holds; it starts
-neither Ray's API server nor the autoscaler monitor; and it leaves no process behind. In a
-subprocess: this test session's own Ray is already running here."""
+ahead of the job); run/idle_agent.py stands in for the node's two agents, so nothing waits for a
+port another Ray on the node holds; it starts neither Ray's API server nor the autoscaler monitor;
+and it leaves no process behind. In a subprocess: this test session's own Ray is already running
+here."""
 
 import json
 import os
@@ -28,10 +29,14 @@ with cluster.ray_session(1, ray_address.choose("local", environ={})):
     node = ray._private.worker._global_node
     session = node.get_session_dir_path()
     pid, glog_v, glog_stderr = ray.get(environment.remote())
+    children = __import__("psutil").Process().children(recursive=True)
     print(json.dumps({"agent_port": node.dashboard_agent_listen_port, "session": session,
+                      "runtime_env_port": node.runtime_env_agent_port,
+                      "stand_ins": [p.cmdline()[2] for p in children if "idle_agent.py" in " ".join(p.cmdline()[:3])],
+                      "ray_agents": [p.cmdline()[0] for p in children if p.cmdline()[0].endswith("Agent")],
                       "processes": sorted(node.all_processes),
                       "worker_glog": [glog_v, glog_stderr], "driver_env_inside": {k: os.environ.get(k) for k in before},
-                      "pids": [p.pid for p in __import__("psutil").Process().children(recursive=True)]}), flush=True)
+                      "pids": [p.pid for p in children]}), flush=True)
 print(json.dumps({"driver_env_after": {k: os.environ.get(k) for k in before}, "before": before}))
 """
 
@@ -52,9 +57,10 @@ def test_private_cluster_settings_ports_and_cleanup(tmp_path):
     inside, after = [json.loads(line) for line in done.stdout.strip().splitlines()[-2:]]
     assert inside["worker_glog"] == ["2", "1"]  # MindSpore's logging settings reach the workers
     assert after["driver_env_after"] == after["before"] == {"GLOG_v": None, "GLOG_logtostderr": None}
-    assert inside["agent_port"] not in (52365, None)
+    # The stand-ins, not Ray's agents: their ports "not in use", the node's one each.
+    assert inside["agent_port"] == inside["runtime_env_port"] == -1
+    assert len(inside["stand_ins"]) == 2 and inside["ray_agents"] == []  # Ray's: ray::DashboardAgent...
+    assert not os.path.exists(os.path.join(inside["session"], "logs", "dashboard_agent.log"))
     assert inside["processes"] == ["gcs_server", "log_monitor", "raylet"]  # no API server, no monitor
-    agent_log = open(os.path.join(inside["session"], "logs", "dashboard_agent.log")).read()
-    assert "Failed to bind" not in agent_log
     left = [pid for pid in inside["pids"] if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
     assert left == []
