@@ -123,13 +123,13 @@ def _lighter_private_node():
       told they are missing, the node agent starts as with a plain `pip install ray`, without its
       HTTP and metrics servers, which nothing of a private run reads.
     - the node's two agents (Ray's dashboard agent and runtime-env agent): the raylet registers the
-      node only once both have written their ports, after importing Ray and their modules (0.9-1.1
-      s here, and 1.5 s of CPU beside the driver's start); a private run uses no runtime_env, no
-      dashboard, no job API and no metrics, and run/idle_agent.py stands in for both: it writes
-      "not in use" for their ports at once and waits for the raylet to end. Ray's start 1.0-1.3 s
-      instead of 1.6-2.5 s.
-    Ray's node, parameter, services, state and utils modules are not public API (Ray is pinned):
-    where one lacks what this changes, that part of Ray's start stays as it was."""
+      node only once both have written their ports, after importing Ray and their modules (1-1.4 s
+      after they start here, and 1.5 s of CPU beside the driver's and the workers' start); a private
+      run uses no runtime_env, no dashboard, no job API and no metrics, and run/idle_agent.py stands
+      in for both: it writes "not in use" for their ports at once and waits for the raylet to end.
+      A run's Ray start 1.1-1.4 s instead of 1.7-2.4 s.
+    Ray's node, parameter, services, state, utils and _raylet modules are not public API (Ray is
+    pinned): where one lacks what this changes, that part of Ray's start stays as it was."""
     from ray._private import node, parameter, services, state, utils
 
     fields = parameter.RayParams.__init__.__code__.co_varnames
