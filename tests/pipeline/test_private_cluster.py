@@ -30,10 +30,15 @@ with cluster.ray_session(1, ray_address.choose("local", environ={})):
     session = node.get_session_dir_path()
     pid, glog_v, glog_stderr = ray.get(environment.remote())
     children = __import__("psutil").Process().children(recursive=True)
+    def command(process):  # [] for one that is gone or a zombie
+        try:
+            return process.cmdline()
+        except Exception:
+            return []
     print(json.dumps({"agent_port": node.dashboard_agent_listen_port, "session": session,
                       "runtime_env_port": node.runtime_env_agent_port,
-                      "stand_ins": [p.cmdline()[2] for p in children if "idle_agent.py" in " ".join(p.cmdline()[:3])],
-                      "ray_agents": [p.cmdline()[0] for p in children if p.cmdline()[0].endswith("Agent")],
+                      "stand_ins": [c[2] for c in map(command, children) if c[2:3] and c[2].endswith("idle_agent.py")],
+                      "ray_agents": [c[0] for c in map(command, children) if c[:1] and c[0].endswith("Agent")],
                       "processes": sorted(node.all_processes),
                       "worker_glog": [glog_v, glog_stderr], "driver_env_inside": {k: os.environ.get(k) for k in before},
                       "pids": [p.pid for p in children]}), flush=True)
