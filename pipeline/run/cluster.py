@@ -114,14 +114,16 @@ def _lighter_private_node():
       1 s for it to give up reporting to the GCS stopped before it.
     - the node agent's fixed port (52365): where another Ray on the node holds it (a `ray start`
       cluster, another run, a test session), the agent retried it five times with growing pauses
-      and the node was not up until it gave up (3.4 s of every start); it takes any free port.
+      and the node was not up until it gave up (3.4 s of every start); it takes any free port
+      (where Ray's own agent runs: the stand-in below binds none).
     - the node's registration, which ray.init asks the GCS for in a call that waits in whole
       seconds (1 or 2 s here, for a node that registers 0.6-0.7 s after its raylet starts): the
       node table is read every 20 ms until the node is in it, then Ray's call returns at once.
     - the dashboard's dependency check: Ray imports them to see whether they are installed (aiohttp
       and more, 0.3 s of the driver's CPU on the start's critical path where `ray[default]` is);
-      told they are missing, the node agent starts as with a plain `pip install ray`, without its
-      HTTP and metrics servers, which nothing of a private run reads.
+      told they are missing, Ray skips that import (the driver builds the agents' commands either
+      way), and where Ray's own node agent runs it starts as with a plain `pip install ray`, without
+      its HTTP and metrics servers, which nothing of a private run reads.
     - the node's two agents (Ray's dashboard agent and runtime-env agent): the raylet registers the
       node only once both have written their ports, after importing Ray and their modules (1-1.4 s
       after they start here, and 1.5 s of CPU beside the driver's and the workers' start); a private
@@ -187,7 +189,7 @@ def _idle_agent_commands() -> dict[str, list[str]]:
         from ray import _raylet
         from ray._private import ray_constants
 
-        node = "0" * 56
+        node = ray.NodeID.nil().hex()
         if _raylet.get_port_filename(node, "x") != os.path.basename(idle_agent.port_file("", "x", node)):
             return {}
         ports = {
